@@ -1,0 +1,446 @@
+//! The configuration file format and its validation.
+
+use crate::catalog::{APPS, COMPONENTS, Language, component_info};
+use crate::error::ConfigError;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+/// How a compartment is protected from the others.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mechanism {
+    /// No isolation: gates are function calls (the baseline).
+    Fcall,
+    /// Intel protection keys in one address space.
+    Mpk,
+    /// A separate process with a seccomp filter.
+    Proc,
+    /// A KVM virtual machine at guest CPL3.
+    Kvm,
+}
+
+impl Mechanism {
+    /// Every mechanism with its configuration name.
+    pub const ALL: [(Mechanism, &'static str); 4] =
+        [(Mechanism::Fcall, "fcall"), (Mechanism::Mpk, "mpk"), (Mechanism::Proc, "proc"), (Mechanism::Kvm, "kvm")];
+
+    /// The configuration name.
+    pub fn name(self) -> &'static str {
+        Self::ALL.iter().find(|(m, _)| *m == self).map(|(_, n)| *n).unwrap_or("?")
+    }
+
+    /// Whether this build can produce images with this mechanism.
+    pub fn implemented(self) -> bool {
+        matches!(self, Mechanism::Fcall)
+    }
+
+    /// The data-sharing strategies this mechanism can provide; the first is the default.
+    pub fn sharing(self) -> &'static [Sharing] {
+        match self {
+            Mechanism::Fcall => &[Sharing::SharedStack],
+            Mechanism::Mpk => &[Sharing::Dss, Sharing::SharedStack, Sharing::Heap],
+            Mechanism::Proc | Mechanism::Kvm => &[Sharing::Heap],
+        }
+    }
+}
+
+/// How data that would live on a stack is shared across a gate (DESIGN 5.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Sharing {
+    /// Thread stacks live in shared memory.
+    SharedStack,
+    /// Data shadow stacks at a fixed offset from each stack.
+    Dss,
+    /// Shared locals are allocated from the shared heap.
+    Heap,
+}
+
+impl Sharing {
+    /// Every strategy with its configuration name.
+    pub const ALL: [(Sharing, &'static str); 3] =
+        [(Sharing::SharedStack, "shared-stack"), (Sharing::Dss, "dss"), (Sharing::Heap, "heap")];
+
+    /// The configuration name.
+    pub fn name(self) -> &'static str {
+        Self::ALL.iter().find(|(s, _)| *s == self).map(|(_, n)| *n).unwrap_or("?")
+    }
+}
+
+/// A software hardening option for one component (DESIGN section 6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Hardening {
+    /// Rust: arithmetic overflow panics (`overflow-checks` in the cargo profile).
+    OverflowChecks,
+    /// Rust: `debug_assert!`s stay on (`debug-assertions` in the cargo profile).
+    DebugAssertions,
+    /// C: `-fstack-protector-all`.
+    StackProtector,
+    /// C: undefined-behaviour sanitizer, trapping (no runtime needed).
+    Ubsan,
+}
+
+impl Hardening {
+    /// Every option: configuration name and the language it applies to.
+    pub const ALL: [(Hardening, &'static str, Language); 4] = [
+        (Hardening::OverflowChecks, "overflow-checks", Language::Rust),
+        (Hardening::DebugAssertions, "debug-assertions", Language::Rust),
+        (Hardening::StackProtector, "stack-protector", Language::C),
+        (Hardening::Ubsan, "ubsan", Language::C),
+    ];
+
+    /// The configuration name.
+    pub fn name(self) -> &'static str {
+        Self::ALL.iter().find(|(h, ..)| *h == self).map(|(_, n, _)| *n).unwrap_or("?")
+    }
+
+    /// The language whose components can get this option.
+    pub fn language(self) -> Language {
+        Self::ALL.iter().find(|(h, ..)| *h == self).map(|(.., l)| *l).unwrap_or(Language::Rust)
+    }
+}
+
+/// One compartment of a validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Compartment {
+    /// Its unique name.
+    pub name: String,
+    /// What protects it.
+    pub mechanism: Mechanism,
+    /// How it shares stack data.
+    pub sharing: Sharing,
+}
+
+/// Where one component goes and how it is hardened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placement {
+    /// The component's configuration name.
+    pub component: &'static str,
+    /// Index into [`Layout::compartments`].
+    pub compartment: usize,
+    /// Hardening options, sorted, without duplicates.
+    pub harden: Vec<Hardening>,
+}
+
+/// A validated configuration: every component of the image placed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// The file it came from.
+    pub source: PathBuf,
+    /// The application.
+    pub app: String,
+    /// The compartments; index 0 is the default one.
+    pub compartments: Vec<Compartment>,
+    /// One entry per component of the image, in catalog order.
+    pub placements: Vec<Placement>,
+}
+
+impl Layout {
+    /// The placement of a component, if it is part of this image.
+    pub fn placement(&self, component: &str) -> Option<&Placement> {
+        self.placements.iter().find(|p| p.component == component)
+    }
+
+    /// The compartment index of a component, if it is part of this image.
+    pub fn compartment_of(&self, component: &str) -> Option<usize> {
+        self.placement(component).map(|p| p.compartment)
+    }
+}
+
+impl fmt::Display for Layout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "app: {}", self.app)?;
+        for (i, c) in self.compartments.iter().enumerate() {
+            let members: Vec<String> = self
+                .placements
+                .iter()
+                .filter(|p| p.compartment == i)
+                .map(|p| {
+                    if p.harden.is_empty() {
+                        p.component.to_string()
+                    } else {
+                        let h: Vec<&str> = p.harden.iter().map(|h| h.name()).collect();
+                        format!("{}[{}]", p.component, h.join(","))
+                    }
+                })
+                .collect();
+            writeln!(
+                f,
+                "compartment {i} {:?} ({}, {}): {}",
+                c.name,
+                c.mechanism.name(),
+                c.sharing.name(),
+                members.join(" ")
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    app: Spanned<String>,
+    #[serde(default)]
+    compartment: Vec<Spanned<RawCompartment>>,
+    #[serde(default)]
+    component: BTreeMap<Spanned<String>, Spanned<RawComponent>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCompartment {
+    name: Spanned<String>,
+    mechanism: Spanned<String>,
+    default: Option<Spanned<bool>>,
+    sharing: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawComponent {
+    compartment: Option<Spanned<String>>,
+    #[serde(default)]
+    harden: Vec<Spanned<String>>,
+}
+
+fn names<T>(list: &[(T, &'static str)]) -> String {
+    list.iter().map(|(_, n)| *n).collect::<Vec<_>>().join(", ")
+}
+
+pub(crate) fn parse(path: &Path, text: &str) -> Result<Layout, Vec<ConfigError>> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let at = e.span().map_or(0, |s| s.start);
+        vec![ConfigError::at(
+            path,
+            text,
+            at,
+            e.message().trim().to_string(),
+            "write the file in the format of docs/configuration.md (keys: app, [[compartment]] name/mechanism/sharing/default, [component.NAME] compartment/harden)",
+        )]
+    })?;
+    let mut errors = Vec::new();
+    let err = |errors: &mut Vec<ConfigError>, at: usize, msg: String, fix: String| {
+        errors.push(ConfigError::at(path, text, at, msg, fix));
+    };
+
+    let app = raw.app.get_ref().clone();
+    if !APPS.contains(&app.as_str()) {
+        err(
+            &mut errors,
+            raw.app.span().start,
+            format!("unknown application {app:?}"),
+            format!("set app to one of: {}", APPS.join(", ")),
+        );
+    }
+
+    // Compartments.
+    let mut compartments: Vec<(Compartment, bool)> = Vec::new();
+    let mut default_seen: Option<String> = None;
+    if raw.compartment.is_empty() {
+        err(
+            &mut errors,
+            0,
+            "no compartment is defined".into(),
+            "add a [[compartment]] with name = \"main\", mechanism = \"fcall\", default = true".into(),
+        );
+    }
+    for c in &raw.compartment {
+        let c = c.get_ref();
+        let name = c.name.get_ref().clone();
+        if name.is_empty() || !name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
+            err(
+                &mut errors,
+                c.name.span().start,
+                format!("invalid compartment name {name:?}"),
+                "use letters, digits, '-' and '_' only".into(),
+            );
+        }
+        if compartments.iter().any(|(k, _)| k.name == name) {
+            err(
+                &mut errors,
+                c.name.span().start,
+                format!("compartment {name:?} is defined twice"),
+                "give every [[compartment]] a different name".into(),
+            );
+        }
+        let mechanism = match Mechanism::ALL.iter().find(|(_, n)| *n == c.mechanism.get_ref()) {
+            Some((m, _)) => *m,
+            None => {
+                err(
+                    &mut errors,
+                    c.mechanism.span().start,
+                    format!("unknown mechanism {:?}", c.mechanism.get_ref()),
+                    format!("use one of: {}", names(&Mechanism::ALL)),
+                );
+                Mechanism::Fcall
+            }
+        };
+        if !mechanism.implemented() && Mechanism::ALL.iter().any(|(_, n)| *n == c.mechanism.get_ref()) {
+            err(
+                &mut errors,
+                c.mechanism.span().start,
+                format!("mechanism {:?} is not implemented yet", mechanism.name()),
+                "use mechanism = \"fcall\" for now".into(),
+            );
+        }
+        let sharing = match &c.sharing {
+            None => mechanism.sharing()[0],
+            Some(s) => match Sharing::ALL.iter().find(|(_, n)| n == s.get_ref()) {
+                None => {
+                    err(
+                        &mut errors,
+                        s.span().start,
+                        format!("unknown sharing strategy {:?}", s.get_ref()),
+                        format!("use one of: {}", names(&Sharing::ALL)),
+                    );
+                    mechanism.sharing()[0]
+                }
+                Some((sh, _)) if !mechanism.sharing().contains(sh) => {
+                    let ok: Vec<&str> = mechanism.sharing().iter().map(|s| s.name()).collect();
+                    err(
+                        &mut errors,
+                        s.span().start,
+                        format!("mechanism {:?} cannot provide sharing {:?}", mechanism.name(), sh.name()),
+                        format!("use sharing = {} (or leave it out for the default)", ok.join(" or ")),
+                    );
+                    mechanism.sharing()[0]
+                }
+                Some((sh, _)) => *sh,
+            },
+        };
+        let is_default = c.default.as_ref().is_some_and(|d| *d.get_ref());
+        if is_default {
+            if let Some(first) = &default_seen {
+                let at = c.default.as_ref().map_or(0, |d| d.span().start);
+                err(
+                    &mut errors,
+                    at,
+                    format!("compartment {name:?} is a second default (the first is {first:?})"),
+                    "mark exactly one compartment with default = true".into(),
+                );
+            } else {
+                default_seen = Some(name.clone());
+            }
+        }
+        compartments.push((Compartment { name, mechanism, sharing }, is_default));
+    }
+    if default_seen.is_none() && compartments.len() > 1 {
+        err(
+            &mut errors,
+            raw.compartment[0].span().start,
+            "no compartment is marked as the default".into(),
+            "add default = true to the compartment that receives every component not named under [component]".into(),
+        );
+    }
+    // The default compartment becomes index 0, the others keep their order.
+    let default_index = compartments.iter().position(|(_, d)| *d).unwrap_or(0);
+    if !compartments.is_empty() {
+        let d = compartments.remove(default_index);
+        compartments.insert(0, d);
+    }
+    let compartments: Vec<Compartment> = compartments.into_iter().map(|(c, _)| c).collect();
+    let compartment_names = compartments.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ");
+
+    // Components.
+    let mut placements: Vec<Placement> = COMPONENTS
+        .iter()
+        .filter(|c| c.in_app(&app))
+        .map(|c| Placement { component: c.name, compartment: 0, harden: Vec::new() })
+        .collect();
+    for (key, entry) in &raw.component {
+        let name = key.get_ref();
+        let info = match component_info(name) {
+            Some(info) if info.in_app(&app) => info,
+            Some(_) => {
+                err(
+                    &mut errors,
+                    key.span().start,
+                    format!("component {name:?} is not part of an image of app {app:?}"),
+                    "remove this [component] table or change app".into(),
+                );
+                continue;
+            }
+            None => {
+                let known: Vec<&str> = COMPONENTS.iter().filter(|c| c.in_app(&app)).map(|c| c.name).collect();
+                err(
+                    &mut errors,
+                    key.span().start,
+                    format!("unknown component {name:?}"),
+                    format!("name one of: {}", known.join(", ")),
+                );
+                continue;
+            }
+        };
+        let Some(placement) = placements.iter_mut().find(|p| p.component == info.name) else { continue };
+        let entry = entry.get_ref();
+        if let Some(c) = &entry.compartment {
+            match compartments.iter().position(|k| &k.name == c.get_ref()) {
+                Some(i) => placement.compartment = i,
+                None => err(
+                    &mut errors,
+                    c.span().start,
+                    format!("component {name:?} names unknown compartment {:?}", c.get_ref()),
+                    format!("use one of the [[compartment]] names: {compartment_names}"),
+                ),
+            }
+        }
+        for h in &entry.harden {
+            match Hardening::ALL.iter().find(|(_, n, _)| n == h.get_ref()) {
+                None => {
+                    let valid: Vec<&str> =
+                        Hardening::ALL.iter().filter(|(.., l)| *l == info.language).map(|(_, n, _)| *n).collect();
+                    err(
+                        &mut errors,
+                        h.span().start,
+                        format!("unknown hardening option {:?}", h.get_ref()),
+                        format!("for {name:?} use: {}", valid.join(", ")),
+                    );
+                }
+                Some((opt, _, lang)) if *lang != info.language => {
+                    let valid: Vec<&str> =
+                        Hardening::ALL.iter().filter(|(.., l)| *l == info.language).map(|(_, n, _)| *n).collect();
+                    err(
+                        &mut errors,
+                        h.span().start,
+                        format!("hardening {:?} does not apply to {name:?} ({:?} code)", opt.name(), info.language),
+                        format!("for {name:?} use: {}", valid.join(", ")),
+                    );
+                }
+                Some((opt, ..)) => {
+                    if !placement.harden.contains(opt) {
+                        placement.harden.push(*opt);
+                    }
+                }
+            }
+        }
+        placement.harden.sort();
+    }
+    for info in COMPONENTS.iter().filter(|c| c.in_app(&app)) {
+        if let Some((other, why)) = info.colocated_with {
+            let (a, b) = (placements.iter().find(|p| p.component == info.name), placements.iter().find(|p| p.component == other));
+            if let (Some(a), Some(b)) = (a, b)
+                && a.compartment != b.compartment
+            {
+                let at = raw
+                    .component
+                    .iter()
+                    .find(|(k, _)| k.get_ref() == info.name || k.get_ref() == other)
+                    .map_or(0, |(k, _)| k.span().start);
+                err(
+                    &mut errors,
+                    at,
+                    format!("{:?} and {other:?} must be in the same compartment: {why}", info.name),
+                    format!("place {:?} and {other:?} in one compartment", info.name),
+                );
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(Layout { source: path.to_owned(), app, compartments, placements })
+    } else {
+        errors.sort_by_key(|e| (e.line, e.column));
+        Err(errors)
+    }
+}

@@ -1,0 +1,164 @@
+//! Every kind of configuration mistake is rejected with file, line, column and a fix.
+
+use flexos_config::{Hardening, Mechanism, Sharing, parse};
+use std::path::Path;
+
+fn errors(text: &str) -> Vec<flexos_config::ConfigError> {
+    parse(Path::new("configs/bad.toml"), text).expect_err("configuration should be rejected")
+}
+
+fn one_error(text: &str) -> flexos_config::ConfigError {
+    let e = errors(text);
+    assert_eq!(e.len(), 1, "expected exactly one error, got {e:#?}");
+    e.into_iter().next().unwrap()
+}
+
+const HEAD: &str = "app = \"sqlite\"\n[[compartment]]\nname = \"main\"\nmechanism = \"fcall\"\ndefault = true\n";
+
+#[test]
+fn valid_two_compartments() {
+    let text = format!(
+        "{HEAD}[[compartment]]\nname = \"fs\"\nmechanism = \"fcall\"\n[component.vfs]\ncompartment = \"fs\"\n[component.ramfs]\ncompartment = \"fs\"\nharden = [\"overflow-checks\"]\n[component.sqlite]\nharden = [\"stack-protector\", \"ubsan\"]\n"
+    );
+    let layout = parse(Path::new("x.toml"), &text).unwrap();
+    assert_eq!(layout.compartments.len(), 2);
+    assert_eq!(layout.compartments[1].mechanism, Mechanism::Fcall);
+    assert_eq!(layout.compartments[1].sharing, Sharing::SharedStack);
+    assert_eq!(layout.compartment_of("vfs"), Some(1));
+    assert_eq!(layout.compartment_of("ramfs"), Some(1));
+    assert_eq!(layout.compartment_of("time"), Some(0));
+    assert_eq!(layout.compartment_of("sqlite"), Some(0));
+    assert_eq!(layout.placement("ramfs").unwrap().harden, vec![Hardening::OverflowChecks]);
+    assert_eq!(layout.placement("sqlite").unwrap().harden, vec![Hardening::StackProtector, Hardening::Ubsan]);
+}
+
+#[test]
+fn default_compartment_becomes_index_zero() {
+    let text = "app = \"sqlite\"\n[[compartment]]\nname = \"fs\"\nmechanism = \"fcall\"\n[[compartment]]\nname = \"main\"\nmechanism = \"fcall\"\ndefault = true\n[component.vfs]\ncompartment = \"fs\"\n";
+    let layout = parse(Path::new("x.toml"), text).unwrap();
+    assert_eq!(layout.compartments[0].name, "main");
+    assert_eq!(layout.compartment_of("vfs"), Some(1));
+    assert_eq!(layout.compartment_of("alloc"), Some(0));
+}
+
+#[test]
+fn single_compartment_is_default_without_flag() {
+    let layout = parse(Path::new("x.toml"), "app = \"sqlite\"\n[[compartment]]\nname = \"only\"\nmechanism = \"fcall\"\n").unwrap();
+    assert_eq!(layout.compartments[0].name, "only");
+}
+
+#[test]
+fn unknown_component_names_line_and_fix() {
+    let e = one_error(&format!("{HEAD}[component.vfss]\ncompartment = \"main\"\n"));
+    assert_eq!((e.line, e.column), (6, 12));
+    assert!(e.message.contains("unknown component \"vfss\""), "{e}");
+    assert!(e.fix.contains("vfs") && e.fix.contains("ramfs"), "{e}");
+    let shown = e.to_string();
+    assert!(shown.starts_with("configs/bad.toml:6:12: error:"), "{shown}");
+}
+
+#[test]
+fn component_of_another_app() {
+    let e = one_error("app = \"sqlite\"\n[[compartment]]\nname = \"main\"\nmechanism = \"fcall\"\n[component.kv]\n");
+    assert!(e.message.contains("unknown component"), "{e}");
+}
+
+#[test]
+fn unknown_compartment_reference() {
+    let e = one_error(&format!("{HEAD}[component.vfs]\ncompartment = \"fs\"\n"));
+    assert_eq!((e.line, e.column), (7, 15));
+    assert!(e.message.contains("unknown compartment \"fs\""), "{e}");
+    assert!(e.fix.contains("main"), "{e}");
+}
+
+#[test]
+fn missing_default_with_two_compartments() {
+    let e = one_error("app = \"sqlite\"\n[[compartment]]\nname = \"a\"\nmechanism = \"fcall\"\n[[compartment]]\nname = \"b\"\nmechanism = \"fcall\"\n");
+    assert!(e.message.contains("no compartment is marked as the default"), "{e}");
+    assert!(e.fix.contains("default = true"), "{e}");
+}
+
+#[test]
+fn two_defaults() {
+    let e = one_error(&format!("{HEAD}[[compartment]]\nname = \"b\"\nmechanism = \"fcall\"\ndefault = true\n"));
+    assert_eq!(e.line, 9);
+    assert!(e.message.contains("second default"), "{e}");
+}
+
+#[test]
+fn duplicate_compartment_names() {
+    let e = one_error(&format!("{HEAD}[[compartment]]\nname = \"main\"\nmechanism = \"fcall\"\n"));
+    assert_eq!((e.line, e.column), (7, 8));
+    assert!(e.message.contains("defined twice"), "{e}");
+}
+
+#[test]
+fn unknown_mechanism() {
+    let e = one_error("app = \"sqlite\"\n[[compartment]]\nname = \"main\"\nmechanism = \"sgx\"\n");
+    assert_eq!((e.line, e.column), (4, 13));
+    assert!(e.fix.contains("fcall, mpk, proc, kvm"), "{e}");
+}
+
+#[test]
+fn unimplemented_mechanism() {
+    for m in ["mpk", "proc", "kvm"] {
+        let e = one_error(&format!("app = \"sqlite\"\n[[compartment]]\nname = \"main\"\nmechanism = \"{m}\"\n"));
+        assert!(e.message.contains("not implemented yet"), "{e}");
+    }
+}
+
+#[test]
+fn sharing_the_mechanism_cannot_provide() {
+    let e = one_error("app = \"sqlite\"\n[[compartment]]\nname = \"main\"\nmechanism = \"fcall\"\nsharing = \"dss\"\n");
+    assert_eq!((e.line, e.column), (5, 11));
+    assert!(e.message.contains("cannot provide sharing \"dss\""), "{e}");
+    assert!(e.fix.contains("shared-stack"), "{e}");
+    let e = one_error("app = \"sqlite\"\n[[compartment]]\nname = \"main\"\nmechanism = \"fcall\"\nsharing = \"stack\"\n");
+    assert!(e.message.contains("unknown sharing strategy"), "{e}");
+}
+
+#[test]
+fn hardening_that_does_not_apply() {
+    let e = one_error(&format!("{HEAD}[component.vfs]\nharden = [\"ubsan\"]\n"));
+    assert_eq!((e.line, e.column), (7, 11));
+    assert!(e.message.contains("does not apply"), "{e}");
+    assert!(e.fix.contains("overflow-checks"), "{e}");
+    let e = one_error(&format!("{HEAD}[component.sqlite]\nharden = [\"stack-protector\", \"cfi\"]\n"));
+    assert!(e.message.contains("unknown hardening option \"cfi\""), "{e}");
+    assert!(e.fix.contains("stack-protector, ubsan"), "{e}");
+}
+
+#[test]
+fn libc_must_stay_with_c_code() {
+    let e = one_error(&format!("{HEAD}[[compartment]]\nname = \"b\"\nmechanism = \"fcall\"\n[component.libc]\ncompartment = \"b\"\n"));
+    assert!(e.message.contains("same compartment"), "{e}");
+}
+
+#[test]
+fn unknown_application_and_keys() {
+    let e = one_error("app = \"redis\"\n[[compartment]]\nname = \"main\"\nmechanism = \"fcall\"\n");
+    assert_eq!((e.line, e.column), (1, 7));
+    assert!(e.fix.contains("sqlite"), "{e}");
+    let e = one_error(&format!("{HEAD}[component.vfs]\nplace = \"main\"\n"));
+    assert_eq!(e.line, 7);
+    assert!(e.message.contains("unknown field"), "{e}");
+}
+
+#[test]
+fn syntax_error_is_located() {
+    let e = one_error("app = \"sqlite\"\n[[compartment]\n");
+    assert_eq!(e.line, 2);
+}
+
+#[test]
+fn several_errors_are_all_reported_in_order() {
+    let e = errors(&format!("{HEAD}[component.nope]\n[component.vfs]\ncompartment = \"x\"\n"));
+    assert_eq!(e.len(), 2);
+    assert!(e[0].line < e[1].line);
+}
+
+#[test]
+fn load_names_missing_file() {
+    let e = flexos_config::load(Path::new("/nonexistent/x.toml")).unwrap_err();
+    assert!(e[0].to_string().starts_with("/nonexistent/x.toml:1:1: error: cannot read"), "{}", e[0]);
+}
