@@ -25,8 +25,11 @@ pub struct ComponentInfo {
 }
 
 /// Every component known to the build, core components first.
+///
+/// The allocator (`flexos-alloc`) is not listed: it is part of the trusted
+/// core and serves every compartment its own heap, so it has no placement of
+/// its own (see docs/architecture.md).
 pub const COMPONENTS: &[ComponentInfo] = &[
-    ComponentInfo { name: "alloc", package: "flexos-alloc", language: Language::Rust, app: None, colocated_with: None },
     ComponentInfo { name: "sched", package: "flexos-sched", language: Language::Rust, app: None, colocated_with: None },
     ComponentInfo { name: "time", package: "flexos-time", language: Language::Rust, app: None, colocated_with: None },
     ComponentInfo { name: "vfs", package: "flexos-vfs", language: Language::Rust, app: None, colocated_with: None },

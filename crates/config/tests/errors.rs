@@ -38,7 +38,7 @@ fn default_compartment_becomes_index_zero() {
     let layout = parse(Path::new("x.toml"), text).unwrap();
     assert_eq!(layout.compartments[0].name, "main");
     assert_eq!(layout.compartment_of("vfs"), Some(1));
-    assert_eq!(layout.compartment_of("alloc"), Some(0));
+    assert_eq!(layout.compartment_of("sched"), Some(0));
 }
 
 #[test]

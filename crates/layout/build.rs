@@ -1,0 +1,65 @@
+//! Turns the image configuration (the file named by `FLEXOS_CONFIG`, or one
+//! compartment holding everything when it is unset) into Rust constants.
+
+use flexos_config::{COMPONENTS, Layout};
+use std::fmt::Write;
+use std::path::PathBuf;
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=FLEXOS_CONFIG");
+    let layout: Layout = match std::env::var_os("FLEXOS_CONFIG") {
+        Some(path) => {
+            let path = PathBuf::from(path);
+            println!("cargo:rerun-if-changed={}", path.display());
+            match flexos_config::load(&path) {
+                Ok(layout) => layout,
+                Err(errors) => {
+                    for e in &errors {
+                        eprintln!("{e}");
+                    }
+                    panic!("invalid FlexOS configuration {}", path.display());
+                }
+            }
+        }
+        None => flexos_config::single_compartment("sqlite"),
+    };
+    let mut out = String::new();
+    writeln!(out, "/// The configuration file this image was built from.").unwrap();
+    writeln!(out, "pub const SOURCE: &str = {:?};", layout.source.display().to_string()).unwrap();
+    writeln!(out, "/// The application.").unwrap();
+    writeln!(out, "pub const APP: &str = {:?};", layout.app).unwrap();
+    writeln!(out, "/// The compartments; index 0 is the default.").unwrap();
+    writeln!(out, "pub const COMPARTMENTS: &[Compartment] = &[").unwrap();
+    for c in &layout.compartments {
+        let mech = match c.mechanism.name() {
+            "fcall" => "Fcall",
+            "mpk" => "Mpk",
+            "proc" => "Proc",
+            _ => "Kvm",
+        };
+        writeln!(out, "    Compartment {{ name: {:?}, mechanism: Mechanism::{mech}, sharing: {:?} }},", c.name, c.sharing.name()).unwrap();
+    }
+    writeln!(out, "];").unwrap();
+    writeln!(out, "/// Every component's identity and placement.").unwrap();
+    writeln!(out, "pub mod component {{").unwrap();
+    writeln!(out, "    use super::Component;").unwrap();
+    for (id, info) in COMPONENTS.iter().enumerate() {
+        let placement = layout.placement(info.name);
+        let compartment = placement.map_or(0, |p| p.compartment);
+        let hardening: Vec<&str> = placement.map(|p| p.harden.iter().map(|h| h.name()).collect()).unwrap_or_default();
+        writeln!(out, "    /// The `{}` component.", info.name).unwrap();
+        writeln!(
+            out,
+            "    pub const {}: Component = Component {{ id: {id}, name: {:?}, compartment: {compartment}, hardening: &{hardening:?} }};",
+            info.name.to_uppercase(),
+            info.name
+        )
+        .unwrap();
+    }
+    writeln!(out, "    /// Every component, indexed by id.").unwrap();
+    let all: Vec<String> = COMPONENTS.iter().map(|c| c.name.to_uppercase()).collect();
+    writeln!(out, "    pub const ALL: &[Component] = &[{}];", all.join(", ")).unwrap();
+    writeln!(out, "}}").unwrap();
+    let dest = PathBuf::from(std::env::var_os("OUT_DIR").unwrap()).join("layout.rs");
+    std::fs::write(dest, out).unwrap();
+}

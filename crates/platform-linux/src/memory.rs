@@ -1,0 +1,103 @@
+//! Memory from the kernel: large lazily-backed reservations and stacks with guard pages.
+
+use std::ptr::NonNull;
+
+/// The size of a page.
+pub const PAGE_SIZE: usize = 4096;
+
+/// A region of address space reserved with `mmap`, readable and writable,
+/// backed by memory only where it is touched. It is never unmapped: regions
+/// back heaps that live as long as the image.
+#[derive(Clone, Copy, Debug)]
+pub struct Region {
+    /// First byte.
+    pub base: NonNull<u8>,
+    /// Length in bytes.
+    pub len: usize,
+}
+
+// SAFETY: a Region is only an address range; it grants no access by itself.
+unsafe impl Send for Region {}
+// SAFETY: as above.
+unsafe impl Sync for Region {}
+
+impl Region {
+    /// Reserves `len` bytes (rounded up to pages). Returns `None` when the kernel refuses.
+    pub fn reserve(len: usize) -> Option<Region> {
+        let len = len.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+        // SAFETY: an anonymous private mapping at an address the kernel chooses
+        // cannot alias any existing Rust object.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return None;
+        }
+        Some(Region { base: NonNull::new(p.cast())?, len })
+    }
+
+    /// Whether `[addr, addr + len)` lies inside this region.
+    pub fn contains(&self, addr: usize, len: usize) -> bool {
+        let base = self.base.as_ptr() as usize;
+        addr >= base && len <= self.len && addr - base <= self.len - len
+    }
+}
+
+/// A thread stack: `size` usable bytes above one inaccessible guard page, so
+/// that an overflow faults instead of corrupting the memory below.
+#[derive(Debug)]
+pub struct Stack {
+    mapping: NonNull<u8>,
+    mapping_len: usize,
+}
+
+impl Stack {
+    /// Maps a stack of at least `size` bytes with a guard page below it.
+    pub fn new(size: usize) -> Stack {
+        let size = size.max(PAGE_SIZE).div_ceil(PAGE_SIZE) * PAGE_SIZE;
+        let mapping_len = size + PAGE_SIZE;
+        // SAFETY: fresh anonymous mapping, aliasing nothing.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                mapping_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        assert!(p != libc::MAP_FAILED, "cannot map a thread stack of {size} bytes");
+        // SAFETY: the first page of the mapping we just created; nothing uses it yet.
+        let rc = unsafe { libc::mprotect(p, PAGE_SIZE, libc::PROT_NONE) };
+        assert_eq!(rc, 0, "cannot protect the stack guard page");
+        Stack { mapping: NonNull::new(p.cast()).expect("mmap returned null"), mapping_len }
+    }
+
+    /// The highest address of the stack (exclusive), 16-byte aligned.
+    pub fn top(&self) -> *mut u8 {
+        // SAFETY: one past the end of the mapping, computed inside its bounds.
+        unsafe { self.mapping.as_ptr().add(self.mapping_len) }
+    }
+
+    /// The guard page's address range, for fault reports.
+    pub fn guard(&self) -> (usize, usize) {
+        let base = self.mapping.as_ptr() as usize;
+        (base, base + PAGE_SIZE)
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // SAFETY: the mapping is ours and, by the contract of `context`, no
+        // context runs on it any more when its Stack is dropped.
+        unsafe { libc::munmap(self.mapping.as_ptr().cast(), self.mapping_len) };
+    }
+}
