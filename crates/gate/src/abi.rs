@@ -1,0 +1,141 @@
+//! Plain-data types that components exchange through gates. They live here,
+//! in the trusted core, because only this crate may declare a type
+//! [`Crossing`](crate::Crossing).
+
+use crate::Crossing;
+
+/// A POSIX error number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Errno(pub i32);
+
+impl Errno {
+    /// Operation not permitted.
+    pub const EPERM: Errno = Errno(1);
+    /// No such file or directory.
+    pub const ENOENT: Errno = Errno(2);
+    /// Input/output error.
+    pub const EIO: Errno = Errno(5);
+    /// Bad file descriptor.
+    pub const EBADF: Errno = Errno(9);
+    /// Out of memory.
+    pub const ENOMEM: Errno = Errno(12);
+    /// Permission denied (e.g. writing a read-only descriptor).
+    pub const EACCES: Errno = Errno(13);
+    /// File exists.
+    pub const EEXIST: Errno = Errno(17);
+    /// Not a directory.
+    pub const ENOTDIR: Errno = Errno(20);
+    /// Is a directory.
+    pub const EISDIR: Errno = Errno(21);
+    /// Invalid argument.
+    pub const EINVAL: Errno = Errno(22);
+    /// Too many open files.
+    pub const EMFILE: Errno = Errno(24);
+    /// File too large.
+    pub const EFBIG: Errno = Errno(27);
+    /// No space left.
+    pub const ENOSPC: Errno = Errno(28);
+    /// File name too long.
+    pub const ENAMETOOLONG: Errno = Errno(36);
+    /// Directory not empty.
+    pub const ENOTEMPTY: Errno = Errno(39);
+}
+
+/// The kind of a file system node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+}
+
+/// What `stat` returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stat {
+    /// Inode number.
+    pub ino: u64,
+    /// File or directory.
+    pub kind: FileKind,
+    /// Size in bytes (number of entries for a directory).
+    pub size: u64,
+    /// Number of directory entries naming it.
+    pub nlink: u32,
+    /// Last modification, nanoseconds since the epoch.
+    pub mtime_ns: u64,
+}
+
+/// The longest file name.
+pub const NAME_MAX: usize = 255;
+
+/// One directory entry, with its name inline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    /// Inode number.
+    pub ino: u64,
+    /// File or directory.
+    pub kind: FileKind,
+    name_len: u8,
+    name: [u8; NAME_MAX],
+}
+
+impl DirEntry {
+    /// An entry; `None` if the name is longer than [`NAME_MAX`].
+    pub fn new(ino: u64, kind: FileKind, name: &[u8]) -> Option<DirEntry> {
+        if name.len() > NAME_MAX {
+            return None;
+        }
+        let mut buf = [0; NAME_MAX];
+        buf[..name.len()].copy_from_slice(name);
+        Some(DirEntry { ino, kind, name_len: name.len() as u8, name: buf })
+    }
+
+    /// The entry's name.
+    pub fn name(&self) -> &[u8] {
+        &self.name[..self.name_len as usize]
+    }
+}
+
+/// `open` flags (Linux values).
+pub mod open_flags {
+    /// Read only.
+    pub const O_RDONLY: u32 = 0;
+    /// Write only.
+    pub const O_WRONLY: u32 = 1;
+    /// Read and write.
+    pub const O_RDWR: u32 = 2;
+    /// Mask of the access mode.
+    pub const O_ACCMODE: u32 = 3;
+    /// Create if missing.
+    pub const O_CREAT: u32 = 0o100;
+    /// With `O_CREAT`: fail if it exists.
+    pub const O_EXCL: u32 = 0o200;
+    /// Truncate to zero length.
+    pub const O_TRUNC: u32 = 0o1000;
+    /// Every write appends.
+    pub const O_APPEND: u32 = 0o2000;
+    /// Must be a directory.
+    pub const O_DIRECTORY: u32 = 0o200000;
+}
+
+/// `lseek` origins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Whence {
+    /// From the start.
+    Set,
+    /// From the current offset.
+    Cur,
+    /// From the end.
+    End,
+}
+
+// SAFETY: plain values without pointers.
+unsafe impl Crossing for Errno {}
+// SAFETY: plain value.
+unsafe impl Crossing for FileKind {}
+// SAFETY: plain values without pointers.
+unsafe impl Crossing for Stat {}
+// SAFETY: plain values; the name is inline.
+unsafe impl Crossing for DirEntry {}
+// SAFETY: plain value.
+unsafe impl Crossing for Whence {}

@@ -1,0 +1,125 @@
+//! Gates: every call from one component into another (DESIGN section 5).
+//!
+//! A call site is written `gate!(callee_crate::function(arg, ...))`. The
+//! caller's and the callee's compartments are compile-time constants from
+//! [`layout`], so:
+//!
+//! * in the same compartment the gate is a plain call ([`call`] reduces to
+//!   `f(args)` after constant folding);
+//! * across compartments it performs the callee compartment's mechanism
+//!   switch ([`fcall`] today), validates shared handles, and counts the
+//!   crossing (in debug builds or with the `stats` feature).
+//!
+//! Only values whose type implements [`Crossing`] may be passed or returned:
+//! plain values and handles to shared memory ([`SharedRef`], [`SharedMut`]),
+//! never a reference into a compartment's private memory. `Crossing` is an
+//! `unsafe` trait, and components are `#![deny(unsafe_code)]`, so only this
+//! crate (the trusted core) can declare a type fit to cross.
+//!
+//! This crate also keeps each component's state ([`with_state`]) in the heap
+//! of the component's compartment, so components need no mutable statics.
+
+pub mod abi;
+mod args;
+mod crossing;
+pub mod shared;
+mod state;
+pub mod stats;
+
+pub use args::Args;
+pub use crossing::{Callback, Crossing};
+pub use flexos_layout as layout;
+pub use shared::{SharedBuf, SharedMut, SharedRef};
+pub use state::{reset_all, with_state};
+
+use flexos_layout::{COMPARTMENTS, Component, Mechanism};
+use flexos_platform::compartment;
+
+/// Declares the component that the crate defining it implements; required at
+/// the root of every component crate, since [`gate!`] reads it at both ends.
+/// `NAME` is the component's constant in `flexos_layout::component`.
+#[macro_export]
+macro_rules! component {
+    ($name:ident) => {
+        /// This component's identity and placement, generated from the image configuration.
+        #[doc(hidden)]
+        pub const FLEXOS_COMPONENT: $crate::layout::Component = $crate::layout::component::$name;
+    };
+}
+
+/// Calls `callee_crate::function(args...)` through a gate:
+/// `gate!(flexos_vfs::open(path, flags))`.
+///
+/// Every argument and the result must implement [`Crossing`].
+#[macro_export]
+macro_rules! gate {
+    ($callee:ident :: $func:ident ( $($arg:expr),* $(,)? )) => {
+        $crate::call::<{ crate::FLEXOS_COMPONENT.compartment }, { $callee::FLEXOS_COMPONENT.compartment }, _, _, _>(
+            crate::FLEXOS_COMPONENT,
+            $callee::FLEXOS_COMPONENT,
+            ($($arg,)*),
+            $callee::$func,
+        )
+    };
+}
+
+/// The function behind [`gate!`]: calls `f` with `args`, switching from
+/// compartment `FROM` (of component `from`) to compartment `TO` (of `to`)
+/// when they differ.
+#[inline(always)]
+pub fn call<const FROM: usize, const TO: usize, A, F, R>(from: Component, to: Component, args: A, f: F) -> R
+where
+    A: Crossing + Args<F, R>,
+    R: Crossing,
+{
+    if FROM == TO {
+        args.apply(f)
+    } else {
+        cross(from, to, args, f)
+    }
+}
+
+/// A call that leaves the caller's compartment: the mechanism's domain switch.
+#[inline(never)]
+pub fn cross<A, F, R>(from: Component, to: Component, args: A, f: F) -> R
+where
+    A: Crossing + Args<F, R>,
+    R: Crossing,
+{
+    cross_with(COMPARTMENTS[to.compartment].mechanism, from, to, args, f)
+}
+
+/// [`cross`] with the callee's mechanism given explicitly.
+#[doc(hidden)]
+#[inline(always)]
+pub fn cross_with<A, F, R>(mechanism: Mechanism, from: Component, to: Component, args: A, f: F) -> R
+where
+    A: Crossing + Args<F, R>,
+    R: Crossing,
+{
+    stats::count(from, to);
+    if !args.validate() {
+        panic!(
+            "gate {} -> {}: an argument handle points outside shared memory (compartment {:?})",
+            from.name, to.name, COMPARTMENTS[from.compartment].name
+        );
+    }
+    let result = match mechanism {
+        Mechanism::Fcall => fcall(to.compartment, || args.apply(f)),
+        other => panic!("gate {} -> {}: mechanism {other:?} is not implemented", from.name, to.name),
+    };
+    if !result.validate() {
+        panic!("gate {} -> {}: a result handle points outside shared memory", from.name, to.name);
+    }
+    result
+}
+
+/// The `fcall` mechanism: no protection, but the running compartment changes
+/// (so allocations go to the callee's heap) and is restored afterwards.
+#[inline(always)]
+pub fn fcall<R>(to_compartment: usize, f: impl FnOnce() -> R) -> R {
+    let previous = compartment::enter(to_compartment);
+    let result = f();
+    compartment::enter(previous);
+    result
+}

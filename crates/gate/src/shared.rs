@@ -1,0 +1,192 @@
+//! Buffers in the shared heap and the handles that cross gates.
+
+use crate::Crossing;
+use core::alloc::Layout;
+use core::marker::PhantomData;
+use core::ops::{Deref, DerefMut, Range};
+use core::ptr::NonNull;
+use flexos_alloc::{SHARED, alloc_in, free, is_shared};
+
+/// A byte buffer allocated from the shared heap. Lend it across a gate with
+/// [`SharedBuf::shared`] or [`SharedBuf::shared_mut`].
+pub struct SharedBuf {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl SharedBuf {
+    /// A zero-filled shared buffer of `len` bytes.
+    pub fn zeroed(len: usize) -> SharedBuf {
+        if len == 0 {
+            return SharedBuf { ptr: NonNull::dangling(), len };
+        }
+        let layout = Layout::from_size_align(len, 16).expect("shared buffer too large");
+        let p = alloc_in(SHARED, layout);
+        let Some(ptr) = NonNull::new(p) else { std::alloc::handle_alloc_error(layout) };
+        // SAFETY: `ptr` is a fresh allocation of `len` bytes.
+        unsafe { core::ptr::write_bytes(ptr.as_ptr(), 0, len) };
+        SharedBuf { ptr, len }
+    }
+
+    /// A shared buffer holding a copy of `bytes`.
+    pub fn from_slice(bytes: &[u8]) -> SharedBuf {
+        let mut b = SharedBuf::zeroed(bytes.len());
+        b.copy_from_slice(bytes);
+        b
+    }
+
+    /// A read-only handle to the whole buffer.
+    pub fn shared(&self) -> SharedRef<'_> {
+        SharedRef { ptr: self.ptr, len: self.len, _lent: PhantomData }
+    }
+
+    /// A writable handle to the whole buffer.
+    pub fn shared_mut(&mut self) -> SharedMut<'_> {
+        SharedMut { ptr: self.ptr, len: self.len, _lent: PhantomData }
+    }
+}
+
+impl Deref for SharedBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: the buffer owns `len` initialized bytes at `ptr`.
+        unsafe { core::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl DerefMut for SharedBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `deref`, and `&mut self` is exclusive.
+        unsafe { core::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for SharedBuf {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            // SAFETY: allocated in `zeroed` with this layout, freed once here.
+            unsafe { free(self.ptr.as_ptr(), Layout::from_size_align_unchecked(self.len, 16)) };
+        }
+    }
+}
+
+/// A read-only view of shared memory, valid while the buffer it came from is borrowed.
+#[derive(Clone, Copy)]
+pub struct SharedRef<'a> {
+    ptr: NonNull<u8>,
+    len: usize,
+    _lent: PhantomData<&'a [u8]>,
+}
+
+impl<'a> SharedRef<'a> {
+    /// The bytes.
+    pub fn bytes(&self) -> &'a [u8] {
+        // SAFETY: made from a SharedBuf (or a sub-range of a handle made from
+        // one) that stays borrowed for 'a, so the bytes are live and not
+        // written through any &mut meanwhile.
+        unsafe { core::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The sub-range `range` of this view. Panics if it is out of bounds.
+    pub fn slice(&self, range: Range<usize>) -> SharedRef<'a> {
+        assert!(range.start <= range.end && range.end <= self.len, "shared slice out of bounds");
+        // SAFETY: in bounds (checked above).
+        let ptr = unsafe { NonNull::new_unchecked(self.ptr.as_ptr().add(range.start)) };
+        SharedRef { ptr, len: range.end - range.start, _lent: PhantomData }
+    }
+}
+
+/// A writable view of shared memory, valid while the buffer it came from is mutably borrowed.
+pub struct SharedMut<'a> {
+    ptr: NonNull<u8>,
+    len: usize,
+    _lent: PhantomData<&'a mut [u8]>,
+}
+
+impl<'a> SharedMut<'a> {
+    /// The bytes, for writing.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: made from an exclusively borrowed SharedBuf (or a disjoint
+        // sub-range of such a handle), live for 'a.
+        unsafe { core::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The sub-range `range`, consuming this handle. Panics if out of bounds.
+    pub fn slice_mut(self, range: Range<usize>) -> SharedMut<'a> {
+        assert!(range.start <= range.end && range.end <= self.len, "shared slice out of bounds");
+        // SAFETY: in bounds (checked above).
+        let ptr = unsafe { NonNull::new_unchecked(self.ptr.as_ptr().add(range.start)) };
+        SharedMut { ptr, len: range.end - range.start, _lent: PhantomData }
+    }
+
+    /// A shorter-lived handle to the same bytes, so this one can be used again afterwards.
+    pub fn reborrow(&mut self) -> SharedMut<'_> {
+        SharedMut { ptr: self.ptr, len: self.len, _lent: PhantomData }
+    }
+}
+
+fn in_shared_memory(ptr: NonNull<u8>, len: usize) -> bool {
+    len == 0 || is_shared(ptr.as_ptr() as usize, len)
+}
+
+// SAFETY: a handle to shared memory only; `validate` checks that it lies there.
+unsafe impl Crossing for SharedRef<'_> {
+    fn validate(&self) -> bool {
+        in_shared_memory(self.ptr, self.len)
+    }
+}
+
+// SAFETY: as for SharedRef.
+unsafe impl Crossing for SharedMut<'_> {
+    fn validate(&self) -> bool {
+        in_shared_memory(self.ptr, self.len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_live_in_the_shared_heap() {
+        let mut b = SharedBuf::from_slice(b"hello world");
+        assert_eq!(&b[..], b"hello world");
+        assert!(b.shared().validate());
+        assert_eq!(b.shared().slice(6..11).bytes(), b"world");
+        let mut m = b.shared_mut().slice_mut(0..5);
+        m.bytes_mut().copy_from_slice(b"HELLO");
+        assert!(m.validate());
+        assert_eq!(&b[..], b"HELLO world");
+        assert_eq!(flexos_alloc::owner_of(b.as_ptr() as usize), Some(SHARED));
+        assert!(SharedBuf::zeroed(0).shared().validate());
+    }
+
+    #[test]
+    fn a_handle_into_private_memory_fails_validation() {
+        let private = [7u8; 32];
+        let forged = SharedRef { ptr: NonNull::from(&private[0]), len: 32, _lent: PhantomData };
+        assert!(!forged.validate());
+        assert!(!(1u32, forged).validate());
+        assert!(!Some(forged).validate());
+    }
+}

@@ -1,0 +1,8 @@
+//! A component cannot declare its own type fit to cross: the trait is unsafe
+//! and components deny unsafe code.
+#![deny(unsafe_code)]
+
+struct Secret<'a>(&'a [u8]);
+unsafe impl flexos_gate::Crossing for Secret<'_> {}
+
+fn main() {}
