@@ -23,6 +23,17 @@ pub enum State {
 
 type Entry = Box<dyn FnOnce()>;
 
+thread_local! {
+    /// Contexts handed over by [`exit`], dropped by whichever context runs next.
+    static EXITED: std::cell::RefCell<Vec<Rc<Context>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Drops what the last [`exit`] handed over. Runs right after every switch.
+fn drop_exited() {
+    let exited = EXITED.with(|e| std::mem::take(&mut *e.borrow_mut()));
+    drop(exited);
+}
+
 /// One execution context. Create it with [`Context::current`] (for the code
 /// that is already running) or [`Context::spawn`] (for new code on a new stack).
 pub struct Context {
@@ -81,6 +92,7 @@ extern "C" fn context_main(entry: *mut Entry) {
     // SAFETY: `entry` is the pointer made by `Box::into_raw` in `spawn`,
     // handed over exactly once through the new stack's initial r12.
     let entry = unsafe { Box::from_raw(entry) };
+    drop_exited();
     entry();
     crate::console::write_err(b"flexos: a context returned instead of exiting\n");
     std::process::abort();
@@ -137,6 +149,7 @@ fn transfer(from: &Context, to: &Context, from_state: State) {
     // away from it, on a stack that `to` keeps alive. The caller holds `to`
     // by reference for the duration; it resumes here only when switched back.
     unsafe { flexos_context_switch(from.rsp.as_ptr(), to.rsp.get()) };
+    drop_exited();
 }
 
 /// Suspends `from` (the running context) and resumes `to`. Returns when
@@ -145,10 +158,17 @@ pub fn switch(from: &Context, to: &Context) {
     transfer(from, to, State::Suspended);
 }
 
-/// Leaves `from` (the running context) for good and resumes `to`. The caller
-/// must keep `from` alive until another context drops it: its stack is in use
-/// until the switch completes.
-pub fn exit(from: &Context, to: &Context) -> ! {
+/// Leaves `from` (the running context) for good and resumes `to`. Both
+/// handles are given up here (nothing on a finished stack is ever dropped),
+/// and are dropped by the context that runs next, once `from`'s stack is no
+/// longer in use.
+pub fn exit(from: Rc<Context>, to: Rc<Context>) -> ! {
+    let (from_ref, to_ref): (*const Context, *const Context) = (Rc::as_ptr(&from), Rc::as_ptr(&to));
+    EXITED.with(|e| e.borrow_mut().extend([from, to]));
+    // SAFETY: both Rcs were just moved into EXITED, which is drained only
+    // after the switch below has left `from`'s stack; so both contexts stay
+    // alive for the whole transfer.
+    let (from, to) = unsafe { (&*from_ref, &*to_ref) };
     transfer(from, to, State::Finished);
     crate::console::write_err(b"flexos: a finished context was resumed\n");
     std::process::abort();
@@ -171,7 +191,7 @@ mod tests {
                 l.borrow_mut().push(format!("child {i}"));
                 switch(&me, &m);
             }
-            exit(&me, &m);
+            exit(me, m);
         });
         *slot.borrow_mut() = Some(child.clone());
         for i in 0..3 {
@@ -197,7 +217,7 @@ mod tests {
             }
             o.set(depth(1000));
             let me = s.borrow().clone().unwrap();
-            exit(&me, &m);
+            exit(me, m);
         });
         *slot.borrow_mut() = Some(child.clone());
         switch(&main, &child);
