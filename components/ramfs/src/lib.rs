@@ -1,0 +1,318 @@
+//! An in-memory file system (Unikraft's `ramfs`), addressed by inode number.
+//!
+//! `vfs` resolves paths and keeps file descriptors; this component keeps
+//! the tree. Names and data arrive as shared-memory handles, so the calls
+//! can cross a compartment boundary. A node lives while a directory entry
+//! names it or an open file refers to it ([`open_ref`]/[`close_ref`]), as
+//! in POSIX.
+#![no_std]
+#![deny(unsafe_code)]
+
+extern crate alloc;
+
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+use flexos_gate::abi::{DirEntry, Errno, FileKind, NAME_MAX, Stat};
+use flexos_gate::{SharedMut, SharedRef};
+use flexos_platform::clock;
+
+flexos_gate::component!(RAMFS);
+
+/// The inode number of the root directory.
+pub const ROOT: u64 = 1;
+/// The largest file this file system stores.
+pub const MAX_FILE_SIZE: u64 = 256 << 20;
+
+struct Inode {
+    kind: FileKind,
+    data: Vec<u8>,
+    entries: BTreeMap<Vec<u8>, u64>,
+    parent: u64,
+    nlink: u32,
+    opens: u32,
+    mtime_ns: u64,
+}
+
+#[derive(Default)]
+struct RamFs {
+    inodes: BTreeMap<u64, Inode>,
+    next: u64,
+}
+
+impl RamFs {
+    fn node(&mut self, ino: u64) -> Result<&mut Inode, Errno> {
+        if self.inodes.is_empty() {
+            let root = Inode {
+                kind: FileKind::Dir,
+                data: Vec::new(),
+                entries: BTreeMap::new(),
+                parent: ROOT,
+                nlink: 1,
+                opens: 0,
+                mtime_ns: clock::wall_ns(),
+            };
+            self.inodes.insert(ROOT, root);
+            self.next = ROOT + 1;
+        }
+        self.inodes.get_mut(&ino).ok_or(Errno::ENOENT)
+    }
+
+    fn dir(&mut self, ino: u64) -> Result<&mut Inode, Errno> {
+        let n = self.node(ino)?;
+        if n.kind != FileKind::Dir {
+            return Err(Errno::ENOTDIR);
+        }
+        Ok(n)
+    }
+
+    fn file(&mut self, ino: u64) -> Result<&mut Inode, Errno> {
+        let n = self.node(ino)?;
+        if n.kind == FileKind::Dir {
+            return Err(Errno::EISDIR);
+        }
+        Ok(n)
+    }
+
+    /// Frees `ino` if nothing names or uses it any more.
+    fn collect(&mut self, ino: u64) {
+        if let Some(n) = self.inodes.get(&ino)
+            && n.nlink == 0
+            && n.opens == 0
+        {
+            self.inodes.remove(&ino);
+        }
+    }
+
+    fn detach(&mut self, dir: u64, name: &[u8]) -> Result<u64, Errno> {
+        let d = self.dir(dir)?;
+        let ino = d.entries.remove(name).ok_or(Errno::ENOENT)?;
+        d.mtime_ns = clock::wall_ns();
+        let n = self.node(ino)?;
+        n.nlink -= 1;
+        self.collect(ino);
+        Ok(ino)
+    }
+}
+
+fn with<R>(f: impl FnOnce(&mut RamFs) -> Result<R, Errno>) -> Result<R, Errno> {
+    flexos_gate::with_state(FLEXOS_COMPONENT, f)
+}
+
+fn check_name(name: &[u8]) -> Result<(), Errno> {
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
+        return Err(Errno::EINVAL);
+    }
+    if name.len() > NAME_MAX {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    Ok(())
+}
+
+/// The root directory's inode number.
+pub fn root() -> u64 {
+    ROOT
+}
+
+/// Looks `name` up in directory `dir` (`.` and `..` included).
+pub fn lookup(dir: u64, name: SharedRef<'_>) -> Result<u64, Errno> {
+    let name = name.bytes();
+    with(|fs| {
+        let d = fs.dir(dir)?;
+        match name {
+            b"." | b"" => Ok(dir),
+            b".." => Ok(d.parent),
+            _ => d.entries.get(name).copied().ok_or(Errno::ENOENT),
+        }
+    })
+}
+
+/// Creates `name` in `dir` as a file or directory; `EEXIST` if the name is taken.
+pub fn create(dir: u64, name: SharedRef<'_>, kind: FileKind) -> Result<u64, Errno> {
+    let name = name.bytes();
+    check_name(name)?;
+    with(|fs| {
+        let now = clock::wall_ns();
+        let ino = fs.next;
+        let d = fs.dir(dir)?;
+        if d.entries.contains_key(name) {
+            return Err(Errno::EEXIST);
+        }
+        d.entries.insert(name.to_vec(), ino);
+        d.mtime_ns = now;
+        let node = Inode {
+            kind,
+            data: Vec::new(),
+            entries: BTreeMap::new(),
+            parent: dir,
+            nlink: 1,
+            opens: 0,
+            mtime_ns: now,
+        };
+        fs.inodes.insert(ino, node);
+        fs.next += 1;
+        Ok(ino)
+    })
+}
+
+/// Reads from file `ino` at `offset` into `buf`; returns the bytes read (0 at the end).
+pub fn read(ino: u64, offset: u64, mut buf: SharedMut<'_>) -> Result<usize, Errno> {
+    with(|fs| {
+        let f = fs.file(ino)?;
+        let len = f.data.len() as u64;
+        if offset >= len {
+            return Ok(0);
+        }
+        let n = (len - offset).min(buf.len() as u64) as usize;
+        let start = offset as usize;
+        buf.bytes_mut()[..n].copy_from_slice(&f.data[start..start + n]);
+        Ok(n)
+    })
+}
+
+/// Writes `data` into file `ino` at `offset`, growing it (with zeros) as needed.
+pub fn write(ino: u64, offset: u64, data: SharedRef<'_>) -> Result<usize, Errno> {
+    let data = data.bytes();
+    with(|fs| {
+        let f = fs.file(ino)?;
+        let end = offset.checked_add(data.len() as u64).ok_or(Errno::EFBIG)?;
+        if end > MAX_FILE_SIZE {
+            return Err(Errno::EFBIG);
+        }
+        let (start, end) = (offset as usize, end as usize);
+        if f.data.len() < end {
+            f.data.resize(end, 0);
+        }
+        f.data[start..end].copy_from_slice(data);
+        f.mtime_ns = clock::wall_ns();
+        Ok(data.len())
+    })
+}
+
+/// Sets the size of file `ino`.
+pub fn truncate(ino: u64, size: u64) -> Result<(), Errno> {
+    with(|fs| {
+        let f = fs.file(ino)?;
+        if size > MAX_FILE_SIZE {
+            return Err(Errno::EFBIG);
+        }
+        f.data.resize(size as usize, 0);
+        f.data.shrink_to(size as usize * 2);
+        f.mtime_ns = clock::wall_ns();
+        Ok(())
+    })
+}
+
+/// The attributes of `ino`.
+pub fn stat(ino: u64) -> Result<Stat, Errno> {
+    with(|fs| {
+        let n = fs.node(ino)?;
+        let size = match n.kind {
+            FileKind::File => n.data.len() as u64,
+            FileKind::Dir => n.entries.len() as u64,
+        };
+        Ok(Stat { ino, kind: n.kind, size, nlink: n.nlink, mtime_ns: n.mtime_ns })
+    })
+}
+
+/// Removes entry `name` of `dir`, which must be of `kind`; a directory must be empty.
+pub fn remove(dir: u64, name: SharedRef<'_>, kind: FileKind) -> Result<(), Errno> {
+    let name = name.bytes();
+    check_name(name)?;
+    with(|fs| {
+        let ino = *fs.dir(dir)?.entries.get(name).ok_or(Errno::ENOENT)?;
+        let n = fs.node(ino)?;
+        match (kind, n.kind) {
+            (FileKind::File, FileKind::Dir) => return Err(Errno::EISDIR),
+            (FileKind::Dir, FileKind::File) => return Err(Errno::ENOTDIR),
+            (FileKind::Dir, FileKind::Dir) if !n.entries.is_empty() => return Err(Errno::ENOTEMPTY),
+            _ => {}
+        }
+        fs.detach(dir, name).map(|_| ())
+    })
+}
+
+/// Moves `src_dir/src_name` to `dst_dir/dst_name`, replacing a file or an
+/// empty directory of the same kind there.
+pub fn rename(src_dir: u64, src_name: SharedRef<'_>, dst_dir: u64, dst_name: SharedRef<'_>) -> Result<(), Errno> {
+    let (src_name, dst_name) = (src_name.bytes(), dst_name.bytes());
+    check_name(src_name)?;
+    check_name(dst_name)?;
+    with(|fs| {
+        let ino = *fs.dir(src_dir)?.entries.get(src_name).ok_or(Errno::ENOENT)?;
+        fs.dir(dst_dir)?;
+        if src_dir == dst_dir && src_name == dst_name {
+            return Ok(());
+        }
+        let kind = fs.node(ino)?.kind;
+        if kind == FileKind::Dir {
+            // A directory cannot move below itself.
+            let mut up = dst_dir;
+            loop {
+                if up == ino {
+                    return Err(Errno::EINVAL);
+                }
+                if up == ROOT {
+                    break;
+                }
+                up = fs.node(up)?.parent;
+            }
+        }
+        if let Some(&old) = fs.dir(dst_dir)?.entries.get(dst_name) {
+            let o = fs.node(old)?;
+            match (kind, o.kind) {
+                (FileKind::File, FileKind::Dir) => return Err(Errno::EISDIR),
+                (FileKind::Dir, FileKind::File) => return Err(Errno::ENOTDIR),
+                (FileKind::Dir, FileKind::Dir) if !o.entries.is_empty() => return Err(Errno::ENOTEMPTY),
+                _ => {}
+            }
+            fs.detach(dst_dir, dst_name)?;
+        }
+        let now = clock::wall_ns();
+        let s = fs.dir(src_dir)?;
+        s.entries.remove(src_name);
+        s.mtime_ns = now;
+        let d = fs.dir(dst_dir)?;
+        d.entries.insert(dst_name.to_vec(), ino);
+        d.mtime_ns = now;
+        fs.node(ino)?.parent = dst_dir;
+        Ok(())
+    })
+}
+
+/// The `index`-th entry of directory `dir` in name order, `None` past the last.
+pub fn readdir(dir: u64, index: u64) -> Result<Option<DirEntry>, Errno> {
+    with(|fs| {
+        let d = fs.dir(dir)?;
+        let Some((name, &ino)) = d.entries.iter().nth(index as usize) else { return Ok(None) };
+        let name = name.clone();
+        let kind = fs.node(ino)?.kind;
+        Ok(DirEntry::new(ino, kind, &name))
+    })
+}
+
+/// Notes that an open file refers to `ino` (it outlives its last name until [`close_ref`]).
+pub fn open_ref(ino: u64) -> Result<(), Errno> {
+    with(|fs| {
+        fs.node(ino)?.opens += 1;
+        Ok(())
+    })
+}
+
+/// Drops a reference taken by [`open_ref`].
+pub fn close_ref(ino: u64) -> Result<(), Errno> {
+    with(|fs| {
+        let n = fs.node(ino)?;
+        n.opens = n.opens.checked_sub(1).ok_or(Errno::EINVAL)?;
+        fs.collect(ino);
+        Ok(())
+    })
+}
+
+/// How many nodes exist (the root included).
+pub fn node_count() -> usize {
+    with(|fs| {
+        fs.node(ROOT)?;
+        Ok(fs.inodes.len())
+    })
+    .unwrap_or(0)
+}
