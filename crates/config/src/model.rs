@@ -134,6 +134,9 @@ pub struct Layout {
     pub compartments: Vec<Compartment>,
     /// One entry per component of the image, in catalog order.
     pub placements: Vec<Placement>,
+    /// A folder whose files are packed into the image's file system at build
+    /// time (absolute, resolved against the configuration file's folder).
+    pub files: Option<PathBuf>,
 }
 
 impl Layout {
@@ -182,6 +185,7 @@ impl fmt::Display for Layout {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     app: Spanned<String>,
+    files: Option<Spanned<String>>,
     #[serde(default)]
     compartment: Vec<Spanned<RawCompartment>>,
     #[serde(default)]
@@ -234,6 +238,22 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Layout, Vec<ConfigError>>
             format!("set app to one of: {}", APPS.join(", ")),
         );
     }
+
+    let files = raw.files.as_ref().and_then(|f| {
+        let dir = path.parent().unwrap_or(Path::new(".")).join(f.get_ref());
+        let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+        if dir.is_dir() {
+            Some(dir)
+        } else {
+            err(
+                &mut errors,
+                f.span().start,
+                format!("files folder {:?} does not exist", dir.display().to_string()),
+                "name a folder, relative to this configuration file".into(),
+            );
+            None
+        }
+    });
 
     // Compartments.
     let mut compartments: Vec<(Compartment, bool)> = Vec::new();
@@ -438,7 +458,7 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Layout, Vec<ConfigError>>
         }
     }
     if errors.is_empty() {
-        Ok(Layout { source: path.to_owned(), app, compartments, placements })
+        Ok(Layout { source: path.to_owned(), app, compartments, placements, files })
     } else {
         errors.sort_by_key(|e| (e.line, e.column));
         Err(errors)

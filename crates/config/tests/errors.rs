@@ -162,3 +162,16 @@ fn load_names_missing_file() {
     let e = flexos_config::load(Path::new("/nonexistent/x.toml")).unwrap_err();
     assert!(e[0].to_string().starts_with("/nonexistent/x.toml:1:1: error: cannot read"), "{}", e[0]);
 }
+
+#[test]
+fn files_folder_is_resolved_against_the_config() {
+    let dir = std::env::temp_dir().join(format!("flexos-files-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("site")).unwrap();
+    let text = "app = \"sqlite\"\nfiles = \"site\"\n[[compartment]]\nname = \"m\"\nmechanism = \"fcall\"\n";
+    let layout = parse(&dir.join("c.toml"), text).unwrap();
+    assert_eq!(layout.files, Some(std::fs::canonicalize(dir.join("site")).unwrap()));
+    let e = parse(&dir.join("c.toml"), "app = \"sqlite\"\nfiles = \"nope\"\n[[compartment]]\nname = \"m\"\nmechanism = \"fcall\"\n").unwrap_err();
+    assert_eq!((e[0].line, e[0].column), (2, 9));
+    assert!(e[0].message.contains("does not exist"));
+    std::fs::remove_dir_all(dir).unwrap();
+}

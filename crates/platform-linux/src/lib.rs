@@ -12,6 +12,7 @@ pub mod compartment;
 pub mod console;
 pub mod context;
 pub mod memory;
+pub mod random;
 
 /// Ends the image at once (after a message on the console has said why).
 pub fn process_abort() -> ! {

@@ -1,0 +1,281 @@
+//! The POSIX file functions of C components, as gates into `vfs`.
+//!
+//! C hands us pointers into its private memory; the data is copied through a
+//! buffer in the shared heap, the only kind of memory that crosses a gate.
+
+use core::ffi::{c_char, c_int};
+use flexos_gate::abi::{Errno, FileKind, Whence};
+use flexos_gate::{SharedBuf, gate};
+
+fn ret(r: Result<(), Errno>) -> c_int {
+    match r {
+        Ok(()) => 0,
+        Err(e) => -e.0,
+    }
+}
+
+fn ret_len(r: Result<usize, Errno>) -> isize {
+    match r {
+        Ok(n) => n as isize,
+        Err(e) => -(e.0 as isize),
+    }
+}
+
+/// Copies a C path into the shared heap.
+///
+/// # Safety
+/// `path` is NUL-terminated.
+unsafe fn shared_path(path: *const c_char) -> SharedBuf {
+    // SAFETY: the caller's contract.
+    SharedBuf::from_slice(unsafe { core::ffi::CStr::from_ptr(path) }.to_bytes())
+}
+
+/// `open(path, flags, mode)`: a descriptor or `-errno`.
+///
+/// # Safety
+/// `path` is NUL-terminated.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn flexos_libc_open(path: *const c_char, flags: c_int, mode: c_int) -> c_int {
+    // SAFETY: forwarded contract.
+    let p = unsafe { shared_path(path) };
+    match gate!(flexos_vfs::open(p.shared(), flags as u32, mode as u32)) {
+        Ok(fd) => fd,
+        Err(e) => -e.0,
+    }
+}
+
+/// `close(fd)`.
+#[unsafe(no_mangle)]
+pub extern "C" fn flexos_libc_close(fd: c_int) -> c_int {
+    ret(gate!(flexos_vfs::close(fd)))
+}
+
+/// `pread(fd, buf, n, offset)`; a negative offset reads at the descriptor's offset (`read`).
+///
+/// # Safety
+/// `buf` has `n` writable bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn flexos_libc_pread(fd: c_int, buf: *mut u8, n: usize, offset: i64) -> isize {
+    let mut shared = SharedBuf::zeroed(n);
+    let r = if offset < 0 {
+        gate!(flexos_vfs::read(fd, shared.shared_mut()))
+    } else {
+        gate!(flexos_vfs::pread(fd, shared.shared_mut(), offset as u64))
+    };
+    if let Ok(got) = r {
+        // SAFETY: `buf` has `n` >= `got` writable bytes (caller's contract).
+        unsafe { core::ptr::copy_nonoverlapping(shared.as_ptr(), buf, got.min(n)) };
+    }
+    ret_len(r)
+}
+
+/// `read(fd, buf, n)`.
+///
+/// # Safety
+/// `buf` has `n` writable bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn flexos_libc_read(fd: c_int, buf: *mut u8, n: usize) -> isize {
+    // SAFETY: forwarded contract.
+    unsafe { flexos_libc_pread(fd, buf, n, -1) }
+}
+
+/// `pwrite(fd, buf, n, offset)`; a negative offset writes at the descriptor's offset (`write`).
+///
+/// # Safety
+/// `buf` has `n` readable bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn flexos_libc_pwrite(fd: c_int, buf: *const u8, n: usize, offset: i64) -> isize {
+    // SAFETY: the caller's contract.
+    let shared = SharedBuf::from_slice(unsafe { core::slice::from_raw_parts(buf, n) });
+    ret_len(if offset < 0 {
+        gate!(flexos_vfs::write(fd, shared.shared()))
+    } else {
+        gate!(flexos_vfs::pwrite(fd, shared.shared(), offset as u64))
+    })
+}
+
+/// `write(fd, buf, n)`.
+///
+/// # Safety
+/// `buf` has `n` readable bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn flexos_libc_write(fd: c_int, buf: *const u8, n: usize) -> isize {
+    // SAFETY: forwarded contract.
+    unsafe { flexos_libc_pwrite(fd, buf, n, -1) }
+}
+
+/// `lseek(fd, offset, whence)` with `SEEK_SET` 0, `SEEK_CUR` 1, `SEEK_END` 2.
+#[unsafe(no_mangle)]
+pub extern "C" fn flexos_libc_lseek(fd: c_int, offset: i64, whence: c_int) -> i64 {
+    let whence = match whence {
+        0 => Whence::Set,
+        1 => Whence::Cur,
+        2 => Whence::End,
+        _ => return -(Errno::EINVAL.0 as i64),
+    };
+    match gate!(flexos_vfs::lseek(fd, offset, whence)) {
+        Ok(o) => o as i64,
+        Err(e) => -(e.0 as i64),
+    }
+}
+
+/// `ftruncate(fd, size)`.
+#[unsafe(no_mangle)]
+pub extern "C" fn flexos_libc_ftruncate(fd: c_int, size: i64) -> c_int {
+    if size < 0 {
+        return -Errno::EINVAL.0;
+    }
+    ret(gate!(flexos_vfs::ftruncate(fd, size as u64)))
+}
+
+/// `fsync(fd)`.
+#[unsafe(no_mangle)]
+pub extern "C" fn flexos_libc_fsync(fd: c_int) -> c_int {
+    ret(gate!(flexos_vfs::fsync(fd)))
+}
+
+/// The size of the open file `fd`, or `-errno`.
+#[unsafe(no_mangle)]
+pub extern "C" fn flexos_libc_fsize(fd: c_int) -> i64 {
+    match gate!(flexos_vfs::fstat(fd)) {
+        Ok(st) => st.size as i64,
+        Err(e) => -(e.0 as i64),
+    }
+}
+
+/// `unlink(path)`.
+///
+/// # Safety
+/// `path` is NUL-terminated.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn flexos_libc_unlink(path: *const c_char) -> c_int {
+    // SAFETY: forwarded contract.
+    let p = unsafe { shared_path(path) };
+    ret(gate!(flexos_vfs::unlink(p.shared())))
+}
+
+/// Whether `path` exists: 1 for a file, 2 for a directory, or `-errno`.
+///
+/// # Safety
+/// `path` is NUL-terminated.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn flexos_libc_access(path: *const c_char) -> c_int {
+    // SAFETY: forwarded contract.
+    let p = unsafe { shared_path(path) };
+    match gate!(flexos_vfs::stat(p.shared())) {
+        Ok(st) if st.kind == FileKind::Dir => 2,
+        Ok(_) => 1,
+        Err(e) => -e.0,
+    }
+}
+
+/// `mkdir(path, mode)`.
+///
+/// # Safety
+/// `path` is NUL-terminated.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn flexos_libc_mkdir(path: *const c_char, mode: c_int) -> c_int {
+    // SAFETY: forwarded contract.
+    let p = unsafe { shared_path(path) };
+    ret(gate!(flexos_vfs::mkdir(p.shared(), mode as u32)))
+}
+
+/// `rmdir(path)`.
+///
+/// # Safety
+/// `path` is NUL-terminated.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn flexos_libc_rmdir(path: *const c_char) -> c_int {
+    // SAFETY: forwarded contract.
+    let p = unsafe { shared_path(path) };
+    ret(gate!(flexos_vfs::rmdir(p.shared())))
+}
+
+/// `rename(from, to)`.
+///
+/// # Safety
+/// Both are NUL-terminated.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn flexos_libc_rename(from: *const c_char, to: *const c_char) -> c_int {
+    // SAFETY: forwarded contract.
+    let (f, t) = unsafe { (shared_path(from), shared_path(to)) };
+    ret(gate!(flexos_vfs::rename(f.shared(), t.shared())))
+}
+
+/// Creates the file `path` (and its parent directories) holding `data`;
+/// used at boot to unpack the files packed into the image.
+pub fn install_file(path: &str, data: &[u8]) -> Result<(), Errno> {
+    let mut at = 0;
+    while let Some(i) = path[at + 1..].find('/') {
+        at += i + 1;
+        let dir = SharedBuf::from_slice(&path.as_bytes()[..at]);
+        match gate!(flexos_vfs::mkdir(dir.shared(), 0o755)) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let p = SharedBuf::from_slice(path.as_bytes());
+    use flexos_gate::abi::open_flags::*;
+    let fd = gate!(flexos_vfs::open(p.shared(), O_WRONLY | O_CREAT | O_TRUNC, 0o644))?;
+    let body = SharedBuf::from_slice(data);
+    let written = gate!(flexos_vfs::write(fd, body.shared()));
+    gate!(flexos_vfs::close(fd))?;
+    if written? != data.len() {
+        return Err(Errno::EIO);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn c_file_calls_reach_vfs() {
+        install_file("/etc/app/config.txt", b"k=v\n").unwrap();
+        unsafe {
+            assert_eq!(flexos_libc_access(c"/etc/app".as_ptr()), 2);
+            assert_eq!(flexos_libc_access(c"/etc/app/config.txt".as_ptr()), 1);
+            assert_eq!(flexos_libc_access(c"/nope".as_ptr()), -2);
+            let fd = flexos_libc_open(c"/etc/app/config.txt".as_ptr(), 2, 0);
+            assert!(fd >= 3);
+            assert_eq!(flexos_libc_fsize(fd), 4);
+            let mut buf = [0u8; 8];
+            assert_eq!(flexos_libc_pread(fd, buf.as_mut_ptr(), 8, 0), 4);
+            assert_eq!(&buf[..4], b"k=v\n");
+            assert_eq!(flexos_libc_pwrite(fd, b"XY".as_ptr(), 2, 10), 2);
+            assert_eq!(flexos_libc_fsize(fd), 12);
+            assert_eq!(flexos_libc_lseek(fd, 0, 0), 0);
+            assert_eq!(flexos_libc_read(fd, buf.as_mut_ptr(), 3), 3);
+            assert_eq!(flexos_libc_ftruncate(fd, 1), 0);
+            assert_eq!(flexos_libc_fsync(fd), 0);
+            assert_eq!(flexos_libc_close(fd), 0);
+            assert_eq!(flexos_libc_close(fd), -9);
+            assert_eq!(flexos_libc_rename(c"/etc/app/config.txt".as_ptr(), c"/etc/c".as_ptr()), 0);
+            assert_eq!(flexos_libc_unlink(c"/etc/c".as_ptr()), 0);
+            assert_eq!(flexos_libc_rmdir(c"/etc/app".as_ptr()), 0);
+            assert_eq!(flexos_libc_mkdir(c"/etc".as_ptr(), 0), -17);
+            assert_eq!(flexos_libc_open(c"/etc/none".as_ptr(), 0, 0), -2);
+        }
+    }
+
+    #[test]
+    fn malloc_family() {
+        use crate::memory::*;
+        let p = flexos_libc_malloc(100).cast::<u8>();
+        assert!(!p.is_null() && p as usize % 16 == 0);
+        unsafe {
+            for i in 0..100 {
+                *p.add(i) = i as u8;
+            }
+            let q = flexos_libc_realloc(p.cast(), 1000).cast::<u8>();
+            assert_eq!(*q.add(99), 99, "realloc keeps the contents");
+            flexos_libc_free(q.cast());
+            let z = flexos_libc_calloc(10, 10).cast::<u8>();
+            assert!((0..100).all(|i| *z.add(i) == 0));
+            flexos_libc_free(z.cast());
+            flexos_libc_free(core::ptr::null_mut());
+        }
+        assert!(flexos_libc_calloc(usize::MAX, 2).is_null(), "overflow is refused");
+    }
+}
