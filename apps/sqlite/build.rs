@@ -1,0 +1,122 @@
+//! Builds the C part of the SQLite image: the SQLite amalgamation (from the
+//! `libsqlite3-sys` crate), its FlexOS OS layer and the driver program.
+//!
+//! The objects are linked into one relocatable object in which every
+//! undefined symbol, i.e. every call into a C library, is renamed to the
+//! FlexOS libc's `flexos_libc_<name>`: the C code cannot reach the host's
+//! libc. `main` becomes `flexos_c_main`, which `flexos_libc::run_c_main`
+//! calls. Hardening flags come from the image configuration (`FLEXOS_CONFIG`).
+//! Also packs the configuration's `files` folder into the image.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    if !out.status.success() {
+        panic!("{cmd:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn main() {
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").unwrap());
+    let amalgamation = PathBuf::from(std::env::var("DEP_SQLITE3_INCLUDE").expect("libsqlite3-sys (bundled) provides the amalgamation"));
+    println!("cargo:rerun-if-env-changed=FLEXOS_CONFIG");
+    println!("cargo:rerun-if-changed=c");
+
+    let layout = match std::env::var_os("FLEXOS_CONFIG") {
+        Some(p) => {
+            println!("cargo:rerun-if-changed={}", Path::new(&p).display());
+            flexos_config::load(Path::new(&p)).unwrap_or_else(|errors| {
+                for e in errors {
+                    eprintln!("{e}");
+                }
+                panic!("invalid FlexOS configuration");
+            })
+        }
+        None => flexos_config::single_compartment("sqlite"),
+    };
+    let harden = layout.placement("sqlite").map(|p| p.harden.clone()).unwrap_or_default();
+
+    let mut build = cc::Build::new();
+    build
+        .include(&amalgamation)
+        .include("c")
+        .file(amalgamation.join("sqlite3.c"))
+        .file("c/os_flexos.c")
+        .file("c/sqlite_main.c")
+        .opt_level(2)
+        .define("SQLITE_OS_OTHER", "1")
+        .define("SQLITE_THREADSAFE", "0")
+        .define("SQLITE_OMIT_LOAD_EXTENSION", None)
+        .define("SQLITE_OMIT_LOCALTIME", None)
+        .flag("-fno-stack-protector")
+        .warnings(false);
+    for h in &harden {
+        match h {
+            flexos_config::Hardening::StackProtector => {
+                build.flag("-fstack-protector-all");
+            }
+            flexos_config::Hardening::Ubsan => {
+                build.flag("-fsanitize=undefined").flag("-fsanitize-undefined-trap-on-error");
+            }
+            other => panic!("hardening {} does not apply to C code", other.name()),
+        }
+    }
+    let objects = build.compile_intermediates();
+
+    let cc = build.get_compiler();
+    let combined = out.join("sqlite_combined.o");
+    run(Command::new(cc.path()).arg("-r").arg("-nostdlib").arg("-o").arg(&combined).args(&objects));
+
+    // Rename every external reference to the FlexOS libc.
+    let undefined: Vec<String> =
+        run(Command::new("nm").arg("-u").arg(&combined)).lines().filter_map(|l| l.split_whitespace().last().map(str::to_owned)).collect();
+    let mut renames = String::from("main flexos_c_main\n");
+    for sym in &undefined {
+        if !sym.starts_with("flexos_libc_") {
+            writeln!(renames, "{sym} flexos_libc_{sym}").unwrap();
+        }
+    }
+    let renames_file = out.join("renames.txt");
+    std::fs::write(&renames_file, &renames).unwrap();
+    run(Command::new("objcopy").arg(format!("--redefine-syms={}", renames_file.display())).arg(&combined));
+    let remaining = run(Command::new("nm").arg("-u").arg(&combined));
+    for sym in remaining.lines().filter_map(|l| l.split_whitespace().last()) {
+        assert!(sym.starts_with("flexos_libc_"), "C code references {sym} outside the FlexOS libc");
+    }
+
+    let archive = out.join("libflexos_app_sqlite_c.a");
+    let _ = std::fs::remove_file(&archive);
+    run(Command::new("ar").arg("crs").arg(&archive).arg(&combined));
+    println!("cargo:rustc-link-search=native={}", out.display());
+    println!("cargo:rustc-link-lib=static=flexos_app_sqlite_c");
+
+    // Files packed into the image.
+    let mut packed = String::from("/// Files packed into the image at build time: (path in the image, contents).\npub const PACKED_FILES: &[(&str, &[u8])] = &[\n");
+    if let Some(dir) = &layout.files {
+        let mut stack = vec![dir.clone()];
+        let mut files = Vec::new();
+        while let Some(d) = stack.pop() {
+            println!("cargo:rerun-if-changed={}", d.display());
+            for entry in std::fs::read_dir(&d).unwrap().flatten() {
+                let p = entry.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    files.push(p);
+                }
+            }
+        }
+        files.sort();
+        for f in files {
+            println!("cargo:rerun-if-changed={}", f.display());
+            let rel = f.strip_prefix(dir).unwrap().to_string_lossy().replace('\\', "/");
+            writeln!(packed, "    ({:?}, include_bytes!({:?})),", format!("/{rel}"), f.display().to_string()).unwrap();
+        }
+    }
+    packed.push_str("];\n");
+    std::fs::write(out.join("packed_files.rs"), packed).unwrap();
+}
