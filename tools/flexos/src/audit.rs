@@ -1,0 +1,193 @@
+//! Static checks of the architecture's rules, run in CI.
+//!
+//! * [`writable_statics`]: components keep no mutable statics (DESIGN 3):
+//!   every symbol in a writable data section of a built image is attributed
+//!   to its crate, and none may belong to a component crate.
+//! * [`gate_bypasses`]: every call from one component into another goes
+//!   through `gate!` (DESIGN 5.1): outside `gate!(...)`, a component's
+//!   source may not name another component's crate.
+
+use object::{Object, ObjectSection, ObjectSymbol, SectionKind};
+use proc_macro2::{TokenStream, TokenTree};
+use std::path::{Path, PathBuf};
+
+/// The Rust crates that are components, by crate name (not the trusted core:
+/// platform, gate, alloc, layout).
+pub const COMPONENT_CRATES: &[&str] = &["flexos_sched", "flexos_time", "flexos_vfs", "flexos_ramfs", "flexos_libc"];
+
+/// A mutable static found in a component.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MutableStatic {
+    /// The component crate.
+    pub krate: String,
+    /// The demangled symbol.
+    pub symbol: String,
+    /// The section it lives in.
+    pub section: String,
+}
+
+/// The crate a demangled Rust symbol belongs to (`<a::B as c::D>::f` belongs to `a`).
+pub fn crate_of(demangled: &str) -> &str {
+    let s = demangled.trim_start_matches(['<', '&', '*']).trim_start_matches("mut ").trim_start_matches("const ");
+    s.split("::").next().unwrap_or(s)
+}
+
+/// The component statics among `(symbol, section)` pairs of writable data.
+pub fn component_statics<'a>(symbols: impl IntoIterator<Item = (&'a str, &'a str)>) -> Vec<MutableStatic> {
+    let mut out = Vec::new();
+    for (raw, section) in symbols {
+        let demangled = format!("{:#}", rustc_demangle::demangle(raw));
+        let krate = crate_of(&demangled);
+        if COMPONENT_CRATES.contains(&krate) {
+            out.push(MutableStatic { krate: krate.to_string(), symbol: demangled, section: section.to_string() });
+        }
+    }
+    out
+}
+
+/// Whether a section holds data a program can write at run time.
+fn writable(kind: SectionKind, name: &str) -> bool {
+    matches!(kind, SectionKind::Data | SectionKind::UninitializedData | SectionKind::Tls | SectionKind::UninitializedTls)
+        && !name.starts_with(".data.rel.ro")
+}
+
+/// Every symbol in a writable section of the ELF image at `path`, as (symbol, section).
+pub fn writable_symbols(path: &Path) -> Result<Vec<(String, String)>, String> {
+    let data = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let file = object::File::parse(&*data).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut out = Vec::new();
+    for sym in file.symbols() {
+        let Some(index) = sym.section_index() else { continue };
+        let Ok(section) = file.section_by_index(index) else { continue };
+        let name = section.name().unwrap_or("");
+        if writable(section.kind(), name)
+            && let Ok(s) = sym.name()
+        {
+            out.push((s.to_string(), name.to_string()));
+        }
+    }
+    if out.is_empty() && file.symbols().next().is_none() {
+        return Err(format!("{}: the image has no symbol table (stripped?)", path.display()));
+    }
+    Ok(out)
+}
+
+/// The mutable statics of components in the image at `path`.
+pub fn writable_statics(path: &Path) -> Result<Vec<MutableStatic>, String> {
+    let symbols = writable_symbols(path)?;
+    Ok(component_statics(symbols.iter().map(|(a, b)| (a.as_str(), b.as_str()))))
+}
+
+/// A place where a component names another component outside `gate!`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bypass {
+    /// The source file.
+    pub file: PathBuf,
+    /// 1-based line.
+    pub line: usize,
+    /// The component crate named.
+    pub callee: String,
+}
+
+/// The gate bypasses in one source text of component crate `own`.
+pub fn bypasses_in(file: &Path, own: &str, source: &str) -> Result<Vec<Bypass>, String> {
+    let tokens: TokenStream = source.parse().map_err(|e| format!("{}: {e:?}", file.display()))?;
+    let mut out = Vec::new();
+    scan(tokens, own, file, &mut out);
+    Ok(out)
+}
+
+fn scan(tokens: TokenStream, own: &str, file: &Path, out: &mut Vec<Bypass>) {
+    let tokens: Vec<TokenTree> = tokens.into_iter().collect();
+    let mut i = 0;
+    while i < tokens.len() {
+        match &tokens[i] {
+            TokenTree::Ident(id)
+                if id == "gate"
+                    && matches!(tokens.get(i + 1), Some(TokenTree::Punct(p)) if p.as_char() == '!')
+                    && matches!(tokens.get(i + 2), Some(TokenTree::Group(_))) =>
+            {
+                i += 3; // the gated call itself may name the callee
+                continue;
+            }
+            TokenTree::Ident(id) => {
+                let name = id.to_string();
+                if name != own && COMPONENT_CRATES.contains(&name.as_str()) {
+                    out.push(Bypass { file: file.to_owned(), line: id.span().start().line, callee: name });
+                }
+            }
+            TokenTree::Group(g) => scan(g.stream(), own, file, out),
+            _ => {}
+        }
+        i += 1;
+    }
+}
+
+/// The gate bypasses in every component crate under `root/components`
+/// (their `src` folders; tests may call components directly).
+pub fn gate_bypasses(root: &Path) -> Result<Vec<Bypass>, String> {
+    let mut out = Vec::new();
+    let components = root.join("components");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&components)
+        .map_err(|e| format!("{}: {e}", components.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    dirs.sort();
+    for dir in dirs {
+        let own = format!("flexos_{}", dir.file_name().unwrap_or_default().to_string_lossy());
+        let mut stack = vec![dir.join("src")];
+        while let Some(d) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&d) else { continue };
+            for e in entries.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    let src = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+                    out.extend(bypasses_in(&p, &own, &src)?);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attributes_symbols_to_crates() {
+        assert_eq!(crate_of("flexos_vfs::STATE"), "flexos_vfs");
+        assert_eq!(crate_of("<flexos_ramfs::Fs as core::default::Default>::default::X"), "flexos_ramfs");
+        assert_eq!(crate_of("sqlite3Config"), "sqlite3Config");
+    }
+
+    #[test]
+    fn finds_component_statics_and_allows_the_core() {
+        let found = component_statics([
+            ("_ZN10flexos_vfs7COUNTER17h0123456789abcdefE", ".bss"),
+            ("_ZN11flexos_gate5stats6COUNTS17h0123456789abcdefE", ".bss"),
+            ("sqlite3Config", ".data"),
+        ]);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].krate, "flexos_vfs");
+        assert_eq!(found[0].symbol, "flexos_vfs::COUNTER");
+    }
+
+    #[test]
+    fn finds_calls_that_bypass_gates() {
+        let src = r#"
+            fn ok() { gate!(flexos_ramfs::read(1, 2, buf)); }
+            fn bad() { flexos_ramfs::write(1, 2, buf); }
+            use flexos_sched::spawn;
+            // flexos_time::sleep_ns in a comment is fine
+            fn fine() { let s = "flexos_time"; }
+        "#;
+        let found = bypasses_in(Path::new("x.rs"), "flexos_vfs", src).unwrap();
+        let lines: Vec<(usize, &str)> = found.iter().map(|b| (b.line, b.callee.as_str())).collect();
+        assert_eq!(lines, [(3, "flexos_ramfs"), (4, "flexos_sched")]);
+        assert!(bypasses_in(Path::new("x.rs"), "flexos_ramfs", "fn f() { flexos_ramfs::x(); }").unwrap().is_empty());
+    }
+}

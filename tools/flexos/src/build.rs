@@ -1,0 +1,139 @@
+//! Building images: one cargo build per configuration, in its own target
+//! folder, so that switching configurations rebuilds nothing and each
+//! configuration is rebuilt only when its inputs change.
+
+use flexos_config::{Hardening, Language, Layout, component_info};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// How to build.
+#[derive(Clone, Debug)]
+pub struct BuildOptions {
+    /// Optimized build (the default); `false` for a debug build.
+    pub release: bool,
+    /// Count gate crossings (always on in debug builds).
+    pub gate_stats: bool,
+    /// Show progress on standard error.
+    pub progress: bool,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        BuildOptions { release: true, gate_stats: false, progress: true }
+    }
+}
+
+/// The cargo package and binary of an application's image.
+pub fn image_package(app: &str) -> (&'static str, &'static str) {
+    match app {
+        "sqlite" => ("flexos-app-sqlite", "flexos-sqlite"),
+        other => panic!("no image package for app {other:?}"),
+    }
+}
+
+/// Where the image of `layout` is built: `target/flexos/<config stem>-<hash of its path and options>`.
+pub fn output_dir(root: &Path, layout: &Layout, options: &BuildOptions) -> PathBuf {
+    let mut h = DefaultHasher::new();
+    layout.source.hash(&mut h);
+    options.release.hash(&mut h);
+    options.gate_stats.hash(&mut h);
+    let stem = layout.source.file_stem().map_or("image".into(), |s| s.to_string_lossy().into_owned());
+    root.join("target/flexos").join(format!("{stem}-{:08x}", h.finish() as u32))
+}
+
+/// The cargo profile settings that implement each component's Rust hardening.
+pub fn profile_overrides(layout: &Layout, release: bool) -> Vec<String> {
+    let profile = if release { "release" } else { "dev" };
+    let mut out = Vec::new();
+    for p in &layout.placements {
+        let Some(info) = component_info(p.component) else { continue };
+        if info.language != Language::Rust {
+            continue; // C hardening is applied by the component's build script.
+        }
+        for h in &p.harden {
+            let key = match h {
+                Hardening::OverflowChecks => "overflow-checks",
+                Hardening::DebugAssertions => "debug-assertions",
+                _ => continue,
+            };
+            out.push(format!("profile.{profile}.package.{}.{key}=true", info.package));
+        }
+    }
+    out
+}
+
+/// Builds the image of `layout` and returns the path of the image.
+pub fn build_image(root: &Path, layout: &Layout, options: &BuildOptions) -> Result<PathBuf, String> {
+    let (package, bin) = image_package(&layout.app);
+    let dir = output_dir(root, layout, options);
+    let config = std::fs::canonicalize(&layout.source).map_err(|e| format!("{}: {e}", layout.source.display()))?;
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root)
+        .args(["build", "--color", "never", "-p", package, "--bin", bin])
+        .env("FLEXOS_CONFIG", &config)
+        .env("CARGO_TARGET_DIR", dir.join("cargo"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if options.release {
+        cmd.arg("--release");
+    }
+    if options.gate_stats {
+        cmd.args(["--features", "flexos-gate/stats"]);
+    }
+    for o in profile_overrides(layout, options.release) {
+        cmd.args(["--config", &o]);
+    }
+    let mut child = cmd.spawn().map_err(|e| format!("cannot run cargo: {e}"))?;
+    let bar = if options.progress { ProgressBar::new_spinner() } else { ProgressBar::hidden() };
+    bar.set_style(ProgressStyle::with_template("{spinner} [{elapsed}] {msg}").expect("valid template"));
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar.set_message(format!("building {}", layout.source.display()));
+    let mut log = Vec::new();
+    for line in BufReader::new(child.stderr.take().expect("piped")).lines().map_while(Result::ok) {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("Compiling") || trimmed.starts_with("Finished") {
+            bar.set_message(format!("{}: {trimmed}", layout.source.display()));
+        }
+        log.push(line);
+    }
+    let status = child.wait().map_err(|e| format!("cargo: {e}"))?;
+    bar.finish_and_clear();
+    if !status.success() {
+        let tail: Vec<&String> = log.iter().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
+        let tail: Vec<&str> = tail.iter().map(|s| s.as_str()).collect();
+        return Err(format!("building {} failed:\n{}", layout.source.display(), tail.join("\n")));
+    }
+    let profile = if options.release { "release" } else { "debug" };
+    let built = dir.join("cargo").join(profile).join(bin);
+    let image = dir.join(bin);
+    // Copy (not rename) so cargo's own output stays fresh for the next incremental build.
+    std::fs::copy(&built, &image).map_err(|e| format!("cannot copy {}: {e}", built.display()))?;
+    Ok(image)
+}
+
+/// Builds the Linux baseline of an application (in `target/flexos/baseline`).
+pub fn build_baseline(root: &Path, app: &str, progress: bool) -> Result<PathBuf, String> {
+    let (package, bin) = match app {
+        "sqlite" => ("flexos-sqlite-linux", "sqlite-linux"),
+        other => return Err(format!("no Linux baseline for {other:?}")),
+    };
+    let bar = if progress { ProgressBar::new_spinner() } else { ProgressBar::hidden() };
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar.set_message(format!("building the Linux baseline {bin}"));
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(root)
+        .args(["build", "--release", "--color", "never", "-p", package, "--bin", bin])
+        .env_remove("FLEXOS_CONFIG")
+        .env("CARGO_TARGET_DIR", root.join("target/flexos/baseline/cargo"))
+        .output()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    bar.finish_and_clear();
+    if !out.status.success() {
+        return Err(format!("building {bin} failed:\n{}", String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(root.join("target/flexos/baseline/cargo/release").join(bin))
+}

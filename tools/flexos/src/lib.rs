@@ -1,0 +1,34 @@
+//! The library behind the `flexos` command: building images from
+//! configurations ([`build`]), benchmarking them ([`bench`]) and the static
+//! checks run in CI ([`audit`]).
+#![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod bench;
+pub mod build;
+
+use std::path::PathBuf;
+
+/// The root of the FlexOS workspace: `FLEXOS_ROOT`, or where this tool was built from.
+pub fn workspace_root() -> PathBuf {
+    match std::env::var_os("FLEXOS_ROOT") {
+        Some(root) => PathBuf::from(root),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root exists"),
+    }
+}
+
+/// Exit codes that scripts can rely on.
+pub mod exit {
+    /// Success.
+    pub const OK: i32 = 0;
+    /// The configuration is invalid.
+    pub const BAD_CONFIG: i32 = 1;
+    /// Wrong command-line usage (clap also uses 2).
+    pub const USAGE: i32 = 2;
+    /// Building the image failed.
+    pub const BUILD_FAILED: i32 = 3;
+    /// A benchmark run failed or gave wrong results.
+    pub const BENCH_FAILED: i32 = 4;
+    /// A static check found violations.
+    pub const AUDIT_FAILED: i32 = 5;
+}

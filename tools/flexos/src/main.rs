@@ -1,0 +1,214 @@
+//! `flexos`: check, build, run and benchmark FlexOS images.
+
+use clap::{Args, Parser, Subcommand};
+use flexos::build::{BuildOptions, build_baseline, build_image};
+use flexos::{audit, bench, exit, workspace_root};
+use flexos_config::Layout;
+use indicatif::ProgressBar;
+use std::path::{Path, PathBuf};
+
+/// FlexOS in Rust: a library OS whose isolation is chosen by a configuration file.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Validate a configuration and show its layout.
+    Check {
+        /// The configuration file.
+        config: PathBuf,
+    },
+    /// Build the image of a configuration; prints the image's path last.
+    Build {
+        /// The configuration file.
+        config: PathBuf,
+        #[command(flatten)]
+        options: BuildArgs,
+    },
+    /// Build (if needed) and run the image of a configuration.
+    Run {
+        /// The configuration file.
+        config: PathBuf,
+        #[command(flatten)]
+        options: BuildArgs,
+        /// Arguments for the application.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Measure images against the Linux baseline.
+    Bench {
+        #[command(subcommand)]
+        which: BenchCmd,
+    },
+    /// Static checks of the architecture's rules (run in CI).
+    Audit {
+        #[command(subcommand)]
+        which: AuditCmd,
+    },
+}
+
+#[derive(Args)]
+struct BuildArgs {
+    /// Build without optimizations (crossings are then always counted).
+    #[arg(long)]
+    debug: bool,
+    /// Count gate crossings; `run` prints them at exit.
+    #[arg(long)]
+    gate_stats: bool,
+    /// No progress display.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+impl BuildArgs {
+    fn options(&self) -> BuildOptions {
+        BuildOptions { release: !self.debug, gate_stats: self.gate_stats, progress: !self.quiet }
+    }
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// The FlexOS SQLite workload (5000 INSERTs, no transaction) on images and on Linux.
+    Sqlite {
+        /// Image configurations to measure [default: configs/sqlite.toml, configs/sqlite-fs.toml].
+        #[arg(long = "config")]
+        configs: Vec<PathBuf>,
+        /// Runs of each subject.
+        #[arg(long, default_value_t = 11)]
+        runs: usize,
+        /// Rows to insert per run.
+        #[arg(long, default_value_t = 5000)]
+        rows: u64,
+        /// Where to write the JSON report [default: target/flexos/bench/sqlite.json].
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Fail if a component of the built image has a mutable static.
+    Statics {
+        /// The image file.
+        image: PathBuf,
+    },
+    /// Fail if a component calls another component outside `gate!`.
+    Gates,
+}
+
+fn load(config: &Path) -> Result<Layout, i32> {
+    flexos_config::load(config).map_err(|errors| {
+        for e in errors {
+            eprintln!("{e}");
+        }
+        exit::BAD_CONFIG
+    })
+}
+
+fn build(config: &Path, options: &BuildOptions) -> Result<PathBuf, i32> {
+    let layout = load(config)?;
+    build_image(&workspace_root(), &layout, options).map_err(|e| {
+        eprintln!("error: {e}");
+        exit::BUILD_FAILED
+    })
+}
+
+fn bench_sqlite(configs: Vec<PathBuf>, runs: usize, rows: u64, json: Option<PathBuf>) -> Result<(), i32> {
+    let root = workspace_root();
+    let configs =
+        if configs.is_empty() { vec![root.join("configs/sqlite.toml"), root.join("configs/sqlite-fs.toml")] } else { configs };
+    if runs == 0 {
+        eprintln!("error: --runs must be at least 1");
+        return Err(exit::USAGE);
+    }
+    let mut subjects = Vec::new();
+    let options = BuildOptions::default();
+    for c in &configs {
+        let image = build(c, &options)?;
+        let name = c.file_name().map_or(c.display().to_string(), |n| n.to_string_lossy().into_owned());
+        subjects.push(bench::Subject { name, program: image, args: vec!["--rows".into(), rows.to_string()] });
+    }
+    let baseline = build_baseline(&root, "sqlite", true).map_err(|e| {
+        eprintln!("error: {e}");
+        exit::BUILD_FAILED
+    })?;
+    subjects.push(bench::Subject { name: "linux (tmpfs)".into(), program: baseline, args: vec!["--rows".into(), rows.to_string()] });
+    let bar = ProgressBar::new((runs * subjects.len()) as u64);
+    let report = bench::measure(&subjects, runs, rows, |done, _| bar.set_position(done as u64)).map_err(|e| {
+        bar.finish_and_clear();
+        eprintln!("error: {e}");
+        exit::BENCH_FAILED
+    })?;
+    bar.finish_and_clear();
+    print!("{}", bench::table(&report));
+    let json = json.unwrap_or_else(|| root.join("target/flexos/bench/sqlite.json"));
+    if let Some(dir) = json.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    std::fs::write(&json, serde_json::to_string_pretty(&report).expect("report serializes")).map_err(|e| {
+        eprintln!("error: {}: {e}", json.display());
+        exit::BENCH_FAILED
+    })?;
+    println!("json: {}", json.display());
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Check { config } => load(&config).map(|layout| print!("{}: ok\n{layout}", config.display())),
+        Cmd::Build { config, options } => build(&config, &options.options()).map(|image| println!("{}", image.display())),
+        Cmd::Run { config, options, args } => build(&config, &options.options()).and_then(|image| {
+            let mut cmd = std::process::Command::new(&image);
+            if options.gate_stats {
+                cmd.arg("--flexos-gate-stats");
+            }
+            let status = cmd.args(&args).status().map_err(|e| {
+                eprintln!("error: cannot start {}: {e}", image.display());
+                exit::BUILD_FAILED
+            })?;
+            std::process::exit(status.code().unwrap_or(128 + 9))
+        }),
+        Cmd::Bench { which: BenchCmd::Sqlite { configs, runs, rows, json } } => bench_sqlite(configs, runs, rows, json),
+        Cmd::Audit { which: AuditCmd::Statics { image } } => match audit::writable_statics(&image) {
+            Ok(found) if found.is_empty() => {
+                println!("{}: no component keeps a mutable static", image.display());
+                Ok(())
+            }
+            Ok(found) => {
+                for s in found {
+                    eprintln!("{}: component {} has a mutable static {} in {}", image.display(), s.krate, s.symbol, s.section);
+                }
+                Err(exit::AUDIT_FAILED)
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                Err(exit::AUDIT_FAILED)
+            }
+        },
+        Cmd::Audit { which: AuditCmd::Gates } => match audit::gate_bypasses(&workspace_root()) {
+            Ok(found) if found.is_empty() => {
+                println!("every call between components goes through gate!");
+                Ok(())
+            }
+            Ok(found) => {
+                for b in found {
+                    eprintln!("{}:{}: calls into {} without gate!", b.file.display(), b.line, b.callee);
+                }
+                Err(exit::AUDIT_FAILED)
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                Err(exit::AUDIT_FAILED)
+            }
+        },
+    };
+    std::process::exit(match result {
+        Ok(()) => exit::OK,
+        Err(code) => code,
+    });
+}
