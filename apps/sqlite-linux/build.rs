@@ -5,7 +5,9 @@
 use std::path::PathBuf;
 
 fn main() {
-    let amalgamation = PathBuf::from(std::env::var("DEP_SQLITE3_INCLUDE").expect("libsqlite3-sys (bundled) provides the amalgamation"));
+    let amalgamation = PathBuf::from(
+        std::env::var("DEP_SQLITE3_INCLUDE").expect("libsqlite3-sys (bundled) provides the amalgamation"),
+    );
     let app = PathBuf::from("../sqlite/c");
     println!("cargo:rerun-if-changed=../sqlite/c");
     cc::Build::new()

@@ -22,7 +22,9 @@ fn run(cmd: &mut Command) -> String {
 
 fn main() {
     let out = PathBuf::from(std::env::var_os("OUT_DIR").unwrap());
-    let amalgamation = PathBuf::from(std::env::var("DEP_SQLITE3_INCLUDE").expect("libsqlite3-sys (bundled) provides the amalgamation"));
+    let amalgamation = PathBuf::from(
+        std::env::var("DEP_SQLITE3_INCLUDE").expect("libsqlite3-sys (bundled) provides the amalgamation"),
+    );
     println!("cargo:rerun-if-env-changed=FLEXOS_CONFIG");
     println!("cargo:rerun-if-changed=c");
 
@@ -72,8 +74,10 @@ fn main() {
     run(Command::new(cc.path()).arg("-r").arg("-nostdlib").arg("-o").arg(&combined).args(&objects));
 
     // Rename every external reference to the FlexOS libc.
-    let undefined: Vec<String> =
-        run(Command::new("nm").arg("-u").arg(&combined)).lines().filter_map(|l| l.split_whitespace().last().map(str::to_owned)).collect();
+    let undefined: Vec<String> = run(Command::new("nm").arg("-u").arg(&combined))
+        .lines()
+        .filter_map(|l| l.split_whitespace().last().map(str::to_owned))
+        .collect();
     let mut renames = String::from("main flexos_c_main\n");
     for sym in &undefined {
         if !sym.starts_with("flexos_libc_") {
@@ -95,7 +99,9 @@ fn main() {
     println!("cargo:rustc-link-lib=static=flexos_app_sqlite_c");
 
     // Files packed into the image.
-    let mut packed = String::from("/// Files packed into the image at build time: (path in the image, contents).\npub const PACKED_FILES: &[(&str, &[u8])] = &[\n");
+    let mut packed = String::from(
+        "/// Files packed into the image at build time: (path in the image, contents).\npub const PACKED_FILES: &[(&str, &[u8])] = &[\n",
+    );
     if let Some(dir) = &layout.files {
         let mut stack = vec![dir.clone()];
         let mut files = Vec::new();

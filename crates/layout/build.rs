@@ -37,7 +37,13 @@ fn main() {
             "proc" => "Proc",
             _ => "Kvm",
         };
-        writeln!(out, "    Compartment {{ name: {:?}, mechanism: Mechanism::{mech}, sharing: {:?} }},", c.name, c.sharing.name()).unwrap();
+        writeln!(
+            out,
+            "    Compartment {{ name: {:?}, mechanism: Mechanism::{mech}, sharing: {:?} }},",
+            c.name,
+            c.sharing.name()
+        )
+        .unwrap();
     }
     writeln!(out, "];").unwrap();
     writeln!(out, "/// Every component's identity and placement.").unwrap();

@@ -42,7 +42,8 @@ pub unsafe extern "C" fn flexos_libc_memset(dst: *mut c_void, c: c_int, n: usize
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn flexos_libc_memcmp(a: *const c_void, b: *const c_void, n: usize) -> c_int {
     // SAFETY: the C contract of memcmp.
-    let (a, b) = unsafe { (core::slice::from_raw_parts(a.cast::<u8>(), n), core::slice::from_raw_parts(b.cast::<u8>(), n)) };
+    let (a, b) =
+        unsafe { (core::slice::from_raw_parts(a.cast::<u8>(), n), core::slice::from_raw_parts(b.cast::<u8>(), n)) };
     match a.iter().zip(b).find(|(x, y)| x != y) {
         Some((x, y)) => *x as c_int - *y as c_int,
         None => 0,
@@ -101,7 +102,8 @@ fn compare(a: impl Iterator<Item = u8>, b: impl Iterator<Item = u8>) -> c_int {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn flexos_libc_strcmp(a: *const c_char, b: *const c_char) -> c_int {
     // SAFETY: the C contract; the NUL is included so the shorter string compares low.
-    let (a, b) = unsafe { (core::ffi::CStr::from_ptr(a).to_bytes_with_nul(), core::ffi::CStr::from_ptr(b).to_bytes_with_nul()) };
+    let (a, b) =
+        unsafe { (core::ffi::CStr::from_ptr(a).to_bytes_with_nul(), core::ffi::CStr::from_ptr(b).to_bytes_with_nul()) };
     compare(a.iter().copied(), b.iter().copied())
 }
 

@@ -139,15 +139,8 @@ pub fn create(dir: u64, name: SharedRef<'_>, kind: FileKind) -> Result<u64, Errn
         }
         d.entries.insert(name.to_vec(), ino);
         d.mtime_ns = now;
-        let node = Inode {
-            kind,
-            data: Vec::new(),
-            entries: BTreeMap::new(),
-            parent: dir,
-            nlink: 1,
-            opens: 0,
-            mtime_ns: now,
-        };
+        let node =
+            Inode { kind, data: Vec::new(), entries: BTreeMap::new(), parent: dir, nlink: 1, opens: 0, mtime_ns: now };
         fs.inodes.insert(ino, node);
         fs.next += 1;
         Ok(ino)

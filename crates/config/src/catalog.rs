@@ -41,7 +41,13 @@ pub const COMPONENTS: &[ComponentInfo] = &[
         app: None,
         colocated_with: Some(("sqlite", "C code calls the C library directly, without gates")),
     },
-    ComponentInfo { name: "sqlite", package: "flexos-app-sqlite", language: Language::C, app: Some("sqlite"), colocated_with: None },
+    ComponentInfo {
+        name: "sqlite",
+        package: "flexos-app-sqlite",
+        language: Language::C,
+        app: Some("sqlite"),
+        colocated_with: None,
+    },
 ];
 
 /// The applications an image can be built for.

@@ -39,8 +39,6 @@ pub fn parse(path: &Path, text: &str) -> Result<Layout, Vec<ConfigError>> {
 /// The layout used when no configuration is given: every component of `app`
 /// in one `fcall` compartment named `main`, no hardening.
 pub fn single_compartment(app: &str) -> Layout {
-    let text = format!(
-        "app = \"{app}\"\n[[compartment]]\nname = \"main\"\nmechanism = \"fcall\"\ndefault = true\n"
-    );
+    let text = format!("app = \"{app}\"\n[[compartment]]\nname = \"main\"\nmechanism = \"fcall\"\ndefault = true\n");
     parse(Path::new("<built-in default>"), &text).expect("the built-in default configuration is valid")
 }

@@ -439,7 +439,10 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Layout, Vec<ConfigError>>
     }
     for info in COMPONENTS.iter().filter(|c| c.in_app(&app)) {
         if let Some((other, why)) = info.colocated_with {
-            let (a, b) = (placements.iter().find(|p| p.component == info.name), placements.iter().find(|p| p.component == other));
+            let (a, b) = (
+                placements.iter().find(|p| p.component == info.name),
+                placements.iter().find(|p| p.component == other),
+            );
             if let (Some(a), Some(b)) = (a, b)
                 && a.compartment != b.compartment
             {

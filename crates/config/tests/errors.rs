@@ -43,7 +43,9 @@ fn default_compartment_becomes_index_zero() {
 
 #[test]
 fn single_compartment_is_default_without_flag() {
-    let layout = parse(Path::new("x.toml"), "app = \"sqlite\"\n[[compartment]]\nname = \"only\"\nmechanism = \"fcall\"\n").unwrap();
+    let layout =
+        parse(Path::new("x.toml"), "app = \"sqlite\"\n[[compartment]]\nname = \"only\"\nmechanism = \"fcall\"\n")
+            .unwrap();
     assert_eq!(layout.compartments[0].name, "only");
 }
 
@@ -73,7 +75,9 @@ fn unknown_compartment_reference() {
 
 #[test]
 fn missing_default_with_two_compartments() {
-    let e = one_error("app = \"sqlite\"\n[[compartment]]\nname = \"a\"\nmechanism = \"fcall\"\n[[compartment]]\nname = \"b\"\nmechanism = \"fcall\"\n");
+    let e = one_error(
+        "app = \"sqlite\"\n[[compartment]]\nname = \"a\"\nmechanism = \"fcall\"\n[[compartment]]\nname = \"b\"\nmechanism = \"fcall\"\n",
+    );
     assert!(e.message.contains("no compartment is marked as the default"), "{e}");
     assert!(e.fix.contains("default = true"), "{e}");
 }
@@ -113,7 +117,8 @@ fn sharing_the_mechanism_cannot_provide() {
     assert_eq!((e.line, e.column), (5, 11));
     assert!(e.message.contains("cannot provide sharing \"dss\""), "{e}");
     assert!(e.fix.contains("shared-stack"), "{e}");
-    let e = one_error("app = \"sqlite\"\n[[compartment]]\nname = \"main\"\nmechanism = \"fcall\"\nsharing = \"stack\"\n");
+    let e =
+        one_error("app = \"sqlite\"\n[[compartment]]\nname = \"main\"\nmechanism = \"fcall\"\nsharing = \"stack\"\n");
     assert!(e.message.contains("unknown sharing strategy"), "{e}");
 }
 
@@ -130,7 +135,9 @@ fn hardening_that_does_not_apply() {
 
 #[test]
 fn libc_must_stay_with_c_code() {
-    let e = one_error(&format!("{HEAD}[[compartment]]\nname = \"b\"\nmechanism = \"fcall\"\n[component.libc]\ncompartment = \"b\"\n"));
+    let e = one_error(&format!(
+        "{HEAD}[[compartment]]\nname = \"b\"\nmechanism = \"fcall\"\n[component.libc]\ncompartment = \"b\"\n"
+    ));
     assert!(e.message.contains("same compartment"), "{e}");
 }
 
@@ -170,7 +177,11 @@ fn files_folder_is_resolved_against_the_config() {
     let text = "app = \"sqlite\"\nfiles = \"site\"\n[[compartment]]\nname = \"m\"\nmechanism = \"fcall\"\n";
     let layout = parse(&dir.join("c.toml"), text).unwrap();
     assert_eq!(layout.files, Some(std::fs::canonicalize(dir.join("site")).unwrap()));
-    let e = parse(&dir.join("c.toml"), "app = \"sqlite\"\nfiles = \"nope\"\n[[compartment]]\nname = \"m\"\nmechanism = \"fcall\"\n").unwrap_err();
+    let e = parse(
+        &dir.join("c.toml"),
+        "app = \"sqlite\"\nfiles = \"nope\"\n[[compartment]]\nname = \"m\"\nmechanism = \"fcall\"\n",
+    )
+    .unwrap_err();
     assert_eq!((e[0].line, e[0].column), (2, 9));
     assert!(e[0].message.contains("does not exist"));
     std::fs::remove_dir_all(dir).unwrap();

@@ -72,11 +72,7 @@ where
     A: Crossing + Args<F, R>,
     R: Crossing,
 {
-    if FROM == TO {
-        args.apply(f)
-    } else {
-        cross(from, to, args, f)
-    }
+    if FROM == TO { args.apply(f) } else { cross(from, to, args, f) }
 }
 
 /// A call that leaves the caller's compartment: the mechanism's domain switch.

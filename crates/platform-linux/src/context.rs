@@ -115,7 +115,15 @@ impl Context {
         // rbx, rbp, then the return address. After the `ret`, rsp is 16-byte
         // aligned as the `call r13` in flexos_context_start requires.
         let sp = top - 72;
-        let frame: [usize; 7] = [0, 0, context_main as extern "C" fn(*mut Entry) as usize, entry as usize, 0, 0, flexos_context_start as unsafe extern "C" fn() as usize];
+        let frame: [usize; 7] = [
+            0,
+            0,
+            context_main as extern "C" fn(*mut Entry) as usize,
+            entry as usize,
+            0,
+            0,
+            flexos_context_start as unsafe extern "C" fn() as usize,
+        ];
         // SAFETY: `sp .. sp + 56` lies inside the stack mapping just created
         // (its usable part is at least one page), which nothing else uses.
         unsafe { std::ptr::copy_nonoverlapping(frame.as_ptr(), sp as *mut usize, frame.len()) };

@@ -47,8 +47,10 @@ pub fn component_statics<'a>(symbols: impl IntoIterator<Item = (&'a str, &'a str
 
 /// Whether a section holds data a program can write at run time.
 fn writable(kind: SectionKind, name: &str) -> bool {
-    matches!(kind, SectionKind::Data | SectionKind::UninitializedData | SectionKind::Tls | SectionKind::UninitializedTls)
-        && !name.starts_with(".data.rel.ro")
+    matches!(
+        kind,
+        SectionKind::Data | SectionKind::UninitializedData | SectionKind::Tls | SectionKind::UninitializedTls
+    ) && !name.starts_with(".data.rel.ro")
 }
 
 /// Every symbol in a writable section of the ELF image at `path`, as (symbol, section).

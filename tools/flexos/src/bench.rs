@@ -106,7 +106,12 @@ pub struct Subject {
 
 /// Runs every subject `runs` times, in alternation (run 1 of each, then run 2 of each, ...).
 /// The last subject is the baseline that ratios are computed against.
-pub fn measure(subjects: &[Subject], runs: usize, rows: u64, mut progress: impl FnMut(usize, usize)) -> Result<Report, String> {
+pub fn measure(
+    subjects: &[Subject],
+    runs: usize,
+    rows: u64,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Report, String> {
     let mut seconds = vec![Vec::new(); subjects.len()];
     for run in 0..runs {
         for (i, s) in subjects.iter().enumerate() {
@@ -150,7 +155,10 @@ pub fn table(report: &Report) -> String {
 fn machine_description() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())))
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_string()))
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     format!("{cpu}, {cores} cores")

@@ -119,8 +119,11 @@ fn build(config: &Path, options: &BuildOptions) -> Result<PathBuf, i32> {
 
 fn bench_sqlite(configs: Vec<PathBuf>, runs: usize, rows: u64, json: Option<PathBuf>) -> Result<(), i32> {
     let root = workspace_root();
-    let configs =
-        if configs.is_empty() { vec![root.join("configs/sqlite.toml"), root.join("configs/sqlite-fs.toml")] } else { configs };
+    let configs = if configs.is_empty() {
+        vec![root.join("configs/sqlite.toml"), root.join("configs/sqlite-fs.toml")]
+    } else {
+        configs
+    };
     if runs == 0 {
         eprintln!("error: --runs must be at least 1");
         return Err(exit::USAGE);
@@ -136,7 +139,11 @@ fn bench_sqlite(configs: Vec<PathBuf>, runs: usize, rows: u64, json: Option<Path
         eprintln!("error: {e}");
         exit::BUILD_FAILED
     })?;
-    subjects.push(bench::Subject { name: "linux (tmpfs)".into(), program: baseline, args: vec!["--rows".into(), rows.to_string()] });
+    subjects.push(bench::Subject {
+        name: "linux (tmpfs)".into(),
+        program: baseline,
+        args: vec!["--rows".into(), rows.to_string()],
+    });
     let bar = ProgressBar::new((runs * subjects.len()) as u64);
     let report = bench::measure(&subjects, runs, rows, |done, _| bar.set_position(done as u64)).map_err(|e| {
         bar.finish_and_clear();
@@ -161,7 +168,9 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Check { config } => load(&config).map(|layout| print!("{}: ok\n{layout}", config.display())),
-        Cmd::Build { config, options } => build(&config, &options.options()).map(|image| println!("{}", image.display())),
+        Cmd::Build { config, options } => {
+            build(&config, &options.options()).map(|image| println!("{}", image.display()))
+        }
         Cmd::Run { config, options, args } => build(&config, &options.options()).and_then(|image| {
             let mut cmd = std::process::Command::new(&image);
             if options.gate_stats {
@@ -181,7 +190,13 @@ fn main() {
             }
             Ok(found) => {
                 for s in found {
-                    eprintln!("{}: component {} has a mutable static {} in {}", image.display(), s.krate, s.symbol, s.section);
+                    eprintln!(
+                        "{}: component {} has a mutable static {} in {}",
+                        image.display(),
+                        s.krate,
+                        s.symbol,
+                        s.section
+                    );
                 }
                 Err(exit::AUDIT_FAILED)
             }

@@ -1,0 +1,69 @@
+//! The `flexos` command: checking configurations and exit codes.
+
+use std::process::Command;
+
+fn flexos(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_flexos")).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+fn root() -> std::path::PathBuf {
+    flexos::workspace_root()
+}
+
+#[test]
+fn every_shipped_configuration_is_valid() {
+    let mut n = 0;
+    for entry in std::fs::read_dir(root().join("configs")).unwrap().flatten() {
+        let path = entry.path();
+        let (code, out, err) = flexos(&["check", path.to_str().unwrap()]);
+        assert_eq!(code, 0, "{}: {err}", path.display());
+        assert!(out.contains(": ok"), "{out}");
+        n += 1;
+    }
+    assert!(n >= 3);
+}
+
+#[test]
+fn a_bad_configuration_is_rejected_with_location_and_fix() {
+    let dir = std::env::temp_dir().join(format!("flexos-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "app = \"sqlite\"\n[[compartment]]\nname = \"main\"\nmechanism = \"fcall\"\ndefault = true\n[component.vfs]\ncompartment = \"files\"\n",
+    )
+    .unwrap();
+    for cmd in ["check", "build", "run"] {
+        let (code, _, err) = flexos(&[cmd, bad.to_str().unwrap()]);
+        assert_eq!(code, flexos::exit::BAD_CONFIG, "{cmd}: {err}");
+        assert!(
+            err.contains(&format!(
+                "{}:7:15: error: component \"vfs\" names unknown compartment \"files\"",
+                bad.display()
+            )),
+            "{err}"
+        );
+        assert!(err.contains("fix: use one of the [[compartment]] names: main"), "{err}");
+    }
+    let (code, _, err) = flexos(&["check", dir.join("missing.toml").to_str().unwrap()]);
+    assert_eq!(code, flexos::exit::BAD_CONFIG);
+    assert!(err.contains("cannot read the configuration"), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn usage_errors_exit_with_2() {
+    assert_eq!(flexos(&["frobnicate"]).0, 2);
+    assert_eq!(flexos(&["check"]).0, 2);
+}
+
+#[test]
+fn components_call_each_other_only_through_gates() {
+    let (code, out, err) = flexos(&["audit", "gates"]);
+    assert_eq!(code, 0, "{out}{err}");
+}

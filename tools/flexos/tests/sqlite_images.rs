@@ -1,0 +1,168 @@
+//! Builds SQLite images under several configurations and checks that they
+//! give the same results as each other and as SQLite on Linux, that gates
+//! are crossed where the configuration says, and that no component keeps a
+//! mutable static.
+
+use flexos::audit;
+use flexos::bench::{parse_workload, run_workload};
+use flexos::build::{BuildOptions, build_baseline, build_image};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+
+/// Builds are serialized (two cores) and shared between tests.
+fn image(config: &str) -> PathBuf {
+    static BUILT: OnceLock<Mutex<Vec<(String, PathBuf)>>> = OnceLock::new();
+    let mut built = BUILT.get_or_init(|| Mutex::new(Vec::new())).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, p)) = built.iter().find(|(c, _)| c == config) {
+        return p.clone();
+    }
+    let root = flexos::workspace_root();
+    let layout = flexos_config::load(&root.join(config)).unwrap();
+    let options = BuildOptions { release: true, gate_stats: true, progress: false };
+    let path = build_image(&root, &layout, &options).unwrap_or_else(|e| panic!("{e}"));
+    built.push((config.to_string(), path.clone()));
+    path
+}
+
+fn baseline() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| build_baseline(&flexos::workspace_root(), "sqlite", false).unwrap_or_else(|e| panic!("{e}")))
+        .clone()
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(program: &Path, args: &[&str]) -> Run {
+    let out = Command::new(program).args(args).output().unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into(),
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+    }
+}
+
+/// Gate crossings printed by `--flexos-gate-stats`, as (caller, callee, count).
+fn crossings(stderr: &str) -> Vec<(String, String, u64)> {
+    stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("gate-stats: "))
+        .filter_map(|l| {
+            let (pair, n) = l.rsplit_once(": ")?;
+            let (a, b) = pair.split_once(" -> ")?;
+            Some((a.to_string(), b.to_string(), n.parse().ok()?))
+        })
+        .collect()
+}
+
+fn count(stats: &[(String, String, u64)], from: &str, to: &str) -> u64 {
+    stats.iter().find(|(a, b, _)| a == from && b == to).map_or(0, |s| s.2)
+}
+
+const CONFIGS: [&str; 3] = ["configs/sqlite.toml", "configs/sqlite-fs.toml", "configs/sqlite-3comp-hardened.toml"];
+
+/// A query whose answer does not depend on the machine or the time.
+const QUERY: &str = "CREATE TABLE t(k INTEGER PRIMARY KEY, v TEXT); \
+    WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000) \
+    INSERT INTO t SELECT i, hex(randomblob(0) || i * 7919) FROM n; \
+    CREATE INDEX tv ON t(v); \
+    SELECT count(*), sum(k), min(v), max(v) FROM t; \
+    SELECT k, v FROM t WHERE k % 500 = 0 ORDER BY v; \
+    PRAGMA integrity_check;";
+
+#[test]
+fn the_workload_gives_5000_rows_and_a_sound_database_in_every_configuration() {
+    for config in CONFIGS {
+        let r = run_workload(&image(config), &[], 5000).unwrap_or_else(|e| panic!("{config}: {e}"));
+        assert!(r.elapsed_s > 0.0, "{config}: {r:?}");
+    }
+    let r = run_workload(&baseline(), &[], 5000).unwrap();
+    assert_eq!(r.integrity, "ok");
+}
+
+#[test]
+fn every_configuration_answers_queries_like_linux_sqlite() {
+    let linux = run(&baseline(), &["--db", "/dev/shm/flexos-test-query.db", "--sql", QUERY]);
+    let _ = std::fs::remove_file("/dev/shm/flexos-test-query.db");
+    assert_eq!(linux.code, 0, "{}", linux.stderr);
+    assert!(linux.stdout.ends_with("ok\n"), "{}", linux.stdout);
+    assert_eq!(linux.stdout.lines().count(), 1 + 4 + 1);
+    for config in CONFIGS {
+        let r = run(&image(config), &["--sql", QUERY]);
+        assert_eq!(r.code, 0, "{config}: {}", r.stderr);
+        assert_eq!(r.stdout, linux.stdout, "{config} differs from Linux");
+    }
+}
+
+#[test]
+fn gates_are_crossed_exactly_where_the_configuration_splits() {
+    let sql = "SELECT julianday('now') > 2460000; CREATE TABLE x(a); INSERT INTO x VALUES (1);";
+    let one = run(&image("configs/sqlite.toml"), &["--flexos-gate-stats", "--sql", sql]);
+    assert_eq!(one.code, 0, "{}", one.stderr);
+    assert!(one.stderr.contains("gate-stats: layout"), "{}", one.stderr);
+    assert!(crossings(&one.stderr).is_empty(), "one compartment crosses no gate: {}", one.stderr);
+
+    let fs = run(&image("configs/sqlite-fs.toml"), &["--flexos-gate-stats", "--sql", sql]);
+    assert_eq!(fs.code, 0, "{}", fs.stderr);
+    let stats = crossings(&fs.stderr);
+    assert!(count(&stats, "libc", "vfs") > 0, "{stats:?}");
+    assert_eq!(count(&stats, "vfs", "ramfs"), 0, "vfs and ramfs share a compartment");
+    assert_eq!(count(&stats, "libc", "time"), 0, "time stays with the application");
+
+    let three = run(&image("configs/sqlite-3comp-hardened.toml"), &["--flexos-gate-stats", "--sql", sql]);
+    assert_eq!(three.code, 0, "{}", three.stderr);
+    let stats = crossings(&three.stderr);
+    assert!(count(&stats, "libc", "vfs") > 0, "{stats:?}");
+    assert!(count(&stats, "libc", "time") > 0, "julianday('now') reads the clock through a gate: {stats:?}");
+    assert_eq!(count(&stats, "vfs", "ramfs"), 0);
+}
+
+#[test]
+fn a_script_packed_into_the_image_runs() {
+    let r = run(&image("configs/sqlite.toml"), &["--script", "/sql/demo.sql"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout, "Jupiter|95\nMars|2\nEarth|1\n5|98\n");
+    let missing = run(&image("configs/sqlite.toml"), &["--script", "/sql/none.sql"]);
+    assert_eq!(missing.code, 1);
+    assert!(missing.stderr.contains("cannot read script /sql/none.sql"), "{}", missing.stderr);
+}
+
+#[test]
+fn bad_sql_and_bad_arguments_fail_cleanly() {
+    let r = run(&image("configs/sqlite.toml"), &["--sql", "SELEKT 1"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("syntax error"), "{}", r.stderr);
+    let r = run(&image("configs/sqlite.toml"), &["--bogus"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("usage:"), "{}", r.stderr);
+}
+
+#[test]
+fn no_component_keeps_a_mutable_static() {
+    for config in CONFIGS {
+        let img = image(config);
+        let found = audit::writable_statics(&img).unwrap();
+        assert!(found.is_empty(), "{config}: {found:?}");
+        // The check sees the image's writable data: the trusted core's statics are there.
+        let symbols = audit::writable_symbols(&img).unwrap();
+        assert!(
+            symbols.iter().any(|(s, _)| s.contains("flexos_alloc")),
+            "the allocator's heaps are visible to the audit"
+        );
+    }
+}
+
+#[test]
+fn the_baseline_leaves_no_files_behind() {
+    let before: Vec<_> = std::fs::read_dir("/dev/shm").unwrap().flatten().map(|e| e.file_name()).collect();
+    let out = run(&baseline(), &["--rows", "10"]);
+    assert_eq!(parse_workload(&out.stdout).unwrap().rows, 10);
+    let after: Vec<_> = std::fs::read_dir("/dev/shm").unwrap().flatten().map(|e| e.file_name()).collect();
+    let leftovers: Vec<_> =
+        after.iter().filter(|f| !before.contains(f) && f.to_string_lossy().starts_with("flexos-sqlite")).collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
