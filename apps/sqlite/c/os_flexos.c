@@ -149,7 +149,7 @@ static int fx_get_last_error(sqlite3_vfs *vfs, int n, char *out) {
     return 0;
 }
 
-static sqlite3_vfs flexos_vfs = {
+static sqlite3_vfs flexos_sqlite_vfs = {
     2, sizeof(FlexosFile), 512, 0, "flexos", 0,
     fx_open, fx_delete, fx_access, fx_full_pathname,
     0, 0, 0, 0,
@@ -160,7 +160,7 @@ static sqlite3_vfs flexos_vfs = {
 
 int sqlite3_os_init(void) {
     flexos_libc_mkdir("/tmp", 0755);
-    return sqlite3_vfs_register(&flexos_vfs, 1);
+    return sqlite3_vfs_register(&flexos_sqlite_vfs, 1);
 }
 
 int sqlite3_os_end(void) { return SQLITE_OK; }
