@@ -263,7 +263,7 @@ mod tests {
     fn malloc_family() {
         use crate::memory::*;
         let p = flexos_libc_malloc(100).cast::<u8>();
-        assert!(!p.is_null() && p as usize % 16 == 0);
+        assert!(!p.is_null() && (p as usize).is_multiple_of(16));
         unsafe {
             for i in 0..100 {
                 *p.add(i) = i as u8;

@@ -51,6 +51,8 @@ macro_rules! component {
 /// `gate!(flexos_vfs::open(path, flags))`.
 ///
 /// Every argument and the result must implement [`Crossing`].
+// `crate::FLEXOS_COMPONENT` deliberately names the *calling* crate's component.
+#[allow(clippy::crate_in_macro_def)]
 #[macro_export]
 macro_rules! gate {
     ($callee:ident :: $func:ident ( $($arg:expr),* $(,)? )) => {
