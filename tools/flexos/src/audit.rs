@@ -82,6 +82,19 @@ pub fn writable_statics(path: &Path) -> Result<Vec<MutableStatic>, String> {
     Ok(component_statics(symbols.iter().map(|(a, b)| (a.as_str(), b.as_str()))))
 }
 
+/// How many instances of the cross-compartment gate path
+/// (`flexos_gate::cross`) the image at `path` contains. A configuration with
+/// one compartment must have none: every gate was folded into a plain call.
+pub fn cross_gate_instances(path: &Path) -> Result<usize, String> {
+    let data = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let file = object::File::parse(&*data).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(file
+        .symbols()
+        .filter_map(|s| s.name().ok().and_then(|n| rustc_demangle::try_demangle(n).ok()))
+        .filter(|d| format!("{d:#}").starts_with("flexos_gate::cross"))
+        .count())
+}
+
 /// A place where a component names another component outside `gate!`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Bypass {

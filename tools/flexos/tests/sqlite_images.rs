@@ -122,6 +122,12 @@ fn gates_are_crossed_exactly_where_the_configuration_splits() {
 }
 
 #[test]
+fn gates_inside_one_compartment_compile_to_plain_calls() {
+    assert_eq!(audit::cross_gate_instances(&image("configs/sqlite.toml")).unwrap(), 0);
+    assert!(audit::cross_gate_instances(&image("configs/sqlite-fs.toml")).unwrap() > 0);
+}
+
+#[test]
 fn a_script_packed_into_the_image_runs() {
     let r = run(&image("configs/sqlite.toml"), &["--script", "/sql/demo.sql"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
