@@ -108,6 +108,17 @@ fn check_name(name: &[u8]) -> Result<(), Errno> {
     Ok(())
 }
 
+/// Whether `node` may be removed (or replaced) by an operation on a `kind`:
+/// the kinds must agree, and a directory must be empty.
+fn check_replaceable(kind: FileKind, node: &Inode) -> Result<(), Errno> {
+    match (kind, node.kind) {
+        (FileKind::File, FileKind::Dir) => Err(Errno::EISDIR),
+        (FileKind::Dir, FileKind::File) => Err(Errno::ENOTDIR),
+        (FileKind::Dir, FileKind::Dir) if !node.entries.is_empty() => Err(Errno::ENOTEMPTY),
+        _ => Ok(()),
+    }
+}
+
 /// The root directory's inode number.
 pub fn root() -> u64 {
     ROOT
@@ -213,13 +224,7 @@ pub fn remove(dir: u64, name: SharedRef<'_>, kind: FileKind) -> Result<(), Errno
     check_name(name)?;
     with(|fs| {
         let ino = *fs.dir(dir)?.entries.get(name).ok_or(Errno::ENOENT)?;
-        let n = fs.node(ino)?;
-        match (kind, n.kind) {
-            (FileKind::File, FileKind::Dir) => return Err(Errno::EISDIR),
-            (FileKind::Dir, FileKind::File) => return Err(Errno::ENOTDIR),
-            (FileKind::Dir, FileKind::Dir) if !n.entries.is_empty() => return Err(Errno::ENOTEMPTY),
-            _ => {}
-        }
+        check_replaceable(kind, fs.node(ino)?)?;
         fs.detach(dir, name).map(|_| ())
     })
 }
@@ -251,13 +256,7 @@ pub fn rename(src_dir: u64, src_name: SharedRef<'_>, dst_dir: u64, dst_name: Sha
             }
         }
         if let Some(&old) = fs.dir(dst_dir)?.entries.get(dst_name) {
-            let o = fs.node(old)?;
-            match (kind, o.kind) {
-                (FileKind::File, FileKind::Dir) => return Err(Errno::EISDIR),
-                (FileKind::Dir, FileKind::File) => return Err(Errno::ENOTDIR),
-                (FileKind::Dir, FileKind::Dir) if !o.entries.is_empty() => return Err(Errno::ENOTEMPTY),
-                _ => {}
-            }
+            check_replaceable(kind, fs.node(old)?)?;
             fs.detach(dst_dir, dst_name)?;
         }
         let now = clock::wall_ns();

@@ -5,6 +5,24 @@ use std::ptr::NonNull;
 /// The size of a page.
 pub const PAGE_SIZE: usize = 4096;
 
+/// Maps `len` bytes (a multiple of the page size) of fresh, readable and
+/// writable memory, backed only where touched.
+fn map_anonymous(len: usize) -> Option<NonNull<u8>> {
+    // SAFETY: an anonymous private mapping at an address the kernel chooses
+    // cannot alias any existing Rust object.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED { None } else { NonNull::new(p.cast()) }
+}
+
 /// A region of address space reserved with `mmap`, readable and writable,
 /// backed by memory only where it is touched. It is never unmapped: regions
 /// back heaps that live as long as the image.
@@ -25,22 +43,7 @@ impl Region {
     /// Reserves `len` bytes (rounded up to pages). Returns `None` when the kernel refuses.
     pub fn reserve(len: usize) -> Option<Region> {
         let len = len.div_ceil(PAGE_SIZE) * PAGE_SIZE;
-        // SAFETY: an anonymous private mapping at an address the kernel chooses
-        // cannot alias any existing Rust object.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return None;
-        }
-        Some(Region { base: NonNull::new(p.cast())?, len })
+        Some(Region { base: map_anonymous(len)?, len })
     }
 
     /// Whether `[addr, addr + len)` lies inside this region.
@@ -63,22 +66,11 @@ impl Stack {
     pub fn new(size: usize) -> Stack {
         let size = size.max(PAGE_SIZE).div_ceil(PAGE_SIZE) * PAGE_SIZE;
         let mapping_len = size + PAGE_SIZE;
-        // SAFETY: fresh anonymous mapping, aliasing nothing.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                mapping_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        assert!(p != libc::MAP_FAILED, "cannot map a thread stack of {size} bytes");
+        let mapping = map_anonymous(mapping_len).unwrap_or_else(|| panic!("cannot map a thread stack of {size} bytes"));
         // SAFETY: the first page of the mapping we just created; nothing uses it yet.
-        let rc = unsafe { libc::mprotect(p, PAGE_SIZE, libc::PROT_NONE) };
+        let rc = unsafe { libc::mprotect(mapping.as_ptr().cast(), PAGE_SIZE, libc::PROT_NONE) };
         assert_eq!(rc, 0, "cannot protect the stack guard page");
-        Stack { mapping: NonNull::new(p.cast()).expect("mmap returned null"), mapping_len }
+        Stack { mapping, mapping_len }
     }
 
     /// The highest address of the stack (exclusive), 16-byte aligned.
