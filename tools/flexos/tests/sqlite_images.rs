@@ -127,6 +127,30 @@ fn gates_inside_one_compartment_compile_to_plain_calls() {
     assert!(audit::cross_gate_instances(&image("configs/sqlite-fs.toml")).unwrap() > 0);
 }
 
+/// The image's disassembly (binutils' objdump).
+fn disassembly(image: &Path) -> String {
+    let out = Command::new("objdump").args(["-d", "--no-show-raw-insn", "-C"]).arg(image).output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn hardening_options_reach_the_generated_code() {
+    let plain = image("configs/sqlite.toml");
+    let hardened = image("configs/sqlite-3comp-hardened.toml");
+    let (p, h) = (disassembly(&plain), disassembly(&hardened));
+    let canary_checks =
+        |d: &str| d.lines().filter(|l| l.contains("call") && l.contains("flexos_libc___stack_chk_fail")).count();
+    assert_eq!(canary_checks(&p), 0, "no stack protector without the option");
+    assert!(canary_checks(&h) > 100, "SQLite's functions check their canaries: {}", canary_checks(&h));
+    let traps = |d: &str| d.lines().filter(|l| l.trim_end().ends_with("ud2")).count();
+    assert!(traps(&h) > 10 * traps(&p).max(1), "UBSan adds trapping checks: {} vs {}", traps(&h), traps(&p));
+    // Rust overflow checks in vfs/ramfs pull in the overflow panic; nothing else in the image does.
+    let add_overflow = "<core::panicking::panic_const::panic_const_add_overflow>:";
+    assert!(!p.contains(add_overflow));
+    assert!(h.contains(add_overflow));
+}
+
 #[test]
 fn a_script_packed_into_the_image_runs() {
     let r = run(&image("configs/sqlite.toml"), &["--script", "/sql/demo.sql"]);
