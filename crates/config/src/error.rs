@@ -21,7 +21,10 @@ pub struct ConfigError {
 impl ConfigError {
     /// An error located at byte offset `at` of `text`.
     pub fn at(file: &Path, text: &str, at: usize, message: impl Into<String>, fix: impl Into<String>) -> Self {
-        let at = at.min(text.len());
+        let mut at = at.min(text.len());
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
         let before = &text[..at];
         let line = before.matches('\n').count() + 1;
         let line_start = before.rfind('\n').map_or(0, |i| i + 1);

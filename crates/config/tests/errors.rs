@@ -186,3 +186,52 @@ fn files_folder_is_resolved_against_the_config() {
     assert!(e[0].message.contains("does not exist"));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Random edits of a valid configuration are either accepted or rejected
+/// with located errors; the checker never panics.
+#[test]
+fn mutated_configurations_never_panic() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs");
+    let path = Path::new(dir).join("sqlite-3comp-hardened.toml");
+    let base = std::fs::read_to_string(&path).unwrap();
+    let pieces =
+        ["[", "]", "=", "\"", "\n", ".", "#", ",", "{", "}", "é", "default = true\n", "[[compartment]]\n", "\u{0}"];
+    let mut seed = 0x9e3779b97f4a7c15u64;
+    let mut next = move |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n as u64) as usize
+    };
+    let (mut accepted, mut rejected) = (0, 0);
+    for _ in 0..3000 {
+        let mut text: Vec<char> = base.chars().collect();
+        for _ in 0..1 + next(4) {
+            let at = next(text.len() + 1);
+            match next(3) {
+                0 if !text.is_empty() => {
+                    let end = (at + next(12)).min(text.len());
+                    text.drain(at.min(end)..end);
+                }
+                1 => text.splice(at..at, pieces[next(pieces.len())].chars()).for_each(drop),
+                _ => {
+                    let line: Vec<char> = base.lines().nth(next(base.lines().count())).unwrap().chars().collect();
+                    text.splice(at..at, line.into_iter().chain(['\n'])).for_each(drop);
+                }
+            }
+        }
+        let text: String = text.into_iter().collect();
+        match parse(&path, &text) {
+            Ok(_) => accepted += 1,
+            Err(errors) => {
+                rejected += 1;
+                assert!(!errors.is_empty());
+                for e in errors {
+                    assert!(e.line >= 1 && e.line <= text.lines().count() + 1, "{e} in:\n{text}");
+                    assert!(!e.fix.is_empty());
+                }
+            }
+        }
+    }
+    assert!(accepted > 0 && rejected > 0, "accepted {accepted}, rejected {rejected}");
+}
