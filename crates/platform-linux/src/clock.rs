@@ -23,3 +23,25 @@ pub fn wall_ns() -> u64 {
 pub fn host_sleep_ns(ns: u64) {
     std::thread::sleep(std::time::Duration::from_nanos(ns));
 }
+
+/// The CPU's time-stamp counter, fenced so that earlier instructions finish
+/// before it is read and later ones start after (for cycle measurements).
+#[inline(always)]
+pub fn cycles() -> u64 {
+    // SAFETY: `lfence` and `rdtsc` only read the time-stamp counter and order
+    // instructions; every x86-64 CPU has both (SSE2 is part of x86-64).
+    unsafe {
+        core::arch::x86_64::_mm_lfence();
+        let t = core::arch::x86_64::_rdtsc();
+        core::arch::x86_64::_mm_lfence();
+        t
+    }
+}
+
+/// Time-stamp counter ticks per second, measured against the monotonic clock over `ms` milliseconds.
+pub fn cycles_per_second(ms: u64) -> f64 {
+    let (c0, t0) = (cycles(), monotonic_ns());
+    host_sleep_ns(ms * 1_000_000);
+    let (c1, t1) = (cycles(), monotonic_ns());
+    (c1 - c0) as f64 * 1e9 / (t1 - t0) as f64
+}

@@ -1,11 +1,12 @@
 //! The library behind the `flexos` command: building images from
-//! configurations ([`build`]), benchmarking them ([`bench`]) and the static
+//! configurations ([`build`]), benchmarking them ([`bench`], [`gatebench`]) and the static
 //! checks run in CI ([`audit`]).
 #![forbid(unsafe_code)]
 
 pub mod audit;
 pub mod bench;
 pub mod build;
+pub mod gatebench;
 
 use std::path::PathBuf;
 

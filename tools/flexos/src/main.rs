@@ -87,6 +87,12 @@ enum BenchCmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Round-trip latency of an empty call through each gate, beside a system call, a pipe and shared memory.
+    Gates {
+        /// Where to write the JSON report [default: target/flexos/bench/gates.json].
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -152,11 +158,14 @@ fn bench_sqlite(configs: Vec<PathBuf>, runs: usize, rows: u64, json: Option<Path
     })?;
     bar.finish_and_clear();
     print!("{}", bench::table(&report));
-    let json = json.unwrap_or_else(|| root.join("target/flexos/bench/sqlite.json"));
+    write_json(json.unwrap_or_else(|| root.join("target/flexos/bench/sqlite.json")), &report)
+}
+
+fn write_json(json: PathBuf, report: &impl serde::Serialize) -> Result<(), i32> {
     if let Some(dir) = json.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
-    std::fs::write(&json, serde_json::to_string_pretty(&report).expect("report serializes")).map_err(|e| {
+    std::fs::write(&json, serde_json::to_string_pretty(report).expect("report serializes")).map_err(|e| {
         eprintln!("error: {}: {e}", json.display());
         exit::BENCH_FAILED
     })?;
@@ -183,6 +192,11 @@ fn main() {
             std::process::exit(status.code().unwrap_or(128 + 9))
         }),
         Cmd::Bench { which: BenchCmd::Sqlite { configs, runs, rows, json } } => bench_sqlite(configs, runs, rows, json),
+        Cmd::Bench { which: BenchCmd::Gates { json } } => {
+            let report = flexos::gatebench::run(1.0);
+            print!("{}", flexos::gatebench::table(&report));
+            write_json(json.unwrap_or_else(|| workspace_root().join("target/flexos/bench/gates.json")), &report)
+        }
         Cmd::Audit { which: AuditCmd::Statics { image } } => match audit::writable_statics(&image) {
             Ok(found) if found.is_empty() => {
                 println!("{}: no component keeps a mutable static", image.display());

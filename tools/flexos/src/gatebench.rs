@@ -1,0 +1,199 @@
+//! `flexos bench gates`: the round-trip cost of an empty call through each
+//! kind of gate, beside the operating system's own boundaries, measured in
+//! one run (DESIGN section 9; FlexOS fig. 11).
+//!
+//! Each row is timed with the fenced time-stamp counter: samples of `batch`
+//! calls, cycles per call, the timer's own overhead (an empty sample)
+//! subtracted; the minimum and the median over the samples are reported, as
+//! cycles and as nanoseconds (the counter's rate is calibrated against the
+//! monotonic clock).
+
+use flexos_gate::layout::{Component, Mechanism};
+use flexos_platform::clock::{cycles, cycles_per_second};
+use serde::Serialize;
+use std::hint::black_box;
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+const CALLER: Component = Component { id: 30, name: "bench-caller", compartment: 0, hardening: &[] };
+const CALLEE: Component = Component { id: 31, name: "bench-callee", compartment: 1, hardening: &[] };
+
+/// One row of the table.
+#[derive(Clone, Debug, Serialize)]
+pub struct GateRow {
+    /// What was measured.
+    pub name: String,
+    /// Minimum cycles per round trip, timer overhead subtracted.
+    pub min_cycles: f64,
+    /// Median cycles per round trip, timer overhead subtracted.
+    pub median_cycles: f64,
+    /// `min_cycles` in nanoseconds.
+    pub min_ns: f64,
+    /// `median_cycles` in nanoseconds.
+    pub median_ns: f64,
+}
+
+/// The whole result.
+#[derive(Clone, Debug, Serialize)]
+pub struct GateReport {
+    /// Time-stamp counter rate used for the conversion to ns.
+    pub cycles_per_second: f64,
+    /// The rows, in table order.
+    pub rows: Vec<GateRow>,
+    /// Mechanisms of the design that this build does not have yet.
+    pub not_implemented: Vec<String>,
+}
+
+#[inline(never)]
+fn empty(x: u64) -> u64 {
+    black_box(x)
+}
+
+/// Cycles per operation of `samples` samples of `batch` operations each.
+fn sample(samples: usize, batch: u64, mut op: impl FnMut(u64)) -> Vec<f64> {
+    for i in 0..batch.min(1000) {
+        op(i); // warm up
+    }
+    (0..samples)
+        .map(|_| {
+            let start = cycles();
+            for i in 0..batch {
+                op(i);
+            }
+            (cycles() - start) as f64 / batch as f64
+        })
+        .collect()
+}
+
+fn min_median(mut v: Vec<f64>) -> (f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[0], v[v.len() / 2])
+}
+
+/// Runs every row; `scale` multiplies the iteration counts (1.0 for the real benchmark).
+pub fn run(scale: f64) -> GateReport {
+    let hz = cycles_per_second(100);
+    let n = |x: f64| ((x * scale) as u64).max(1);
+    let samples = 101;
+    let (timer_min, timer_median) = min_median(sample(samples, 1, |_| {}));
+    let mut rows = Vec::new();
+    let mut add = |name: &str, batch: u64, op: &mut dyn FnMut(u64)| {
+        // The timer overhead is per sample, so it is divided over the batch.
+        let (min, median) = min_median(sample(samples, batch, op));
+        let (min, median) =
+            ((min - timer_min / batch as f64).max(0.0), (median - timer_median / batch as f64).max(0.0));
+        rows.push(GateRow {
+            name: name.to_string(),
+            min_cycles: min,
+            median_cycles: median,
+            min_ns: min * 1e9 / hz,
+            median_ns: median * 1e9 / hz,
+        });
+    };
+
+    add("function call", n(10_000.0), &mut |i| {
+        black_box(empty(i));
+    });
+    add("fcall gate, same compartment", n(10_000.0), &mut |i| {
+        black_box(flexos_gate::call::<0, 0, _, _, _>(CALLER, CALLER, (i,), empty));
+    });
+    add("fcall gate, other compartment", n(10_000.0), &mut |i| {
+        black_box(flexos_gate::cross_with(Mechanism::Fcall, CALLER, CALLEE, (i,), empty));
+    });
+    add("linux syscall (getppid)", n(2_000.0), &mut |_| {
+        black_box(std::os::unix::process::parent_id());
+    });
+
+    // Two threads bouncing a counter through one shared cache line: the floor
+    // for any gate that crosses to another core through shared memory.
+    let flag = Arc::new(AtomicU64::new(0));
+    let stop = u64::MAX;
+    let peer = {
+        let flag = flag.clone();
+        std::thread::spawn(move || {
+            loop {
+                let v = flag.load(Ordering::Acquire);
+                if v == stop {
+                    break;
+                }
+                if v % 2 == 1 {
+                    flag.store(v + 1, Ordering::Release);
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+        })
+    };
+    let mut next = 0u64;
+    add("shared-memory ping-pong (2 threads)", n(2_000.0), &mut |_| {
+        next += 1;
+        flag.store(next, Ordering::Release);
+        next += 1;
+        while flag.load(Ordering::Acquire) != next {
+            std::hint::spin_loop();
+        }
+    });
+    flag.store(stop, Ordering::Release);
+    peer.join().expect("ping-pong peer");
+
+    // A byte through a pipe to another process and back (`cat` echoes it).
+    let mut cat = Command::new("cat").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("cat runs");
+    let (mut to, mut from) = (cat.stdin.take().expect("stdin"), cat.stdout.take().expect("stdout"));
+    let mut byte = [0u8; 1];
+    add("pipe round trip (2 processes)", n(200.0), &mut |_| {
+        to.write_all(b"x").expect("pipe write");
+        from.read_exact(&mut byte).expect("pipe read");
+    });
+    drop(to);
+    let _ = cat.wait();
+
+    GateReport {
+        cycles_per_second: hz,
+        rows,
+        not_implemented: ["mpk (light, dss, heap)", "proc", "kvm", "shared locals (heap, dss)"]
+            .map(String::from)
+            .to_vec(),
+    }
+}
+
+/// The table printed by `flexos bench gates`.
+pub fn table(r: &GateReport) -> String {
+    let mut out = format!(
+        "Gate round trip, empty call; {:.2} GHz time-stamp counter; timer overhead subtracted\n{:38}  {:>10}  {:>10}  {:>9}  {:>9}\n",
+        r.cycles_per_second / 1e9,
+        "",
+        "min cyc",
+        "median cyc",
+        "min ns",
+        "median ns"
+    );
+    for row in &r.rows {
+        out += &format!(
+            "{:38}  {:>10.1}  {:>10.1}  {:>9.1}  {:>9.1}\n",
+            row.name, row.min_cycles, row.median_cycles, row.min_ns, row.median_ns
+        );
+    }
+    out += &format!("not in this build yet: {}\n", r.not_implemented.join(", "));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_row_is_measured() {
+        let r = run(0.01);
+        let names: Vec<&str> = r.rows.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names.len(), 6, "{names:?}");
+        assert!(names.contains(&"fcall gate, other compartment"));
+        assert!(r.cycles_per_second > 1e8);
+        for row in &r.rows {
+            assert!(row.min_cycles <= row.median_cycles, "{row:?}");
+            assert!(row.min_cycles.is_finite() && row.median_ns.is_finite(), "{row:?}");
+        }
+        assert!(table(&r).contains("pipe round trip"));
+    }
+}
