@@ -106,6 +106,20 @@ enum AuditCmd {
     Gates,
 }
 
+/// Writes to standard output; a closed pipe (`flexos ... | head`) ends the program quietly.
+fn say_raw(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if out.write_all(text.as_bytes()).and_then(|()| out.flush()).is_err() {
+        std::process::exit(exit::OK);
+    }
+}
+
+/// `println!` through [`say_raw`].
+macro_rules! say {
+    ($($arg:tt)*) => { say_raw(&format!("{}\n", format_args!($($arg)*))) };
+}
+
 fn load(config: &Path) -> Result<Layout, i32> {
     flexos_config::load(config).map_err(|errors| {
         for e in errors {
@@ -157,7 +171,7 @@ fn bench_sqlite(configs: Vec<PathBuf>, runs: usize, rows: u64, json: Option<Path
         exit::BENCH_FAILED
     })?;
     bar.finish_and_clear();
-    print!("{}", bench::table(&report));
+    say_raw(&bench::table(&report));
     write_json(json.unwrap_or_else(|| root.join("target/flexos/bench/sqlite.json")), &report)
 }
 
@@ -169,17 +183,15 @@ fn write_json(json: PathBuf, report: &impl serde::Serialize) -> Result<(), i32> 
         eprintln!("error: {}: {e}", json.display());
         exit::BENCH_FAILED
     })?;
-    println!("json: {}", json.display());
+    say!("json: {}", json.display());
     Ok(())
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Check { config } => load(&config).map(|layout| print!("{}: ok\n{layout}", config.display())),
-        Cmd::Build { config, options } => {
-            build(&config, &options.options()).map(|image| println!("{}", image.display()))
-        }
+        Cmd::Check { config } => load(&config).map(|layout| say_raw(&format!("{}: ok\n{layout}", config.display()))),
+        Cmd::Build { config, options } => build(&config, &options.options()).map(|image| say!("{}", image.display())),
         Cmd::Run { config, options, args } => build(&config, &options.options()).and_then(|image| {
             let mut cmd = std::process::Command::new(&image);
             if options.gate_stats {
@@ -194,12 +206,12 @@ fn main() {
         Cmd::Bench { which: BenchCmd::Sqlite { configs, runs, rows, json } } => bench_sqlite(configs, runs, rows, json),
         Cmd::Bench { which: BenchCmd::Gates { json } } => {
             let report = flexos::gatebench::run(1.0);
-            print!("{}", flexos::gatebench::table(&report));
+            say_raw(&flexos::gatebench::table(&report));
             write_json(json.unwrap_or_else(|| workspace_root().join("target/flexos/bench/gates.json")), &report)
         }
         Cmd::Audit { which: AuditCmd::Statics { image } } => match audit::writable_statics(&image) {
             Ok(found) if found.is_empty() => {
-                println!("{}: no component keeps a mutable static", image.display());
+                say!("{}: no component keeps a mutable static", image.display());
                 Ok(())
             }
             Ok(found) => {
@@ -221,7 +233,7 @@ fn main() {
         },
         Cmd::Audit { which: AuditCmd::Gates } => match audit::gate_bypasses(&workspace_root()) {
             Ok(found) if found.is_empty() => {
-                println!("every call between components goes through gate!");
+                say!("every call between components goes through gate!");
                 Ok(())
             }
             Ok(found) => {
