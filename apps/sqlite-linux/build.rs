@@ -15,6 +15,7 @@ fn main() {
         .include(&app)
         .file(amalgamation.join("sqlite3.c"))
         .file(app.join("sqlite_main.c"))
+        .file(app.join("selftest.c"))
         .file(app.join("baseline_platform.c"))
         .opt_level(2)
         .define("SQLITE_THREADSAFE", "0")

@@ -49,6 +49,7 @@ fn main() {
         .file(amalgamation.join("sqlite3.c"))
         .file("c/os_flexos.c")
         .file("c/sqlite_main.c")
+        .file("c/selftest.c")
         .opt_level(2)
         .define("SQLITE_OS_OTHER", "1")
         .define("SQLITE_THREADSAFE", "0")

@@ -9,7 +9,9 @@
  * every insert is its own transaction and commits to the file system. It
  * then checks the row count and PRAGMA integrity_check and prints
  * "rows: N", "integrity_check: ok" and "elapsed_s: S" (the INSERTs only).
- * The same program runs on FlexOS and, as the baseline, on Linux. */
+ * The same program runs on FlexOS and, as the baseline, on Linux.
+ *
+ *   sqlite --flexos-selftest NAME INPUT      run a seeded bug (selftest.c) */
 #include "sqlite3.h"
 #include "app_platform.h"
 #include <stdarg.h>
@@ -102,7 +104,14 @@ static int workload(sqlite3 *db, int rows) {
     return ok ? 0 : 1;
 }
 
+int flexos_selftest(const char *name, const char *input);
+
 int main(int argc, char **argv) {
+    if (argc == 4 && strcmp(argv[1], "--flexos-selftest") == 0) {
+        int r = flexos_selftest(argv[2], argv[3]);
+        say(1, "selftest %s: %d\n", argv[2], r);
+        return r == -1 ? 2 : 0;
+    }
     int rows = 5000;
     const char *db_path = 0, *sql = 0, *script = 0;
     for (int i = 1; i < argc; i++) {
