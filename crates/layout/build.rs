@@ -46,6 +46,9 @@ fn main() {
         .unwrap();
     }
     writeln!(out, "];").unwrap();
+    writeln!(out, "/// The compartments' names, by index.").unwrap();
+    let names: Vec<&str> = layout.compartments.iter().map(|c| c.name.as_str()).collect();
+    writeln!(out, "pub const COMPARTMENT_NAMES: &[&str] = &{names:?};").unwrap();
     writeln!(out, "/// Every component's identity and placement.").unwrap();
     writeln!(out, "pub mod component {{").unwrap();
     writeln!(out, "    use super::Component;").unwrap();

@@ -14,6 +14,7 @@ static HEAP: flexos_alloc::CompartmentAllocator = flexos_alloc::CompartmentAlloc
 include!(concat!(env!("OUT_DIR"), "/packed_files.rs"));
 
 fn main() {
+    flexos_platform::fault::install(layout::COMPARTMENT_NAMES);
     let mut args: Vec<String> = std::env::args().collect();
     let gate_stats = args.get(1).is_some_and(|a| a == "--flexos-gate-stats");
     if gate_stats {

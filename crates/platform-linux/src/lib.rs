@@ -2,7 +2,7 @@
 //! and the Linux kernel (DESIGN section 2).
 //!
 //! It provides what a machine would: memory ([`memory`]), a clock
-//! ([`clock`]), a console ([`console`]), execution contexts with their own
+//! ([`clock`]), a console ([`console`]), fault reports ([`fault`]), execution contexts with their own
 //! stacks ([`context`]) and the register that says which compartment is
 //! running ([`compartment`]). It is part of the trusted core: `unsafe` is
 //! allowed here, and every block says why it is sound.
@@ -11,6 +11,7 @@ pub mod clock;
 pub mod compartment;
 pub mod console;
 pub mod context;
+pub mod fault;
 pub mod memory;
 pub mod random;
 

@@ -185,11 +185,29 @@ fn hardening_catches_seeded_bugs() {
     // UBSan (trapping) stops INT_MAX - 1 + 2, and catches the overflowing store even before the canary.
     let overflow = selftest(&hardened, "signed-overflow", "xx");
     assert_eq!(overflow.status.signal(), Some(4), "trapped with SIGILL: {:?}", overflow.status);
+    let report = String::from_utf8_lossy(&overflow.stderr);
+    assert!(report.contains("flexos: compartment \"main\" faulted at 0x"), "{report}");
+    assert!(report.contains("(illegal instruction: a UBSan trap"), "{report}");
     let smash = selftest(&hardened, "stack-smash", &"A".repeat(200));
     assert_eq!(smash.status.signal(), Some(4), "trapped with SIGILL: {:?}", smash.status);
     // Without the option, the overflow goes unnoticed.
     let plain = selftest(&stack_protector, "signed-overflow", "xx");
     assert!(plain.status.success(), "{:?}", plain.status);
+}
+
+#[test]
+fn a_fault_is_reported_with_compartment_and_address() {
+    use std::os::unix::process::ExitStatusExt;
+    let out = Command::new(image("configs/sqlite-fs.toml"))
+        .args(["--flexos-selftest", "wild-write", "0x10"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.signal(), Some(11), "{:?}", out.status);
+    let report = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        report.contains("flexos: compartment \"main\" faulted at 0x10 (page fault on write), instruction 0x"),
+        "{report}"
+    );
 }
 
 #[test]

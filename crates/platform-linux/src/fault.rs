@@ -1,0 +1,128 @@
+//! Reports a hardware fault (bad memory access, illegal instruction such as
+//! a UBSan trap, arithmetic fault) as "compartment NAME faulted at ADDRESS
+//! (reason)", naming the compartment that was running, then lets the fault
+//! take its default course (the image dies of the same signal).
+
+use crate::compartment;
+use std::sync::OnceLock;
+
+static NAMES: OnceLock<&'static [&'static str]> = OnceLock::new();
+
+const SIGNALS: [libc::c_int; 4] = [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE];
+const ALT_STACK_SIZE: usize = 64 * 1024;
+
+/// Installs the fault reporter for this process; `names[i]` is compartment `i`'s name.
+/// Faults on the calling host thread are reported even when its stack overflowed.
+pub fn install(names: &'static [&'static str]) {
+    let _ = NAMES.set(names);
+    // A separate signal stack, so that a stack overflow can still be reported.
+    let alt = crate::memory::Region::reserve(ALT_STACK_SIZE).expect("cannot map the signal stack");
+    let stack = libc::stack_t { ss_sp: alt.base.as_ptr().cast(), ss_flags: 0, ss_size: alt.len };
+    // SAFETY: `stack` describes a mapping that is never unmapped.
+    unsafe { libc::sigaltstack(&stack, std::ptr::null_mut()) };
+    for sig in SIGNALS {
+        // SAFETY: a zeroed sigaction is valid; the handler is an
+        // `extern "C" fn(c_int, *mut siginfo_t, *mut c_void)` as SA_SIGINFO requires.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction =
+                on_fault as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) as usize;
+            action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_RESETHAND;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(sig, &action, std::ptr::null_mut());
+        }
+    }
+}
+
+/// A fixed buffer for formatting without allocating (signal handlers must not allocate).
+struct Line {
+    buf: [u8; 256],
+    len: usize,
+}
+
+impl Line {
+    fn push(&mut self, s: &[u8]) {
+        let n = s.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&s[..n]);
+        self.len += n;
+    }
+
+    fn hex(&mut self, v: usize) {
+        let mut digits = [0u8; 18];
+        digits[0] = b'0';
+        digits[1] = b'x';
+        let mut n = 2;
+        let mut started = false;
+        for shift in (0..16).rev() {
+            let d = (v >> (shift * 4)) & 0xf;
+            if d != 0 || started || shift == 0 {
+                started = true;
+                digits[n] = b"0123456789abcdef"[d];
+                n += 1;
+            }
+        }
+        self.push(&digits[..n]);
+    }
+}
+
+/// What a fault means, from the signal and the page-fault error code.
+fn reason(sig: libc::c_int, error_code: usize) -> &'static [u8] {
+    match sig {
+        libc::SIGSEGV if error_code & 2 != 0 => b"page fault on write",
+        libc::SIGSEGV if error_code & 16 != 0 => b"page fault on instruction fetch",
+        libc::SIGSEGV => b"page fault on read",
+        libc::SIGBUS => b"bus error",
+        libc::SIGILL => b"illegal instruction: a UBSan trap or invalid code",
+        _ => b"arithmetic fault",
+    }
+}
+
+extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo_t and ucontext_t to an
+    // SA_SIGINFO handler; for these four signals the fault address is the
+    // first field of the union (offset 16 on x86-64 Linux).
+    let (addr, pc, error_code) = unsafe {
+        let addr = *(info as *const u8).add(16).cast::<usize>();
+        let uc = &*(context as *const libc::ucontext_t);
+        (
+            addr,
+            uc.uc_mcontext.gregs[libc::REG_RIP as usize] as usize,
+            uc.uc_mcontext.gregs[libc::REG_ERR as usize] as usize,
+        )
+    };
+    let current = compartment::current();
+    let name = NAMES.get().and_then(|n| n.get(current)).copied().unwrap_or("?");
+    let mut line = Line { buf: [0; 256], len: 0 };
+    line.push(b"flexos: compartment \"");
+    line.push(name.as_bytes());
+    line.push(b"\" faulted at ");
+    line.hex(addr);
+    line.push(b" (");
+    line.push(reason(sig, error_code));
+    line.push(b"), instruction ");
+    line.hex(pc);
+    line.push(b"\n");
+    // SAFETY: write(2) is async-signal-safe; the buffer is valid for `len` bytes.
+    unsafe { libc::write(2, line.buf.as_ptr().cast(), line.len) };
+    // SA_RESETHAND restored the default action: returning re-runs the
+    // faulting instruction, which now ends the process with the same signal.
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_addresses_and_reasons() {
+        let mut l = Line { buf: [0; 256], len: 0 };
+        l.hex(0x10);
+        l.push(b" ");
+        l.hex(0);
+        l.push(b" ");
+        l.hex(usize::MAX);
+        assert_eq!(&l.buf[..l.len], b"0x10 0x0 0xffffffffffffffff");
+        assert_eq!(reason(libc::SIGSEGV, 6), b"page fault on write");
+        assert_eq!(reason(libc::SIGSEGV, 4), b"page fault on read");
+        assert!(reason(libc::SIGILL, 0).starts_with(b"illegal instruction"));
+    }
+}
