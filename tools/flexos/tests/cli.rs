@@ -67,3 +67,21 @@ fn components_call_each_other_only_through_gates() {
     let (code, out, err) = flexos(&["audit", "gates"]);
     assert_eq!(code, 0, "{out}{err}");
 }
+
+#[test]
+fn build_prints_the_image_path_last_and_run_passes_arguments_and_exit_codes() {
+    let config = root().join("configs/sqlite.toml");
+    let config = config.to_str().unwrap();
+    let (code, out, err) = flexos(&["build", "--gate-stats", "-q", config]);
+    assert_eq!(code, 0, "{err}");
+    let image = std::path::PathBuf::from(out.lines().last().expect("a path"));
+    assert!(image.is_file(), "{}", image.display());
+    let direct = Command::new(&image).args(["--sql", "SELECT 6 * 7;"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&direct.stdout), "42\n", "the image runs without the tool");
+
+    let (code, out, err) = flexos(&["run", "--gate-stats", "-q", config, "--", "--sql", "SELECT 6 * 7;"]);
+    assert_eq!((code, out.as_str()), (0, "42\n"), "{err}");
+    assert!(err.contains("gate-stats: layout"), "{err}");
+    let (code, _, err) = flexos(&["run", "--gate-stats", "-q", config, "--", "--sql", "SELEKT"]);
+    assert_eq!(code, 1, "the image's exit code comes through: {err}");
+}
