@@ -247,11 +247,10 @@ fn no_component_keeps_a_mutable_static() {
 
 #[test]
 fn the_baseline_leaves_no_files_behind() {
-    let before: Vec<_> = std::fs::read_dir("/dev/shm").unwrap().flatten().map(|e| e.file_name()).collect();
-    let out = run(&baseline(), &["--rows", "10"]);
-    assert_eq!(parse_workload(&out.stdout).unwrap().rows, 10);
-    let after: Vec<_> = std::fs::read_dir("/dev/shm").unwrap().flatten().map(|e| e.file_name()).collect();
-    let leftovers: Vec<_> =
-        after.iter().filter(|f| !before.contains(f) && f.to_string_lossy().starts_with("flexos-sqlite")).collect();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let child = Command::new(baseline()).args(["--rows", "10"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let db = format!("/dev/shm/flexos-sqlite-{}.db", child.id());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(parse_workload(&String::from_utf8_lossy(&out.stdout)).unwrap().rows, 10);
+    assert!(!Path::new(&db).exists(), "{db} was left behind");
+    assert!(!Path::new(&format!("{db}-journal")).exists(), "{db}-journal was left behind");
 }
