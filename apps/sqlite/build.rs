@@ -9,7 +9,7 @@
 //! Also packs the configuration's `files` folder into the image.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 fn run(cmd: &mut Command) -> String {
@@ -25,21 +25,9 @@ fn main() {
     let amalgamation = PathBuf::from(
         std::env::var("DEP_SQLITE3_INCLUDE").expect("libsqlite3-sys (bundled) provides the amalgamation"),
     );
-    println!("cargo:rerun-if-env-changed=FLEXOS_CONFIG");
     println!("cargo:rerun-if-changed=c");
 
-    let layout = match std::env::var_os("FLEXOS_CONFIG") {
-        Some(p) => {
-            println!("cargo:rerun-if-changed={}", Path::new(&p).display());
-            flexos_config::load(Path::new(&p)).unwrap_or_else(|errors| {
-                for e in errors {
-                    eprintln!("{e}");
-                }
-                panic!("invalid FlexOS configuration");
-            })
-        }
-        None => flexos_config::single_compartment("sqlite"),
-    };
+    let layout = flexos_config::layout_for_build("sqlite");
     let harden = layout.placement("sqlite").map(|p| p.harden.clone()).unwrap_or_default();
 
     let mut build = cc::Build::new();

@@ -6,23 +6,7 @@ use std::fmt::Write;
 use std::path::PathBuf;
 
 fn main() {
-    println!("cargo:rerun-if-env-changed=FLEXOS_CONFIG");
-    let layout: Layout = match std::env::var_os("FLEXOS_CONFIG") {
-        Some(path) => {
-            let path = PathBuf::from(path);
-            println!("cargo:rerun-if-changed={}", path.display());
-            match flexos_config::load(&path) {
-                Ok(layout) => layout,
-                Err(errors) => {
-                    for e in &errors {
-                        eprintln!("{e}");
-                    }
-                    panic!("invalid FlexOS configuration {}", path.display());
-                }
-            }
-        }
-        None => flexos_config::single_compartment("sqlite"),
-    };
+    let layout: Layout = flexos_config::layout_for_build("sqlite");
     let mut out = String::new();
     writeln!(out, "/// The configuration file this image was built from.").unwrap();
     writeln!(out, "pub const SOURCE: &str = {:?};", layout.source.display().to_string()).unwrap();

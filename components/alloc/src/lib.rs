@@ -58,6 +58,12 @@ fn span_of(heap: usize) -> (usize, usize) {
     (base, HEAP_SPAN)
 }
 
+/// The shared heap's span as a region.
+fn shared_region() -> Region {
+    let (base, len) = span_of(SHARED);
+    Region { base: core::ptr::NonNull::new(base as *mut u8).expect("heaps are mapped"), len }
+}
+
 /// The heap that owns `addr`, if any.
 pub fn owner_of(addr: usize) -> Option<usize> {
     let r = region();
@@ -73,8 +79,7 @@ pub fn shared_range() -> (usize, usize) {
 
 /// Whether `[addr, addr + len)` lies entirely inside the shared heap.
 pub fn is_shared(addr: usize, len: usize) -> bool {
-    let (start, end) = shared_range();
-    addr >= start && len <= end - start && addr - start <= end - start - len
+    shared_region().contains(addr, len)
 }
 
 /// Allocates from heap `heap` (a compartment index or [`SHARED`]); null when it is exhausted.

@@ -36,6 +36,23 @@ pub fn parse(path: &Path, text: &str) -> Result<Layout, Vec<ConfigError>> {
     model::parse(path, text)
 }
 
+/// For build scripts: the layout of the configuration named by the
+/// `FLEXOS_CONFIG` environment variable (with cargo's rerun directives), or
+/// [`single_compartment`]`(default_app)` when it is unset. An invalid
+/// configuration prints its errors and fails the build.
+pub fn layout_for_build(default_app: &str) -> Layout {
+    println!("cargo:rerun-if-env-changed=FLEXOS_CONFIG");
+    let Some(path) = std::env::var_os("FLEXOS_CONFIG") else { return single_compartment(default_app) };
+    let path = Path::new(&path);
+    println!("cargo:rerun-if-changed={}", path.display());
+    load(path).unwrap_or_else(|errors| {
+        for e in &errors {
+            eprintln!("{e}");
+        }
+        panic!("invalid FlexOS configuration {}", path.display());
+    })
+}
+
 /// The layout used when no configuration is given: every component of `app`
 /// in one `fcall` compartment named `main`, no hardening.
 pub fn single_compartment(app: &str) -> Layout {

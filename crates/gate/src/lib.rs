@@ -30,7 +30,7 @@ pub use args::Args;
 pub use crossing::{Callback, Crossing};
 pub use flexos_layout as layout;
 pub use shared::{SharedBuf, SharedMut, SharedRef};
-pub use state::{reset_all, with_state};
+pub use state::with_state;
 
 use flexos_layout::{COMPARTMENTS, Component, Mechanism};
 use flexos_platform::compartment;

@@ -36,9 +36,3 @@ pub fn with_state<S: Default + 'static, R>(owner: Component, f: impl FnOnce(&mut
         .unwrap_or_else(|_| panic!("component {:?} re-entered while its state is in use", owner.name));
     f(&mut state)
 }
-
-/// Drops the state of every component on this host thread (a fresh machine).
-pub fn reset_all() {
-    let states = STATES.with(|s| std::mem::take(&mut *s.borrow_mut()));
-    drop(states);
-}

@@ -78,12 +78,6 @@ impl Stack {
         // SAFETY: one past the end of the mapping, computed inside its bounds.
         unsafe { self.mapping.as_ptr().add(self.mapping_len) }
     }
-
-    /// The guard page's address range, for fault reports.
-    pub fn guard(&self) -> (usize, usize) {
-        let base = self.mapping.as_ptr() as usize;
-        (base, base + PAGE_SIZE)
-    }
 }
 
 impl Drop for Stack {

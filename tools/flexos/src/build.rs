@@ -103,8 +103,7 @@ pub fn build_image(root: &Path, layout: &Layout, options: &BuildOptions) -> Resu
     let status = child.wait().map_err(|e| format!("cargo: {e}"))?;
     bar.finish_and_clear();
     if !status.success() {
-        let tail: Vec<&String> = log.iter().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
-        let tail: Vec<&str> = tail.iter().map(|s| s.as_str()).collect();
+        let tail = &log[log.len().saturating_sub(40)..];
         return Err(format!("building {} failed:\n{}", layout.source.display(), tail.join("\n")));
     }
     let profile = if options.release { "release" } else { "debug" };
