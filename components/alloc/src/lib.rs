@@ -3,7 +3,13 @@
 //! One address-space reservation is cut into equal spans, one per heap, so
 //! the heap that owns an address is found by arithmetic and the shared heap
 //! is one contiguous range that gates can validate handles against. Each
-//! span is managed by a `talc` allocator behind a spin lock. The global
+//! span is managed by a `talc` allocator behind a spin lock.
+//!
+//! In images with `proc` or `kvm` compartments the shared span is a
+//! shared-memory object mapped at the same address in every domain. Each
+//! domain allocates shared buffers from its own part of it, with allocator
+//! metadata in its private memory, so no domain can corrupt another's
+//! allocator; the span also holds the control area of the remote gates. The global
 //! allocator ([`CompartmentAllocator`]) serves the heap of the compartment
 //! that is running (`flexos_platform::compartment::current`) and frees into
 //! whichever heap owns the pointer.
@@ -15,16 +21,26 @@
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::{NonNull, null_mut};
 use core::sync::atomic::{AtomicUsize, Ordering};
+use flexos_layout::{COMPARTMENTS, has_remote_domains};
 use flexos_platform::compartment::{self, MAX_COMPARTMENTS};
-use flexos_platform::memory::Region;
+use flexos_platform::domain;
+use flexos_platform::memory::{self, Region};
 use talc::{ErrOnOom, Span, Talc};
 
-/// The index of the shared heap (after every compartment's heap).
+/// The heap index that means "the shared heap" (after every compartment's heap).
 pub const SHARED: usize = MAX_COMPARTMENTS;
-/// How many heaps exist.
+/// How many heap indices exist.
 pub const HEAPS: usize = MAX_COMPARTMENTS + 1;
-/// Address space reserved for each heap (backed by memory only when touched).
+/// Address space reserved for each compartment's private heap (backed by memory only when touched).
 pub const HEAP_SPAN: usize = 1 << 30;
+/// The part of the shared heap from which one domain allocates.
+pub const SHARED_PART: usize = 256 << 20;
+/// The shared control area at the start of the shared span (remote gates' call frames).
+pub const CONTROL_LEN: usize = SHARED_PART;
+/// The shared span: the control area, then one part per compartment.
+pub const SHARED_SPAN: usize = CONTROL_LEN + MAX_COMPARTMENTS * SHARED_PART;
+/// The whole reservation: every private heap, then the shared span.
+pub const REGION_LEN: usize = MAX_COMPARTMENTS * HEAP_SPAN + SHARED_SPAN;
 
 struct Heap {
     talc: spin::Mutex<Option<Talc<ErrOnOom>>>,
@@ -36,45 +52,143 @@ struct Heap {
 const EMPTY_HEAP: Heap =
     Heap { talc: spin::Mutex::new(None), in_use: AtomicUsize::new(0), allocations: AtomicUsize::new(0) };
 
+/// This process's memory: the reservation and the shared-memory object, if any.
+struct Setup {
+    region: Region,
+    shm_fd: Option<i32>,
+}
+
 struct Heaps {
-    region: spin::Once<Region>,
+    setup: spin::Once<Setup>,
     heaps: [Heap; HEAPS],
 }
 
-static HEAPS_STATE: Heaps = Heaps { region: spin::Once::new(), heaps: [EMPTY_HEAP; HEAPS] };
+static HEAPS_STATE: Heaps = Heaps { setup: spin::Once::new(), heaps: [EMPTY_HEAP; HEAPS] };
 
-fn region() -> &'static Region {
-    HEAPS_STATE.region.call_once(|| match Region::reserve(HEAP_SPAN * HEAPS) {
-        Some(r) => r,
-        None => {
-            flexos_platform::console::write_err(b"flexos-alloc: cannot reserve heap address space\n");
-            flexos_platform::process_abort()
+fn fail(message: &[u8]) -> ! {
+    flexos_platform::console::write_err(message);
+    flexos_platform::process_abort()
+}
+
+/// Sets up this process's memory on first use:
+/// * host of an image without `proc`/`kvm` compartments: one private reservation;
+/// * host of an image with them: the shared span becomes a shared-memory
+///   object (to be mapped by the other domains at the same address), and the
+///   private heaps of the remote compartments are made inaccessible here;
+/// * a compartment's process: the same reservation at the host's address,
+///   inaccessible except its own heap and the shared span.
+fn setup() -> &'static Setup {
+    HEAPS_STATE.setup.call_once(|| {
+        if let Some(role) = domain::child_role() {
+            let Some(region) = Region::reserve_at(role.region_base, REGION_LEN) else {
+                fail(b"flexos-alloc: cannot reserve the heaps at the host's address\n")
+            };
+            // SAFETY: the reservation is fresh; nothing is stored in it yet.
+            unsafe {
+                region.set_access(role.compartment * HEAP_SPAN, HEAP_SPAN, true);
+                if !region.map_shared(MAX_COMPARTMENTS * HEAP_SPAN, SHARED_SPAN, role.shm_fd) {
+                    fail(b"flexos-alloc: cannot map the shared memory\n")
+                }
+            }
+            return Setup { region, shm_fd: Some(role.shm_fd) };
         }
+        if !has_remote_domains() {
+            let Some(region) = Region::reserve(REGION_LEN) else {
+                fail(b"flexos-alloc: cannot reserve heap address space\n")
+            };
+            return Setup { region, shm_fd: None };
+        }
+        let region = reserve_for_domains();
+        let Some(fd) = memory::create_shared_memory(SHARED_SPAN) else {
+            fail(b"flexos-alloc: cannot create the shared memory\n")
+        };
+        // SAFETY: the reservation is fresh; nothing is stored in it yet.
+        // The host never runs the remote compartments, so their heaps (and
+        // the spans of compartments that do not exist) stay inaccessible.
+        unsafe {
+            if !region.map_shared(MAX_COMPARTMENTS * HEAP_SPAN, SHARED_SPAN, fd) {
+                fail(b"flexos-alloc: cannot map the shared memory\n")
+            }
+            for (i, c) in COMPARTMENTS.iter().enumerate() {
+                if !c.mechanism.is_remote() {
+                    region.set_access(i * HEAP_SPAN, HEAP_SPAN, true);
+                }
+            }
+        }
+        Setup { region, shm_fd: Some(fd) }
     })
 }
 
+/// Where the host of an image with other domains puts the heaps: a random
+/// address between 16 and 64 TiB, below where Linux places executables,
+/// libraries, stacks and `mmap`s, so that the same range is certainly free
+/// in a freshly started compartment process (which maps it at the same
+/// address). Retries other addresses if one is taken.
+fn reserve_for_domains() -> Region {
+    const LOW: usize = 16 << 40;
+    const HIGH: usize = 64 << 40;
+    for _ in 0..16 {
+        let mut bytes = [0u8; 8];
+        flexos_platform::random::fill(&mut bytes);
+        let slots = (HIGH - LOW - REGION_LEN) / HEAP_SPAN;
+        let base = LOW + (usize::from_le_bytes(bytes) % slots) * HEAP_SPAN;
+        if let Some(region) = Region::reserve_at(base, REGION_LEN) {
+            return region;
+        }
+    }
+    fail(b"flexos-alloc: cannot reserve the heaps below 64 TiB\n")
+}
+
+/// The reservation that holds every heap (at the same address in every domain).
+pub fn region() -> Region {
+    setup().region
+}
+
+/// The file descriptor of the shared memory, in images with `proc`/`kvm` compartments.
+pub fn shared_memory_fd() -> Option<i32> {
+    setup().shm_fd
+}
+
+/// The start of heap `heap`'s span: a compartment's private heap, or for
+/// [`SHARED`] this domain's part of the shared heap.
 fn span_of(heap: usize) -> (usize, usize) {
-    let base = region().base.as_ptr() as usize + heap * HEAP_SPAN;
-    (base, HEAP_SPAN)
+    let base = setup().region.base.as_ptr() as usize;
+    if heap == SHARED {
+        let part = compartment::home();
+        (base + MAX_COMPARTMENTS * HEAP_SPAN + CONTROL_LEN + part * SHARED_PART, SHARED_PART)
+    } else {
+        (base + heap * HEAP_SPAN, HEAP_SPAN)
+    }
 }
 
-/// The shared heap's span as a region.
+/// The shared heap (every domain's part) as a region.
 fn shared_region() -> Region {
-    let (base, len) = span_of(SHARED);
-    Region { base: core::ptr::NonNull::new(base as *mut u8).expect("heaps are mapped"), len }
+    let (start, end) = shared_range();
+    Region { base: NonNull::new(start as *mut u8).expect("heaps are mapped"), len: end - start }
 }
 
-/// The heap that owns `addr`, if any.
+/// The heap that owns `addr`, if any ([`SHARED`] for every part of the shared heap).
 pub fn owner_of(addr: usize) -> Option<usize> {
-    let r = region();
-    let base = r.base.as_ptr() as usize;
-    (addr >= base && addr < base + r.len).then(|| (addr - base) / HEAP_SPAN)
+    let base = setup().region.base.as_ptr() as usize;
+    let offset = addr.checked_sub(base)?;
+    match offset / HEAP_SPAN {
+        i if i < MAX_COMPARTMENTS => Some(i),
+        _ if shared_region().contains(addr, 1) => Some(SHARED),
+        _ => None,
+    }
 }
 
-/// The address range `[start, end)` of the shared heap.
+/// The address range `[start, end)` of the shared heap (all domains' parts,
+/// not the control area).
 pub fn shared_range() -> (usize, usize) {
-    let (base, len) = span_of(SHARED);
-    (base, base + len)
+    let start = setup().region.base.as_ptr() as usize + MAX_COMPARTMENTS * HEAP_SPAN + CONTROL_LEN;
+    (start, start + MAX_COMPARTMENTS * SHARED_PART)
+}
+
+/// The control area `[start, end)` of the shared span, used by remote gates.
+pub fn control_area() -> (usize, usize) {
+    let start = setup().region.base.as_ptr() as usize + MAX_COMPARTMENTS * HEAP_SPAN;
+    (start, start + CONTROL_LEN)
 }
 
 /// Whether `[addr, addr + len)` lies entirely inside the shared heap.
@@ -112,10 +226,10 @@ pub fn alloc_in(heap: usize, layout: Layout) -> *mut u8 {
 /// # Safety
 /// `ptr` must come from [`alloc_in`] or [`CompartmentAllocator`] with `layout`, and not be freed twice.
 pub unsafe fn free(ptr: *mut u8, layout: Layout) {
-    let Some(heap) = owner_of(ptr as usize) else {
-        flexos_platform::console::write_err(b"flexos-alloc: free of a pointer outside every heap\n");
-        flexos_platform::process_abort()
-    };
+    let Some(heap) = owner_of(ptr as usize) else { fail(b"flexos-alloc: free of a pointer outside every heap\n") };
+    if heap == SHARED && !is_shared_part_of_this_domain(ptr as usize) {
+        fail(b"flexos-alloc: free of shared memory that another domain allocated\n")
+    }
     let h = &HEAPS_STATE.heaps[heap];
     let mut talc = h.talc.lock();
     if let (Some(talc), Some(p)) = (talc.as_mut(), NonNull::new(ptr)) {
@@ -124,6 +238,11 @@ pub unsafe fn free(ptr: *mut u8, layout: Layout) {
         unsafe { talc.free(p, layout) };
         h.in_use.fetch_sub(layout.size(), Ordering::Relaxed);
     }
+}
+
+fn is_shared_part_of_this_domain(addr: usize) -> bool {
+    let (base, len) = span_of(SHARED);
+    addr >= base && addr - base < len
 }
 
 /// Usage of one heap.
@@ -181,6 +300,9 @@ mod tests {
         assert!(is_shared(start, end - start));
         assert!(!is_shared(start, usize::MAX));
         assert_eq!(owner_of(&layout as *const _ as usize), None);
+        let (control, _) = control_area();
+        assert_eq!(owner_of(control), None, "the control area is no heap");
+        assert!(!is_shared(control, 8));
         unsafe {
             core::ptr::write_bytes(a, 0xaa, 100);
             free(a, layout);
@@ -206,5 +328,6 @@ mod tests {
     fn exhaustion_returns_null() {
         let layout = Layout::from_size_align(HEAP_SPAN * 2, 8).unwrap();
         assert!(alloc_in(4, layout).is_null());
+        assert!(alloc_in(SHARED, layout).is_null());
     }
 }

@@ -17,6 +17,21 @@ use flexos_gate::{SharedMut, SharedRef};
 use flexos_platform::clock;
 
 flexos_gate::component!(RAMFS);
+flexos_gate::exports!(
+    root(),
+    lookup(_, _),
+    create(_, _, _),
+    read(_, _, _),
+    write(_, _, _),
+    truncate(_, _),
+    stat(_),
+    remove(_, _, _),
+    rename(_, _, _, _),
+    readdir(_, _),
+    open_ref(_),
+    close_ref(_),
+    node_count()
+);
 
 /// The inode number of the root directory.
 pub const ROOT: u64 = 1;

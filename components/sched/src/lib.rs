@@ -24,6 +24,23 @@ use flexos_platform::compartment;
 use flexos_platform::context::{self, Context};
 
 flexos_gate::component!(SCHED);
+flexos_gate::exports!(
+    spawn(_),
+    current(),
+    yield_now(),
+    join(_),
+    sleep_until(_),
+    thread_count(),
+    switch_count(),
+    wait_queue_create(),
+    wait(_),
+    wake_one(_),
+    wake_all(_),
+    wait_queue_destroy(_),
+    mutex_create(),
+    mutex_lock(_),
+    mutex_unlock(_)
+);
 
 /// Stack size of a new thread.
 pub const STACK_SIZE: usize = 256 * 1024;

@@ -9,6 +9,7 @@ use flexos_gate::gate;
 use flexos_platform::clock;
 
 flexos_gate::component!(TIME);
+flexos_gate::exports!(monotonic_ns(), wall_ns(), sleep_ns(_));
 
 /// Nanoseconds of the monotonic clock.
 pub fn monotonic_ns() -> u64 {

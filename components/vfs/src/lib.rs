@@ -16,6 +16,25 @@ use flexos_gate::abi::{DirEntry, Errno, FileKind, Stat, Whence};
 use flexos_gate::{SharedMut, SharedRef, gate};
 
 flexos_gate::component!(VFS);
+flexos_gate::exports!(
+    open(_, _, _),
+    close(_),
+    read(_, _),
+    write(_, _),
+    pread(_, _, _),
+    pwrite(_, _, _),
+    lseek(_, _, _),
+    ftruncate(_, _),
+    fsync(_),
+    fstat(_),
+    stat(_),
+    unlink(_),
+    mkdir(_, _),
+    rmdir(_),
+    rename(_, _),
+    readdir(_, _),
+    open_count()
+);
 
 /// The most file descriptors open at once.
 pub const MAX_FDS: usize = 1024;

@@ -48,10 +48,18 @@ pub const COMPONENTS: &[ComponentInfo] = &[
         app: Some("sqlite"),
         colocated_with: None,
     },
+    ComponentInfo {
+        name: "probe",
+        package: "flexos-probe",
+        language: Language::Rust,
+        app: Some("probe"),
+        colocated_with: None,
+    },
 ];
 
-/// The applications an image can be built for.
-pub const APPS: &[&str] = &["sqlite"];
+/// The applications an image can be built for (`probe` is the test image of
+/// the gate benchmark and the attack tests).
+pub const APPS: &[&str] = &["sqlite", "probe"];
 
 /// Looks a component up by its configuration name.
 pub fn component_info(name: &str) -> Option<&'static ComponentInfo> {

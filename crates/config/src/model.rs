@@ -33,7 +33,13 @@ impl Mechanism {
 
     /// Whether this build can produce images with this mechanism.
     pub fn implemented(self) -> bool {
-        matches!(self, Mechanism::Fcall)
+        matches!(self, Mechanism::Fcall | Mechanism::Proc)
+    }
+
+    /// Whether compartments with this mechanism run in a domain of their own
+    /// (a process or a VM) and are reached by remote calls.
+    pub fn is_remote(self) -> bool {
+        matches!(self, Mechanism::Proc | Mechanism::Kvm)
     }
 
     /// The data-sharing strategies this mechanism can provide; the first is the default.
@@ -302,7 +308,7 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Layout, Vec<ConfigError>>
                 &mut errors,
                 c.mechanism.span().start,
                 format!("mechanism {:?} is not implemented yet", mechanism.name()),
-                "use mechanism = \"fcall\" for now".into(),
+                "use mechanism = \"fcall\" or \"proc\" for now".into(),
             );
         }
         let sharing = match &c.sharing {
@@ -331,6 +337,14 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Layout, Vec<ConfigError>>
             },
         };
         let is_default = c.default.as_ref().is_some_and(|d| *d.get_ref());
+        if (is_default || raw.compartment.len() == 1) && mechanism.is_remote() {
+            err(
+                &mut errors,
+                c.mechanism.span().start,
+                format!("the default compartment {name:?} cannot use mechanism {:?}", mechanism.name()),
+                "the default compartment runs the application in the image's own process: give it mechanism = \"fcall\", and put the components to isolate in another compartment".into(),
+            );
+        }
         if is_default {
             if let Some(first) = &default_seen {
                 let at = c.default.as_ref().map_or(0, |d| d.span().start);

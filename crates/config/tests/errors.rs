@@ -105,10 +105,21 @@ fn unknown_mechanism() {
 
 #[test]
 fn unimplemented_mechanism() {
-    for m in ["mpk", "proc", "kvm"] {
-        let e = one_error(&format!("app = \"sqlite\"\n[[compartment]]\nname = \"main\"\nmechanism = \"{m}\"\n"));
+    for m in ["mpk", "kvm"] {
+        let e = one_error(&format!(
+            "app = \"sqlite\"\n[[compartment]]\nname = \"main\"\nmechanism = \"fcall\"\ndefault = true\n[[compartment]]\nname = \"x\"\nmechanism = \"{m}\"\n"
+        ));
+        assert_eq!((e.line, e.column), (8, 13), "{e}");
         assert!(e.message.contains("not implemented yet"), "{e}");
     }
+}
+
+#[test]
+fn default_compartment_must_run_in_the_host() {
+    let e = one_error("app = \"sqlite\"\n[[compartment]]\nname = \"main\"\nmechanism = \"proc\"\n");
+    assert_eq!((e.line, e.column), (4, 13));
+    assert!(e.message.contains("default compartment \"main\" cannot use mechanism \"proc\""), "{e}");
+    assert!(e.fix.contains("fcall"), "{e}");
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! [`Crossing`](crate::Crossing).
 
 use crate::Crossing;
+use crate::wire::{Reader, Writer};
 
 /// A POSIX error number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,13 +130,64 @@ pub enum Whence {
     End,
 }
 
+// SAFETY: a plain number.
+unsafe impl Crossing for Errno {
+    fn encode(&self, w: &mut Writer) {
+        self.0.encode(w)
+    }
+    fn decode(r: &mut Reader) -> Option<Self> {
+        i32::decode(r).map(Errno)
+    }
+}
+
+// SAFETY: a plain value; unknown tags do not decode.
+unsafe impl Crossing for FileKind {
+    fn encode(&self, w: &mut Writer) {
+        (*self as u8).encode(w)
+    }
+    fn decode(r: &mut Reader) -> Option<Self> {
+        match u8::decode(r)? {
+            0 => Some(FileKind::File),
+            1 => Some(FileKind::Dir),
+            _ => None,
+        }
+    }
+}
+
 // SAFETY: plain values without pointers.
-unsafe impl Crossing for Errno {}
-// SAFETY: plain value.
-unsafe impl Crossing for FileKind {}
-// SAFETY: plain values without pointers.
-unsafe impl Crossing for Stat {}
-// SAFETY: plain values; the name is inline.
-unsafe impl Crossing for DirEntry {}
-// SAFETY: plain value.
-unsafe impl Crossing for Whence {}
+unsafe impl Crossing for Stat {
+    fn encode(&self, w: &mut Writer) {
+        (self.ino, self.kind, self.size, self.nlink, self.mtime_ns).encode(w)
+    }
+    fn decode(r: &mut Reader) -> Option<Self> {
+        let (ino, kind, size, nlink, mtime_ns) = Crossing::decode(r)?;
+        Some(Stat { ino, kind, size, nlink, mtime_ns })
+    }
+}
+
+// SAFETY: plain values; the name is inline and its length is checked.
+unsafe impl Crossing for DirEntry {
+    fn encode(&self, w: &mut Writer) {
+        (self.ino, self.kind, self.name_len).encode(w);
+        w.put(self.name());
+    }
+    fn decode(r: &mut Reader) -> Option<Self> {
+        let (ino, kind, name_len): (u64, FileKind, u8) = Crossing::decode(r)?;
+        DirEntry::new(ino, kind, r.take(name_len as usize)?)
+    }
+}
+
+// SAFETY: a plain value; unknown tags do not decode.
+unsafe impl Crossing for Whence {
+    fn encode(&self, w: &mut Writer) {
+        (*self as u8).encode(w)
+    }
+    fn decode(r: &mut Reader) -> Option<Self> {
+        match u8::decode(r)? {
+            0 => Some(Whence::Set),
+            1 => Some(Whence::Cur),
+            2 => Some(Whence::End),
+            _ => None,
+        }
+    }
+}

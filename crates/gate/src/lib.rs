@@ -22,18 +22,22 @@
 pub mod abi;
 mod args;
 mod crossing;
+pub mod export;
+pub mod remote;
 pub mod shared;
 mod state;
 pub mod stats;
+pub mod wire;
 
 pub use args::Args;
 pub use crossing::{Callback, Crossing};
+pub use export::{Export, Refusal, serve_entry};
 pub use flexos_layout as layout;
 pub use shared::{SharedBuf, SharedMut, SharedRef};
 pub use state::with_state;
 
-use flexos_layout::{COMPARTMENTS, Component, Mechanism};
-use flexos_platform::compartment;
+use flexos_layout::{COMPARTMENTS, Component, Mechanism, domain_of, has_remote_domains};
+use flexos_platform::{compartment, domain, process};
 
 /// Declares the component that the crate defining it implements; required at
 /// the root of every component crate, since [`gate!`] reads it at both ends.
@@ -50,7 +54,9 @@ macro_rules! component {
 /// Calls `callee_crate::function(args...)` through a gate:
 /// `gate!(flexos_vfs::open(path, flags))`.
 ///
-/// Every argument and the result must implement [`Crossing`].
+/// Every argument and the result must implement [`Crossing`], and the
+/// function must be one of the callee's exported entry points
+/// ([`exports!`]).
 // `crate::FLEXOS_COMPONENT` deliberately names the *calling* crate's component.
 #[allow(clippy::crate_in_macro_def)]
 #[macro_export]
@@ -61,33 +67,78 @@ macro_rules! gate {
             $callee::FLEXOS_COMPONENT,
             ($($arg,)*),
             $callee::$func,
+            $callee::$func::INDEX,
         )
     };
 }
 
-/// The function behind [`gate!`]: calls `f` with `args`, switching from
-/// compartment `FROM` (of component `from`) to compartment `TO` (of `to`)
-/// when they differ.
+/// The function behind [`gate!`]: calls `f` (entry `entry` of `to`'s
+/// exports) with `args`, switching from compartment `FROM` (of component
+/// `from`) to compartment `TO` (of `to`) when they differ.
 #[inline(always)]
-pub fn call<const FROM: usize, const TO: usize, A, F, R>(from: Component, to: Component, args: A, f: F) -> R
+pub fn call<const FROM: usize, const TO: usize, A, F, R>(from: Component, to: Component, args: A, f: F, entry: u32) -> R
 where
     A: Crossing + Args<F, R>,
     R: Crossing,
 {
-    if FROM == TO { args.apply(f) } else { cross(from, to, args, f) }
+    if FROM == TO { args.apply(f) } else { cross(from, to, args, f, entry) }
 }
 
-/// A call that leaves the caller's compartment: the mechanism's domain switch.
+/// A call that leaves the caller's compartment: a remote call when the
+/// callee runs in another domain, else the mechanism's switch in this one.
 #[inline(never)]
-pub fn cross<A, F, R>(from: Component, to: Component, args: A, f: F) -> R
+pub fn cross<A, F, R>(from: Component, to: Component, args: A, f: F, entry: u32) -> R
 where
     A: Crossing + Args<F, R>,
     R: Crossing,
 {
+    if domain_of(to.compartment) != remote::this_domain() {
+        stats::count(from, to);
+        return remote::call(from, to, entry, &args);
+    }
     cross_with(COMPARTMENTS[to.compartment].mechanism, from, to, args, f)
 }
 
-/// [`cross`] with the callee's mechanism given explicitly.
+/// Starts the image's domains; every image calls it first thing in `main`,
+/// with every component's export table (`FLEXOS_EXPORTS`).
+///
+/// In the host process it starts one process per `proc` compartment and
+/// returns. In a compartment's own process it confines the process with
+/// its seccomp filter and serves remote calls until the host ends: it
+/// never returns.
+pub fn boot(exports: &[&'static [Export]]) {
+    remote::register(exports);
+    if !has_remote_domains() {
+        return;
+    }
+    if domain::child_role().is_some() {
+        if let Err(e) = process::confine() {
+            eprintln!(
+                "flexos: compartment {:?} cannot confine its process: {e}",
+                COMPARTMENTS[compartment::home()].name
+            );
+            std::process::exit(process::COMPARTMENT_DIED);
+        }
+        remote::dispatch_forever();
+    }
+    let base = flexos_alloc::region().base.as_ptr() as usize;
+    let fd = flexos_alloc::shared_memory_fd().expect("images with remote compartments have shared memory");
+    for (i, c) in COMPARTMENTS.iter().enumerate() {
+        match c.mechanism {
+            Mechanism::Proc => {
+                if let Err(e) = process::spawn_compartment(i, c.name, base, fd) {
+                    eprintln!("flexos: cannot start the process of compartment {:?}: {e}", c.name);
+                    process::kill_all();
+                    std::process::exit(process::COMPARTMENT_DIED);
+                }
+            }
+            Mechanism::Kvm => panic!("compartment {:?}: the kvm mechanism is not implemented", c.name),
+            Mechanism::Fcall | Mechanism::Mpk => {}
+        }
+    }
+}
+
+/// [`cross`] inside one domain, with the callee's mechanism given explicitly.
 #[doc(hidden)]
 #[inline(always)]
 pub fn cross_with<A, F, R>(mechanism: Mechanism, from: Component, to: Component, args: A, f: F) -> R

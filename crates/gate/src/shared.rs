@@ -1,6 +1,7 @@
 //! Buffers in the shared heap and the handles that cross gates.
 
 use crate::Crossing;
+use crate::wire::{Reader, Writer};
 use core::alloc::Layout;
 use core::marker::PhantomData;
 use core::ops::{Deref, DerefMut, Range};
@@ -149,10 +150,30 @@ fn in_shared_memory(ptr: NonNull<u8>, len: usize) -> bool {
     len == 0 || is_shared(ptr.as_ptr() as usize, len)
 }
 
-// SAFETY: a handle to shared memory only; `validate` checks that it lies there.
+/// A handle's encoding: address and length, 64 bits each.
+fn encode_handle(ptr: NonNull<u8>, len: usize, w: &mut Writer) {
+    (ptr.as_ptr() as usize, len).encode(w)
+}
+
+/// Reads a handle's address and length; a null address does not decode.
+/// (Whether it lies in shared memory is `validate`'s question.)
+fn decode_handle(r: &mut Reader) -> Option<(NonNull<u8>, usize)> {
+    let (addr, len): (usize, usize) = Crossing::decode(r)?;
+    Some((NonNull::new(addr as *mut u8)?, len))
+}
+
+// SAFETY: a handle to shared memory only; `validate` checks that it lies
+// there. A decoded handle is used by the callee only after `validate`.
 unsafe impl Crossing for SharedRef<'_> {
     fn validate(&self) -> bool {
         in_shared_memory(self.ptr, self.len)
+    }
+    fn encode(&self, w: &mut Writer) {
+        encode_handle(self.ptr, self.len, w)
+    }
+    fn decode(r: &mut Reader) -> Option<Self> {
+        let (ptr, len) = decode_handle(r)?;
+        Some(SharedRef { ptr, len, _lent: PhantomData })
     }
 }
 
@@ -160,6 +181,13 @@ unsafe impl Crossing for SharedRef<'_> {
 unsafe impl Crossing for SharedMut<'_> {
     fn validate(&self) -> bool {
         in_shared_memory(self.ptr, self.len)
+    }
+    fn encode(&self, w: &mut Writer) {
+        encode_handle(self.ptr, self.len, w)
+    }
+    fn decode(r: &mut Reader) -> Option<Self> {
+        let (ptr, len) = decode_handle(r)?;
+        Some(SharedMut { ptr, len, _lent: PhantomData })
     }
 }
 

@@ -29,7 +29,7 @@ fn sum(buf: SharedRef<'_>) -> u64 {
 #[test]
 fn same_compartment_is_a_plain_call() {
     let before = stats::crossings(APP, APP);
-    let (r, c) = call::<0, 0, _, _, _>(APP, APP, (41u32,), where_am_i);
+    let (r, c) = call::<0, 0, _, _, _>(APP, APP, (41u32,), where_am_i, 0);
     assert_eq!((r, c), (42, 0));
     assert_eq!(stats::crossings(APP, APP), before, "no crossing is counted");
 }

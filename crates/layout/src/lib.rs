@@ -46,3 +46,30 @@ pub struct Component {
 }
 
 include!(concat!(env!("OUT_DIR"), "/layout.rs"));
+
+impl Mechanism {
+    /// Whether compartments with this mechanism run in a domain of their own
+    /// (another process or a VM), reached by remote calls.
+    pub const fn is_remote(self) -> bool {
+        matches!(self, Mechanism::Proc | Mechanism::Kvm)
+    }
+}
+
+/// The domain (address space) that runs compartment `compartment`: its own
+/// index for `proc` and `kvm` compartments, 0 (the host process, which runs
+/// the default compartment) for the others.
+pub const fn domain_of(compartment: usize) -> usize {
+    if COMPARTMENTS[compartment].mechanism.is_remote() { compartment } else { 0 }
+}
+
+/// Whether any compartment runs in a domain of its own.
+pub const fn has_remote_domains() -> bool {
+    let mut i = 0;
+    while i < COMPARTMENTS.len() {
+        if COMPARTMENTS[i].mechanism.is_remote() {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}

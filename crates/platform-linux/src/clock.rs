@@ -45,3 +45,33 @@ pub fn cycles_per_second(ms: u64) -> f64 {
     let (c1, t1) = (cycles(), monotonic_ns());
     (c1 - c0) as f64 * 1e9 / (t1 - t0) as f64
 }
+
+/// Cycles per operation in `samples` samples of `batch` operations each
+/// (after a warm-up), with the timer's own cost per sample (`timer`
+/// cycles, see [`timer_overhead`]) subtracted: the method of every gate
+/// latency this project reports.
+pub fn sample_cycles(samples: usize, batch: u64, timer: f64, mut op: impl FnMut(u64)) -> Vec<f64> {
+    for i in 0..batch.min(1000) {
+        op(i);
+    }
+    (0..samples)
+        .map(|_| {
+            let start = cycles();
+            for i in 0..batch {
+                op(i);
+            }
+            (((cycles() - start) as f64 - timer) / batch as f64).max(0.0)
+        })
+        .collect()
+}
+
+/// The cheapest of 101 empty timed samples: the timer's own cost in cycles.
+pub fn timer_overhead() -> f64 {
+    min_median(sample_cycles(101, 1, 0.0, |_| {})).0
+}
+
+/// The minimum and the median of `values` (which must not be empty).
+pub fn min_median(mut values: Vec<f64>) -> (f64, f64) {
+    values.sort_by(f64::total_cmp);
+    (values[0], values[values.len() / 2])
+}

@@ -1,5 +1,5 @@
 //! Reports a hardware fault (bad memory access, illegal instruction such as
-//! a UBSan trap, arithmetic fault) as "compartment NAME faulted at ADDRESS
+//! a UBSan trap, arithmetic fault, a system call a seccomp filter forbids) as "compartment NAME faulted at ADDRESS
 //! (reason)", naming the compartment that was running, then lets the fault
 //! take its default course (the image dies of the same signal).
 
@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 static NAMES: OnceLock<&'static [&'static str]> = OnceLock::new();
 
-const SIGNALS: [libc::c_int; 4] = [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE];
+const SIGNALS: [libc::c_int; 5] = [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, libc::SIGSYS];
 const ALT_STACK_SIZE: usize = 64 * 1024;
 
 /// Installs the fault reporter for this process; `names[i]` is compartment `i`'s name.
@@ -47,6 +47,20 @@ impl Line {
         self.len += n;
     }
 
+    fn decimal(&mut self, mut v: usize) {
+        let mut digits = [0u8; 20];
+        let mut n = digits.len();
+        loop {
+            n -= 1;
+            digits[n] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        self.push(&digits[n..]);
+    }
+
     fn hex(&mut self, v: usize) {
         let mut digits = [0u8; 18];
         digits[0] = b'0';
@@ -73,6 +87,7 @@ fn reason(sig: libc::c_int, error_code: usize) -> &'static [u8] {
         libc::SIGSEGV => b"page fault on read",
         libc::SIGBUS => b"bus error",
         libc::SIGILL => b"illegal instruction: a UBSan trap or invalid code",
+        libc::SIGSYS => b"a system call its seccomp filter forbids",
         _ => b"arithmetic fault",
     }
 }
@@ -99,6 +114,12 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, context: *m
     line.hex(addr);
     line.push(b" (");
     line.push(reason(sig, error_code));
+    if sig == libc::SIGSYS {
+        // SAFETY: for SIGSYS the kernel fills si_syscall (an int at offset 24).
+        let nr = unsafe { *(info as *const u8).add(24).cast::<i32>() };
+        line.push(b": number ");
+        line.decimal(nr as usize);
+    }
     line.push(b"), instruction ");
     line.hex(pc);
     line.push(b"\n");
@@ -106,6 +127,13 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, context: *m
     unsafe { libc::write(2, line.buf.as_ptr().cast(), line.len) };
     // SA_RESETHAND restored the default action: returning re-runs the
     // faulting instruction, which now ends the process with the same signal.
+    // A forbidden system call is not re-run (it just fails), so SIGSYS is
+    // raised again; it is blocked inside this handler and ends the process
+    // as soon as the handler returns.
+    if sig == libc::SIGSYS {
+        // SAFETY: raise(3) is async-signal-safe.
+        unsafe { libc::raise(libc::SIGSYS) };
+    }
 }
 
 #[cfg(test)]
@@ -120,7 +148,11 @@ mod tests {
         l.hex(0);
         l.push(b" ");
         l.hex(usize::MAX);
-        assert_eq!(&l.buf[..l.len], b"0x10 0x0 0xffffffffffffffff");
+        l.push(b" ");
+        l.decimal(0);
+        l.push(b" ");
+        l.decimal(1234);
+        assert_eq!(&l.buf[..l.len], b"0x10 0x0 0xffffffffffffffff 0 1234");
         assert_eq!(reason(libc::SIGSEGV, 6), b"page fault on write");
         assert_eq!(reason(libc::SIGSEGV, 4), b"page fault on read");
         assert!(reason(libc::SIGILL, 0).starts_with(b"illegal instruction"));

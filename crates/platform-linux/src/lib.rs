@@ -11,8 +11,11 @@ pub mod clock;
 pub mod compartment;
 pub mod console;
 pub mod context;
+pub mod domain;
 pub mod fault;
+pub mod futex;
 pub mod memory;
+pub mod process;
 pub mod random;
 
 /// Ends the image at once (after a message on the console has said why).

@@ -46,11 +46,92 @@ impl Region {
         Some(Region { base: map_anonymous(len)?, len })
     }
 
+    /// Reserves `len` bytes at exactly `base`, inaccessible until
+    /// [`Region::set_access`] opens parts of it. `None` if anything is
+    /// already mapped there (it never replaces an existing mapping).
+    pub fn reserve_at(base: usize, len: usize) -> Option<Region> {
+        let len = len.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+        // SAFETY: MAP_FIXED_NOREPLACE fails instead of replacing an existing
+        // mapping, so no Rust object can be aliased or unmapped.
+        let p = unsafe {
+            libc::mmap(
+                base as *mut libc::c_void,
+                len,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED || p as usize != base {
+            return None;
+        }
+        Some(Region { base: NonNull::new(p.cast())?, len })
+    }
+
+    /// Makes `[base + offset, base + offset + len)` readable and writable
+    /// (`writable`) or inaccessible. Panics if the range leaves the region.
+    ///
+    /// # Safety
+    /// When closing access, nothing may use that memory afterwards
+    /// (references into it would fault).
+    pub unsafe fn set_access(&self, offset: usize, len: usize, writable: bool) {
+        let addr = self.base.as_ptr() as usize + offset;
+        assert!(self.contains(addr, len) && offset.is_multiple_of(PAGE_SIZE), "access change outside the region");
+        let prot = if writable { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_NONE };
+        // SAFETY: the range is inside this reservation (checked); by this
+        // function's contract nothing relies on memory that becomes inaccessible.
+        let rc = unsafe { libc::mprotect(addr as *mut libc::c_void, len, prot) };
+        assert_eq!(rc, 0, "mprotect of a reserved region failed");
+    }
+
+    /// Replaces `[base + offset, base + offset + len)` with the first `len`
+    /// bytes of the shared memory object `fd`, readable and writable, at the
+    /// same address. Returns false if the kernel refuses.
+    ///
+    /// # Safety
+    /// Nothing may be stored in that range yet: its old contents disappear.
+    pub unsafe fn map_shared(&self, offset: usize, len: usize, fd: i32) -> bool {
+        let addr = self.base.as_ptr() as usize + offset;
+        assert!(self.contains(addr, len), "shared mapping outside the region");
+        // SAFETY: MAP_FIXED replaces only pages of this reservation, which by
+        // the contract hold nothing yet.
+        let p = unsafe {
+            libc::mmap(
+                addr as *mut libc::c_void,
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                fd,
+                0,
+            )
+        };
+        p as usize == addr
+    }
+
     /// Whether `[addr, addr + len)` lies inside this region.
     pub fn contains(&self, addr: usize, len: usize) -> bool {
         let base = self.base.as_ptr() as usize;
         addr >= base && len <= self.len && addr - base <= self.len - len
     }
+}
+
+/// Creates an anonymous shared memory object of `len` bytes (a `memfd`,
+/// closed on exec unless the spawner says otherwise); it disappears when the
+/// last process that maps it or holds it open ends, so it cannot leak.
+pub fn create_shared_memory(len: usize) -> Option<i32> {
+    // SAFETY: the name is NUL-terminated; memfd_create has no memory effects.
+    let fd = unsafe { libc::memfd_create(c"flexos-shared".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: fd is the object just created.
+    if unsafe { libc::ftruncate(fd, len as libc::off_t) } != 0 {
+        // SAFETY: fd is ours and closed once.
+        unsafe { libc::close(fd) };
+        return None;
+    }
+    Some(fd)
 }
 
 /// A thread stack: `size` usable bytes above one inaccessible guard page, so

@@ -31,6 +31,7 @@ impl Default for BuildOptions {
 pub fn image_package(app: &str) -> (&'static str, &'static str) {
     match app {
         "sqlite" => ("flexos-app-sqlite", "flexos-sqlite"),
+        "probe" => ("flexos-app-probe", "flexos-probe"),
         other => panic!("no image package for app {other:?}"),
     }
 }

@@ -9,7 +9,7 @@
 //! monotonic clock).
 
 use flexos_gate::layout::{Component, Mechanism};
-use flexos_platform::clock::{cycles, cycles_per_second};
+use flexos_platform::clock::{cycles_per_second, min_median, sample_cycles, timer_overhead};
 use serde::Serialize;
 use std::hint::black_box;
 use std::io::{Read, Write};
@@ -51,27 +51,6 @@ fn empty(x: u64) -> u64 {
     black_box(x)
 }
 
-/// Cycles per operation of `samples` samples of `batch` operations each.
-fn sample(samples: usize, batch: u64, mut op: impl FnMut(u64)) -> Vec<f64> {
-    for i in 0..batch.min(1000) {
-        op(i); // warm up
-    }
-    (0..samples)
-        .map(|_| {
-            let start = cycles();
-            for i in 0..batch {
-                op(i);
-            }
-            (cycles() - start) as f64 / batch as f64
-        })
-        .collect()
-}
-
-fn min_median(mut v: Vec<f64>) -> (f64, f64) {
-    v.sort_by(f64::total_cmp);
-    (v[0], v[v.len() / 2])
-}
-
 /// Runs every row; `scale` multiplies the iteration counts (1.0 for the real benchmark).
 pub fn run(scale: f64) -> GateReport {
     let hz = cycles_per_second(100);
@@ -79,13 +58,10 @@ pub fn run(scale: f64) -> GateReport {
     let samples = 101;
     // The timer's own cost: the cheapest empty sample. It is subtracted from
     // every sample alike, so the minimum stays at or below the median.
-    let (timer, _) = min_median(sample(samples, 1, |_| {}));
+    let timer = timer_overhead();
     let mut rows = Vec::new();
     let mut add = |name: &str, batch: u64, op: &mut dyn FnMut(u64)| {
-        // The timer overhead is per sample, so it is divided over the batch.
-        let overhead = timer / batch as f64;
-        let (min, median) = min_median(sample(samples, batch, op));
-        let (min, median) = ((min - overhead).max(0.0), (median - overhead).max(0.0));
+        let (min, median) = min_median(sample_cycles(samples, batch, timer, op));
         rows.push(GateRow {
             name: name.to_string(),
             min_cycles: min,
@@ -99,7 +75,7 @@ pub fn run(scale: f64) -> GateReport {
         black_box(empty(i));
     });
     add("fcall gate, same compartment", n(10_000.0), &mut |i| {
-        black_box(flexos_gate::call::<0, 0, _, _, _>(CALLER, CALLER, (i,), empty));
+        black_box(flexos_gate::call::<0, 0, _, _, _>(CALLER, CALLER, (i,), empty, 0));
     });
     add("fcall gate, other compartment", n(10_000.0), &mut |i| {
         black_box(flexos_gate::cross_with(Mechanism::Fcall, CALLER, CALLEE, (i,), empty));

@@ -63,7 +63,8 @@ fn count(stats: &[(String, String, u64)], from: &str, to: &str) -> u64 {
     stats.iter().find(|(a, b, _)| a == from && b == to).map_or(0, |s| s.2)
 }
 
-const CONFIGS: [&str; 3] = ["configs/sqlite.toml", "configs/sqlite-fs.toml", "configs/sqlite-3comp-hardened.toml"];
+const CONFIGS: [&str; 4] =
+    ["configs/sqlite.toml", "configs/sqlite-fs.toml", "configs/sqlite-3comp-hardened.toml", "configs/sqlite-proc.toml"];
 
 /// A query whose answer does not depend on the machine or the time.
 const QUERY: &str = "CREATE TABLE t(k INTEGER PRIMARY KEY, v TEXT); \
@@ -118,6 +119,14 @@ fn gates_are_crossed_exactly_where_the_configuration_splits() {
     let stats = crossings(&three.stderr);
     assert!(count(&stats, "libc", "vfs") > 0, "{stats:?}");
     assert!(count(&stats, "libc", "time") > 0, "julianday('now') reads the clock through a gate: {stats:?}");
+    assert_eq!(count(&stats, "vfs", "ramfs"), 0);
+
+    // The same layout with the fs and time compartments in processes of their own.
+    let procs = run(&image("configs/sqlite-proc.toml"), &["--flexos-gate-stats", "--sql", sql]);
+    assert_eq!(procs.code, 0, "{}", procs.stderr);
+    let stats = crossings(&procs.stderr);
+    assert!(count(&stats, "libc", "vfs") > 0, "{stats:?}");
+    assert!(count(&stats, "libc", "time") > 0, "{stats:?}");
     assert_eq!(count(&stats, "vfs", "ramfs"), 0);
 }
 

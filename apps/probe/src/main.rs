@@ -1,0 +1,214 @@
+//! The probe image: drives the `probe` component across its gate.
+//!
+//! * `flexos-probe behave`: the positive test; well-formed calls, nested
+//!   calls and callbacks across the domains, shared buffers.
+//! * `flexos-probe bench BATCH`: round trip of an empty call into `probe`,
+//!   101 samples of BATCH calls; prints `roundtrip_cycles: MIN MEDIAN` per
+//!   call (timer overhead subtracted) and `cycles_per_second: F`.
+//! * `flexos-probe attack NAME`: makes `probe` attack the default
+//!   compartment (see [`ATTACKS`]); prints what happened. An attack that
+//!   the mechanism stops either kills the attacker's domain (the image
+//!   reports it and exits with status 70) or is refused (the image prints
+//!   `refused: REASON` and goes on serving).
+#![deny(unsafe_code)]
+
+use flexos_gate::abi::{Whence, open_flags};
+use flexos_gate::layout::component::{PROBE, SCHED, VFS};
+use flexos_gate::{SharedBuf, gate, layout};
+use flexos_platform::clock;
+
+/// Every allocation is served from the running compartment's heap.
+#[global_allocator]
+static HEAP: flexos_alloc::CompartmentAllocator = flexos_alloc::CompartmentAllocator;
+
+/// The image's own code: the probe application, in the default compartment
+/// (it is no placeable component, so its id lies outside the component table).
+const FLEXOS_COMPONENT: layout::Component =
+    layout::Component { id: layout::component::ALL.len(), name: "probe-app", compartment: 0, hardening: &[] };
+
+/// The attacks `attack NAME` knows.
+const ATTACKS: &[&str] = &[
+    "read-heap",
+    "write-heap",
+    "read-stack",
+    "write-stack",
+    "unexported",
+    "private-pointer",
+    "bad-length",
+    "malformed",
+    "syscall",
+];
+
+fn main() {
+    flexos_platform::fault::install(layout::COMPARTMENT_NAMES);
+    flexos_gate::boot(&[
+        flexos_sched::FLEXOS_EXPORTS,
+        flexos_time::FLEXOS_EXPORTS,
+        flexos_vfs::FLEXOS_EXPORTS,
+        flexos_ramfs::FLEXOS_EXPORTS,
+        flexos_probe::FLEXOS_EXPORTS,
+    ]);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.as_slice() {
+        ["behave"] => behave(),
+        ["bench", n] => bench(n.parse().unwrap_or_else(|_| usage())),
+        ["attack", name] if ATTACKS.contains(name) => attack(name),
+        _ => usage(),
+    }
+}
+
+fn usage() -> ! {
+    eprintln!("usage: flexos-probe behave | bench N | attack {}", ATTACKS.join("|"));
+    std::process::exit(2)
+}
+
+fn behave() {
+    let mut x = 0u64;
+    for _ in 0..1000 {
+        x = gate!(flexos_probe::echo(x));
+    }
+    println!("echo: {x}");
+    let threads = gate!(flexos_probe::nested(1000));
+    println!("nested: {threads} thread(s)");
+    let path = SharedBuf::from_slice(b"/hello");
+    let fd = gate!(flexos_vfs::open(path.shared(), open_flags::O_CREAT | open_flags::O_RDWR, 0o644)).expect("open");
+    let data = SharedBuf::from_slice(b"behaved");
+    let written = gate!(flexos_vfs::write(fd, data.shared())).expect("write");
+    println!("wrote: {written}");
+    gate!(flexos_vfs::lseek(fd, 0, Whence::Set)).expect("lseek");
+    let mut back = SharedBuf::zeroed(7);
+    gate!(flexos_vfs::read(fd, back.shared_mut())).expect("read");
+    println!("read back: {}", String::from_utf8_lossy(&back));
+    println!("behaved: ok");
+}
+
+fn bench(batch: u64) {
+    let timer = clock::timer_overhead();
+    let samples = clock::sample_cycles(101, batch, timer, |_| gate!(flexos_probe::noop()));
+    let (min, median) = clock::min_median(samples);
+    println!("roundtrip_cycles: {min:.1} {median:.1}");
+    println!("cycles_per_second: {:.0}", clock::cycles_per_second(20));
+}
+
+/// Reports that an attack went through (the test fails on this line).
+fn breached(what: String) -> ! {
+    println!("BREACHED: {what}");
+    std::process::exit(1)
+}
+
+fn attack(name: &str) {
+    let secret = Box::new(0x5ec2e7_u64);
+    let heap_addr = &*secret as *const u64 as u64;
+    let on_stack = std::hint::black_box(0x57ac4_u64);
+    let stack_addr = &on_stack as *const u64 as u64;
+    match name {
+        "read-heap" => {
+            println!("target: {heap_addr:#x}");
+            let v = gate!(flexos_probe::attack_read(heap_addr));
+            breached(format!("read {v:#x} from the default compartment's heap"))
+        }
+        "write-heap" => {
+            println!("target: {heap_addr:#x}");
+            gate!(flexos_probe::attack_write(heap_addr, 0xbad));
+            breached(format!("wrote the heap; the secret is now {:#x}", *secret))
+        }
+        "read-stack" => {
+            println!("target: {stack_addr:#x}");
+            let v = gate!(flexos_probe::attack_read(stack_addr));
+            breached(format!("read {v:#x} from a thread's stack"))
+        }
+        "write-stack" => {
+            println!("target: {stack_addr:#x}");
+            gate!(flexos_probe::attack_write(stack_addr, 0xbad));
+            breached(format!("wrote a thread's stack; the value is now {:#x}", std::hint::black_box(on_stack)))
+        }
+        "unexported" => {
+            // An entry index beyond sched's table, and an entry of a component that is not in "main".
+            let none = SharedBuf::zeroed(0);
+            let to_main = PROBE_TARGET;
+            let code = gate!(flexos_probe::attack_frame(to_main, SCHED.id as u32, 9999, 0, none.shared()));
+            report("unknown entry of sched", code);
+            let code = gate!(flexos_probe::attack_frame(to_main, PROBE.id as u32, 0, 0, none.shared()));
+            report("entry of a component outside main", code);
+            let code = gate!(flexos_probe::attack_frame(to_main, 999, 0, 0, none.shared()));
+            report("unknown component", code);
+            still_serving();
+        }
+        "private-pointer" => {
+            // vfs::write(fd, data) with `data` forged to point at the secret in main's private heap.
+            let path = SharedBuf::from_slice(b"/leak");
+            let fd = gate!(flexos_vfs::open(path.shared(), open_flags::O_CREAT | open_flags::O_RDWR, 0o644)).unwrap();
+            let mut args = Vec::new();
+            args.extend_from_slice(&fd.to_le_bytes());
+            args.extend_from_slice(&heap_addr.to_le_bytes());
+            args.extend_from_slice(&8u64.to_le_bytes());
+            let frame = SharedBuf::from_slice(&args);
+            let entry = flexos_vfs::write::INDEX;
+            let code = gate!(flexos_probe::attack_frame(
+                PROBE_TARGET,
+                VFS.id as u32,
+                entry,
+                args.len() as u32,
+                frame.shared()
+            ));
+            report("vfs::write with a handle into main's heap", code);
+            let size = gate!(flexos_vfs::fstat(fd)).unwrap().size;
+            println!("leaked: {size} bytes");
+            if size != 0 {
+                breached("the secret was written to a file".into());
+            }
+            still_serving();
+        }
+        "bad-length" => {
+            let frame = SharedBuf::zeroed(16);
+            let entry = flexos_sched::thread_count::INDEX;
+            let code = gate!(flexos_probe::attack_frame(PROBE_TARGET, SCHED.id as u32, entry, 5000, frame.shared()));
+            report("a length beyond the frame", code);
+            let code = gate!(flexos_probe::attack_frame(PROBE_TARGET, SCHED.id as u32, entry, 16, frame.shared()));
+            report("a length beyond the arguments", code);
+            still_serving();
+        }
+        "malformed" => {
+            // lseek(fd, offset, whence) with whence = 7 (no such value), and close(fd) with 2 of its 4 bytes.
+            let mut args = Vec::new();
+            args.extend_from_slice(&3i32.to_le_bytes());
+            args.extend_from_slice(&0i64.to_le_bytes());
+            args.push(7);
+            let frame = SharedBuf::from_slice(&args);
+            let entry = flexos_vfs::lseek::INDEX;
+            let code = gate!(flexos_probe::attack_frame(
+                PROBE_TARGET,
+                VFS.id as u32,
+                entry,
+                args.len() as u32,
+                frame.shared()
+            ));
+            report("lseek with an invalid whence", code);
+            let entry = flexos_vfs::close::INDEX;
+            let code = gate!(flexos_probe::attack_frame(PROBE_TARGET, VFS.id as u32, entry, 2, frame.shared()));
+            report("close with a truncated argument", code);
+            still_serving();
+        }
+        "syscall" => {
+            let fd = gate!(flexos_probe::attack_syscall());
+            breached(format!("opened a host file (descriptor {fd})"))
+        }
+        _ => usage(),
+    }
+}
+
+/// The compartment the attacks are aimed at: the default one.
+const PROBE_TARGET: u32 = 0;
+
+fn report(what: &str, code: u32) {
+    if code == 0 {
+        breached(format!("{what}: the call was served"));
+    }
+    println!("refused: {what}: {}", flexos_probe::refusal_name(code));
+}
+
+fn still_serving() {
+    let v = gate!(flexos_probe::echo(41));
+    println!("still serving: {v}");
+}

@@ -1,0 +1,429 @@
+//! Remote gates: calls into a compartment that runs in another domain (its
+//! own process with `proc`, a VM with `kvm`), as RPC over shared memory
+//! (DESIGN section 5.4).
+//!
+//! # Protocol
+//!
+//! The control area at the start of the shared span (same address in every
+//! domain) holds *chains*, one per host thread that makes remote calls. A
+//! chain is a stack of call frames: the caller fills the next frame with
+//! the callee compartment, the callee component's id, the entry's index in
+//! that component's export table (never a code address) and the encoded
+//! arguments, marks it `REQUEST` and waits. In each domain one *partner*
+//! thread serves each chain; it checks that the entry is exported by a
+//! component of a compartment it runs, copies the arguments out of shared
+//! memory, decodes and validates them, runs the entry, and writes the
+//! result (`DONE`) or a refusal (`REFUSED`).
+//!
+//! A domain that waits on a chain also serves the chain's deeper frames
+//! addressed to it, so nested calls and callbacks (A calls B, B calls back
+//! into A, to any depth up to [`MAX_DEPTH`]) work without extra threads.
+//! Partner threads are started by each domain's dispatcher when a chain
+//! first reaches it; each is that host thread's part of the domain, so a
+//! callee that blocks stalls only its own chain.
+//!
+//! Waiting spins for [`SPIN_NS`], then sleeps on the chain's futex word, so
+//! that several domains on a two-core machine do not starve each other.
+//!
+//! # Trust
+//!
+//! Every domain can write the whole control area. A serving domain
+//! therefore treats frames as untrusted input: indices are bounds-checked,
+//! lengths are checked, the argument bytes are copied to private memory
+//! before they are decoded, and shared handles are validated. A callee can
+//! still answer with wrong (but well-formed) results, and a compromised
+//! domain can disturb calls between two others; DESIGN accepts both.
+
+use crate::export::{Export, Refusal};
+use crate::wire::{Reader, Writer};
+use crate::{Crossing, layout};
+use core::cell::{Cell, UnsafeCell};
+use core::sync::atomic::{AtomicU32, Ordering::*, fence};
+use flexos_layout::{COMPARTMENTS, Component, domain_of};
+use flexos_platform::compartment::{self, MAX_COMPARTMENTS};
+use flexos_platform::{clock, futex};
+use std::sync::OnceLock;
+
+/// The most host threads that may make remote calls over an image's life.
+pub const MAX_CHAINS: usize = 128;
+/// The deepest nesting of remote calls on one chain.
+pub const MAX_DEPTH: usize = 15;
+/// Bytes of encoded arguments or result one frame holds.
+pub const FRAME_DATA: usize = 960;
+/// How long a waiter spins before it sleeps.
+pub const SPIN_NS: u64 = 100_000;
+
+// A frame's state. A frame is in use from REQUEST until DONE or REFUSED;
+// the frames in use on a chain are always 1..=k (calls end in LIFO order).
+const REQUEST: u32 = 1;
+const DONE: u32 = 3;
+const REFUSED: u32 = 4;
+
+/// One call on a chain.
+#[repr(C, align(64))]
+struct Frame {
+    state: AtomicU32,
+    to: AtomicU32,
+    from: AtomicU32,
+    component: AtomicU32,
+    entry: AtomicU32,
+    len: AtomicU32,
+    refusal: AtomicU32,
+    data: UnsafeCell<[u8; FRAME_DATA]>,
+}
+
+/// The call stack of one host thread's remote calls.
+#[repr(C, align(64))]
+struct Chain {
+    /// Bumped on every change; the futex word sleepers wait on.
+    seq: AtomicU32,
+    sleepers: AtomicU32,
+    /// 0 while free, else the claiming domain + 1.
+    owner: AtomicU32,
+    /// Bit d: domain d has a partner thread serving this chain.
+    partners: AtomicU32,
+    /// Frames 1..=MAX_DEPTH (frame 0 is never used).
+    frames: [Frame; MAX_DEPTH + 1],
+}
+
+/// A domain's doorbell: rung when a chain needs a partner there.
+#[repr(C, align(64))]
+struct Doorbell {
+    seq: AtomicU32,
+    sleepers: AtomicU32,
+}
+
+#[repr(C)]
+struct Control {
+    doorbells: [Doorbell; MAX_COMPARTMENTS],
+    chains: [Chain; MAX_CHAINS],
+}
+
+// SAFETY: the control area is shared memory by design; every field is an
+// atomic except frame data, which is only copied with raw copies (below).
+unsafe impl Sync for Control {}
+
+fn control() -> &'static Control {
+    let (start, end) = flexos_alloc::control_area();
+    assert!(size_of::<Control>() <= end - start, "the control area is too small");
+    // SAFETY: the control area is mapped readable and writable for the
+    // image's whole life (and never used for anything else); it starts
+    // zero-filled, and all-zero bytes are a valid `Control` (atomics and
+    // byte arrays). Other domains write it concurrently, which is why every
+    // field is atomic and frame data is accessed only by raw byte copies.
+    unsafe { &*(start as *const Control) }
+}
+
+impl Frame {
+    fn write_data(&self, bytes: &[u8]) {
+        let n = bytes.len().min(FRAME_DATA);
+        // SAFETY: the frame's data is FRAME_DATA bytes of shared memory; a
+        // byte copy of at most that many is in bounds. Another domain may
+        // write it concurrently; bytes are plain data, so the worst outcome
+        // is garbage that the reader rejects.
+        unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), self.data.get().cast::<u8>(), n) }
+    }
+
+    fn read_data(&self, out: &mut [u8]) {
+        let n = out.len().min(FRAME_DATA);
+        // SAFETY: as in `write_data`; the copy goes to private memory, so
+        // the bytes cannot change while they are decoded.
+        unsafe { core::ptr::copy_nonoverlapping(self.data.get().cast::<u8>(), out.as_mut_ptr(), n) }
+    }
+}
+
+impl Chain {
+    /// Tells sleeping waiters that the chain changed. Spinning waiters see
+    /// the change itself, so without sleepers this touches nothing shared.
+    fn notify(&self) {
+        fence(SeqCst);
+        if self.sleepers.load(Relaxed) != 0 {
+            self.seq.fetch_add(1, SeqCst);
+            futex::wake_all(&self.seq);
+        }
+    }
+
+    /// Sleeps until a [`Chain::notify`] (or a timeout), unless `changed`
+    /// already holds once this thread is registered as a sleeper (so no
+    /// wake-up is lost: the notifier writes, fences, then reads `sleepers`;
+    /// the sleeper registers, fences, then re-checks).
+    fn park(&self, changed: impl Fn() -> bool) {
+        self.sleepers.fetch_add(1, SeqCst);
+        let seen = self.seq.load(SeqCst);
+        if !changed() {
+            futex::wait(&self.seq, seen, 20_000_000);
+        }
+        self.sleepers.fetch_sub(1, SeqCst);
+    }
+}
+
+/// The domain this process is: 0 in the host, a compartment's index in its own process.
+pub fn this_domain() -> usize {
+    domain_of(compartment::home())
+}
+
+fn domain_of_untrusted(compartment: u32) -> Option<usize> {
+    let c = compartment as usize;
+    (c < COMPARTMENTS.len()).then(|| domain_of(c))
+}
+
+fn compartment_name(c: u32) -> &'static str {
+    COMPARTMENTS.get(c as usize).map_or("?", |c| c.name)
+}
+
+// ---- export registry ----
+
+static REGISTRY: OnceLock<Vec<Option<&'static [Export]>>> = OnceLock::new();
+
+/// Records the export tables of the image's components (each component's
+/// `FLEXOS_EXPORTS`); the first call wins.
+pub fn register(tables: &[&'static [Export]]) {
+    REGISTRY.get_or_init(|| {
+        let mut by_id = vec![None; layout::component::ALL.len()];
+        for table in tables {
+            if let Some(first) = table.first()
+                && let Some(slot) = by_id.get_mut(first.component.id)
+            {
+                *slot = Some(*table);
+            }
+        }
+        by_id
+    });
+}
+
+/// The entry `entry` of component `component`, if it is exported into
+/// compartment `to` (the component must live there).
+fn lookup(to: u32, component: u32, entry: u32) -> Option<&'static Export> {
+    let info = layout::component::ALL.get(component as usize)?;
+    if info.compartment != to as usize {
+        return None;
+    }
+    REGISTRY.get()?.get(component as usize).copied().flatten()?.get(entry as usize)
+}
+
+// ---- calling ----
+
+thread_local! {
+    /// The chain this thread calls and serves on.
+    static CHAIN: Cell<Option<usize>> = const { Cell::new(None) };
+    /// The frame this thread is serving (0: none); its next call goes one deeper.
+    static DEPTH: Cell<usize> = const { Cell::new(0) };
+}
+
+fn my_chain() -> &'static Chain {
+    let index = CHAIN.with(|c| {
+        c.get().unwrap_or_else(|| {
+            let me = this_domain() as u32 + 1;
+            let i = (0..MAX_CHAINS)
+                .find(|&i| control().chains[i].owner.compare_exchange(0, me, AcqRel, Relaxed).is_ok())
+                .unwrap_or_else(|| panic!("more than {MAX_CHAINS} threads made remote calls"));
+            c.set(Some(i));
+            i
+        })
+    });
+    &control().chains[index]
+}
+
+/// Where a frame goes: compartment, component, entry, and the length field.
+#[derive(Clone, Copy, Debug)]
+pub struct Header {
+    /// The calling compartment (as the caller claims).
+    pub from: u32,
+    /// The callee compartment.
+    pub to: u32,
+    /// The callee component's id.
+    pub component: u32,
+    /// The entry's index in the component's export table.
+    pub entry: u32,
+    /// The length of the encoded arguments.
+    pub len: u32,
+}
+
+/// Sends one frame and waits for the answer: the result's length in `result`, or the refusal.
+/// This is the wire-level call; [`call`] encodes and decodes around it.
+pub fn call_frame(header: Header, args: &[u8], result: &mut [u8; FRAME_DATA]) -> Result<usize, Refusal> {
+    let chain = my_chain();
+    let depth = DEPTH.with(Cell::get) + 1;
+    assert!(depth <= MAX_DEPTH, "remote calls nested deeper than {MAX_DEPTH}");
+    let frame = &chain.frames[depth];
+    frame.write_data(args);
+    frame.to.store(header.to, Relaxed);
+    frame.from.store(header.from, Relaxed);
+    frame.component.store(header.component, Relaxed);
+    frame.entry.store(header.entry, Relaxed);
+    frame.len.store(header.len, Relaxed);
+    frame.state.store(REQUEST, Release);
+    chain.notify();
+    if let Some(target) = domain_of_untrusted(header.to)
+        && chain.partners.load(Acquire) & (1 << target) == 0
+    {
+        let bell = &control().doorbells[target];
+        bell.seq.fetch_add(1, SeqCst);
+        if bell.sleepers.load(SeqCst) != 0 {
+            futex::wake_all(&bell.seq);
+        }
+    }
+    wait(chain, depth);
+    let state = frame.state.load(Acquire);
+    if state == DONE {
+        let len = (frame.len.load(Relaxed) as usize).min(FRAME_DATA);
+        frame.read_data(&mut result[..len]);
+        Ok(len)
+    } else {
+        Err(Refusal::from_code(frame.refusal.load(Relaxed)).unwrap_or(Refusal::BadLength))
+    }
+}
+
+/// A remote call of entry `entry` of component `to` from component `from`.
+/// Panics (naming both) if the callee refuses or answers with a malformed result.
+pub fn call<A: Crossing, R: Crossing>(from: Component, to: Component, entry: u32, args: &A) -> R {
+    let mut buf = [0u8; FRAME_DATA];
+    let mut w = Writer::new(&mut buf);
+    args.encode(&mut w);
+    let len = w.finish().unwrap_or_else(|e| panic!("gate {} -> {}: {e}", from.name, to.name));
+    let header = Header {
+        from: from.compartment as u32,
+        to: to.compartment as u32,
+        component: to.id as u32,
+        entry,
+        len: len as u32,
+    };
+    let mut result = [0u8; FRAME_DATA];
+    match call_frame(header, &buf[..len], &mut result) {
+        Ok(n) => {
+            let mut r = Reader::new(&result[..n]);
+            match R::decode(&mut r) {
+                Some(v) if r.is_empty() && v.validate() => v,
+                _ => panic!(
+                    "gate {} -> {}: compartment {:?} answered with a malformed result",
+                    from.name, to.name, COMPARTMENTS[to.compartment].name
+                ),
+            }
+        }
+        Err(refusal) => panic!(
+            "gate {} -> {}: compartment {:?} refused the call: {}",
+            from.name,
+            to.name,
+            COMPARTMENTS[to.compartment].name,
+            refusal.describe()
+        ),
+    }
+}
+
+// ---- waiting and serving ----
+
+/// Waits until frame `depth` of `chain` is answered, serving deeper frames
+/// addressed to this domain meanwhile. With `depth` 0 it never returns
+/// (a partner thread's loop).
+fn wait(chain: &Chain, depth: usize) {
+    let me = this_domain();
+    let request_for_me = || deepest_request(chain, depth + 1).filter(|&k| addressed_to(&chain.frames[k], me));
+    let answered = || depth > 0 && matches!(chain.frames[depth].state.load(Acquire), DONE | REFUSED);
+    let mut spins = 0u32;
+    let mut spin_start = 0;
+    loop {
+        if answered() {
+            return;
+        }
+        if let Some(k) = request_for_me() {
+            let outer = DEPTH.with(|d| d.replace(k));
+            serve(chain, &chain.frames[k]);
+            DEPTH.with(|d| d.set(outer));
+            spins = 0;
+            continue;
+        }
+        spins += 1;
+        if spins % 1024 == 1 {
+            let now = clock::monotonic_ns();
+            if spins == 1 {
+                spin_start = now;
+            } else if now - spin_start > SPIN_NS {
+                chain.park(|| answered() || request_for_me().is_some());
+                spins = 0;
+                continue;
+            }
+        }
+        core::hint::spin_loop();
+    }
+}
+
+/// Runs the request in `frame` (addressed to this domain), answering it.
+fn serve(chain: &Chain, frame: &Frame) {
+    let (to, from) = (frame.to.load(Relaxed), frame.from.load(Relaxed));
+    let (component, entry, len) = (frame.component.load(Relaxed), frame.entry.load(Relaxed), frame.len.load(Relaxed));
+    let mut args = [0u8; FRAME_DATA];
+    let outcome = match lookup(to, component, entry) {
+        None => Err(Refusal::NotExported),
+        Some(_) if len as usize > FRAME_DATA => Err(Refusal::BadLength),
+        Some(export) => {
+            let args = &mut args[..len as usize];
+            frame.read_data(args);
+            let mut result = [0u8; FRAME_DATA];
+            let previous = compartment::enter(to as usize);
+            let outcome = (export.run)(&mut Reader::new(args), &mut Writer::new(&mut result));
+            compartment::enter(previous);
+            outcome.inspect(|&n| frame.write_data(&result[..n]))
+        }
+    };
+    match outcome {
+        Ok(n) => {
+            frame.len.store(n as u32, Relaxed);
+            frame.state.store(DONE, Release);
+        }
+        Err(refusal) => {
+            eprintln!(
+                "flexos: compartment {:?} refused a call from compartment {:?} (component {component}, entry {entry}): {}",
+                compartment_name(to),
+                compartment_name(from),
+                refusal.describe()
+            );
+            frame.refusal.store(refusal as u32, Relaxed);
+            frame.state.store(REFUSED, Release);
+        }
+    }
+    chain.notify();
+}
+
+/// A compartment process's main loop: starts a partner thread for every
+/// chain that reaches this domain, then sleeps until the doorbell rings.
+pub fn dispatch_forever() -> ! {
+    let me = this_domain();
+    let bell = &control().doorbells[me];
+    loop {
+        let seen = bell.seq.load(SeqCst);
+        for (index, chain) in control().chains.iter().enumerate() {
+            if chain.partners.load(Acquire) & (1 << me) != 0 || !wants(chain, me) {
+                continue;
+            }
+            chain.partners.fetch_or(1 << me, AcqRel);
+            // Unnamed: naming a thread is a system call (prctl) that the
+            // compartment's seccomp filter does not allow.
+            std::thread::Builder::new()
+                .spawn(move || {
+                    CHAIN.with(|c| c.set(Some(index)));
+                    wait(&control().chains[index], 0)
+                })
+                .expect("cannot start a partner thread");
+        }
+        bell.sleepers.fetch_add(1, SeqCst);
+        if bell.seq.load(SeqCst) == seen {
+            futex::wait(&bell.seq, seen, 100_000_000);
+        }
+        bell.sleepers.fetch_sub(1, SeqCst);
+    }
+}
+
+/// Whether `chain`'s deepest frame is a request for domain `me`.
+fn wants(chain: &Chain, me: usize) -> bool {
+    deepest_request(chain, 1).is_some_and(|k| addressed_to(&chain.frames[k], me))
+}
+
+/// The deepest frame in use on `chain`, looking from frame `from` on
+/// (frames in use are contiguous from 1); `None` if frame `from` is not in use.
+fn deepest_request(chain: &Chain, from: usize) -> Option<usize> {
+    (from..=MAX_DEPTH).take_while(|&k| chain.frames[k].state.load(Acquire) == REQUEST).last()
+}
+
+fn addressed_to(frame: &Frame, me: usize) -> bool {
+    domain_of_untrusted(frame.to.load(Relaxed)) == Some(me)
+}

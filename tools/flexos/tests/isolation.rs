@@ -1,0 +1,245 @@
+//! Isolation is proven by attack: the `probe` component, in a compartment of
+//! its own, behaves as a compromised compartment and attacks the default
+//! one, for every mechanism that isolates (`proc` today). Every attack must
+//! be stopped and reported, the well-behaved calls must work, and nothing
+//! (no process, no shared memory) may be left behind, even after a failure.
+
+use flexos::build::{BuildOptions, build_image};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The probe image of `config` (built once per test binary; builds are serialized).
+fn image(config: &str) -> PathBuf {
+    static BUILT: OnceLock<Mutex<Vec<(String, PathBuf)>>> = OnceLock::new();
+    let mut built = BUILT.get_or_init(|| Mutex::new(Vec::new())).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, p)) = built.iter().find(|(c, _)| c == config) {
+        return p.clone();
+    }
+    let root = flexos::workspace_root();
+    let layout = flexos_config::load(&root.join(config)).unwrap();
+    let options = BuildOptions { release: true, gate_stats: false, progress: false };
+    let path = build_image(&root, &layout, &options).unwrap_or_else(|e| panic!("{e}"));
+    built.push((config.to_string(), path.clone()));
+    path
+}
+
+/// The mechanisms whose attack tests run, with the probe configuration of each.
+const MECHANISMS: &[(&str, &str)] = &[("proc", "configs/probe-proc.toml")];
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs the image with a unique tag in its environment (inherited by every
+/// compartment process), then checks that no process carrying the tag is left.
+fn run(config: &str, args: &[&str]) -> Run {
+    static NEXT: Mutex<u32> = Mutex::new(0);
+    let tag = {
+        let mut n = NEXT.lock().unwrap();
+        *n += 1;
+        format!("{}-{}", std::process::id(), *n)
+    };
+    let out = Command::new(image(config)).args(args).env("FLEXOS_TEST_TAG", &tag).output().unwrap();
+    let run = Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into(),
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+    };
+    assert_no_process_left(&tag, args);
+    run
+}
+
+/// Processes whose environment holds `FLEXOS_TEST_TAG=tag`.
+fn tagged_processes(tag: &str) -> Vec<String> {
+    let needle = format!("FLEXOS_TEST_TAG={tag}\0");
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        if let Ok(env) = std::fs::read(entry.path().join("environ"))
+            && String::from_utf8_lossy(&env).contains(&needle)
+        {
+            let cmd = std::fs::read_to_string(entry.path().join("cmdline")).unwrap_or_default();
+            found.push(format!("{name}: {}", cmd.replace('\0', " ")));
+        }
+    }
+    found
+}
+
+fn assert_no_process_left(tag: &str, args: &[&str]) {
+    // Compartment processes get SIGKILL when the host ends; the kernel needs a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = tagged_processes(tag);
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{args:?} left processes behind: {left:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn well_behaved_calls_work_across_every_mechanism() {
+    for (mechanism, config) in MECHANISMS {
+        let r = run(config, &["behave"]);
+        assert_eq!(r.code, 0, "{mechanism}: {}", r.stderr);
+        assert_eq!(
+            r.stdout, "echo: 1000\nnested: 1 thread(s)\nwrote: 7\nread back: behaved\nbehaved: ok\n",
+            "{mechanism}: {}",
+            r.stderr
+        );
+        assert!(r.stderr.is_empty(), "{mechanism}: {}", r.stderr);
+    }
+}
+
+/// An attack that must kill the attacker's domain: the image names the
+/// compartment, the address and the reason, then shuts down with status 70.
+fn assert_attacker_died(mechanism: &str, attack: &str, r: &Run, reason: &str) {
+    assert!(!r.stdout.contains("BREACHED"), "{mechanism} {attack}: {}", r.stdout);
+    assert_eq!(r.code, 70, "{mechanism} {attack}: {}\n{}", r.stdout, r.stderr);
+    let target = r.stdout.lines().find_map(|l| l.strip_prefix("target: ")).map(str::to_string);
+    let expected = match &target {
+        Some(addr) => format!("flexos: compartment \"attacker\" faulted at {addr} ({reason})"),
+        None => format!("flexos: compartment \"attacker\" faulted at 0x"),
+    };
+    assert!(r.stderr.contains(&expected), "{mechanism} {attack}: expected {expected:?} in {}", r.stderr);
+    assert!(
+        r.stderr.contains("flexos: compartment \"attacker\" (process ") && r.stderr.contains("shutting the image down"),
+        "{mechanism} {attack}: {}",
+        r.stderr
+    );
+}
+
+#[test]
+fn reading_and_writing_another_compartments_memory_is_stopped() {
+    for (mechanism, config) in MECHANISMS {
+        for (attack, reason) in [
+            ("read-heap", "page fault on read"),
+            ("write-heap", "page fault on write"),
+            ("read-stack", "page fault on read"),
+            ("write-stack", "page fault on write"),
+        ] {
+            let r = run(config, &["attack", attack]);
+            assert_attacker_died(mechanism, attack, &r, reason);
+        }
+    }
+}
+
+#[test]
+fn a_forbidden_system_call_is_stopped() {
+    for (mechanism, config) in MECHANISMS {
+        let r = run(config, &["attack", "syscall"]);
+        assert_attacker_died(mechanism, "syscall", &r, "a system call its seccomp filter forbids: number 257");
+    }
+}
+
+/// An attack that the callee must refuse (and report) while it goes on serving.
+fn assert_refused(mechanism: &str, attack: &str, r: &Run, expected: &[(&str, &str)]) {
+    assert!(!r.stdout.contains("BREACHED"), "{mechanism} {attack}: {}", r.stdout);
+    assert_eq!(r.code, 0, "{mechanism} {attack}: {}", r.stderr);
+    for (what, reason) in expected {
+        let line = format!("refused: {what}: {reason}");
+        assert!(r.stdout.contains(&line), "{mechanism} {attack}: expected {line:?} in {}", r.stdout);
+        let report = format!("flexos: compartment \"main\" refused a call from compartment \"attacker\"");
+        assert!(r.stderr.contains(&report) && r.stderr.contains(reason), "{mechanism} {attack}: {}", r.stderr);
+    }
+    assert!(r.stdout.ends_with("still serving: 42\n"), "{mechanism} {attack}: {}", r.stdout);
+}
+
+#[test]
+fn calling_an_entry_point_that_is_not_exported_is_refused() {
+    let reason = "the entry point is not exported to this compartment";
+    for (mechanism, config) in MECHANISMS {
+        let r = run(config, &["attack", "unexported"]);
+        assert_refused(
+            mechanism,
+            "unexported",
+            &r,
+            &[
+                ("unknown entry of sched", reason),
+                ("entry of a component outside main", reason),
+                ("unknown component", reason),
+            ],
+        );
+    }
+}
+
+#[test]
+fn a_pointer_into_the_callees_private_memory_is_refused() {
+    for (mechanism, config) in MECHANISMS {
+        let r = run(config, &["attack", "private-pointer"]);
+        assert_refused(
+            mechanism,
+            "private-pointer",
+            &r,
+            &[("vfs::write with a handle into main's heap", "an argument handle points outside shared memory")],
+        );
+        assert!(r.stdout.contains("leaked: 0 bytes"), "{mechanism}: {}", r.stdout);
+    }
+}
+
+#[test]
+fn a_corrupted_call_frame_is_refused() {
+    for (mechanism, config) in MECHANISMS {
+        let r = run(config, &["attack", "bad-length"]);
+        assert_refused(
+            mechanism,
+            "bad-length",
+            &r,
+            &[
+                ("a length beyond the frame", "the call frame's length is invalid"),
+                ("a length beyond the arguments", "the arguments are malformed"),
+            ],
+        );
+        let r = run(config, &["attack", "malformed"]);
+        assert_refused(
+            mechanism,
+            "malformed",
+            &r,
+            &[
+                ("lseek with an invalid whence", "the arguments are malformed"),
+                ("close with a truncated argument", "the arguments are malformed"),
+            ],
+        );
+    }
+}
+
+#[test]
+fn the_round_trip_benchmark_runs() {
+    for (mechanism, config) in MECHANISMS {
+        let r = run(config, &["bench", "100"]);
+        assert_eq!(r.code, 0, "{mechanism}: {}", r.stderr);
+        let line = r.stdout.lines().find_map(|l| l.strip_prefix("roundtrip_cycles: ")).expect("a result line");
+        let values: Vec<f64> = line.split(' ').map(|v| v.parse().unwrap()).collect();
+        assert!(values.len() == 2 && values[0] > 0.0 && values[0] <= values[1], "{mechanism}: {line}");
+    }
+}
+
+#[test]
+fn killing_the_image_leaves_no_compartment_process_behind() {
+    for (mechanism, config) in MECHANISMS {
+        let tag = format!("{}-killed-{mechanism}", std::process::id());
+        let mut host = Command::new(image(config))
+            .args(["bench", "1000000"])
+            .env("FLEXOS_TEST_TAG", &tag)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // The host and its two compartment processes (attacker, clock) carry the tag.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tagged_processes(&tag).len() < 3 {
+            assert!(Instant::now() < deadline, "{mechanism}: compartment processes: {:?}", tagged_processes(&tag));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        host.kill().unwrap();
+        host.wait().unwrap();
+        assert_no_process_left(&tag, &["bench (killed)"]);
+    }
+}
