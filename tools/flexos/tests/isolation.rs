@@ -107,7 +107,7 @@ fn assert_attacker_died(mechanism: &str, attack: &str, r: &Run, reason: &str) {
     let target = r.stdout.lines().find_map(|l| l.strip_prefix("target: ")).map(str::to_string);
     let expected = match &target {
         Some(addr) => format!("flexos: compartment \"attacker\" faulted at {addr} ({reason})"),
-        None => format!("flexos: compartment \"attacker\" faulted at 0x"),
+        None => "flexos: compartment \"attacker\" faulted at 0x".to_string(),
     };
     assert!(r.stderr.contains(&expected), "{mechanism} {attack}: expected {expected:?} in {}", r.stderr);
     assert!(
@@ -147,8 +147,8 @@ fn assert_refused(mechanism: &str, attack: &str, r: &Run, expected: &[(&str, &st
     for (what, reason) in expected {
         let line = format!("refused: {what}: {reason}");
         assert!(r.stdout.contains(&line), "{mechanism} {attack}: expected {line:?} in {}", r.stdout);
-        let report = format!("flexos: compartment \"main\" refused a call from compartment \"attacker\"");
-        assert!(r.stderr.contains(&report) && r.stderr.contains(reason), "{mechanism} {attack}: {}", r.stderr);
+        let report = "flexos: compartment \"main\" refused a call from compartment \"attacker\"";
+        assert!(r.stderr.contains(report) && r.stderr.contains(reason), "{mechanism} {attack}: {}", r.stderr);
     }
     assert!(r.stdout.ends_with("still serving: 42\n"), "{mechanism} {attack}: {}", r.stdout);
 }
