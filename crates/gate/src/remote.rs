@@ -69,33 +69,35 @@ struct Frame {
     entry: AtomicU32,
     len: AtomicU32,
     refusal: AtomicU32,
+    /// The domain of the caller, to be woken when the call is answered.
+    caller: AtomicU32,
     data: UnsafeCell<[u8; FRAME_DATA]>,
 }
 
 /// The call stack of one host thread's remote calls.
 #[repr(C, align(64))]
 struct Chain {
-    /// Bumped on every change; the futex word sleepers wait on.
-    seq: AtomicU32,
-    sleepers: AtomicU32,
     /// 0 while free, else the claiming domain + 1.
     owner: AtomicU32,
     /// Bit d: domain d has a partner thread serving this chain.
     partners: AtomicU32,
+    /// Where each domain's thread on this chain sleeps.
+    wakers: [Waker; MAX_COMPARTMENTS],
     /// Frames 1..=MAX_DEPTH (frame 0 is never used).
     frames: [Frame; MAX_DEPTH + 1],
 }
 
-/// A domain's doorbell: rung when a chain needs a partner there.
+/// A futex word that one domain's thread sleeps on, and whether anyone does.
 #[repr(C, align(64))]
-struct Doorbell {
+struct Waker {
     seq: AtomicU32,
     sleepers: AtomicU32,
 }
 
 #[repr(C)]
 struct Control {
-    doorbells: [Doorbell; MAX_COMPARTMENTS],
+    /// Per domain: rung when a chain needs a partner thread there.
+    doorbells: [Waker; MAX_COMPARTMENTS],
     chains: [Chain; MAX_CHAINS],
 }
 
@@ -132,9 +134,10 @@ impl Frame {
     }
 }
 
-impl Chain {
-    /// Tells sleeping waiters that the chain changed. Spinning waiters see
-    /// the change itself, so without sleepers this touches nothing shared.
+impl Waker {
+    /// Wakes the sleepers, after a change they wait for was written.
+    /// Spinning waiters see the change itself, so without sleepers this
+    /// touches nothing shared.
     fn notify(&self) {
         fence(SeqCst);
         if self.sleepers.load(Relaxed) != 0 {
@@ -143,17 +146,26 @@ impl Chain {
         }
     }
 
-    /// Sleeps until a [`Chain::notify`] (or a timeout), unless `changed`
+    /// Sleeps until a [`Waker::notify`] (or `timeout_ns`), unless `changed`
     /// already holds once this thread is registered as a sleeper (so no
     /// wake-up is lost: the notifier writes, fences, then reads `sleepers`;
     /// the sleeper registers, fences, then re-checks).
-    fn park(&self, changed: impl Fn() -> bool) {
+    fn park(&self, timeout_ns: u64, changed: impl Fn() -> bool) {
         self.sleepers.fetch_add(1, SeqCst);
         let seen = self.seq.load(SeqCst);
         if !changed() {
-            futex::wait(&self.seq, seen, 20_000_000);
+            futex::wait(&self.seq, seen, timeout_ns);
         }
         self.sleepers.fetch_sub(1, SeqCst);
+    }
+}
+
+impl Chain {
+    /// Wakes domain `domain`'s thread on this chain if it sleeps.
+    fn notify(&self, domain: Option<usize>) {
+        if let Some(waker) = domain.and_then(|d| self.wakers.get(d)) {
+            waker.notify();
+        }
     }
 }
 
@@ -252,16 +264,16 @@ pub fn call_frame(header: Header, args: &[u8], result: &mut [u8; FRAME_DATA]) ->
     frame.component.store(header.component, Relaxed);
     frame.entry.store(header.entry, Relaxed);
     frame.len.store(header.len, Relaxed);
+    frame.caller.store(this_domain() as u32, Relaxed);
     frame.state.store(REQUEST, Release);
-    chain.notify();
-    if let Some(target) = domain_of_untrusted(header.to)
+    let target = domain_of_untrusted(header.to);
+    chain.notify(target);
+    if let Some(target) = target
         && chain.partners.load(Acquire) & (1 << target) == 0
     {
         let bell = &control().doorbells[target];
         bell.seq.fetch_add(1, SeqCst);
-        if bell.sleepers.load(SeqCst) != 0 {
-            futex::wake_all(&bell.seq);
-        }
+        bell.notify();
     }
     wait(chain, depth);
     let state = frame.state.load(Acquire);
@@ -338,7 +350,7 @@ fn wait(chain: &Chain, depth: usize) {
             if spins == 1 {
                 spin_start = now;
             } else if now - spin_start > SPIN_NS {
-                chain.park(|| answered() || request_for_me().is_some());
+                chain.wakers[me].park(20_000_000, || answered() || request_for_me().is_some());
                 spins = 0;
                 continue;
             }
@@ -381,7 +393,7 @@ fn serve(chain: &Chain, frame: &Frame) {
             frame.state.store(REFUSED, Release);
         }
     }
-    chain.notify();
+    chain.notify(Some(frame.caller.load(Relaxed) as usize));
 }
 
 /// A compartment process's main loop: starts a partner thread for every
@@ -405,11 +417,7 @@ pub fn dispatch_forever() -> ! {
                 })
                 .expect("cannot start a partner thread");
         }
-        bell.sleepers.fetch_add(1, SeqCst);
-        if bell.seq.load(SeqCst) == seen {
-            futex::wait(&bell.seq, seen, 100_000_000);
-        }
-        bell.sleepers.fetch_sub(1, SeqCst);
+        bell.park(100_000_000, || bell.seq.load(SeqCst) != seen);
     }
 }
 

@@ -13,6 +13,7 @@ use flexos_platform::clock::{cycles_per_second, min_median, sample_cycles, timer
 use serde::Serialize;
 use std::hint::black_box;
 use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,24 +52,55 @@ fn empty(x: u64) -> u64 {
     black_box(x)
 }
 
-/// Runs every row; `scale` multiplies the iteration counts (1.0 for the real benchmark).
-pub fn run(scale: f64) -> GateReport {
+/// A gate that needs an image to be measured: the probe image's empty call
+/// into a compartment with another mechanism.
+pub struct RemoteGate {
+    /// The row's name.
+    pub name: String,
+    /// The probe image built for that mechanism.
+    pub image: PathBuf,
+}
+
+/// Runs `image bench BATCH` and reads its `roundtrip_cycles: MIN MEDIAN` line.
+fn measure_image(image: &Path, batch: u64) -> Result<(f64, f64), String> {
+    let out = Command::new(image)
+        .args(["bench", &batch.to_string()])
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", image.display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!("{} failed ({}): {}", image.display(), out.status, String::from_utf8_lossy(&out.stderr)));
+    }
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("roundtrip_cycles: "))
+        .ok_or_else(|| format!("{} printed no roundtrip_cycles line: {stdout}", image.display()))?;
+    match line.split(' ').map(str::parse::<f64>).collect::<Result<Vec<_>, _>>() {
+        Ok(v) if v.len() == 2 => Ok((v[0], v[1])),
+        _ => Err(format!("{}: malformed result line {line:?}", image.display())),
+    }
+}
+
+/// Runs every row; `scale` multiplies the iteration counts (1.0 for the
+/// real benchmark). The remote gates are measured right after the
+/// shared-memory ping-pong, their physical floor.
+pub fn run(scale: f64, remote: &[RemoteGate]) -> Result<GateReport, String> {
     let hz = cycles_per_second(100);
     let n = |x: f64| ((x * scale) as u64).max(1);
     let samples = 101;
     // The timer's own cost: the cheapest empty sample. It is subtracted from
     // every sample alike, so the minimum stays at or below the median.
     let timer = timer_overhead();
-    let mut rows = Vec::new();
-    let mut add = |name: &str, batch: u64, op: &mut dyn FnMut(u64)| {
-        let (min, median) = min_median(sample_cycles(samples, batch, timer, op));
-        rows.push(GateRow {
-            name: name.to_string(),
-            min_cycles: min,
-            median_cycles: median,
-            min_ns: min * 1e9 / hz,
-            median_ns: median * 1e9 / hz,
-        });
+    let row = |name: &str, (min, median): (f64, f64)| GateRow {
+        name: name.to_string(),
+        min_cycles: min,
+        median_cycles: median,
+        min_ns: min * 1e9 / hz,
+        median_ns: median * 1e9 / hz,
+    };
+    let rows = std::cell::RefCell::new(Vec::new());
+    let add = |name: &str, batch: u64, op: &mut dyn FnMut(u64)| {
+        rows.borrow_mut().push(row(name, min_median(sample_cycles(samples, batch, timer, op))));
     };
 
     add("function call", n(10_000.0), &mut |i| {
@@ -116,6 +148,10 @@ pub fn run(scale: f64) -> GateReport {
     flag.store(stop, Ordering::Release);
     peer.join().expect("ping-pong peer");
 
+    for gate in remote {
+        rows.borrow_mut().push(row(&gate.name, measure_image(&gate.image, n(2_000.0))?));
+    }
+
     // A byte through a pipe to another process and back (`cat` echoes it).
     let mut cat = Command::new("cat").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("cat runs");
     let (mut to, mut from) = (cat.stdin.take().expect("stdin"), cat.stdout.take().expect("stdout"));
@@ -127,13 +163,12 @@ pub fn run(scale: f64) -> GateReport {
     drop(to);
     let _ = cat.wait();
 
-    GateReport {
-        cycles_per_second: hz,
-        rows,
-        not_implemented: ["mpk (light, dss, heap)", "proc", "kvm", "shared locals (heap, dss)"]
-            .map(String::from)
-            .to_vec(),
+    let mut not_implemented: Vec<String> =
+        ["mpk (light, dss, heap)", "kvm", "shared locals (heap, dss)"].map(String::from).to_vec();
+    if remote.is_empty() {
+        not_implemented.insert(1, "proc (no probe image given)".into());
     }
+    Ok(GateReport { cycles_per_second: hz, rows: rows.into_inner(), not_implemented })
 }
 
 /// The table printed by `flexos bench gates`.
@@ -163,7 +198,7 @@ mod tests {
 
     #[test]
     fn every_row_is_measured() {
-        let r = run(0.01);
+        let r = run(0.01, &[]).unwrap();
         let names: Vec<&str> = r.rows.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names.len(), 6, "{names:?}");
         assert!(names.contains(&"fcall gate, other compartment"));

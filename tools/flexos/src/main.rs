@@ -175,6 +175,18 @@ fn bench_sqlite(configs: Vec<PathBuf>, runs: usize, rows: u64, json: Option<Path
     write_json(json.unwrap_or_else(|| root.join("target/flexos/bench/sqlite.json")), &report)
 }
 
+fn bench_gates(json: Option<PathBuf>) -> Result<(), i32> {
+    let root = workspace_root();
+    let image = build(&root.join("configs/probe-proc.toml"), &BuildOptions::default())?;
+    let remote = vec![flexos::gatebench::RemoteGate { name: "proc gate (2 processes)".into(), image }];
+    let report = flexos::gatebench::run(1.0, &remote).map_err(|e| {
+        eprintln!("error: {e}");
+        exit::BENCH_FAILED
+    })?;
+    say_raw(&flexos::gatebench::table(&report));
+    write_json(json.unwrap_or_else(|| root.join("target/flexos/bench/gates.json")), &report)
+}
+
 fn write_json(json: PathBuf, report: &impl serde::Serialize) -> Result<(), i32> {
     if let Some(dir) = json.parent() {
         let _ = std::fs::create_dir_all(dir);
@@ -204,11 +216,7 @@ fn main() {
             std::process::exit(status.code().unwrap_or(128 + 9))
         }),
         Cmd::Bench { which: BenchCmd::Sqlite { configs, runs, rows, json } } => bench_sqlite(configs, runs, rows, json),
-        Cmd::Bench { which: BenchCmd::Gates { json } } => {
-            let report = flexos::gatebench::run(1.0);
-            say_raw(&flexos::gatebench::table(&report));
-            write_json(json.unwrap_or_else(|| workspace_root().join("target/flexos/bench/gates.json")), &report)
-        }
+        Cmd::Bench { which: BenchCmd::Gates { json } } => bench_gates(json),
         Cmd::Audit { which: AuditCmd::Statics { image } } => match audit::writable_statics(&image) {
             Ok(found) if found.is_empty() => {
                 say!("{}: no component keeps a mutable static", image.display());

@@ -243,3 +243,18 @@ fn killing_the_image_leaves_no_compartment_process_behind() {
         assert_no_process_left(&tag, &["bench (killed)"]);
     }
 }
+
+#[test]
+fn the_gate_benchmark_has_a_row_per_isolating_mechanism() {
+    let remote: Vec<flexos::gatebench::RemoteGate> = MECHANISMS
+        .iter()
+        .map(|(m, config)| flexos::gatebench::RemoteGate { name: format!("{m} gate"), image: image(config) })
+        .collect();
+    let report = flexos::gatebench::run(0.01, &remote).unwrap();
+    for (m, _) in MECHANISMS {
+        let row = report.rows.iter().find(|r| r.name == format!("{m} gate")).expect("a row per mechanism");
+        assert!(row.min_cycles > 0.0 && row.min_cycles <= row.median_cycles, "{row:?}");
+    }
+    let bad = flexos::gatebench::RemoteGate { name: "broken".into(), image: PathBuf::from("/nonexistent/probe") };
+    assert!(flexos::gatebench::run(0.01, &[bad]).unwrap_err().contains("cannot run"));
+}
