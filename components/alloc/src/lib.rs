@@ -21,7 +21,7 @@
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::{NonNull, null_mut};
 use core::sync::atomic::{AtomicUsize, Ordering};
-use flexos_layout::{COMPARTMENTS, has_remote_domains};
+use flexos_layout::{COMPARTMENTS, Mechanism, has_remote_domains};
 use flexos_platform::compartment::{self, MAX_COMPARTMENTS};
 use flexos_platform::domain;
 use flexos_platform::memory::{self, Region};
@@ -31,8 +31,11 @@ use talc::{ErrOnOom, Span, Talc};
 pub const SHARED: usize = MAX_COMPARTMENTS;
 /// How many heap indices exist.
 pub const HEAPS: usize = MAX_COMPARTMENTS + 1;
-/// Address space reserved for each compartment's private heap (backed by memory only when touched).
+/// Address space reserved for each compartment's private memory (backed by memory only when touched).
 pub const HEAP_SPAN: usize = 1 << 30;
+/// The top of each compartment's private span that is not heap: the
+/// execution stacks of the threads (vCPUs) that run it in a VM.
+pub const EXEC_STACKS_LEN: usize = 64 << 20;
 /// The part of the shared heap from which one domain allocates.
 pub const SHARED_PART: usize = 256 << 20;
 /// The shared control area at the start of the shared span (remote gates' call frames).
@@ -60,10 +63,16 @@ struct Setup {
 
 struct Heaps {
     setup: spin::Once<Setup>,
-    heaps: [Heap; HEAPS],
+    /// Every compartment's private heap, then every domain's part of the shared heap.
+    heaps: [Heap; 2 * MAX_COMPARTMENTS],
 }
 
-static HEAPS_STATE: Heaps = Heaps { setup: spin::Once::new(), heaps: [EMPTY_HEAP; HEAPS] };
+static HEAPS_STATE: Heaps = Heaps { setup: spin::Once::new(), heaps: [EMPTY_HEAP; 2 * MAX_COMPARTMENTS] };
+
+/// The allocator state of heap `heap` ([`SHARED`]: this domain's part of the shared heap).
+fn heap_state(heap: usize) -> &'static Heap {
+    if heap == SHARED { &HEAPS_STATE.heaps[MAX_COMPARTMENTS + compartment::home()] } else { &HEAPS_STATE.heaps[heap] }
+}
 
 fn fail(message: &[u8]) -> ! {
     flexos_platform::console::write_err(message);
@@ -103,14 +112,15 @@ fn setup() -> &'static Setup {
             fail(b"flexos-alloc: cannot create the shared memory\n")
         };
         // SAFETY: the reservation is fresh; nothing is stored in it yet.
-        // The host never runs the remote compartments, so their heaps (and
-        // the spans of compartments that do not exist) stay inaccessible.
+        // The host never runs `proc` compartments, so their heaps (and the
+        // spans of compartments that do not exist) stay inaccessible here;
+        // a `kvm` compartment's span backs its VM's memory, which needs it mapped.
         unsafe {
             if !region.map_shared(MAX_COMPARTMENTS * HEAP_SPAN, SHARED_SPAN, fd) {
                 fail(b"flexos-alloc: cannot map the shared memory\n")
             }
             for (i, c) in COMPARTMENTS.iter().enumerate() {
-                if !c.mechanism.is_remote() {
+                if c.mechanism != Mechanism::Proc {
                     region.set_access(i * HEAP_SPAN, HEAP_SPAN, true);
                 }
             }
@@ -157,8 +167,14 @@ fn span_of(heap: usize) -> (usize, usize) {
         let part = compartment::home();
         (base + MAX_COMPARTMENTS * HEAP_SPAN + CONTROL_LEN + part * SHARED_PART, SHARED_PART)
     } else {
-        (base + heap * HEAP_SPAN, HEAP_SPAN)
+        (base + heap * HEAP_SPAN, HEAP_SPAN - EXEC_STACKS_LEN)
     }
+}
+
+/// The execution-stack area `[start, end)` at the top of compartment `compartment`'s private span.
+pub fn exec_stack_area(compartment: usize) -> (usize, usize) {
+    let end = setup().region.base.as_ptr() as usize + (compartment + 1) * HEAP_SPAN;
+    (end - EXEC_STACKS_LEN, end)
 }
 
 /// The shared heap (every domain's part) as a region.
@@ -199,7 +215,7 @@ pub fn is_shared(addr: usize, len: usize) -> bool {
 /// Allocates from heap `heap` (a compartment index or [`SHARED`]); null when it is exhausted.
 pub fn alloc_in(heap: usize, layout: Layout) -> *mut u8 {
     assert!(heap < HEAPS, "heap index {heap} out of range");
-    let h = &HEAPS_STATE.heaps[heap];
+    let h = heap_state(heap);
     let mut talc = h.talc.lock();
     let talc = talc.get_or_insert_with(|| {
         let (base, len) = span_of(heap);
@@ -230,7 +246,7 @@ pub unsafe fn free(ptr: *mut u8, layout: Layout) {
     if heap == SHARED && !is_shared_part_of_this_domain(ptr as usize) {
         fail(b"flexos-alloc: free of shared memory that another domain allocated\n")
     }
-    let h = &HEAPS_STATE.heaps[heap];
+    let h = heap_state(heap);
     let mut talc = h.talc.lock();
     if let (Some(talc), Some(p)) = (talc.as_mut(), NonNull::new(ptr)) {
         // SAFETY: by this function's contract the pointer came from this heap
@@ -256,7 +272,7 @@ pub struct HeapStats {
 
 /// Usage of heap `heap`.
 pub fn stats(heap: usize) -> HeapStats {
-    let h = &HEAPS_STATE.heaps[heap];
+    let h = heap_state(heap);
     HeapStats { in_use: h.in_use.load(Ordering::Relaxed), allocations: h.allocations.load(Ordering::Relaxed) }
 }
 

@@ -57,18 +57,27 @@ pub fn attack_write(addr: u64, value: u64) {
 /// returns 0 if it was served, else the refusal's code.
 pub fn attack_frame(to: u32, component: u32, entry: u32, len: u32, args: SharedRef<'_>) -> u32 {
     let header = Header { from: FLEXOS_COMPONENT.compartment as u32, to, component, entry, len };
-    let mut result = [0u8; FRAME_DATA];
+    let mut result = [core::mem::MaybeUninit::uninit(); FRAME_DATA];
     match remote::call_frame(header, args.bytes(), &mut result) {
         Ok(_) => 0,
         Err(r) => r as u32,
     }
 }
 
-/// Attack: opens a file of the host (a system call a compartment may not make).
-/// Returns the file descriptor if it was allowed.
-pub fn attack_syscall() -> i32 {
-    // SAFETY: none needed; an ordinary system call that the mechanism must forbid.
-    unsafe { libc::open(c"/etc/hostname".as_ptr(), libc::O_RDONLY) }
+/// Attack: opens a file of the host with the `syscall` instruction itself
+/// (`openat`, number 257), a system call no compartment may make. Returns
+/// the file descriptor if it was allowed.
+pub fn attack_syscall() -> i64 {
+    let path = c"/etc/hostname";
+    let result: i64;
+    // SAFETY: none needed for the process's memory: openat only reads the
+    // path; the mechanism must stop the call before the kernel runs it.
+    unsafe {
+        core::arch::asm!("syscall", inlateout("rax") libc::SYS_openat => result, in("rdi") libc::AT_FDCWD as i64,
+            in("rsi") path.as_ptr(), in("rdx") libc::O_RDONLY as i64, lateout("rcx") _, lateout("r11") _,
+            options(nostack));
+    }
+    result
 }
 
 /// The refusal codes, for the image's reports.

@@ -33,7 +33,7 @@ impl Mechanism {
 
     /// Whether this build can produce images with this mechanism.
     pub fn implemented(self) -> bool {
-        matches!(self, Mechanism::Fcall | Mechanism::Proc)
+        matches!(self, Mechanism::Fcall | Mechanism::Proc | Mechanism::Kvm)
     }
 
     /// Whether compartments with this mechanism run in a domain of their own
@@ -308,7 +308,7 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Layout, Vec<ConfigError>>
                 &mut errors,
                 c.mechanism.span().start,
                 format!("mechanism {:?} is not implemented yet", mechanism.name()),
-                "use mechanism = \"fcall\" or \"proc\" for now".into(),
+                "use mechanism = \"fcall\", \"proc\" or \"kvm\" for now".into(),
             );
         }
         let sharing = match &c.sharing {

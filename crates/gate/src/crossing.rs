@@ -233,11 +233,11 @@ mod tests {
     use super::*;
 
     fn roundtrip<T: Crossing + PartialEq + core::fmt::Debug>(v: T) {
-        let mut buf = [0u8; 512];
+        let mut buf = [core::mem::MaybeUninit::uninit(); 512];
         let mut w = Writer::new(&mut buf);
         v.encode(&mut w);
         let n = w.finish().unwrap();
-        let mut r = Reader::new(&buf[..n]);
+        let mut r = Reader::new(&w.written()[..n]);
         assert_eq!(T::decode(&mut r), Some(v));
         assert!(r.is_empty());
     }
@@ -262,7 +262,7 @@ mod tests {
         assert_eq!(u64::decode(&mut Reader::new(&[1, 2, 3])), None, "too short");
         assert_eq!(Option::<u8>::decode(&mut Reader::new(&[7, 1])), None, "bad tag");
         assert!(Callback::decode(&mut Reader::new(&[])).is_none());
-        let mut buf = [0u8; 8];
+        let mut buf = [core::mem::MaybeUninit::uninit(); 8];
         let mut w = Writer::new(&mut buf);
         Callback::new(|| {}).encode(&mut w);
         assert!(w.finish().unwrap_err().contains("Callback"));

@@ -103,7 +103,8 @@ where
 /// with every component's export table (`FLEXOS_EXPORTS`).
 ///
 /// In the host process it starts one process per `proc` compartment and
-/// returns. In a compartment's own process it confines the process with
+/// one VM per `kvm` compartment (with a dispatcher thread that gives every
+/// chain of calls reaching it a vCPU), and returns. In a compartment's own process it confines the process with
 /// its seccomp filter and serves remote calls until the host ends: it
 /// never returns.
 pub fn boot(exports: &[&'static [Export]]) {
@@ -119,7 +120,7 @@ pub fn boot(exports: &[&'static [Export]]) {
             );
             std::process::exit(process::COMPARTMENT_DIED);
         }
-        remote::dispatch_forever();
+        remote::dispatch_forever(compartment::home(), remote::start_partner_thread);
     }
     let base = flexos_alloc::region().base.as_ptr() as usize;
     let fd = flexos_alloc::shared_memory_fd().expect("images with remote compartments have shared memory");
@@ -132,7 +133,20 @@ pub fn boot(exports: &[&'static [Export]]) {
                     std::process::exit(process::COMPARTMENT_DIED);
                 }
             }
-            Mechanism::Kvm => panic!("compartment {:?}: the kvm mechanism is not implemented", c.name),
+            Mechanism::Kvm => match flexos_kvm::Vm::create(i, c.name, remote::guest_partner_entry) {
+                Ok(vm) => {
+                    let vm: &'static flexos_kvm::Vm = Box::leak(Box::new(vm));
+                    std::thread::Builder::new()
+                        .name(format!("flexos-{}-dispatch", c.name))
+                        .spawn(move || remote::dispatch_forever(i, |chain| vm.start_partner(chain)))
+                        .expect("cannot start a VM's dispatcher");
+                }
+                Err(e) => {
+                    eprintln!("flexos: cannot start the VM of compartment {:?}: {e}", c.name);
+                    process::kill_all();
+                    std::process::exit(process::COMPARTMENT_DIED);
+                }
+            },
             Mechanism::Fcall | Mechanism::Mpk => {}
         }
     }

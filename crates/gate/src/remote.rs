@@ -38,10 +38,11 @@ use crate::export::{Export, Refusal};
 use crate::wire::{Reader, Writer};
 use crate::{Crossing, layout};
 use core::cell::{Cell, UnsafeCell};
+use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicU32, Ordering::*, fence};
 use flexos_layout::{COMPARTMENTS, Component, domain_of};
 use flexos_platform::compartment::{self, MAX_COMPARTMENTS};
-use flexos_platform::{clock, futex};
+use flexos_platform::{clock, console, futex};
 use std::sync::OnceLock;
 
 /// The most host threads that may make remote calls over an image's life.
@@ -126,11 +127,16 @@ impl Frame {
         unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), self.data.get().cast::<u8>(), n) }
     }
 
-    fn read_data(&self, out: &mut [u8]) {
-        let n = out.len().min(FRAME_DATA);
+    /// Copies the first `len` bytes (at most FRAME_DATA) into `out` and returns them.
+    fn read_data<'b>(&self, len: usize, out: &'b mut [MaybeUninit<u8>; FRAME_DATA]) -> &'b [u8] {
+        let n = len.min(FRAME_DATA);
         // SAFETY: as in `write_data`; the copy goes to private memory, so
-        // the bytes cannot change while they are decoded.
-        unsafe { core::ptr::copy_nonoverlapping(self.data.get().cast::<u8>(), out.as_mut_ptr(), n) }
+        // the bytes cannot change while they are decoded, and the first `n`
+        // bytes of `out` are initialized by it.
+        unsafe {
+            core::ptr::copy_nonoverlapping(self.data.get().cast::<u8>(), out.as_mut_ptr().cast::<u8>(), n);
+            core::slice::from_raw_parts(out.as_ptr().cast::<u8>(), n)
+        }
     }
 }
 
@@ -185,13 +191,18 @@ fn compartment_name(c: u32) -> &'static str {
 
 // ---- export registry ----
 
-static REGISTRY: OnceLock<Vec<Option<&'static [Export]>>> = OnceLock::new();
+/// The most components an image may have.
+const MAX_COMPONENTS: usize = 32;
+
+/// Export tables by component id. A fixed array (not a `Vec` on the host's
+/// heap), so that a VM's copy of the image's data can read it.
+static REGISTRY: OnceLock<[Option<&'static [Export]>; MAX_COMPONENTS]> = OnceLock::new();
 
 /// Records the export tables of the image's components (each component's
 /// `FLEXOS_EXPORTS`); the first call wins.
 pub fn register(tables: &[&'static [Export]]) {
     REGISTRY.get_or_init(|| {
-        let mut by_id = vec![None; layout::component::ALL.len()];
+        let mut by_id = [None; MAX_COMPONENTS];
         for table in tables {
             if let Some(first) = table.first()
                 && let Some(slot) = by_id.get_mut(first.component.id)
@@ -253,7 +264,11 @@ pub struct Header {
 
 /// Sends one frame and waits for the answer: the result's length in `result`, or the refusal.
 /// This is the wire-level call; [`call`] encodes and decodes around it.
-pub fn call_frame(header: Header, args: &[u8], result: &mut [u8; FRAME_DATA]) -> Result<usize, Refusal> {
+pub fn call_frame<'r>(
+    header: Header,
+    args: &[u8],
+    result: &'r mut [MaybeUninit<u8>; FRAME_DATA],
+) -> Result<&'r [u8], Refusal> {
     let chain = my_chain();
     let depth = DEPTH.with(Cell::get) + 1;
     assert!(depth <= MAX_DEPTH, "remote calls nested deeper than {MAX_DEPTH}");
@@ -278,9 +293,7 @@ pub fn call_frame(header: Header, args: &[u8], result: &mut [u8; FRAME_DATA]) ->
     wait(chain, depth);
     let state = frame.state.load(Acquire);
     if state == DONE {
-        let len = (frame.len.load(Relaxed) as usize).min(FRAME_DATA);
-        frame.read_data(&mut result[..len]);
-        Ok(len)
+        Ok(frame.read_data(frame.len.load(Relaxed) as usize, result))
     } else {
         Err(Refusal::from_code(frame.refusal.load(Relaxed)).unwrap_or(Refusal::BadLength))
     }
@@ -289,7 +302,7 @@ pub fn call_frame(header: Header, args: &[u8], result: &mut [u8; FRAME_DATA]) ->
 /// A remote call of entry `entry` of component `to` from component `from`.
 /// Panics (naming both) if the callee refuses or answers with a malformed result.
 pub fn call<A: Crossing, R: Crossing>(from: Component, to: Component, entry: u32, args: &A) -> R {
-    let mut buf = [0u8; FRAME_DATA];
+    let mut buf = [MaybeUninit::uninit(); FRAME_DATA];
     let mut w = Writer::new(&mut buf);
     args.encode(&mut w);
     let len = w.finish().unwrap_or_else(|e| panic!("gate {} -> {}: {e}", from.name, to.name));
@@ -300,10 +313,10 @@ pub fn call<A: Crossing, R: Crossing>(from: Component, to: Component, entry: u32
         entry,
         len: len as u32,
     };
-    let mut result = [0u8; FRAME_DATA];
-    match call_frame(header, &buf[..len], &mut result) {
-        Ok(n) => {
-            let mut r = Reader::new(&result[..n]);
+    let mut result = [MaybeUninit::uninit(); FRAME_DATA];
+    match call_frame(header, w.written(), &mut result) {
+        Ok(bytes) => {
+            let mut r = Reader::new(bytes);
             match R::decode(&mut r) {
                 Some(v) if r.is_empty() && v.validate() => v,
                 _ => panic!(
@@ -333,6 +346,7 @@ fn wait(chain: &Chain, depth: usize) {
     let answered = || depth > 0 && matches!(chain.frames[depth].state.load(Acquire), DONE | REFUSED);
     let mut spins = 0u32;
     let mut spin_start = 0;
+    let in_vm = flexos_platform::guest::in_guest();
     loop {
         if answered() {
             return;
@@ -355,7 +369,9 @@ fn wait(chain: &Chain, depth: usize) {
                 continue;
             }
         }
-        core::hint::spin_loop();
+        if !in_vm {
+            core::hint::spin_loop();
+        }
     }
 }
 
@@ -363,18 +379,18 @@ fn wait(chain: &Chain, depth: usize) {
 fn serve(chain: &Chain, frame: &Frame) {
     let (to, from) = (frame.to.load(Relaxed), frame.from.load(Relaxed));
     let (component, entry, len) = (frame.component.load(Relaxed), frame.entry.load(Relaxed), frame.len.load(Relaxed));
-    let mut args = [0u8; FRAME_DATA];
+    let mut args = [MaybeUninit::uninit(); FRAME_DATA];
     let outcome = match lookup(to, component, entry) {
         None => Err(Refusal::NotExported),
         Some(_) if len as usize > FRAME_DATA => Err(Refusal::BadLength),
         Some(export) => {
-            let args = &mut args[..len as usize];
-            frame.read_data(args);
-            let mut result = [0u8; FRAME_DATA];
+            let args = frame.read_data(len as usize, &mut args);
+            let mut result = [MaybeUninit::uninit(); FRAME_DATA];
+            let mut w = Writer::new(&mut result);
             let previous = compartment::enter(to as usize);
-            let outcome = (export.run)(&mut Reader::new(args), &mut Writer::new(&mut result));
+            let outcome = (export.run)(&mut Reader::new(args), &mut w);
             compartment::enter(previous);
-            outcome.inspect(|&n| frame.write_data(&result[..n]))
+            outcome.inspect(|_| frame.write_data(w.written()))
         }
     };
     match outcome {
@@ -383,12 +399,13 @@ fn serve(chain: &Chain, frame: &Frame) {
             frame.state.store(DONE, Release);
         }
         Err(refusal) => {
-            eprintln!(
-                "flexos: compartment {:?} refused a call from compartment {:?} (component {component}, entry {entry}): {}",
+            let report = format!(
+                "flexos: compartment {:?} refused a call from compartment {:?} (component {component}, entry {entry}): {}\n",
                 compartment_name(to),
                 compartment_name(from),
                 refusal.describe()
             );
+            console::write_err(report.as_bytes());
             frame.refusal.store(refusal as u32, Relaxed);
             frame.state.store(REFUSED, Release);
         }
@@ -396,10 +413,12 @@ fn serve(chain: &Chain, frame: &Frame) {
     chain.notify(Some(frame.caller.load(Relaxed) as usize));
 }
 
-/// A compartment process's main loop: starts a partner thread for every
-/// chain that reaches this domain, then sleeps until the doorbell rings.
-pub fn dispatch_forever() -> ! {
-    let me = this_domain();
+/// The main loop of domain `me`'s dispatcher: calls `start_partner(chain)`
+/// for every chain that reaches the domain (once per chain), then sleeps
+/// until the doorbell rings. A compartment process runs it on its main
+/// thread (starting partner threads); the host runs one per `kvm`
+/// compartment (starting vCPUs).
+pub fn dispatch_forever(me: usize, mut start_partner: impl FnMut(usize)) -> ! {
     let bell = &control().doorbells[me];
     loop {
         let seen = bell.seq.load(SeqCst);
@@ -408,17 +427,29 @@ pub fn dispatch_forever() -> ! {
                 continue;
             }
             chain.partners.fetch_or(1 << me, AcqRel);
-            // Unnamed: naming a thread is a system call (prctl) that the
-            // compartment's seccomp filter does not allow.
-            std::thread::Builder::new()
-                .spawn(move || {
-                    CHAIN.with(|c| c.set(Some(index)));
-                    wait(&control().chains[index], 0)
-                })
-                .expect("cannot start a partner thread");
+            start_partner(index);
         }
         bell.park(100_000_000, || bell.seq.load(SeqCst) != seen);
     }
+}
+
+/// Starts a partner thread for `chain` in this process.
+pub fn start_partner_thread(chain: usize) {
+    // Unnamed: naming a thread is a system call (prctl) that the
+    // compartment's seccomp filter does not allow.
+    std::thread::Builder::new().spawn(move || serve_chain(chain)).expect("cannot start a partner thread");
+}
+
+/// A partner's life: serves the requests for this domain on `chain`, forever.
+pub fn serve_chain(chain: usize) -> ! {
+    CHAIN.with(|c| c.set(Some(chain)));
+    wait(&control().chains[chain], 0);
+    unreachable!("a partner's wait never returns")
+}
+
+/// The entry point of a partner vCPU in a `kvm` compartment's VM.
+pub extern "C" fn guest_partner_entry(chain: usize) -> ! {
+    serve_chain(chain)
 }
 
 /// Whether `chain`'s deepest frame is a request for domain `me`.

@@ -2,13 +2,19 @@
 
 use flexos_layout::Component;
 use std::any::Any;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
+/// One slot per component id.
+type Table = RefCell<Vec<Option<Rc<dyn Any>>>>;
+
 thread_local! {
-    /// One slot per component id. Per host thread: each host thread is a
-    /// separate machine running its own instance of every component.
-    static STATES: RefCell<Vec<Option<Rc<dyn Any>>>> = const { RefCell::new(Vec::new()) };
+    /// The table of this host thread: each host thread is a separate machine
+    /// running its own instance of every component. The table is created on
+    /// first use and lives as long as the process (a type without `Drop` here
+    /// needs no destructor registration with the C library, which a VM does
+    /// not have).
+    static STATES: Cell<Option<&'static Table>> = const { Cell::new(None) };
 }
 
 /// Runs `f` on the state of component `owner`, creating it with
@@ -17,8 +23,13 @@ thread_local! {
 /// A component must not re-enter itself while it holds its state (for
 /// instance by blocking inside `f`); doing so panics naming the component.
 pub fn with_state<S: Default + 'static, R>(owner: Component, f: impl FnOnce(&mut S) -> R) -> R {
-    let cell: Rc<dyn Any> = STATES.with(|states| {
-        let mut states = states.borrow_mut();
+    let cell: Rc<dyn Any> = STATES.with(|slot| {
+        let table = slot.get().unwrap_or_else(|| {
+            let table: &'static Table = Box::leak(Box::new(RefCell::new(Vec::new())));
+            slot.set(Some(table));
+            table
+        });
+        let mut states = table.borrow_mut();
         if states.len() <= owner.id {
             states.resize(owner.id + 1, None);
         }

@@ -7,9 +7,13 @@
 //! an unknown enum tag, a handle outside shared memory is caught later by
 //! `validate`).
 
-/// Writes encoded values into a fixed buffer; remembers when it ran out of room.
+use core::mem::MaybeUninit;
+
+/// Writes encoded values into a fixed buffer (which need not be
+/// initialized: a call frame's buffers are not zeroed, for speed);
+/// remembers when it ran out of room.
 pub struct Writer<'a> {
-    buf: &'a mut [u8],
+    buf: &'a mut [MaybeUninit<u8>],
     len: usize,
     overflowed: bool,
     unencodable: Option<&'static str>,
@@ -17,7 +21,7 @@ pub struct Writer<'a> {
 
 impl<'a> Writer<'a> {
     /// A writer filling `buf` from its start.
-    pub fn new(buf: &'a mut [u8]) -> Writer<'a> {
+    pub fn new(buf: &'a mut [MaybeUninit<u8>]) -> Writer<'a> {
         Writer { buf, len: 0, overflowed: false, unencodable: None }
     }
 
@@ -25,11 +29,19 @@ impl<'a> Writer<'a> {
     pub fn put(&mut self, bytes: &[u8]) {
         match self.buf.get_mut(self.len..self.len + bytes.len()) {
             Some(dst) if !self.overflowed => {
-                dst.copy_from_slice(bytes);
+                // SAFETY: `dst` has exactly `bytes.len()` elements, and
+                // MaybeUninit<u8> has the layout of u8.
+                unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), dst.as_mut_ptr().cast::<u8>(), bytes.len()) };
                 self.len += bytes.len();
             }
             _ => self.overflowed = true,
         }
+    }
+
+    /// The bytes written so far.
+    pub fn written(&self) -> &[u8] {
+        // SAFETY: the first `len` elements were written by `put`.
+        unsafe { core::slice::from_raw_parts(self.buf.as_ptr().cast::<u8>(), self.len) }
     }
 
     /// Records that a value cannot be encoded at all (`what` says which).
@@ -85,15 +97,16 @@ mod tests {
 
     #[test]
     fn overflow_is_remembered_and_reads_are_bounded() {
-        let mut buf = [0u8; 4];
+        let mut buf = [MaybeUninit::uninit(); 4];
         let mut w = Writer::new(&mut buf);
         w.put(&[1, 2, 3]);
         assert_eq!(w.finish(), Ok(3));
+        assert_eq!(w.written(), &[1, 2, 3]);
         w.put(&[4, 5]);
         assert!(w.finish().is_err());
         w.put(&[6]);
         assert!(w.finish().is_err(), "stays overflowed");
-        let mut r = Reader::new(&buf[..3]);
+        let mut r = Reader::new(&[1, 2, 3]);
         assert_eq!(r.take(2), Some(&[1u8, 2][..]));
         assert_eq!(r.array::<2>(), None);
         assert_eq!(r.array::<1>(), Some([3]));

@@ -22,6 +22,11 @@ thread_local! {
 
 static HOME: AtomicUsize = AtomicUsize::new(UNSET);
 
+/// The address of the home compartment's static (patched in a VM's copy of the data).
+pub(crate) fn home_slot() -> usize {
+    HOME.as_ptr() as usize
+}
+
 /// The compartment this process runs when nothing else was entered.
 pub fn home() -> usize {
     match HOME.load(Ordering::Relaxed) {

@@ -14,6 +14,8 @@ pub mod context;
 pub mod domain;
 pub mod fault;
 pub mod futex;
+pub mod guest;
+pub mod mem;
 pub mod memory;
 pub mod process;
 pub mod random;

@@ -164,9 +164,9 @@ pub fn run(scale: f64, remote: &[RemoteGate]) -> Result<GateReport, String> {
     let _ = cat.wait();
 
     let mut not_implemented: Vec<String> =
-        ["mpk (light, dss, heap)", "kvm", "shared locals (heap, dss)"].map(String::from).to_vec();
+        ["mpk (light, dss, heap)", "shared locals (heap, dss)"].map(String::from).to_vec();
     if remote.is_empty() {
-        not_implemented.insert(1, "proc (no probe image given)".into());
+        not_implemented.push("proc and kvm (no probe images given)".into());
     }
     Ok(GateReport { cycles_per_second: hz, rows: rows.into_inner(), not_implemented })
 }

@@ -177,8 +177,14 @@ fn bench_sqlite(configs: Vec<PathBuf>, runs: usize, rows: u64, json: Option<Path
 
 fn bench_gates(json: Option<PathBuf>) -> Result<(), i32> {
     let root = workspace_root();
-    let image = build(&root.join("configs/probe-proc.toml"), &BuildOptions::default())?;
-    let remote = vec![flexos::gatebench::RemoteGate { name: "proc gate (2 processes)".into(), image }];
+    let mut remote = Vec::new();
+    for (name, config) in [
+        ("proc gate (2 processes)", "configs/probe-proc.toml"),
+        ("kvm gate (host to VM at CPL3)", "configs/probe-kvm.toml"),
+    ] {
+        let image = build(&root.join(config), &BuildOptions::default())?;
+        remote.push(flexos::gatebench::RemoteGate { name: name.into(), image });
+    }
     let report = flexos::gatebench::run(1.0, &remote).map_err(|e| {
         eprintln!("error: {e}");
         exit::BENCH_FAILED
