@@ -21,6 +21,31 @@ fn ret_len(r: Result<usize, Errno>) -> isize {
     }
 }
 
+/// The largest scratch buffer kept between calls.
+const MAX_SCRATCH: usize = 1 << 20;
+
+/// This machine's reusable shared buffer for file data, so that reads and
+/// writes do not allocate and free shared memory on every call. (Its old
+/// contents are visible to the other compartments, like any shared memory.)
+#[derive(Default)]
+struct Scratch {
+    buf: Option<SharedBuf>,
+}
+
+/// Runs `f` with a shared buffer of at least `n` bytes.
+fn with_scratch<R>(n: usize, f: impl FnOnce(&mut SharedBuf) -> R) -> R {
+    let cached = flexos_gate::with_state(crate::FLEXOS_COMPONENT, |s: &mut Scratch| s.buf.take());
+    let mut buf = match cached {
+        Some(b) if b.len() >= n => b,
+        _ => SharedBuf::zeroed(n.next_power_of_two().max(4096)),
+    };
+    let result = f(&mut buf);
+    if buf.len() <= MAX_SCRATCH {
+        flexos_gate::with_state(crate::FLEXOS_COMPONENT, |s: &mut Scratch| s.buf = Some(buf));
+    }
+    result
+}
+
 /// Copies a C path into the shared heap.
 ///
 /// # Safety
@@ -56,17 +81,19 @@ pub extern "C" fn flexos_libc_close(fd: c_int) -> c_int {
 /// `buf` has `n` writable bytes.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn flexos_libc_pread(fd: c_int, buf: *mut u8, n: usize, offset: i64) -> isize {
-    let mut shared = SharedBuf::zeroed(n);
-    let r = if offset < 0 {
-        gate!(flexos_vfs::read(fd, shared.shared_mut()))
-    } else {
-        gate!(flexos_vfs::pread(fd, shared.shared_mut(), offset as u64))
-    };
-    if let Ok(got) = r {
-        // SAFETY: `buf` has `n` >= `got` writable bytes (caller's contract).
-        unsafe { core::ptr::copy_nonoverlapping(shared.as_ptr(), buf, got.min(n)) };
-    }
-    ret_len(r)
+    ret_len(with_scratch(n, |shared| {
+        let target = shared.shared_mut().slice_mut(0..n);
+        let r = if offset < 0 {
+            gate!(flexos_vfs::read(fd, target))
+        } else {
+            gate!(flexos_vfs::pread(fd, target, offset as u64))
+        };
+        if let Ok(got) = r {
+            // SAFETY: `buf` has `n` >= `got` writable bytes (caller's contract).
+            unsafe { core::ptr::copy_nonoverlapping(shared.as_ptr(), buf, got.min(n)) };
+        }
+        r
+    }))
 }
 
 /// `read(fd, buf, n)`.
@@ -85,13 +112,12 @@ pub unsafe extern "C" fn flexos_libc_read(fd: c_int, buf: *mut u8, n: usize) -> 
 /// `buf` has `n` readable bytes.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn flexos_libc_pwrite(fd: c_int, buf: *const u8, n: usize, offset: i64) -> isize {
-    // SAFETY: the caller's contract.
-    let shared = SharedBuf::from_slice(unsafe { core::slice::from_raw_parts(buf, n) });
-    ret_len(if offset < 0 {
-        gate!(flexos_vfs::write(fd, shared.shared()))
-    } else {
-        gate!(flexos_vfs::pwrite(fd, shared.shared(), offset as u64))
-    })
+    ret_len(with_scratch(n, |shared| {
+        // SAFETY: the caller's contract.
+        shared[..n].copy_from_slice(unsafe { core::slice::from_raw_parts(buf, n) });
+        let data = shared.shared().slice(0..n);
+        if offset < 0 { gate!(flexos_vfs::write(fd, data)) } else { gate!(flexos_vfs::pwrite(fd, data, offset as u64)) }
+    }))
 }
 
 /// `write(fd, buf, n)`.

@@ -121,13 +121,15 @@ fn gates_are_crossed_exactly_where_the_configuration_splits() {
     assert!(count(&stats, "libc", "time") > 0, "julianday('now') reads the clock through a gate: {stats:?}");
     assert_eq!(count(&stats, "vfs", "ramfs"), 0);
 
-    // The same layout with the fs and time compartments in processes of their own.
-    let procs = run(&image("configs/sqlite-proc.toml"), &["--flexos-gate-stats", "--sql", sql]);
-    assert_eq!(procs.code, 0, "{}", procs.stderr);
-    let stats = crossings(&procs.stderr);
-    assert!(count(&stats, "libc", "vfs") > 0, "{stats:?}");
-    assert!(count(&stats, "libc", "time") > 0, "{stats:?}");
-    assert_eq!(count(&stats, "vfs", "ramfs"), 0);
+    // The same layout with the fs and time compartments in processes or VMs of their own.
+    for config in ["configs/sqlite-proc.toml", "configs/sqlite-kvm.toml", "configs/sqlite-mixed.toml"] {
+        let r = run(&image(config), &["--flexos-gate-stats", "--sql", sql]);
+        assert_eq!(r.code, 0, "{config}: {}", r.stderr);
+        let stats = crossings(&r.stderr);
+        assert!(count(&stats, "libc", "vfs") > 0, "{config}: {stats:?}");
+        assert!(count(&stats, "libc", "time") > 0, "{config}: {stats:?}");
+        assert_eq!(count(&stats, "vfs", "ramfs"), 0, "{config}");
+    }
 }
 
 #[test]
