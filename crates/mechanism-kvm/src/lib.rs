@@ -265,7 +265,7 @@ impl Vm {
     /// Starts the vCPU that serves chain `chain`, on a host thread of its own.
     pub fn start_partner(&'static self, chain: usize) {
         std::thread::Builder::new()
-            .name(format!("flexos-{}-vcpu{chain}", self.name))
+            .name(format!("vcpu{chain}-{}", self.name))
             .spawn(move || {
                 if let Err(e) = self.run_vcpu(chain) {
                     self.die(&format!("its vCPU {chain} failed: {e}"));

@@ -241,9 +241,18 @@ fn killing_the_image_leaves_no_compartment_process_behind() {
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        // The host and its two compartment processes (attacker, clock) carry the tag.
+        // proc: the host and its two compartment processes (attacker, clock)
+        // carry the tag; kvm: the host, whose vCPU threads serve the attacker.
+        let running = || match *mechanism {
+            "proc" => tagged_processes(&tag).len() == 3,
+            _ => std::fs::read_dir(format!("/proc/{}/task", host.id())).is_ok_and(|tasks| {
+                tasks.flatten().any(|t| {
+                    std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("vcpu0-attacker"))
+                })
+            }),
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while tagged_processes(&tag).len() < 3 {
+        while !running() {
             assert!(Instant::now() < deadline, "{mechanism}: compartment processes: {:?}", tagged_processes(&tag));
             std::thread::sleep(Duration::from_millis(10));
         }
