@@ -80,6 +80,25 @@ fn behave() {
     let mut back = SharedBuf::zeroed(7);
     gate!(flexos_vfs::read(fd, back.shared_mut())).expect("read");
     println!("read back: {}", String::from_utf8_lossy(&back));
+    // A callee that blocks stalls only its own chain of calls: while one
+    // host thread sleeps inside a call (probe -> time -> sched), another
+    // host thread is served by the same compartments.
+    let slept = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sleeper = {
+        let slept = slept.clone();
+        std::thread::spawn(move || {
+            gate!(flexos_probe::nested(500_000_000));
+            slept.store(true, std::sync::atomic::Ordering::SeqCst);
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let mut y = 0u64;
+    for _ in 0..100 {
+        y = gate!(flexos_probe::echo(y));
+    }
+    let overtaken = !slept.load(std::sync::atomic::Ordering::SeqCst);
+    sleeper.join().expect("the sleeping thread");
+    println!("served while another call slept: {} ({y} echoes)", if overtaken { "yes" } else { "no" });
     println!("behaved: ok");
 }
 

@@ -72,6 +72,22 @@ macro_rules! gate {
     };
 }
 
+/// Declares shared locals: zero-filled byte buffers that may cross gates,
+/// placed by the data-sharing strategy of the calling crate's compartment
+/// (DESIGN section 5.3): `shared_local!(name: LEN, other: LEN2);` binds
+/// mutable [`SharedBuf`]s, freed at the end of the scope.
+// `crate::FLEXOS_COMPONENT` deliberately names the *calling* crate's component.
+#[allow(clippy::crate_in_macro_def)]
+#[macro_export]
+macro_rules! shared_local {
+    ($($name:ident : $len:expr),+ $(,)?) => {
+        $(
+            #[allow(unused_mut)]
+            let mut $name = $crate::SharedBuf::local::<{ crate::FLEXOS_COMPONENT.compartment }>($len);
+        )+
+    };
+}
+
 /// The function behind [`gate!`]: calls `f` (entry `entry` of `to`'s
 /// exports) with `args`, switching from compartment `FROM` (of component
 /// `from`) to compartment `TO` (of `to`) when they differ.

@@ -29,6 +29,20 @@ impl SharedBuf {
         SharedBuf { ptr, len }
     }
 
+    /// A zero-filled shared local of `len` bytes for code in compartment
+    /// `COMPARTMENT`, placed by that compartment's data-sharing strategy
+    /// (use [`shared_local!`](crate::shared_local)). With `heap` (and with
+    /// `shared-stack`, whose stacks are not validated as shared memory
+    /// here) it is allocated from the shared heap and freed at scope end;
+    /// `dss` (data shadow stacks) comes with the `mpk` mechanism.
+    #[inline(always)]
+    pub fn local<const COMPARTMENT: usize>(len: usize) -> SharedBuf {
+        match crate::layout::COMPARTMENTS[COMPARTMENT].sharing {
+            "dss" => unimplemented!("data shadow stacks need the mpk mechanism"),
+            _ => SharedBuf::zeroed(len),
+        }
+    }
+
     /// A shared buffer holding a copy of `bytes`.
     pub fn from_slice(bytes: &[u8]) -> SharedBuf {
         let mut b = SharedBuf::zeroed(bytes.len());

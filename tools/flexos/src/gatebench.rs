@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-const CALLER: Component = Component { id: 30, name: "bench-caller", compartment: 0, hardening: &[] };
+pub(crate) const CALLER: Component = Component { id: 30, name: "bench-caller", compartment: 0, hardening: &[] };
 const CALLEE: Component = Component { id: 31, name: "bench-callee", compartment: 1, hardening: &[] };
 
 /// One row of the table.
@@ -116,6 +116,20 @@ pub fn run(scale: f64, remote: &[RemoteGate]) -> Result<GateReport, String> {
         black_box(std::os::unix::process::parent_id());
     });
 
+    // Shared locals with the heap strategy: allocated from the shared heap, freed at scope end.
+    add("shared local (heap): 1", n(10_000.0), &mut |_| {
+        flexos_gate::shared_local!(a: 64);
+        black_box(&mut a);
+    });
+    add("shared locals (heap): 2", n(10_000.0), &mut |_| {
+        flexos_gate::shared_local!(a: 64, b: 64);
+        black_box((&mut a, &mut b));
+    });
+    add("shared locals (heap): 3", n(10_000.0), &mut |_| {
+        flexos_gate::shared_local!(a: 64, b: 64, c: 64);
+        black_box((&mut a, &mut b, &mut c));
+    });
+
     // Two threads bouncing a counter through one shared cache line: the floor
     // for any gate that crosses to another core through shared memory.
     let flag = Arc::new(AtomicU64::new(0));
@@ -164,7 +178,7 @@ pub fn run(scale: f64, remote: &[RemoteGate]) -> Result<GateReport, String> {
     let _ = cat.wait();
 
     let mut not_implemented: Vec<String> =
-        ["mpk (light, dss, heap)", "shared locals (heap, dss)"].map(String::from).to_vec();
+        ["mpk (light, dss, heap)", "shared locals (dss, needs mpk)"].map(String::from).to_vec();
     if remote.is_empty() {
         not_implemented.push("proc and kvm (no probe images given)".into());
     }
@@ -200,7 +214,7 @@ mod tests {
     fn every_row_is_measured() {
         let r = run(0.01, &[]).unwrap();
         let names: Vec<&str> = r.rows.iter().map(|r| r.name.as_str()).collect();
-        assert_eq!(names.len(), 6, "{names:?}");
+        assert_eq!(names.len(), 9, "{names:?}");
         assert!(names.contains(&"fcall gate, other compartment"));
         assert!(r.cycles_per_second > 1e8);
         for row in &r.rows {

@@ -10,6 +10,9 @@ pub mod gatebench;
 
 use std::path::PathBuf;
 
+/// The identity the gate benchmark's own calls use (the default compartment).
+const FLEXOS_COMPONENT: flexos_gate::layout::Component = gatebench::CALLER;
+
 /// The root of the FlexOS workspace: `FLEXOS_ROOT`, or where this tool was built from.
 pub fn workspace_root() -> PathBuf {
     match std::env::var_os("FLEXOS_ROOT") {

@@ -140,7 +140,10 @@ fn build(config: &Path, options: &BuildOptions) -> Result<PathBuf, i32> {
 fn bench_sqlite(configs: Vec<PathBuf>, runs: usize, rows: u64, json: Option<PathBuf>) -> Result<(), i32> {
     let root = workspace_root();
     let configs = if configs.is_empty() {
-        vec![root.join("configs/sqlite.toml"), root.join("configs/sqlite-fs.toml")]
+        ["sqlite.toml", "sqlite-fs.toml", "sqlite-proc.toml", "sqlite-kvm.toml", "sqlite-mixed.toml"]
+            .iter()
+            .map(|c| root.join("configs").join(c))
+            .collect()
     } else {
         configs
     };
