@@ -361,7 +361,7 @@ fn wait(chain: &Chain, depth: usize) {
         spins += 1;
         // The clock is read only every 1024 spins (in a VM it costs more
         // than a spin), so a short wait never reads it.
-        if spins % 1024 == 0 {
+        if spins.is_multiple_of(1024) {
             let now = clock::monotonic_ns();
             if spins == 1024 {
                 spin_start = now;

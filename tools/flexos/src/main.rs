@@ -74,7 +74,7 @@ impl BuildArgs {
 enum BenchCmd {
     /// The FlexOS SQLite workload (5000 INSERTs, no transaction) on images and on Linux.
     Sqlite {
-        /// Image configurations to measure [default: configs/sqlite.toml, configs/sqlite-fs.toml].
+        /// Image configurations to measure [default: configs/sqlite{,-fs,-proc,-kvm,-mixed}.toml].
         #[arg(long = "config")]
         configs: Vec<PathBuf>,
         /// Runs of each subject.
