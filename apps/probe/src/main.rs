@@ -37,6 +37,7 @@ const ATTACKS: &[&str] = &[
     "bad-length",
     "malformed",
     "syscall",
+    "invalid-instruction",
 ];
 
 fn main() {
@@ -208,6 +209,10 @@ fn attack(name: &str) {
             let code = gate!(flexos_probe::attack_frame(PROBE_TARGET, VFS.id as u32, entry, 2, frame.shared()));
             report("close with a truncated argument", code);
             still_serving();
+        }
+        "invalid-instruction" => {
+            gate!(flexos_probe::attack_invalid_instruction());
+            breached("executed an invalid instruction without being stopped".into())
         }
         "syscall" => {
             let fd = gate!(flexos_probe::attack_syscall());

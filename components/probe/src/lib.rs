@@ -21,7 +21,8 @@ flexos_gate::exports!(
     attack_read(_),
     attack_write(_, _),
     attack_frame(_, _, _, _, _),
-    attack_syscall()
+    attack_syscall(),
+    attack_invalid_instruction()
 );
 
 /// Does nothing: the empty call of the gate benchmark.
@@ -78,6 +79,13 @@ pub fn attack_syscall() -> i64 {
             options(nostack));
     }
     result
+}
+
+/// Attack: executes an invalid instruction (`ud2`).
+pub fn attack_invalid_instruction() {
+    // SAFETY: none needed; `ud2` raises an invalid-opcode exception, which
+    // the mechanism must report.
+    unsafe { core::arch::asm!("ud2", options(nostack)) }
 }
 
 /// The refusal codes, for the image's reports.

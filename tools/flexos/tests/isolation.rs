@@ -91,7 +91,8 @@ fn well_behaved_calls_work_across_every_mechanism() {
         let r = run(config, &["behave"]);
         assert_eq!(r.code, 0, "{mechanism}: {}", r.stderr);
         assert_eq!(
-            r.stdout, "echo: 1000\nnested: 1 thread(s)\nwrote: 7\nread back: behaved\nbehaved: ok\n",
+            r.stdout,
+            "echo: 1000\nnested: 1 thread(s)\nwrote: 7\nread back: behaved\nserved while another call slept: yes (100 echoes)\nbehaved: ok\n",
             "{mechanism}: {}",
             r.stderr
         );
@@ -134,6 +135,18 @@ fn reading_and_writing_another_compartments_memory_is_stopped() {
             let r = run(config, &["attack", attack]);
             assert_attacker_died(mechanism, attack, &r, reason);
         }
+    }
+}
+
+#[test]
+fn an_invalid_instruction_is_stopped() {
+    for (mechanism, config) in MECHANISMS {
+        let r = run(config, &["attack", "invalid-instruction"]);
+        let reason = match *mechanism {
+            "kvm" => "invalid instruction",
+            _ => "illegal instruction",
+        };
+        assert_attacker_died(mechanism, "invalid-instruction", &r, reason);
     }
 }
 
