@@ -39,7 +39,7 @@ use crate::wire::{Reader, Writer};
 use crate::{Crossing, layout};
 use core::cell::{Cell, UnsafeCell};
 use core::mem::MaybeUninit;
-use core::sync::atomic::{AtomicU32, Ordering::*, fence};
+use core::sync::atomic::{AtomicU32, Ordering::*};
 use flexos_layout::{COMPARTMENTS, Component, domain_of};
 use flexos_platform::compartment::{self, MAX_COMPARTMENTS};
 use flexos_platform::{clock, console, futex};
@@ -140,12 +140,22 @@ impl Frame {
     }
 }
 
+/// A full memory barrier (store-load order) as Linux does it on x86-64: a
+/// locked no-op on the stack, cheaper than `mfence` on current CPUs.
+#[inline(always)]
+fn full_barrier() {
+    // SAFETY: a locked `or` of 0 into the word at the stack pointer changes
+    // no memory and no register but the flags; it orders all earlier stores
+    // before all later loads.
+    unsafe { core::arch::asm!("lock or dword ptr [rsp], 0", options(nostack)) }
+}
+
 impl Waker {
     /// Wakes the sleepers, after a change they wait for was written.
     /// Spinning waiters see the change itself, so without sleepers this
     /// touches nothing shared.
     fn notify(&self) {
-        fence(SeqCst);
+        full_barrier();
         if self.sleepers.load(Relaxed) != 0 {
             self.seq.fetch_add(1, SeqCst);
             futex::wake_all(&self.seq);
