@@ -46,6 +46,19 @@ fn with_scratch<R>(n: usize, f: impl FnOnce(&mut SharedBuf) -> R) -> R {
     result
 }
 
+/// Runs `f` with a C path copied into the scratch buffer.
+///
+/// # Safety
+/// `path` is NUL-terminated.
+unsafe fn with_path<R>(path: *const c_char, f: impl FnOnce(flexos_gate::SharedRef<'_>) -> R) -> R {
+    // SAFETY: the caller's contract.
+    let bytes = unsafe { core::ffi::CStr::from_ptr(path) }.to_bytes();
+    with_scratch(bytes.len(), |shared| {
+        shared[..bytes.len()].copy_from_slice(bytes);
+        f(shared.shared().slice(0..bytes.len()))
+    })
+}
+
 /// Copies a C path into the shared heap.
 ///
 /// # Safety
@@ -62,8 +75,7 @@ unsafe fn shared_path(path: *const c_char) -> SharedBuf {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn flexos_libc_open(path: *const c_char, flags: c_int, mode: c_int) -> c_int {
     // SAFETY: forwarded contract.
-    let p = unsafe { shared_path(path) };
-    match gate!(flexos_vfs::open(p.shared(), flags as u32, mode as u32)) {
+    match unsafe { with_path(path, |p| gate!(flexos_vfs::open(p, flags as u32, mode as u32))) } {
         Ok(fd) => fd,
         Err(e) => -e.0,
     }
@@ -176,8 +188,7 @@ pub extern "C" fn flexos_libc_fsize(fd: c_int) -> i64 {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn flexos_libc_unlink(path: *const c_char) -> c_int {
     // SAFETY: forwarded contract.
-    let p = unsafe { shared_path(path) };
-    ret(gate!(flexos_vfs::unlink(p.shared())))
+    ret(unsafe { with_path(path, |p| gate!(flexos_vfs::unlink(p))) })
 }
 
 /// Whether `path` exists: 1 for a file, 2 for a directory, or `-errno`.
@@ -187,8 +198,7 @@ pub unsafe extern "C" fn flexos_libc_unlink(path: *const c_char) -> c_int {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn flexos_libc_access(path: *const c_char) -> c_int {
     // SAFETY: forwarded contract.
-    let p = unsafe { shared_path(path) };
-    match gate!(flexos_vfs::stat(p.shared())) {
+    match unsafe { with_path(path, |p| gate!(flexos_vfs::stat(p))) } {
         Ok(st) if st.kind == FileKind::Dir => 2,
         Ok(_) => 1,
         Err(e) => -e.0,
@@ -202,8 +212,7 @@ pub unsafe extern "C" fn flexos_libc_access(path: *const c_char) -> c_int {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn flexos_libc_mkdir(path: *const c_char, mode: c_int) -> c_int {
     // SAFETY: forwarded contract.
-    let p = unsafe { shared_path(path) };
-    ret(gate!(flexos_vfs::mkdir(p.shared(), mode as u32)))
+    ret(unsafe { with_path(path, |p| gate!(flexos_vfs::mkdir(p, mode as u32))) })
 }
 
 /// `rmdir(path)`.
@@ -213,8 +222,7 @@ pub unsafe extern "C" fn flexos_libc_mkdir(path: *const c_char, mode: c_int) -> 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn flexos_libc_rmdir(path: *const c_char) -> c_int {
     // SAFETY: forwarded contract.
-    let p = unsafe { shared_path(path) };
-    ret(gate!(flexos_vfs::rmdir(p.shared())))
+    ret(unsafe { with_path(path, |p| gate!(flexos_vfs::rmdir(p))) })
 }
 
 /// `rename(from, to)`.
