@@ -5,6 +5,11 @@
 //! * `flexos-probe bench BATCH`: round trip of an empty call into `probe`,
 //!   101 samples of BATCH calls; prints `roundtrip_cycles: MIN MEDIAN` per
 //!   call (timer overhead subtracted) and `cycles_per_second: F`.
+//! * `flexos-probe idle MS`: one call into `probe` (which starts the
+//!   compartment's partner thread or vCPU), then MS milliseconds without
+//!   calls; prints `idle_cpu_ticks: N`, the CPU time (clock ticks) that the
+//!   threads serving `probe` used meanwhile: an idle compartment must sleep,
+//!   not spin.
 //! * `flexos-probe attack NAME`: makes `probe` attack the default
 //!   compartment (see [`ATTACKS`]); prints what happened. An attack that
 //!   the mechanism stops either kills the attacker's domain (the image
@@ -54,13 +59,14 @@ fn main() {
     match args.as_slice() {
         ["behave"] => behave(),
         ["bench", n] => bench(n.parse().unwrap_or_else(|_| usage())),
+        ["idle", ms] => idle(ms.parse().unwrap_or_else(|_| usage())),
         ["attack", name] if ATTACKS.contains(name) => attack(name),
         _ => usage(),
     }
 }
 
 fn usage() -> ! {
-    eprintln!("usage: flexos-probe behave | bench N | attack {}", ATTACKS.join("|"));
+    eprintln!("usage: flexos-probe behave | bench N | idle MS | attack {}", ATTACKS.join("|"));
     std::process::exit(2)
 }
 
@@ -109,6 +115,39 @@ fn bench(batch: u64) {
     let (min, median) = clock::min_median(samples);
     println!("roundtrip_cycles: {min:.1} {median:.1}");
     println!("cycles_per_second: {:.0}", clock::cycles_per_second(20));
+}
+
+/// CPU clock ticks used so far by the threads that serve the `probe`
+/// compartment: the threads of its process (`proc`) or its vCPU threads (`kvm`).
+fn probe_cpu_ticks() -> u64 {
+    let vcpu_prefix = format!("vcpu0-{}", layout::COMPARTMENTS[PROBE.compartment].name);
+    let mut pids = flexos_platform::process::children();
+    pids.push(std::process::id() as i32);
+    let mut ticks = 0;
+    for pid in pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { continue };
+        for task in tasks.flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            let serves_probe = pid != std::process::id() as i32 || comm.starts_with(&vcpu_prefix);
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+            // Fields after the command name (which ends with ')'): utime and stime are the 12th and 13th.
+            let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+            if serves_probe && fields.len() > 12 {
+                ticks += fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    ticks
+}
+
+fn idle(ms: u64) {
+    gate!(flexos_probe::echo(1));
+    // Let the spinning phase after the call end, then measure.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let before = probe_cpu_ticks();
+    std::thread::sleep(std::time::Duration::from_millis(ms));
+    println!("idle_cpu_ticks: {}", probe_cpu_ticks() - before);
+    println!("still serving: {}", gate!(flexos_probe::echo(41)));
 }
 
 /// Reports that an attack went through (the test fails on this line).

@@ -100,6 +100,23 @@ fn well_behaved_calls_work_across_every_mechanism() {
     }
 }
 
+#[test]
+fn an_idle_compartment_sleeps_instead_of_spinning() {
+    for (mechanism, config) in MECHANISMS {
+        let r = run(config, &["idle", "1000"]);
+        assert_eq!(r.code, 0, "{mechanism}: {}", r.stderr);
+        let ticks: u64 = r
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("idle_cpu_ticks: "))
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("{mechanism}: {}", r.stdout));
+        // A thread spinning through the second would use about 100 ticks (1/100 s each).
+        assert!(ticks <= 10, "{mechanism}: the idle compartment used {ticks} ticks of CPU in 1 s");
+        assert!(r.stdout.ends_with("still serving: 42\n"), "{mechanism}: {}", r.stdout);
+    }
+}
+
 /// An attack that must kill the attacker's domain: the image names the
 /// compartment, the address and the reason, then shuts down with status 70.
 fn assert_attacker_died(mechanism: &str, attack: &str, r: &Run, reason: &str) {
