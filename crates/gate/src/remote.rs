@@ -22,8 +22,9 @@
 //! first reaches it; each is that host thread's part of the domain, so a
 //! callee that blocks stalls only its own chain.
 //!
-//! Waiting spins for [`SPIN_NS`], then sleeps on the chain's futex word, so
-//! that several domains on a two-core machine do not starve each other.
+//! Waiting spins for [`SPIN_NS`], then sleeps on this domain's futex word of
+//! the chain (a notifier wakes only the domain that must act), so that
+//! several domains on a two-core machine do not starve each other.
 //!
 //! # Trust
 //!
