@@ -1,28 +1,19 @@
 //! Isolation is proven by attack: the `probe` component, in a compartment of
 //! its own, behaves as a compromised compartment and attacks the default
-//! one, for every mechanism that isolates (`proc` today). Every attack must
+//! one, for every mechanism that isolates (`proc` and `kvm`). Every attack must
 //! be stopped and reported, the well-behaved calls must work, and nothing
 //! (no process, no shared memory) may be left behind, even after a failure.
 
-use flexos::build::{BuildOptions, build_image};
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// The probe image of `config` (built once per test binary; builds are serialized).
+/// The probe image of `config`.
 fn image(config: &str) -> PathBuf {
-    static BUILT: OnceLock<Mutex<Vec<(String, PathBuf)>>> = OnceLock::new();
-    let mut built = BUILT.get_or_init(|| Mutex::new(Vec::new())).lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, p)) = built.iter().find(|(c, _)| c == config) {
-        return p.clone();
-    }
-    let root = flexos::workspace_root();
-    let layout = flexos_config::load(&root.join(config)).unwrap();
-    let options = BuildOptions { release: true, gate_stats: false, progress: false };
-    let path = build_image(&root, &layout, &options).unwrap_or_else(|e| panic!("{e}"));
-    built.push((config.to_string(), path.clone()));
-    path
+    common::image(config, false)
 }
 
 /// The mechanisms whose attack tests run, with the probe configuration of each.

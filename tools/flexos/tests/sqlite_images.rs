@@ -3,26 +3,18 @@
 //! are crossed where the configuration says, and that no component keeps a
 //! mutable static.
 
+mod common;
+
 use flexos::audit;
 use flexos::bench::{parse_workload, run_workload};
-use flexos::build::{BuildOptions, build_baseline, build_image};
+use flexos::build::build_baseline;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
-/// Builds are serialized (two cores) and shared between tests.
+/// The SQLite image of `config`, counting gate crossings.
 fn image(config: &str) -> PathBuf {
-    static BUILT: OnceLock<Mutex<Vec<(String, PathBuf)>>> = OnceLock::new();
-    let mut built = BUILT.get_or_init(|| Mutex::new(Vec::new())).lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, p)) = built.iter().find(|(c, _)| c == config) {
-        return p.clone();
-    }
-    let root = flexos::workspace_root();
-    let layout = flexos_config::load(&root.join(config)).unwrap();
-    let options = BuildOptions { release: true, gate_stats: true, progress: false };
-    let path = build_image(&root, &layout, &options).unwrap_or_else(|e| panic!("{e}"));
-    built.push((config.to_string(), path.clone()));
-    path
+    common::image(config, true)
 }
 
 fn baseline() -> PathBuf {
