@@ -88,30 +88,5 @@ fn main() {
     println!("cargo:rustc-link-lib=static=flexos_app_sqlite_c");
 
     // Files packed into the image.
-    let mut packed = String::from(
-        "/// Files packed into the image at build time: (path in the image, contents).\npub const PACKED_FILES: &[(&str, &[u8])] = &[\n",
-    );
-    if let Some(dir) = &layout.files {
-        let mut stack = vec![dir.clone()];
-        let mut files = Vec::new();
-        while let Some(d) = stack.pop() {
-            println!("cargo:rerun-if-changed={}", d.display());
-            for entry in std::fs::read_dir(&d).unwrap().flatten() {
-                let p = entry.path();
-                if p.is_dir() {
-                    stack.push(p);
-                } else {
-                    files.push(p);
-                }
-            }
-        }
-        files.sort();
-        for f in files {
-            println!("cargo:rerun-if-changed={}", f.display());
-            let rel = f.strip_prefix(dir).unwrap().to_string_lossy().replace('\\', "/");
-            writeln!(packed, "    ({:?}, include_bytes!({:?})),", format!("/{rel}"), f.display().to_string()).unwrap();
-        }
-    }
-    packed.push_str("];\n");
-    std::fs::write(out.join("packed_files.rs"), packed).unwrap();
+    flexos_config::write_packed_files(&layout, &out);
 }

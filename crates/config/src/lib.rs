@@ -13,7 +13,7 @@ mod catalog;
 mod error;
 mod model;
 
-pub use catalog::{APPS, COMPONENTS, ComponentInfo, Language, component_info};
+pub use catalog::{APPS, COMPONENTS, NETWORK_APPS, ComponentInfo, Language, component_info};
 pub use error::ConfigError;
 pub use model::{Compartment, Hardening, Layout, Mechanism, Placement, Sharing};
 
@@ -58,4 +58,40 @@ pub fn layout_for_build(default_app: &str) -> Layout {
 pub fn single_compartment(app: &str) -> Layout {
     let text = format!("app = \"{app}\"\n[[compartment]]\nname = \"main\"\nmechanism = \"fcall\"\ndefault = true\n");
     parse(Path::new("<built-in default>"), &text).expect("the built-in default configuration is valid")
+}
+
+/// For build scripts: writes `packed_files.rs` into `out_dir`, a constant
+/// `PACKED_FILES: &[(&str, &[u8])]` holding every file under the layout's
+/// `files` folder (path in the image, contents), with cargo's rerun
+/// directives. Without a `files` folder the list is empty.
+pub fn write_packed_files(layout: &Layout, out_dir: &Path) {
+    use std::fmt::Write as _;
+    let mut packed = String::from(
+        "/// Files packed into the image at build time: (path in the image, contents).\npub const PACKED_FILES: &[(&str, &[u8])] = &[\n",
+    );
+    if let Some(dir) = &layout.files {
+        let mut stack = vec![dir.clone()];
+        let mut files = Vec::new();
+        while let Some(d) = stack.pop() {
+            println!("cargo:rerun-if-changed={}", d.display());
+            let entries = std::fs::read_dir(&d).unwrap_or_else(|e| panic!("cannot read {}: {e}", d.display()));
+            for entry in entries.flatten() {
+                let p = entry.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    files.push(p);
+                }
+            }
+        }
+        files.sort();
+        for f in files {
+            println!("cargo:rerun-if-changed={}", f.display());
+            let rel = f.strip_prefix(dir).expect("under the folder").to_string_lossy().replace('\\', "/");
+            writeln!(packed, "    ({:?}, include_bytes!({:?})),", format!("/{rel}"), f.display().to_string())
+                .expect("writing to a String");
+        }
+    }
+    packed.push_str("];\n");
+    std::fs::write(out_dir.join("packed_files.rs"), packed).expect("cannot write packed_files.rs");
 }

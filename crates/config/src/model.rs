@@ -474,6 +474,22 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Layout, Vec<ConfigError>>
             }
         }
     }
+    // The network device needs the host's tap device or sockets, which a VM cannot reach.
+    if let Some(p) = placements.iter().find(|p| p.component == "netdev")
+        && compartments[p.compartment].mechanism == Mechanism::Kvm
+    {
+        let at = raw
+            .component
+            .iter()
+            .find(|(k, _)| k.get_ref() == "net" || k.get_ref() == "netdev")
+            .map_or(0, |(k, _)| k.span().start);
+        err(
+            &mut errors,
+            at,
+            format!("\"netdev\" cannot run in kvm compartment {:?}: a VM has no way to the host's network device", compartments[p.compartment].name),
+            "place net and netdev in an fcall or proc compartment".into(),
+        );
+    }
     if errors.is_empty() {
         Ok(Layout { source: path.to_owned(), app, compartments, placements, files })
     } else {

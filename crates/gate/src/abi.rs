@@ -40,6 +40,26 @@ impl Errno {
     pub const ENAMETOOLONG: Errno = Errno(36);
     /// Directory not empty.
     pub const ENOTEMPTY: Errno = Errno(39);
+    /// Resource temporarily unavailable (a non-blocking call would block).
+    pub const EAGAIN: Errno = Errno(11);
+    /// Broken pipe: the connection can no longer send.
+    pub const EPIPE: Errno = Errno(32);
+    /// Operation not supported on this socket.
+    pub const EOPNOTSUPP: Errno = Errno(95);
+    /// Address already in use.
+    pub const EADDRINUSE: Errno = Errno(98);
+    /// Connection reset by peer.
+    pub const ECONNRESET: Errno = Errno(104);
+    /// No buffer space: the connection limit is reached.
+    pub const ENOBUFS: Errno = Errno(105);
+    /// Socket is already connected.
+    pub const EISCONN: Errno = Errno(106);
+    /// Socket is not connected.
+    pub const ENOTCONN: Errno = Errno(107);
+    /// Connection timed out.
+    pub const ETIMEDOUT: Errno = Errno(110);
+    /// Connection refused.
+    pub const ECONNREFUSED: Errno = Errno(111);
 }
 
 /// The kind of a file system node.

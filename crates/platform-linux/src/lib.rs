@@ -16,6 +16,7 @@ pub mod fault;
 pub mod futex;
 pub mod guest;
 pub mod mem;
+pub mod net;
 pub mod memory;
 pub mod process;
 pub mod random;

@@ -32,6 +32,9 @@ pub fn image_package(app: &str) -> (&'static str, &'static str) {
     match app {
         "sqlite" => ("flexos-app-sqlite", "flexos-sqlite"),
         "probe" => ("flexos-app-probe", "flexos-probe"),
+        "kv" => ("flexos-app-kv", "flexos-kv"),
+        "httpd" => ("flexos-app-httpd", "flexos-httpd"),
+        "iperf" => ("flexos-app-iperf", "flexos-iperf"),
         other => panic!("no image package for app {other:?}"),
     }
 }

@@ -35,6 +35,10 @@ enum Cmd {
         config: PathBuf,
         #[command(flatten)]
         options: BuildArgs,
+        /// Network applications: attach the image to a tap device in a new
+        /// network namespace (needs root) instead of forwarding ports from 127.0.0.1.
+        #[arg(long)]
+        netns: bool,
         /// Arguments for the application.
         #[arg(last = true)]
         args: Vec<String>,
@@ -208,22 +212,69 @@ fn write_json(json: PathBuf, report: &impl serde::Serialize) -> Result<(), i32> 
     Ok(())
 }
 
+/// `flexos run`: builds the image and runs it in the foreground; a network
+/// image is reached through 127.0.0.1 or, with `netns`, inside a network
+/// namespace made for it and removed afterwards.
+fn run(config: &Path, options: &BuildArgs, netns: bool, args: &[String]) -> Result<(), i32> {
+    let layout = load(config)?;
+    let image = build(config, &options.options())?;
+    let network_app = flexos_config::NETWORK_APPS.contains(&layout.app.as_str());
+    if netns && !network_app {
+        eprintln!("error: --netns is for network applications ({})", flexos_config::NETWORK_APPS.join(", "));
+        return Err(exit::USAGE);
+    }
+    let ns = if netns {
+        Some(flexos::netns::NetNs::create().map_err(|e| {
+            eprintln!("error: {e}");
+            exit::USAGE
+        })?)
+    } else {
+        None
+    };
+    let mut cmd = match &ns {
+        Some(ns) => {
+            eprintln!(
+                "network: namespace {} (tap {}, image at {}); run clients with: ip netns exec {} CLIENT",
+                ns.name,
+                flexos::netns::TAP,
+                flexos::netns::IMAGE_IP,
+                ns.name
+            );
+            let mut cmd = ns.exec(&image.to_string_lossy());
+            cmd.env("FLEXOS_NET", ns.flexos_net());
+            cmd
+        }
+        None => {
+            if network_app {
+                eprintln!("network: forwarded from 127.0.0.1 (see the listening: lines)");
+            }
+            std::process::Command::new(&image)
+        }
+    };
+    if options.gate_stats {
+        cmd.arg("--flexos-gate-stats");
+    }
+    flexos_platform::net::die_with_parent(&mut cmd);
+    let mut child = cmd.args(args).spawn().map_err(|e| {
+        eprintln!("error: cannot start {}: {e}", image.display());
+        exit::BUILD_FAILED
+    })?;
+    // After the spawn: the image must keep the default dispositions.
+    flexos_platform::net::ignore_interrupts();
+    let status = child.wait().map_err(|e| {
+        eprintln!("error: waiting for {}: {e}", image.display());
+        exit::BUILD_FAILED
+    })?;
+    drop(ns);
+    std::process::exit(status.code().unwrap_or(128 + 9))
+}
+
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Check { config } => load(&config).map(|layout| say_raw(&format!("{}: ok\n{layout}", config.display()))),
         Cmd::Build { config, options } => build(&config, &options.options()).map(|image| say!("{}", image.display())),
-        Cmd::Run { config, options, args } => build(&config, &options.options()).and_then(|image| {
-            let mut cmd = std::process::Command::new(&image);
-            if options.gate_stats {
-                cmd.arg("--flexos-gate-stats");
-            }
-            let status = cmd.args(&args).status().map_err(|e| {
-                eprintln!("error: cannot start {}: {e}", image.display());
-                exit::BUILD_FAILED
-            })?;
-            std::process::exit(status.code().unwrap_or(128 + 9))
-        }),
+        Cmd::Run { config, options, netns, args } => run(&config, &options, netns, &args),
         Cmd::Bench { which: BenchCmd::Sqlite { configs, runs, rows, json } } => bench_sqlite(configs, runs, rows, json),
         Cmd::Bench { which: BenchCmd::Gates { json } } => bench_gates(json),
         Cmd::Audit { which: AuditCmd::Statics { image } } => match audit::writable_statics(&image) {

@@ -1,0 +1,181 @@
+//! The httpd image: a static-file HTTP/1.1 server. The site (the
+//! configuration's `files` folder) is packed into the image at build time
+//! and unpacked into the image's file system at boot; every request is
+//! answered from there through `vfs` (and `ramfs`), in whatever
+//! compartments the configuration gives them.
+//!
+//! GET and HEAD, keep-alive (HTTP/1.1 by default, HTTP/1.0 on request),
+//! content types by extension, `/dir/` → `/dir/index.html`; 404 for a
+//! missing file, 405 for other methods, 400 (and close) for a malformed
+//! request.
+//!
+//! `flexos-httpd [--port P] [--max-connections N] [--buffer-size BYTES]`
+//! (defaults 80, 1024, 64 KiB). It prints `listening: HOST:PORT`.
+#![deny(unsafe_code)]
+
+mod http;
+
+use flexos_gate::abi::{Errno, FileKind, open_flags};
+use flexos_gate::{SharedBuf, gate, layout};
+use flexos_netapp::{Context, Flow, Protocol};
+use http::Parsed;
+
+/// Every allocation is served from the running compartment's heap.
+#[global_allocator]
+static HEAP: flexos_alloc::CompartmentAllocator = flexos_alloc::CompartmentAllocator;
+
+flexos_gate::component!(HTTPD);
+
+include!(concat!(env!("OUT_DIR"), "/packed_files.rs"));
+
+fn parse_args() -> Result<flexos_netapp::Options, String> {
+    let mut o = flexos_netapp::Options { port: 80, recv_size: 64 * 1024, max_connections: 1024, buffer_size: 64 * 1024 };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let bad = |_| format!("{flag}: {value:?} is not a valid number");
+        match flag.as_str() {
+            "--port" => o.port = value.parse().map_err(bad)?,
+            "--max-connections" => o.max_connections = value.parse().map_err(bad)?,
+            "--buffer-size" => o.buffer_size = value.parse().map_err(bad)?,
+            _ => return Err(format!("unknown option {flag}")),
+        }
+    }
+    Ok(o)
+}
+
+fn main() {
+    flexos_platform::fault::install(layout::COMPARTMENT_NAMES);
+    flexos_gate::boot(&[
+        flexos_sched::FLEXOS_EXPORTS,
+        flexos_time::FLEXOS_EXPORTS,
+        flexos_vfs::FLEXOS_EXPORTS,
+        flexos_ramfs::FLEXOS_EXPORTS,
+        flexos_net::FLEXOS_EXPORTS,
+    ]);
+    let options = parse_args().unwrap_or_else(|e| {
+        eprintln!("flexos-httpd: {e}\nusage: flexos-httpd [--port P] [--max-connections N] [--buffer-size BYTES]");
+        std::process::exit(2)
+    });
+    for (path, data) in PACKED_FILES {
+        if let Err(e) = flexos_libc::install_file(path, data) {
+            eprintln!("flexos-httpd: cannot unpack {path} into the image's file system: errno {}", e.0);
+            std::process::exit(70);
+        }
+    }
+    let result = flexos_gate::fcall(FLEXOS_COMPONENT.compartment, || {
+        let mut server = Httpd { file: SharedBuf::zeroed(0) };
+        flexos_netapp::serve::<{ FLEXOS_COMPONENT.compartment }, _>(FLEXOS_COMPONENT, options, &mut server)
+    });
+    if let Err(e) = result {
+        eprintln!("flexos-httpd: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// The server; `file` is the shared buffer that file contents are read into.
+struct Httpd {
+    file: SharedBuf,
+}
+
+/// A connection: body bytes of the last request still to skip.
+#[derive(Default)]
+struct Conn {
+    skip_body: usize,
+}
+
+impl Httpd {
+    /// Reads the file at `path` (`index.html` for a directory) into
+    /// `self.file`; returns its length.
+    fn read_file(&mut self, path: &[u8]) -> Result<usize, Errno> {
+        let mut path = path.to_vec();
+        if path.ends_with(b"/") {
+            path.extend_from_slice(b"index.html");
+        }
+        let mut fd = open(&path)?;
+        let mut stat = gate!(flexos_vfs::fstat(fd));
+        if matches!(stat, Ok(s) if s.kind == FileKind::Dir) {
+            let _ = gate!(flexos_vfs::close(fd));
+            path.extend_from_slice(b"/index.html");
+            fd = open(&path)?;
+            stat = gate!(flexos_vfs::fstat(fd));
+        }
+        let result = stat.and_then(|s| {
+            let size = s.size as usize;
+            if self.file.len() < size {
+                self.file = SharedBuf::zeroed(size.next_power_of_two());
+            }
+            let mut done = 0;
+            while done < size {
+                let buf = self.file.shared_mut().slice_mut(done..size);
+                match gate!(flexos_vfs::pread(fd, buf, done as u64))? {
+                    0 => return Err(Errno::EIO),
+                    n => done += n,
+                }
+            }
+            Ok(size)
+        });
+        let _ = gate!(flexos_vfs::close(fd));
+        result
+    }
+
+    fn respond(&mut self, req: &http::Request, out: &mut Vec<u8>) {
+        let head_only = req.method == "HEAD";
+        if req.method != "GET" && !head_only {
+            return http::error(out, 405, "Method Not Allowed", req.keep_alive, true);
+        }
+        match self.read_file(&req.path) {
+            Ok(len) => {
+                http::head(out, 200, "OK", http::content_type(&req.path), len, req.keep_alive);
+                if !head_only {
+                    out.extend_from_slice(&self.file[..len]);
+                }
+            }
+            Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ENAMETOOLONG) => {
+                http::error(out, 404, "Not Found", req.keep_alive, !head_only)
+            }
+            Err(_) => http::error(out, 500, "Internal Server Error", req.keep_alive, !head_only),
+        }
+    }
+}
+
+fn open(path: &[u8]) -> Result<i32, Errno> {
+    let p = SharedBuf::from_slice(path);
+    gate!(flexos_vfs::open(p.shared(), open_flags::O_RDONLY, 0))
+}
+
+impl Protocol for Httpd {
+    type Conn = Conn;
+
+    fn input(&mut self, conn: &mut Conn, input: &[u8], out: &mut Vec<u8>, _: &Context) -> Flow {
+        let mut flow = Flow::default();
+        loop {
+            if conn.skip_body > 0 {
+                let n = conn.skip_body.min(input.len() - flow.consumed);
+                conn.skip_body -= n;
+                flow.consumed += n;
+                if conn.skip_body > 0 {
+                    return flow;
+                }
+            }
+            match http::parse(&input[flow.consumed..]) {
+                Parsed::Complete(req, n) => {
+                    flow.consumed += n;
+                    conn.skip_body = req.body_len;
+                    self.respond(&req, out);
+                    if !req.keep_alive {
+                        flow.close = true;
+                        return flow;
+                    }
+                }
+                Parsed::Partial => return flow,
+                Parsed::Bad(_) => {
+                    http::error(out, 400, "Bad Request", false, true);
+                    flow.close = true;
+                    return flow;
+                }
+            }
+        }
+    }
+}

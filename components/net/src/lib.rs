@@ -1,0 +1,614 @@
+//! The TCP/IP stack (Unikraft's lwip) and its socket API: [`smoltcp`] over
+//! the network device (`netdev`), with BSD-like calls that applications
+//! make through gates, so the stack can sit in a compartment of its own.
+//!
+//! Sockets are small integers (from [`FIRST_FD`]). Calls block (parking the
+//! calling thread: other scheduler threads run meanwhile, and when there
+//! are none the host thread sleeps on the device) unless the socket is
+//! non-blocking, in which case they fail with `EAGAIN`. [`poll`] is the
+//! readiness call for event loops.
+//!
+//! Limits: at most `max_connections` TCP endpoints exist at once
+//! (listening slots, connections and connections still closing), each with
+//! `buffer_size` bytes of receive and of send buffer ([`configure`]). A
+//! listening socket keeps up to `backlog` endpoints listening; when the
+//! limit is reached it keeps none, so further connection attempts are
+//! refused (the peer gets a reset) until connections close.
+#![no_std]
+#![deny(unsafe_code)]
+
+extern crate alloc;
+
+use alloc::format;
+use alloc::vec::Vec;
+use core::time::Duration;
+use flexos_gate::abi::Errno;
+use flexos_gate::{SharedMut, SharedRef, gate};
+use flexos_netdev::NetDevice;
+use flexos_platform::clock;
+use flexos_platform::net::Addressing;
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::socket::tcp::{self, State};
+use smoltcp::time::Instant;
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address};
+
+flexos_gate::component!(NET);
+flexos_gate::exports!(
+    configure(_, _),
+    socket(),
+    bind(_, _),
+    listen(_, _),
+    accept(_),
+    connect(_, _, _),
+    recv(_, _),
+    send(_, _),
+    shutdown(_, _),
+    close(_),
+    set_nonblocking(_, _),
+    poll(_, _),
+    open_sockets()
+);
+
+/// The first socket number handed out.
+pub const FIRST_FD: i32 = 3;
+/// [`poll`] event: readable (data, end of stream, or a connection to accept).
+pub const POLLIN: u16 = 0x1;
+/// [`poll`] event: writable.
+pub const POLLOUT: u16 = 0x4;
+/// [`poll`] event: error (reported, never requested).
+pub const POLLERR: u16 = 0x8;
+/// [`poll`] event: the connection is over (reported, never requested).
+pub const POLLHUP: u16 = 0x10;
+/// [`poll`] event: not an open socket (reported, never requested).
+pub const POLLNVAL: u16 = 0x20;
+/// [`shutdown`]: no more receiving.
+pub const SHUT_RD: u32 = 0;
+/// [`shutdown`]: no more sending (sends FIN).
+pub const SHUT_WR: u32 = 1;
+/// [`shutdown`]: both.
+pub const SHUT_RDWR: u32 = 2;
+/// Bytes per [`poll`] entry: socket (i32), requested events (u16), returned events (u16), little-endian.
+pub const POLL_ENTRY: usize = 8;
+/// Default for [`configure`]'s `max_connections`.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
+/// Default for [`configure`]'s `buffer_size`.
+pub const DEFAULT_BUFFER_SIZE: u32 = 64 * 1024;
+
+/// Writes one [`poll`] entry into `buf` at `index`.
+pub fn put_poll_entry(buf: &mut [u8], index: usize, fd: i32, events: u16) {
+    let e = &mut buf[index * POLL_ENTRY..(index + 1) * POLL_ENTRY];
+    e[..4].copy_from_slice(&fd.to_le_bytes());
+    e[4..6].copy_from_slice(&events.to_le_bytes());
+    e[6..8].copy_from_slice(&0u16.to_le_bytes());
+}
+
+/// The returned events of [`poll`] entry `index` in `buf`.
+pub fn poll_entry_revents(buf: &[u8], index: usize) -> u16 {
+    let e = &buf[index * POLL_ENTRY..(index + 1) * POLL_ENTRY];
+    u16::from_le_bytes([e[6], e[7]])
+}
+
+enum Sock {
+    /// Created, maybe bound (port 0: not bound).
+    Fresh { port: u16 },
+    /// Listening on `port` with up to `backlog` endpoints waiting.
+    Listener { port: u16, backlog: usize, queue: Vec<SocketHandle> },
+    /// A connection.
+    Stream { handle: SocketHandle, shut_rd: bool },
+}
+
+struct Entry {
+    sock: Sock,
+    nonblocking: bool,
+}
+
+struct Stack {
+    device: NetDevice,
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    addressing: Addressing,
+    epoch_ns: u64,
+    /// Closed by the application, still finishing the TCP close.
+    closing: Vec<SocketHandle>,
+    next_port: u16,
+}
+
+impl Stack {
+    fn now(&self) -> Instant {
+        Instant::from_micros(((clock::monotonic_ns() - self.epoch_ns) / 1000) as i64)
+    }
+
+    /// Runs the stack: takes in received frames, sends what is due.
+    fn drive(&mut self) {
+        let now = self.now();
+        self.iface.poll(now, &mut self.device, &mut self.sockets);
+        self.device.flush();
+    }
+
+    /// How long the stack may sleep before it has something to do.
+    fn delay(&mut self) -> Option<Duration> {
+        let now = self.now();
+        self.iface.poll_delay(now, &self.sockets).map(|d| Duration::from_micros(d.total_micros()))
+    }
+
+    fn tcp(&mut self, h: SocketHandle) -> &mut tcp::Socket<'static> {
+        self.sockets.get_mut::<tcp::Socket>(h)
+    }
+}
+
+struct Net {
+    stack: Option<Stack>,
+    table: Vec<Option<Entry>>,
+    max_connections: usize,
+    buffer_size: usize,
+    /// TCP endpoints in the socket set.
+    endpoints: usize,
+    /// Ports already made reachable from the host.
+    exposed: Vec<u16>,
+}
+
+impl Default for Net {
+    fn default() -> Net {
+        Net {
+            stack: None,
+            table: Vec::new(),
+            max_connections: DEFAULT_MAX_CONNECTIONS as usize,
+            buffer_size: DEFAULT_BUFFER_SIZE as usize,
+            endpoints: 0,
+            exposed: Vec::new(),
+        }
+    }
+}
+
+fn with<R>(f: impl FnOnce(&mut Net) -> R) -> R {
+    flexos_gate::with_state(FLEXOS_COMPONENT, f)
+}
+
+impl Net {
+    /// The stack, started on first use.
+    fn stack(&mut self) -> Result<&mut Stack, Errno> {
+        if self.stack.is_none() {
+            let (mut device, addressing) = NetDevice::open().map_err(|e| {
+                flexos_platform::console::write_err(format!("flexos: net: {e}\n").as_bytes());
+                Errno::EIO
+            })?;
+            let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(addressing.mac)));
+            let mut seed = [0u8; 8];
+            flexos_platform::random::fill(&mut seed);
+            config.random_seed = u64::from_le_bytes(seed);
+            let mut iface = Interface::new(config, &mut device, Instant::from_micros(0));
+            let [a, b, c, d] = addressing.ip;
+            iface.update_ip_addrs(|addrs| {
+                let _ = addrs.push(IpCidr::new(IpAddress::v4(a, b, c, d), addressing.prefix));
+            });
+            let [a, b, c, d] = addressing.gateway;
+            let _ = iface.routes_mut().add_default_ipv4_route(Ipv4Address::new(a, b, c, d));
+            self.stack = Some(Stack {
+                device,
+                iface,
+                sockets: SocketSet::new(Vec::new()),
+                addressing,
+                epoch_ns: clock::monotonic_ns(),
+                closing: Vec::new(),
+                next_port: 49152,
+            });
+        }
+        Ok(self.stack.as_mut().expect("started above"))
+    }
+
+    fn entry(&mut self, fd: i32) -> Result<&mut Entry, Errno> {
+        let i = fd.checked_sub(FIRST_FD).ok_or(Errno::EBADF)? as usize;
+        self.table.get_mut(i).and_then(Option::as_mut).ok_or(Errno::EBADF)
+    }
+
+    fn new_fd(&mut self, sock: Sock) -> i32 {
+        let entry = Some(Entry { sock, nonblocking: false });
+        let i = match self.table.iter().position(Option::is_none) {
+            Some(i) => {
+                self.table[i] = entry;
+                i
+            }
+            None => {
+                self.table.push(entry);
+                self.table.len() - 1
+            }
+        };
+        i as i32 + FIRST_FD
+    }
+
+    /// A new TCP endpoint, if the connection limit allows one.
+    fn new_endpoint(&mut self) -> Result<SocketHandle, Errno> {
+        if self.endpoints >= self.max_connections {
+            return Err(Errno::ENOBUFS);
+        }
+        let size = self.buffer_size;
+        let mut sock =
+            tcp::Socket::new(tcp::SocketBuffer::new(alloc::vec![0; size]), tcp::SocketBuffer::new(alloc::vec![0; size]));
+        sock.set_nagle_enabled(false);
+        let h = self.stack()?.sockets.add(sock);
+        self.endpoints += 1;
+        Ok(h)
+    }
+
+    /// Tops every listener up to its backlog, as far as the limit allows.
+    fn replenish(&mut self) {
+        for i in 0..self.table.len() {
+            loop {
+                let Some(Some(Entry { sock: Sock::Listener { port, backlog, queue }, .. })) = self.table.get(i) else {
+                    break;
+                };
+                if queue.len() >= *backlog {
+                    break;
+                }
+                let port = *port;
+                let Ok(h) = self.new_endpoint() else { return };
+                let stack = self.stack.as_mut().expect("listeners imply a stack");
+                if stack.tcp(h).listen(port).is_err() {
+                    stack.sockets.remove(h);
+                    self.endpoints -= 1;
+                    return;
+                }
+                if let Some(Some(Entry { sock: Sock::Listener { queue, .. }, .. })) = self.table.get_mut(i) {
+                    queue.push(h);
+                }
+            }
+        }
+    }
+
+    /// Drives the stack and frees endpoints whose close has finished.
+    fn drive(&mut self) -> Result<(), Errno> {
+        let stack = self.stack()?;
+        stack.drive();
+        let before = stack.closing.len();
+        let Stack { closing, sockets, .. } = stack;
+        closing.retain(|&h| {
+            let done = matches!(sockets.get::<tcp::Socket>(h).state(), State::Closed | State::TimeWait);
+            if done {
+                sockets.remove(h);
+            }
+            !done
+        });
+        let freed = before - stack.closing.len();
+        if freed > 0 {
+            self.endpoints -= freed;
+            self.replenish();
+        }
+        Ok(())
+    }
+
+    /// The events of `fd` among `requested` (plus errors and hang-ups).
+    fn readiness(&mut self, fd: i32, requested: u16) -> u16 {
+        let Ok(entry) = self.entry(fd) else { return POLLNVAL };
+        let ready = match &entry.sock {
+            Sock::Fresh { .. } => POLLOUT | POLLHUP,
+            Sock::Listener { queue, .. } => {
+                let queue = queue.clone();
+                let stack = self.stack.as_mut().expect("listeners imply a stack");
+                if queue.iter().any(|&h| established(stack.tcp(h).state())) { POLLIN } else { 0 }
+            }
+            &Sock::Stream { handle, shut_rd } => {
+                let stack = self.stack.as_mut().expect("streams imply a stack");
+                let s = stack.tcp(handle);
+                let mut ev = 0;
+                if shut_rd || s.can_recv() || !s.may_recv() && s.state() != State::SynSent {
+                    ev |= POLLIN;
+                }
+                if s.can_send() {
+                    ev |= POLLOUT;
+                }
+                if matches!(s.state(), State::Closed | State::TimeWait) {
+                    ev |= POLLHUP;
+                }
+                ev
+            }
+        };
+        ready & (requested | POLLERR | POLLHUP | POLLNVAL)
+    }
+}
+
+fn established(state: State) -> bool {
+    !matches!(state, State::Listen | State::SynReceived | State::Closed)
+}
+
+/// Parks the calling thread until the stack may have news, or `delay`
+/// passes: other scheduler threads run first; with none, the host thread
+/// sleeps on the device.
+fn park(delay: Option<Duration>) {
+    if gate!(flexos_sched::thread_count()) > 1 {
+        gate!(flexos_sched::yield_now());
+        let short = Some(delay.map_or(Duration::from_millis(1), |d| d.min(Duration::from_millis(1))));
+        with(|n| n.stack.as_mut().map(|s| s.device.wait(short)));
+    } else {
+        with(|n| n.stack.as_mut().map(|s| s.device.wait(delay)));
+    }
+}
+
+/// Runs `attempt` until it stops failing with `EAGAIN` (driving the stack
+/// and parking in between), or once for a non-blocking socket.
+fn blocking<R>(fd: i32, mut attempt: impl FnMut(&mut Net) -> Result<R, Errno>) -> Result<R, Errno> {
+    loop {
+        let (result, delay) = with(|n| {
+            let r = attempt(n);
+            if r.as_ref().err() != Some(&Errno::EAGAIN) {
+                return (Some(r), None);
+            }
+            if let Err(e) = n.drive() {
+                return (Some(Err(e)), None);
+            }
+            let r = attempt(n);
+            let nonblocking = n.entry(fd).map(|e| e.nonblocking).unwrap_or(true);
+            if r.as_ref().err() != Some(&Errno::EAGAIN) || nonblocking {
+                return (Some(r), None);
+            }
+            (None, n.stack.as_mut().and_then(Stack::delay))
+        });
+        if let Some(r) = result {
+            return r;
+        }
+        park(delay);
+    }
+}
+
+/// Sets the limits for sockets created afterwards: the most TCP endpoints
+/// at once and the receive and send buffer size of each. Fails with
+/// `EINVAL` for zero connections or a buffer outside 512 B–16 MiB.
+pub fn configure(max_connections: u32, buffer_size: u32) -> Result<(), Errno> {
+    if max_connections == 0 || !(512..=16 << 20).contains(&buffer_size) {
+        return Err(Errno::EINVAL);
+    }
+    with(|n| {
+        n.max_connections = max_connections as usize;
+        n.buffer_size = buffer_size as usize;
+        Ok(())
+    })
+}
+
+/// A new TCP socket.
+pub fn socket() -> Result<i32, Errno> {
+    with(|n| {
+        n.stack()?;
+        Ok(n.new_fd(Sock::Fresh { port: 0 }))
+    })
+}
+
+/// Binds `fd` to local `port` (any of the image's addresses).
+pub fn bind(fd: i32, port: u16) -> Result<(), Errno> {
+    with(|n| {
+        let taken = n.table.iter().flatten().any(|e| matches!(e.sock, Sock::Listener { port: p, .. } | Sock::Fresh { port: p } if p == port && p != 0));
+        match &mut n.entry(fd)?.sock {
+            Sock::Fresh { port: p } if *p == 0 => {
+                if taken || port == 0 {
+                    return Err(if port == 0 { Errno::EINVAL } else { Errno::EADDRINUSE });
+                }
+                *p = port;
+                Ok(())
+            }
+            _ => Err(Errno::EINVAL),
+        }
+    })
+}
+
+/// Makes the bound socket `fd` accept connections, keeping up to `backlog`
+/// (at least 1) waiting; prints `listening: HOST:PORT`, how a client on
+/// this machine reaches it.
+pub fn listen(fd: i32, backlog: u32) -> Result<(), Errno> {
+    with(|n| {
+        let port = match n.entry(fd)?.sock {
+            Sock::Fresh { port } if port != 0 => port,
+            _ => return Err(Errno::EINVAL),
+        };
+        n.entry(fd)?.sock = Sock::Listener { port, backlog: backlog.clamp(1, 1024) as usize, queue: Vec::new() };
+        n.replenish();
+        if !n.exposed.contains(&port) {
+            let stack = n.stack()?;
+            let addressing = stack.addressing;
+            let (host, host_port) = stack.device.expose(&addressing, port).map_err(|e| {
+                flexos_platform::console::write_err(format!("flexos: net: cannot expose port {port}: {e}\n").as_bytes());
+                Errno::EADDRINUSE
+            })?;
+            n.exposed.push(port);
+            flexos_platform::console::write_out(format!("listening: {host}:{host_port}\n").as_bytes());
+        }
+        Ok(())
+    })
+}
+
+/// Takes an established connection from listener `fd`; returns its socket
+/// and the peer's address and port.
+pub fn accept(fd: i32) -> Result<(i32, [u8; 4], u16), Errno> {
+    blocking(fd, |n| {
+        let Sock::Listener { queue, .. } = &n.entry(fd)?.sock else { return Err(Errno::EINVAL) };
+        let queue = queue.clone();
+        let stack = n.stack()?;
+        let Some(pos) = queue.iter().position(|&h| established(stack.tcp(h).state())) else {
+            return Err(Errno::EAGAIN);
+        };
+        let handle = queue[pos];
+        let (ip, port) = match stack.tcp(handle).remote_endpoint() {
+            Some(ep) => match ep.addr {
+                IpAddress::Ipv4(a) => (a.octets(), ep.port),
+            },
+            None => ([0; 4], 0),
+        };
+        if let Sock::Listener { queue, .. } = &mut n.entry(fd)?.sock {
+            queue.remove(pos);
+        }
+        let new = n.new_fd(Sock::Stream { handle, shut_rd: false });
+        n.replenish();
+        Ok((new, ip, port))
+    })
+}
+
+/// Connects `fd` to `ip`:`port`; a blocking socket waits until the
+/// connection is established (`ECONNREFUSED` if it is not).
+pub fn connect(fd: i32, ip: [u8; 4], port: u16) -> Result<(), Errno> {
+    with(|n| {
+        if !matches!(n.entry(fd)?.sock, Sock::Fresh { .. }) {
+            return Err(Errno::EISCONN);
+        }
+        let h = n.new_endpoint()?;
+        let stack = n.stack()?;
+        let local = stack.next_port;
+        stack.next_port = if local == u16::MAX { 49152 } else { local + 1 };
+        let [a, b, c, d] = ip;
+        let Stack { iface, sockets, .. } = stack;
+        let sock = sockets.get_mut::<tcp::Socket>(h);
+        if sock.connect(iface.context(), (Ipv4Address::new(a, b, c, d), port), local).is_err() {
+            stack.sockets.remove(h);
+            n.endpoints -= 1;
+            return Err(Errno::EINVAL);
+        }
+        n.entry(fd)?.sock = Sock::Stream { handle: h, shut_rd: false };
+        Ok(())
+    })?;
+    blocking(fd, |n| {
+        let Sock::Stream { handle, .. } = n.entry(fd)?.sock else { return Err(Errno::EINVAL) };
+        match n.stack()?.tcp(handle).state() {
+            State::SynSent | State::SynReceived => Err(Errno::EAGAIN),
+            State::Closed => Err(Errno::ECONNREFUSED),
+            _ => Ok(()),
+        }
+    })
+}
+
+fn stream(n: &mut Net, fd: i32) -> Result<(SocketHandle, bool), Errno> {
+    match n.entry(fd)?.sock {
+        Sock::Stream { handle, shut_rd } => Ok((handle, shut_rd)),
+        _ => Err(Errno::ENOTCONN),
+    }
+}
+
+/// Receives into `buf`; returns the byte count, 0 at the end of the stream.
+pub fn recv(fd: i32, mut buf: SharedMut<'_>) -> Result<usize, Errno> {
+    blocking(fd, |n| {
+        let (handle, shut_rd) = stream(n, fd)?;
+        if shut_rd {
+            return Ok(0);
+        }
+        let s = n.stack()?.tcp(handle);
+        if s.can_recv() {
+            return s.recv_slice(buf.bytes_mut()).map_err(|_| Errno::ECONNRESET);
+        }
+        if !s.may_recv() && s.state() != State::SynSent {
+            return Ok(0);
+        }
+        Err(Errno::EAGAIN)
+    })
+}
+
+/// Sends from `data`; returns how many bytes the stack took (at least one,
+/// unless `data` is empty). The bytes leave at the next poll of the stack.
+pub fn send(fd: i32, data: SharedRef<'_>) -> Result<usize, Errno> {
+    if data.is_empty() {
+        return Ok(0);
+    }
+    blocking(fd, |n| {
+        let (handle, _) = stream(n, fd)?;
+        let s = n.stack()?.tcp(handle);
+        if !s.may_send() {
+            return Err(if s.state() == State::SynSent { Errno::EAGAIN } else { Errno::EPIPE });
+        }
+        match s.send_slice(data.bytes()) {
+            Ok(0) => Err(Errno::EAGAIN),
+            Ok(k) => Ok(k),
+            Err(_) => Err(Errno::EPIPE),
+        }
+    })
+}
+
+/// Shuts down receiving ([`SHUT_RD`]), sending ([`SHUT_WR`]: sends FIN
+/// after the queued bytes) or both.
+pub fn shutdown(fd: i32, how: u32) -> Result<(), Errno> {
+    if how > SHUT_RDWR {
+        return Err(Errno::EINVAL);
+    }
+    with(|n| {
+        let (handle, _) = stream(n, fd)?;
+        if how != SHUT_WR
+            && let Sock::Stream { shut_rd, .. } = &mut n.entry(fd)?.sock
+        {
+            *shut_rd = true;
+        }
+        if how != SHUT_RD {
+            n.stack()?.tcp(handle).close();
+        }
+        n.drive()
+    })
+}
+
+/// Closes `fd`. A connection finishes sending and closes gracefully (or is
+/// reset if received bytes were never read); a listener drops the
+/// connections not yet accepted.
+pub fn close(fd: i32) -> Result<(), Errno> {
+    with(|n| {
+        let i = fd.checked_sub(FIRST_FD).ok_or(Errno::EBADF)? as usize;
+        let entry = n.table.get_mut(i).and_then(Option::take).ok_or(Errno::EBADF)?;
+        let handles = match entry.sock {
+            Sock::Fresh { .. } => Vec::new(),
+            Sock::Listener { queue, .. } => queue,
+            Sock::Stream { handle, .. } => alloc::vec![handle],
+        };
+        let stack = n.stack()?;
+        for h in handles {
+            let s = stack.tcp(h);
+            if s.recv_queue() > 0 || matches!(s.state(), State::Listen | State::SynReceived) {
+                s.abort();
+            } else {
+                s.close();
+            }
+            stack.closing.push(h);
+        }
+        n.drive()
+    })
+}
+
+/// Makes calls on `fd` fail with `EAGAIN` instead of blocking (or block again).
+pub fn set_nonblocking(fd: i32, nonblocking: bool) -> Result<(), Errno> {
+    with(|n| {
+        n.entry(fd)?.nonblocking = nonblocking;
+        Ok(())
+    })
+}
+
+/// Waits until one of the sockets in `entries` (see [`POLL_ENTRY`],
+/// [`put_poll_entry`]) is ready for its requested events, or `timeout_ms`
+/// passes (negative: no limit); fills in the returned events and returns
+/// how many entries have some.
+pub fn poll(mut entries: SharedMut<'_>, timeout_ms: i64) -> Result<usize, Errno> {
+    if entries.len() % POLL_ENTRY != 0 {
+        return Err(Errno::EINVAL);
+    }
+    let deadline = (timeout_ms >= 0).then(|| clock::monotonic_ns().saturating_add(timeout_ms as u64 * 1_000_000));
+    loop {
+        let (ready, delay) = with(|n| {
+            n.drive()?;
+            let buf = entries.bytes_mut();
+            let mut ready = 0;
+            for i in 0..buf.len() / POLL_ENTRY {
+                let e = &buf[i * POLL_ENTRY..];
+                let fd = i32::from_le_bytes([e[0], e[1], e[2], e[3]]);
+                let events = u16::from_le_bytes([e[4], e[5]]);
+                let revents = if fd < 0 { 0 } else { n.readiness(fd, events) };
+                buf[i * POLL_ENTRY + 6..i * POLL_ENTRY + 8].copy_from_slice(&revents.to_le_bytes());
+                ready += usize::from(revents != 0);
+            }
+            let delay = n.stack.as_mut().and_then(Stack::delay);
+            Ok::<_, Errno>((ready, delay))
+        })?;
+        let now = clock::monotonic_ns();
+        if ready > 0 || deadline.is_some_and(|d| now >= d) {
+            return Ok(ready);
+        }
+        let left = deadline.map(|d| Duration::from_nanos(d - now));
+        let wait = match (delay, left) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        park(wait);
+    }
+}
+
+/// How many sockets are open and how many TCP endpoints exist.
+pub fn open_sockets() -> (usize, usize) {
+    with(|n| (n.table.iter().flatten().count(), n.endpoints))
+}

@@ -1,0 +1,153 @@
+//! The network device (Unikraft's `uknetdev`): the platform's frame port
+//! (a tap device in a network namespace, or the 127.0.0.1 forwarder's
+//! wire; see `flexos_platform::net`) as a [`smoltcp`] device.
+//!
+//! The stack (`net`) drives the device frame by frame, so the two always
+//! share a compartment (the configuration checks it) and call each other
+//! without gates. Received frames are taken from the port in batches (every
+//! pending frame, up to [`RX_BATCH`], per refill); frames sent during one
+//! poll of the stack leave together at [`NetDevice::flush`].
+#![no_std]
+#![deny(unsafe_code)]
+
+extern crate alloc;
+
+use alloc::collections::VecDeque;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::time::Duration;
+use flexos_platform::net::{Addressing, MAX_FRAME, Port};
+use smoltcp::phy::{Device, DeviceCapabilities, Medium};
+use smoltcp::time::Instant;
+
+flexos_gate::component!(NETDEV);
+
+/// The most frames taken from the port per refill.
+pub const RX_BATCH: usize = 64;
+
+/// Frame counters.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DeviceStats {
+    /// Frames received.
+    pub rx_frames: u64,
+    /// Frames sent.
+    pub tx_frames: u64,
+    /// Refills of the receive queue that found frames.
+    pub rx_batches: u64,
+}
+
+/// The image's network device.
+pub struct NetDevice {
+    port: Port,
+    rx: VecDeque<Vec<u8>>,
+    spare: Vec<Vec<u8>>,
+    tx: Vec<u8>,
+    /// Frame counters.
+    pub stats: DeviceStats,
+}
+
+impl NetDevice {
+    /// Opens the device that the platform's configuration names
+    /// (`FLEXOS_NET`); returns it with the image's addressing.
+    pub fn open() -> Result<(NetDevice, Addressing), String> {
+        let (port, addressing) = Port::open()?;
+        let dev = NetDevice {
+            port,
+            rx: VecDeque::new(),
+            spare: Vec::new(),
+            tx: Vec::with_capacity(MAX_FRAME),
+            stats: DeviceStats::default(),
+        };
+        Ok((dev, addressing))
+    }
+
+    /// Whether received frames wait in the queue.
+    pub fn has_pending(&self) -> bool {
+        !self.rx.is_empty()
+    }
+
+    /// Sends the frames of this round to the other side.
+    pub fn flush(&mut self) {
+        self.port.flush();
+    }
+
+    /// Blocks until frames may have arrived, or `timeout` passes.
+    pub fn wait(&mut self, timeout: Option<Duration>) {
+        if self.rx.is_empty() {
+            self.port.wait(timeout);
+        }
+    }
+
+    /// Makes the image's TCP `port` reachable; returns (host, port) for clients.
+    pub fn expose(&self, addressing: &Addressing, port: u16) -> Result<(String, u16), String> {
+        self.port.expose(addressing, port).map_err(|e| alloc::format!("{e}"))
+    }
+
+    fn refill(&mut self) {
+        if self.rx.is_empty() {
+            self.port.receive_batch(&mut self.rx, &mut self.spare, RX_BATCH);
+            if !self.rx.is_empty() {
+                self.stats.rx_batches += 1;
+            }
+        }
+    }
+}
+
+/// A received frame; its buffer returns to the device's spares.
+pub struct Rx<'a> {
+    frame: Vec<u8>,
+    spare: &'a mut Vec<Vec<u8>>,
+}
+
+/// Permission to send one frame.
+pub struct Tx<'a> {
+    port: &'a mut Port,
+    buf: &'a mut Vec<u8>,
+    sent: &'a mut u64,
+}
+
+impl smoltcp::phy::RxToken for Rx<'_> {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        let r = f(&self.frame);
+        if self.spare.len() < RX_BATCH {
+            self.spare.push(self.frame);
+        }
+        r
+    }
+}
+
+impl smoltcp::phy::TxToken for Tx<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        self.buf.clear();
+        self.buf.resize(len, 0);
+        let r = f(self.buf);
+        self.port.send(self.buf);
+        *self.sent += 1;
+        r
+    }
+}
+
+impl Device for NetDevice {
+    type RxToken<'a> = Rx<'a>;
+    type TxToken<'a> = Tx<'a>;
+
+    fn receive(&mut self, _: Instant) -> Option<(Rx<'_>, Tx<'_>)> {
+        self.refill();
+        let frame = self.rx.pop_front()?;
+        self.stats.rx_frames += 1;
+        let NetDevice { port, spare, tx, stats, .. } = self;
+        Some((Rx { frame, spare }, Tx { port, buf: tx, sent: &mut stats.tx_frames }))
+    }
+
+    fn transmit(&mut self, _: Instant) -> Option<Tx<'_>> {
+        let NetDevice { port, tx, stats, .. } = self;
+        Some(Tx { port, buf: tx, sent: &mut stats.tx_frames })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ethernet;
+        caps.max_transmission_unit = MAX_FRAME;
+        caps
+    }
+}

@@ -1,0 +1,238 @@
+//! The event loop of the network applications (kv, httpd, iperf): one
+//! thread polls the listening socket and every connection through the
+//! socket API of `net`, reads what arrives, lets the application's
+//! [`Protocol`] turn input into output, and writes the output back.
+//!
+//! The loop runs *as the calling application's component*: every call
+//! into `net` and `time` goes through a gate from the application's
+//! compartment (`C` is its index), exactly as if the application had
+//! written the loop itself.
+//!
+//! A connection is closed when the peer closes or resets it, when the
+//! protocol asks (after its output is sent), or when its unconsumed input
+//! or unsent output grows beyond [`MAX_PENDING`]; none of this disturbs
+//! the other connections.
+#![deny(unsafe_code)]
+
+use flexos_gate::abi::Errno;
+use flexos_gate::layout::Component;
+use flexos_gate::{SharedBuf, call};
+use flexos_net::{POLL_ENTRY, POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT, poll_entry_revents, put_poll_entry};
+
+/// A connection whose unconsumed input or unsent output grows beyond this is closed.
+pub const MAX_PENDING: usize = 256 * 1024 * 1024;
+
+/// Calls `flexos_net::f(args)` through a gate from compartment `C`.
+macro_rules! net {
+    ($app:expr, $f:ident ( $($a:expr),* )) => {
+        call::<C, { flexos_net::FLEXOS_COMPONENT.compartment }, _, _, _>(
+            $app, flexos_net::FLEXOS_COMPONENT, ($($a,)*), flexos_net::$f, flexos_net::$f::INDEX,
+        )
+    };
+}
+
+/// What the protocol wants after handling input.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flow {
+    /// Bytes of the input it consumed (the rest is kept for later).
+    pub consumed: usize,
+    /// Close the connection once the output is sent.
+    pub close: bool,
+}
+
+/// Facts about the server, for protocols that report them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Context {
+    /// Milliseconds of the monotonic clock when this round of input arrived.
+    pub now_ms: u64,
+    /// Milliseconds since the loop started.
+    pub uptime_ms: u64,
+    /// Open connections.
+    pub clients: usize,
+    /// Connections accepted so far.
+    pub accepted: u64,
+}
+
+/// An application protocol served by [`serve`].
+pub trait Protocol {
+    /// Per-connection state.
+    type Conn: Default;
+    /// Handles the input that has arrived on a connection (everything not
+    /// consumed before, plus the new bytes); appends replies to `output`.
+    fn input(&mut self, conn: &mut Self::Conn, input: &[u8], output: &mut Vec<u8>, cx: &Context) -> Flow;
+    /// The connection ended (`peer_closed`: by the peer, possibly mid-request).
+    fn closed(&mut self, _conn: Self::Conn, _peer_closed: bool, _cx: &Context) {}
+}
+
+/// How to serve.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// The TCP port to listen on.
+    pub port: u16,
+    /// Bytes asked for per `recv` call (the receive buffer size).
+    pub recv_size: usize,
+    /// The stack's connection limit (`net::configure`).
+    pub max_connections: u32,
+    /// The stack's per-connection buffer size (`net::configure`).
+    pub buffer_size: u32,
+}
+
+struct Conn<S> {
+    fd: i32,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    closing: bool,
+    peer_closed: bool,
+    state: S,
+}
+
+fn errno(what: &'static str) -> impl Fn(Errno) -> String {
+    move |e| format!("{what}: errno {}", e.0)
+}
+
+/// Serves `protocol` on `options.port` forever (returns only on a setup
+/// error), running as component `app` in compartment `C`.
+pub fn serve<const C: usize, P: Protocol>(app: Component, options: Options, protocol: &mut P) -> Result<(), String> {
+    net!(app, configure(options.max_connections, options.buffer_size)).map_err(errno("configure"))?;
+    let listener = net!(app, socket()).map_err(errno("socket"))?;
+    net!(app, bind(listener, options.port)).map_err(errno("bind"))?;
+    net!(app, listen(listener, 511)).map_err(errno("listen"))?;
+    net!(app, set_nonblocking(listener, true)).map_err(errno("set_nonblocking"))?;
+
+    let clock = || {
+        call::<C, { flexos_time::FLEXOS_COMPONENT.compartment }, _, _, _>(
+            app,
+            flexos_time::FLEXOS_COMPONENT,
+            (),
+            flexos_time::monotonic_ns,
+            flexos_time::monotonic_ns::INDEX,
+        ) / 1_000_000
+    };
+    let start_ms = clock();
+    let mut cx = Context::default();
+    let mut conns: Vec<Conn<P::Conn>> = Vec::new();
+    let mut io = SharedBuf::zeroed(options.recv_size.max(1));
+    let mut entries = SharedBuf::zeroed(POLL_ENTRY * 64);
+    loop {
+        let needed = (conns.len() + 1) * POLL_ENTRY;
+        if entries.len() < needed {
+            entries = SharedBuf::zeroed(needed * 2);
+        }
+        put_poll_entry(&mut entries, 0, listener, POLLIN);
+        for (i, c) in conns.iter().enumerate() {
+            let events = if c.output.is_empty() { POLLIN } else { POLLIN | POLLOUT };
+            put_poll_entry(&mut entries, i + 1, c.fd, events);
+        }
+        let ready = net!(app, poll(entries.shared_mut().slice_mut(0..needed), -1)).map_err(errno("poll"))?;
+        if ready == 0 {
+            continue;
+        }
+        cx.now_ms = clock();
+        cx.uptime_ms = cx.now_ms - start_ms;
+        let revents: Vec<u16> = (0..=conns.len()).map(|i| poll_entry_revents(&entries, i)).collect();
+        for (i, c) in conns.iter_mut().enumerate() {
+            let ev = revents[i + 1];
+            if ev & POLLNVAL != 0 {
+                c.closing = true;
+                c.output.clear();
+            }
+            if ev & (POLLIN | POLLHUP | POLLERR) != 0 && !c.closing {
+                read_input::<C, P>(app, c, &mut io, protocol, &cx);
+            }
+            if !c.output.is_empty() {
+                write_output::<C, P::Conn>(app, c, &mut io);
+            }
+        }
+        let mut i = 0;
+        while i < conns.len() {
+            if conns[i].closing && conns[i].output.is_empty() {
+                let c = conns.swap_remove(i);
+                let _ = net!(app, close(c.fd));
+                cx.clients = conns.len();
+                protocol.closed(c.state, c.peer_closed, &cx);
+            } else {
+                i += 1;
+            }
+        }
+        if revents[0] & POLLIN != 0 {
+            loop {
+                match net!(app, accept(listener)) {
+                    Ok((fd, _, _)) => {
+                        let _ = net!(app, set_nonblocking(fd, true));
+                        conns.push(Conn {
+                            fd,
+                            input: Vec::new(),
+                            output: Vec::new(),
+                            closing: false,
+                            peer_closed: false,
+                            state: P::Conn::default(),
+                        });
+                        cx.accepted += 1;
+                    }
+                    Err(Errno::EAGAIN) => break,
+                    Err(e) => {
+                        eprintln!("flexos: accept: errno {}", e.0);
+                        break;
+                    }
+                }
+            }
+        }
+        cx.clients = conns.len();
+    }
+}
+
+/// Reads what the connection has and hands it to the protocol.
+fn read_input<const C: usize, P: Protocol>(app: Component, c: &mut Conn<P::Conn>, io: &mut SharedBuf, p: &mut P, cx: &Context) {
+    loop {
+        match net!(app, recv(c.fd, io.shared_mut())) {
+            Ok(0) => {
+                c.peer_closed = true;
+                break;
+            }
+            Ok(n) => {
+                c.input.extend_from_slice(&io[..n]);
+                if n < io.len() || c.input.len() > MAX_PENDING {
+                    break;
+                }
+            }
+            Err(Errno::EAGAIN) => break,
+            Err(_) => {
+                c.peer_closed = true;
+                break;
+            }
+        }
+    }
+    if !c.input.is_empty() {
+        let flow = p.input(&mut c.state, &c.input, &mut c.output, cx);
+        c.input.drain(..flow.consumed.min(c.input.len()));
+        c.closing |= flow.close;
+    }
+    if c.peer_closed {
+        // The peer is gone (perhaps mid-request): drop what it left.
+        c.closing = true;
+        c.output.clear();
+    }
+    if c.input.len() > MAX_PENDING || c.output.len() > MAX_PENDING {
+        c.closing = true;
+        c.output.clear();
+    }
+}
+
+/// Sends as much of the connection's output as the stack takes.
+fn write_output<const C: usize, S>(app: Component, c: &mut Conn<S>, io: &mut SharedBuf) {
+    let mut sent = 0;
+    while sent < c.output.len() {
+        let n = (c.output.len() - sent).min(io.len());
+        io[..n].copy_from_slice(&c.output[sent..sent + n]);
+        match net!(app, send(c.fd, io.shared().slice(0..n))) {
+            Ok(k) => sent += k,
+            Err(Errno::EAGAIN) => break,
+            Err(_) => {
+                c.closing = true;
+                c.output.clear();
+                return;
+            }
+        }
+    }
+    c.output.drain(..sent);
+}

@@ -1,0 +1,254 @@
+//! The hosted platform's network device: where the image's Ethernet frames
+//! go. Two backends, chosen at start by `FLEXOS_NET`:
+//!
+//! * `tap:IFNAME:A.B.C.D/PREFIX:GATEWAY`: a tap device (made by `flexos run`
+//!   inside a network namespace of its own); the image owns address
+//!   `A.B.C.D`, and every service is reached at that address from inside
+//!   the namespace.
+//! * unset or `forward`: zero setup, no root. The image sits on a private
+//!   virtual wire (10.0.2.15 ↔ 10.0.2.2); for every port the image listens
+//!   on, a relay thread (`forward`) accepts connections on 127.0.0.1 and
+//!   carries them over the wire with a TCP/IP stack of its own.
+//!
+//! Frames cross in batches: the device drains every pending frame (up to a
+//! batch) per wake-up, and the wire moves whole queues under one lock with
+//! one notification. A tap takes one frame per `read`/`write` system call
+//! (the kernel has no batched call for tap file descriptors).
+
+mod forward;
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use forward::Wire;
+
+/// The largest Ethernet frame the device carries (1500-byte MTU + header).
+pub const MAX_FRAME: usize = 1514;
+
+/// The image's address on its network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Addressing {
+    /// The image's IPv4 address.
+    pub ip: [u8; 4],
+    /// Network prefix length.
+    pub prefix: u8,
+    /// The default gateway (the other end of the link).
+    pub gateway: [u8; 4],
+    /// The image's MAC address.
+    pub mac: [u8; 6],
+}
+
+/// The addressing of the forwarding backend's private wire.
+pub const FORWARD_IMAGE_IP: [u8; 4] = [10, 0, 2, 15];
+/// The relay's own address on the private wire.
+pub const FORWARD_RELAY_IP: [u8; 4] = [10, 0, 2, 2];
+
+/// Which backend `FLEXOS_NET` asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// A tap device (name) with the image's addressing.
+    Tap(String, Addressing),
+    /// The user-mode forwarder on 127.0.0.1.
+    Forward,
+}
+
+/// Parses `FLEXOS_NET` (see the [module documentation](self)).
+pub fn backend_from_env() -> Result<Backend, String> {
+    match std::env::var("FLEXOS_NET") {
+        Err(_) => Ok(Backend::Forward),
+        Ok(v) => parse_backend(&v),
+    }
+}
+
+fn parse_ip(s: &str) -> Option<[u8; 4]> {
+    let ip: std::net::Ipv4Addr = s.parse().ok()?;
+    Some(ip.octets())
+}
+
+/// Parses a `FLEXOS_NET` value.
+pub fn parse_backend(v: &str) -> Result<Backend, String> {
+    if v == "forward" {
+        return Ok(Backend::Forward);
+    }
+    let bad = || format!("FLEXOS_NET={v:?}: expected \"forward\" or \"tap:IFNAME:A.B.C.D/PREFIX:GATEWAY\"");
+    let mut parts = v.split(':');
+    if parts.next() != Some("tap") {
+        return Err(bad());
+    }
+    let name = parts.next().filter(|n| !n.is_empty() && n.len() < 16).ok_or_else(bad)?;
+    let (ip, prefix) = parts.next().and_then(|a| a.split_once('/')).ok_or_else(bad)?;
+    let ip = parse_ip(ip).ok_or_else(bad)?;
+    let prefix: u8 = prefix.parse().ok().filter(|p| (1..=30).contains(p)).ok_or_else(bad)?;
+    let gateway = parts.next().and_then(parse_ip).ok_or_else(bad)?;
+    if parts.next().is_some() {
+        return Err(bad());
+    }
+    Ok(Backend::Tap(name.to_owned(), Addressing { ip, prefix, gateway, mac: image_mac(ip) }))
+}
+
+/// A locally administered MAC address derived from the IP address.
+fn image_mac(ip: [u8; 4]) -> [u8; 6] {
+    [0x02, 0xf1, ip[0], ip[1], ip[2], ip[3]]
+}
+
+/// The image's side of its network device.
+pub enum Port {
+    /// A tap file descriptor (non-blocking).
+    Tap(OwnedFd),
+    /// The image's end of the forwarder's wire.
+    Wire(Arc<Wire>),
+}
+
+impl Port {
+    /// Opens the backend `FLEXOS_NET` names; returns the port and the
+    /// image's addressing.
+    pub fn open() -> Result<(Port, Addressing), String> {
+        match backend_from_env()? {
+            Backend::Tap(name, addressing) => {
+                let fd = open_tap(&name).map_err(|e| format!("cannot open tap device {name:?}: {e}"))?;
+                Ok((Port::Tap(fd), addressing))
+            }
+            Backend::Forward => {
+                let wire = forward::start().map_err(|e| format!("cannot start the 127.0.0.1 forwarder: {e}"))?;
+                let addressing = Addressing {
+                    ip: FORWARD_IMAGE_IP,
+                    prefix: 24,
+                    gateway: FORWARD_RELAY_IP,
+                    mac: image_mac(FORWARD_IMAGE_IP),
+                };
+                Ok((Port::Wire(wire), addressing))
+            }
+        }
+    }
+
+    /// Moves every pending received frame (at most `max`) to the back of
+    /// `out`; reuses buffers from `spare`.
+    pub fn receive_batch(&mut self, out: &mut VecDeque<Vec<u8>>, spare: &mut Vec<Vec<u8>>, max: usize) {
+        match self {
+            Port::Tap(fd) => {
+                for _ in 0..max {
+                    let mut buf = spare.pop().unwrap_or_default();
+                    buf.resize(MAX_FRAME + 64, 0);
+                    // SAFETY: `buf` is a valid writable buffer of `buf.len()` bytes; `fd` is open.
+                    let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+                    if n <= 0 {
+                        spare.push(buf);
+                        break; // EAGAIN: nothing more pending (errors show up as silence, like a NIC).
+                    }
+                    buf.truncate(n as usize);
+                    out.push_back(buf);
+                }
+            }
+            Port::Wire(wire) => wire.take_to_image(out, max),
+        }
+    }
+
+    /// Sends one frame (dropped if the device is full, as a NIC would).
+    pub fn send(&mut self, frame: &[u8]) {
+        match self {
+            Port::Tap(fd) => {
+                // SAFETY: `frame` is a valid readable buffer; `fd` is open.
+                let _ = unsafe { libc::write(fd.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
+            }
+            Port::Wire(wire) => wire.push_to_host(frame),
+        }
+    }
+
+    /// Makes frames sent since the last flush visible to the other side.
+    pub fn flush(&mut self) {
+        if let Port::Wire(wire) = self {
+            wire.notify_host();
+        }
+    }
+
+    /// Blocks until a frame may be pending or `timeout` passes (`None`:
+    /// no limit).
+    pub fn wait(&self, timeout: Option<Duration>) {
+        let fd = match self {
+            Port::Tap(fd) => fd.as_raw_fd(),
+            Port::Wire(wire) => wire.image_event_fd(),
+        };
+        wait_readable(&[fd], timeout);
+        if let Port::Wire(wire) = self {
+            wire.clear_image_event();
+        }
+    }
+
+    /// Makes TCP port `port` of the image reachable from this machine and
+    /// returns how a client reaches it (host, port).
+    pub fn expose(&self, addressing: &Addressing, port: u16) -> io::Result<(String, u16)> {
+        match self {
+            Port::Tap(_) => Ok((std::net::Ipv4Addr::from(addressing.ip).to_string(), port)),
+            Port::Wire(wire) => wire.expose(port).map(|p| ("127.0.0.1".to_owned(), p)),
+        }
+    }
+}
+
+const TUNSETIFF: libc::c_ulong = 0x400454ca;
+
+/// Opens the existing tap device `name` (non-blocking, no packet info).
+fn open_tap(name: &str) -> io::Result<OwnedFd> {
+    // SAFETY: a plain open of a NUL-terminated path; the result is checked.
+    let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: `ifreq` is plain data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
+        *dst = *src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+    // SAFETY: TUNSETIFF reads an `ifreq`, which `req` is.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF as _, &mut req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// Waits until one of `fds` is readable or `timeout` passes.
+pub fn wait_readable(fds: &[RawFd], timeout: Option<Duration>) {
+    let mut polled: Vec<libc::pollfd> = fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+    poll(&mut polled, timeout);
+}
+
+/// `poll(2)` on `fds` with `timeout` (`None`: no limit), rounded up to
+/// milliseconds; interrupted waits return early.
+pub fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) {
+    let ms = timeout.map_or(-1, |t| t.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32);
+    // SAFETY: `fds` is a valid array of `fds.len()` pollfd structures.
+    unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+}
+
+/// For the `flexos` tool while it runs an image in the foreground: the
+/// terminal's interrupt and quit signals reach the image (same process
+/// group) but not the tool, so the tool outlives the image and removes
+/// the network namespace it made.
+pub fn ignore_interrupts() {
+    // SAFETY: setting the disposition of two signals to "ignore" installs no handler code.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+    }
+}
+
+/// Makes the process that `cmd` starts die (SIGKILL) when the thread that
+/// starts it ends, so an image never outlives the tool that runs it.
+pub fn die_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the hook runs in the child between fork and exec and only
+    // makes one async-signal-safe system call (prctl).
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
