@@ -172,7 +172,8 @@ mod tests {
     #[test]
     fn random_bytes_never_panic() {
         let mut state = 0x853c_49e6_748f_ea9bu64;
-        let pieces: &[&[u8]] = &[b"GET ", b"/", b" HTTP/1.1", b"\r\n", b"Host: a", b"%", b"Content-Length: 9", b"\x00", b"x"];
+        let pieces: &[&[u8]] =
+            &[b"GET ", b"/", b" HTTP/1.1", b"\r\n", b"Host: a", b"%", b"Content-Length: 9", b"\x00", b"x"];
         for _ in 0..100_000 {
             let mut buf = Vec::new();
             for _ in 0..(state % 9) {

@@ -29,7 +29,8 @@ flexos_gate::component!(HTTPD);
 include!(concat!(env!("OUT_DIR"), "/packed_files.rs"));
 
 fn parse_args() -> Result<flexos_netapp::Options, String> {
-    let mut o = flexos_netapp::Options { port: 80, recv_size: 64 * 1024, max_connections: 1024, buffer_size: 64 * 1024 };
+    let mut o =
+        flexos_netapp::Options { port: 80, recv_size: 64 * 1024, max_connections: 1024, buffer_size: 64 * 1024 };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -87,8 +88,8 @@ struct Conn {
 
 impl Httpd {
     /// Reads the file at `path` (`index.html` for a directory) into
-    /// `self.file`; returns its length.
-    fn read_file(&mut self, path: &[u8]) -> Result<usize, Errno> {
+    /// `self.file`; returns its length and content type.
+    fn read_file(&mut self, path: &[u8]) -> Result<(usize, &'static str), Errno> {
         let mut path = path.to_vec();
         if path.ends_with(b"/") {
             path.extend_from_slice(b"index.html");
@@ -114,7 +115,7 @@ impl Httpd {
                     n => done += n,
                 }
             }
-            Ok(size)
+            Ok((size, http::content_type(&path)))
         });
         let _ = gate!(flexos_vfs::close(fd));
         result
@@ -126,8 +127,8 @@ impl Httpd {
             return http::error(out, 405, "Method Not Allowed", req.keep_alive, true);
         }
         match self.read_file(&req.path) {
-            Ok(len) => {
-                http::head(out, 200, "OK", http::content_type(&req.path), len, req.keep_alive);
+            Ok((len, content_type)) => {
+                http::head(out, 200, "OK", content_type, len, req.keep_alive);
                 if !head_only {
                     out.extend_from_slice(&self.file[..len]);
                 }

@@ -21,7 +21,8 @@ static HEAP: flexos_alloc::CompartmentAllocator = flexos_alloc::CompartmentAlloc
 flexos_gate::component!(KV);
 
 fn parse_args() -> Result<flexos_netapp::Options, String> {
-    let mut o = flexos_netapp::Options { port: 6379, recv_size: 64 * 1024, max_connections: 1024, buffer_size: 64 * 1024 };
+    let mut o =
+        flexos_netapp::Options { port: 6379, recv_size: 64 * 1024, max_connections: 1024, buffer_size: 64 * 1024 };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
     while let Some(flag) = it.next() {

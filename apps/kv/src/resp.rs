@@ -59,7 +59,11 @@ pub fn parse(buf: &[u8], req: &mut Request) -> Result<Option<usize>, ProtocolErr
             return Err(ProtocolError("expected '$'"));
         }
         let Some(end) = line_end(buf, pos + 1) else {
-            return if buf.len() - pos > MAX_INLINE { Err(ProtocolError("too big bulk count string")) } else { Ok(None) };
+            return if buf.len() - pos > MAX_INLINE {
+                Err(ProtocolError("too big bulk count string"))
+            } else {
+                Ok(None)
+            };
         };
         let len = number(&buf[pos + 1..end]).ok_or(ProtocolError("invalid bulk length"))?;
         if !(0..=MAX_BULK as i64).contains(&len) {
@@ -210,9 +214,8 @@ mod tests {
             state ^= state >> 7;
             state ^= state << 17;
             let len = (state % 40) as usize;
-            let buf: Vec<u8> = (0..len)
-                .map(|i| alphabet[((state >> (i % 60)) as usize + i * 7) % alphabet.len()])
-                .collect();
+            let buf: Vec<u8> =
+                (0..len).map(|i| alphabet[((state >> (i % 60)) as usize + i * 7) % alphabet.len()]).collect();
             if let Ok(Some(n)) = parse(&buf, &mut req) {
                 assert!(n <= buf.len());
                 assert!(req.args.iter().all(|r| r.end <= n));

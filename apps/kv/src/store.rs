@@ -223,7 +223,11 @@ impl Store {
             }
             "SELECT" => {
                 need!(a.len() == 1);
-                if int(a[0]) == Some(0) { resp::simple(out, "OK") } else { resp::error(out, "ERR DB index is out of range") }
+                if int(a[0]) == Some(0) {
+                    resp::simple(out, "OK")
+                } else {
+                    resp::error(out, "ERR DB index is out of range")
+                }
             }
             "GET" => {
                 need!(a.len() == 1);
@@ -243,10 +247,15 @@ impl Store {
                 match int(a[1]).filter(|&t| t > 0) {
                     Some(t) => {
                         let expires = now.saturating_add((t as u64).saturating_mul(unit));
-                        self.map.insert(a[0].to_vec(), Item { value: Value::Str(a[2].to_vec()), expires_ms: Some(expires) });
+                        self.map.insert(
+                            a[0].to_vec(),
+                            Item { value: Value::Str(a[2].to_vec()), expires_ms: Some(expires) },
+                        );
                         resp::simple(out, "OK");
                     }
-                    None => resp::error(out, &format!("ERR invalid expire time in '{}' command", name.to_ascii_lowercase())),
+                    None => {
+                        resp::error(out, &format!("ERR invalid expire time in '{}' command", name.to_ascii_lowercase()))
+                    }
                 }
             }
             "GETSET" => {
@@ -565,7 +574,8 @@ impl Store {
                 need!(a.len() >= 3 && a.len() % 2 == 1);
                 match self.value_or(a[0], now, || Value::Hash(HashMap::new())) {
                     Value::Hash(h) => {
-                        let n = a[1..].chunks(2).filter(|fv| h.insert(fv[0].to_vec(), fv[1].to_vec()).is_none()).count();
+                        let n =
+                            a[1..].chunks(2).filter(|fv| h.insert(fv[0].to_vec(), fv[1].to_vec()).is_none()).count();
                         if name == "HSET" { resp::integer(out, n as i64) } else { resp::simple(out, "OK") }
                     }
                     _ => resp::error(out, WRONGTYPE),
@@ -738,7 +748,8 @@ impl Store {
                 _ => resp::simple(out, "OK"),
             },
             _ => {
-                let shown: String = args[0].iter().take(64).map(|&b| if b.is_ascii_graphic() { b as char } else { '?' }).collect();
+                let shown: String =
+                    args[0].iter().take(64).map(|&b| if b.is_ascii_graphic() { b as char } else { '?' }).collect();
                 resp::error(out, &format!("ERR unknown command '{shown}', with args beginning with: "));
             }
         }

@@ -222,8 +222,10 @@ impl Net {
             return Err(Errno::ENOBUFS);
         }
         let size = self.buffer_size;
-        let mut sock =
-            tcp::Socket::new(tcp::SocketBuffer::new(alloc::vec![0; size]), tcp::SocketBuffer::new(alloc::vec![0; size]));
+        let mut sock = tcp::Socket::new(
+            tcp::SocketBuffer::new(alloc::vec![0; size]),
+            tcp::SocketBuffer::new(alloc::vec![0; size]),
+        );
         sock.set_nagle_enabled(false);
         let h = self.stack()?.sockets.add(sock);
         self.endpoints += 1;
@@ -374,7 +376,10 @@ pub fn socket() -> Result<i32, Errno> {
 /// Binds `fd` to local `port` (any of the image's addresses).
 pub fn bind(fd: i32, port: u16) -> Result<(), Errno> {
     with(|n| {
-        let taken = n.table.iter().flatten().any(|e| matches!(e.sock, Sock::Listener { port: p, .. } | Sock::Fresh { port: p } if p == port && p != 0));
+        let taken =
+            n.table.iter().flatten().any(
+                |e| matches!(e.sock, Sock::Listener { port: p, .. } | Sock::Fresh { port: p } if p == port && p != 0),
+            );
         match &mut n.entry(fd)?.sock {
             Sock::Fresh { port: p } if *p == 0 => {
                 if taken || port == 0 {
@@ -403,7 +408,9 @@ pub fn listen(fd: i32, backlog: u32) -> Result<(), Errno> {
             let stack = n.stack()?;
             let addressing = stack.addressing;
             let (host, host_port) = stack.device.expose(&addressing, port).map_err(|e| {
-                flexos_platform::console::write_err(format!("flexos: net: cannot expose port {port}: {e}\n").as_bytes());
+                flexos_platform::console::write_err(
+                    format!("flexos: net: cannot expose port {port}: {e}\n").as_bytes(),
+                );
                 Errno::EADDRINUSE
             })?;
             n.exposed.push(port);

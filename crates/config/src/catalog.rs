@@ -69,7 +69,13 @@ pub const COMPONENTS: &[ComponentInfo] = &[
         apps: NETWORK_APPS,
         colocated_with: Some(("net", "the stack drives the device frame by frame, without gates")),
     },
-    ComponentInfo { name: "kv", package: "flexos-app-kv", language: Language::Rust, apps: &["kv"], colocated_with: None },
+    ComponentInfo {
+        name: "kv",
+        package: "flexos-app-kv",
+        language: Language::Rust,
+        apps: &["kv"],
+        colocated_with: None,
+    },
     ComponentInfo {
         name: "httpd",
         package: "flexos-app-httpd",

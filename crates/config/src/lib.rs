@@ -13,7 +13,7 @@ mod catalog;
 mod error;
 mod model;
 
-pub use catalog::{APPS, COMPONENTS, NETWORK_APPS, ComponentInfo, Language, component_info};
+pub use catalog::{APPS, COMPONENTS, ComponentInfo, Language, NETWORK_APPS, component_info};
 pub use error::ConfigError;
 pub use model::{Compartment, Hardening, Layout, Mechanism, Placement, Sharing};
 

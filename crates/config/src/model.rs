@@ -486,7 +486,10 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Layout, Vec<ConfigError>>
         err(
             &mut errors,
             at,
-            format!("\"netdev\" cannot run in kvm compartment {:?}: a VM has no way to the host's network device", compartments[p.compartment].name),
+            format!(
+                "\"netdev\" cannot run in kvm compartment {:?}: a VM has no way to the host's network device",
+                compartments[p.compartment].name
+            ),
             "place net and netdev in an fcall or proc compartment".into(),
         );
     }

@@ -182,7 +182,13 @@ pub fn serve<const C: usize, P: Protocol>(app: Component, options: Options, prot
 }
 
 /// Reads what the connection has and hands it to the protocol.
-fn read_input<const C: usize, P: Protocol>(app: Component, c: &mut Conn<P::Conn>, io: &mut SharedBuf, p: &mut P, cx: &Context) {
+fn read_input<const C: usize, P: Protocol>(
+    app: Component,
+    c: &mut Conn<P::Conn>,
+    io: &mut SharedBuf,
+    p: &mut P,
+    cx: &Context,
+) {
     loop {
         match net!(app, recv(c.fd, io.shared_mut())) {
             Ok(0) => {

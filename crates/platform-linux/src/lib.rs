@@ -16,8 +16,8 @@ pub mod fault;
 pub mod futex;
 pub mod guest;
 pub mod mem;
-pub mod net;
 pub mod memory;
+pub mod net;
 pub mod process;
 pub mod random;
 

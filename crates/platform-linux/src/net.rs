@@ -190,7 +190,18 @@ impl Port {
 const TUNSETIFF: libc::c_ulong = 0x400454ca;
 
 /// Opens the existing tap device `name` (non-blocking, no packet info).
+/// A missing device is an error: the image never creates one itself
+/// (with root, `TUNSETIFF` would create it in whatever namespace the image
+/// runs in).
 fn open_tap(name: &str) -> io::Result<OwnedFd> {
+    let c_name = std::ffi::CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `c_name` is a valid NUL-terminated string.
+    if unsafe { libc::if_nametoindex(c_name.as_ptr()) } == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "no such device in this network namespace (`flexos run --netns` creates one)",
+        ));
+    }
     // SAFETY: a plain open of a NUL-terminated path; the result is checked.
     let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) };
     if fd < 0 {
@@ -213,7 +224,8 @@ fn open_tap(name: &str) -> io::Result<OwnedFd> {
 
 /// Waits until one of `fds` is readable or `timeout` passes.
 pub fn wait_readable(fds: &[RawFd], timeout: Option<Duration>) {
-    let mut polled: Vec<libc::pollfd> = fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+    let mut polled: Vec<libc::pollfd> =
+        fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
     poll(&mut polled, timeout);
 }
 

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod bench;
 pub mod build;
 pub mod gatebench;
+pub mod netbench;
 pub mod netns;
 
 use std::path::PathBuf;

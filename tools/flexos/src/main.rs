@@ -91,6 +91,48 @@ enum BenchCmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Redis-protocol throughput (redis-benchmark -P 16, GET and SET) of kv images and of redis-server.
+    Kv {
+        /// Image configurations to measure [default: configs/kv.toml].
+        #[arg(long = "config")]
+        configs: Vec<PathBuf>,
+        /// Runs of each subject (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Where to write the JSON report [default: target/flexos/bench/kv.json].
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// HTTP throughput (wrk) of httpd images and of nginx serving the same files.
+    Http {
+        /// Image configurations to measure [default: configs/httpd.toml].
+        #[arg(long = "config")]
+        configs: Vec<PathBuf>,
+        /// The file to fetch.
+        #[arg(long, default_value = "/index.html")]
+        path: String,
+        /// Runs of each subject (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Where to write the JSON report [default: target/flexos/bench/http.json].
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// TCP receive rate (iperf -c) of iperf images and of iperf -s, for receive buffers of 16 B to 16 KiB.
+    Iperf {
+        /// Image configurations to measure [default: configs/iperf.toml].
+        #[arg(long = "config")]
+        configs: Vec<PathBuf>,
+        /// Seconds per iperf run.
+        #[arg(long, default_value_t = 3)]
+        seconds: u32,
+        /// Runs of each subject and size (the median is reported).
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+        /// Where to write the JSON report [default: target/flexos/bench/iperf.json].
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Round-trip latency of an empty call through each gate, beside a system call, a pipe and shared memory.
     Gates {
         /// Where to write the JSON report [default: target/flexos/bench/gates.json].
@@ -200,6 +242,36 @@ fn bench_gates(json: Option<PathBuf>) -> Result<(), i32> {
     write_json(json.unwrap_or_else(|| root.join("target/flexos/bench/gates.json")), &report)
 }
 
+/// Builds the images of `configs` (or of `default` under configs/) for a network benchmark.
+fn network_images(configs: Vec<PathBuf>, default: &str, runs: usize) -> Result<Vec<(String, PathBuf)>, i32> {
+    if runs == 0 {
+        eprintln!("error: --runs must be at least 1");
+        return Err(exit::USAGE);
+    }
+    let root = workspace_root();
+    let configs = if configs.is_empty() { vec![root.join("configs").join(default)] } else { configs };
+    let mut images = Vec::new();
+    for c in &configs {
+        let image = build(c, &BuildOptions::default())?;
+        let name = c.file_name().map_or(c.display().to_string(), |n| n.to_string_lossy().into_owned());
+        images.push((name, image));
+    }
+    Ok(images)
+}
+
+fn report_network(
+    report: Result<flexos::netbench::Report, String>,
+    json: Option<PathBuf>,
+    name: &str,
+) -> Result<(), i32> {
+    let report = report.map_err(|e| {
+        eprintln!("error: {e}");
+        exit::BENCH_FAILED
+    })?;
+    say_raw(&flexos::netbench::table(&report));
+    write_json(json.unwrap_or_else(|| workspace_root().join(format!("target/flexos/bench/{name}.json"))), &report)
+}
+
 fn write_json(json: PathBuf, report: &impl serde::Serialize) -> Result<(), i32> {
     if let Some(dir) = json.parent() {
         let _ = std::fs::create_dir_all(dir);
@@ -277,6 +349,26 @@ fn main() {
         Cmd::Run { config, options, netns, args } => run(&config, &options, netns, &args),
         Cmd::Bench { which: BenchCmd::Sqlite { configs, runs, rows, json } } => bench_sqlite(configs, runs, rows, json),
         Cmd::Bench { which: BenchCmd::Gates { json } } => bench_gates(json),
+        Cmd::Bench { which: BenchCmd::Kv { configs, runs, json } } => network_images(configs, "kv.toml", runs)
+            .and_then(|images| report_network(flexos::netbench::kv(&images, runs), json, "kv")),
+        Cmd::Bench { which: BenchCmd::Http { configs, path, runs, json } } => {
+            let site = configs.first().cloned().unwrap_or_else(|| workspace_root().join("configs/httpd.toml"));
+            load(&site).and_then(|layout| {
+                let Some(site) = layout.files else {
+                    eprintln!("error: {} packs no files (set files = \"FOLDER\")", site.display());
+                    return Err(exit::BAD_CONFIG);
+                };
+                let images = network_images(configs, "httpd.toml", runs)?;
+                let scratch = workspace_root().join("target/flexos/bench/nginx");
+                report_network(flexos::netbench::http(&images, &site, &path, runs, &scratch), json, "http")
+            })
+        }
+        Cmd::Bench { which: BenchCmd::Iperf { configs, seconds, runs, json } } => {
+            network_images(configs, "iperf.toml", runs).and_then(|images| {
+                let report = flexos::netbench::iperf(&images, flexos::netbench::IPERF_SIZES, seconds, runs);
+                report_network(report, json, "iperf")
+            })
+        }
         Cmd::Audit { which: AuditCmd::Statics { image } } => match audit::writable_statics(&image) {
             Ok(found) if found.is_empty() => {
                 say!("{}: no component keeps a mutable static", image.display());

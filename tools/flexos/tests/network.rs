@@ -1,0 +1,529 @@
+//! The network applications, driven by their real clients: `redis-benchmark`
+//! and `redis-cli` (kv), `curl`, `ab` and `wrk` (httpd), `iperf` (iperf).
+//!
+//! Tests named `tap_*` attach the image to a tap device in a network
+//! namespace of its own (needs root, as CI has) and run the clients inside
+//! that namespace; the others use the zero-setup 127.0.0.1 forwarder and
+//! talk to the image from this process. Every test ends by checking that
+//! no image process and no namespace of this test binary is left.
+
+mod common;
+
+use flexos::netbench::{self, Server};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+fn image(config: &str) -> PathBuf {
+    common::image(config, false)
+}
+
+/// A unique tag for the processes a test starts.
+fn tag(test: &str) -> String {
+    format!("{test}-{}", std::process::id())
+}
+
+/// Processes whose environment holds `FLEXOS_TEST_TAG=tag`.
+fn tagged_processes(tag: &str) -> Vec<String> {
+    let needle = format!("FLEXOS_TEST_TAG={tag}\0");
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.bytes().all(|b| b.is_ascii_digit())
+            && let Ok(env) = std::fs::read(entry.path().join("environ"))
+            && String::from_utf8_lossy(&env).contains(&needle)
+        {
+            found.push(name);
+        }
+    }
+    found
+}
+
+/// Asserts that no process tagged `tag` remains (waiting a moment for
+/// the kernel to reap them).
+fn assert_nothing_left(tag: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !tagged_processes(tag).is_empty() {
+        assert!(Instant::now() < deadline, "processes left behind: {:?}", tagged_processes(tag));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Asserts that the namespace `name` is gone.
+fn assert_namespace_gone(name: &str) {
+    assert!(!flexos::netns::list().iter().any(|n| n == name), "namespace {name} left behind");
+}
+
+/// An image reached through the 127.0.0.1 forwarder; killed on drop.
+struct Forwarded {
+    child: Child,
+    port: u16,
+}
+
+impl Forwarded {
+    fn start(config: &str, args: &[&str], tag: &str) -> Forwarded {
+        let mut child = Command::new(image(config))
+            .args(args)
+            .env("FLEXOS_TEST_TAG", tag)
+            .env_remove("FLEXOS_NET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let mut reader = std::io::BufReader::new(stdout);
+            while std::io::BufRead::read_line(&mut reader, &mut line).unwrap_or(0) > 0 {
+                if let Some(addr) = line.trim().strip_prefix("listening: 127.0.0.1:") {
+                    let _ = tx.send(addr.parse::<u16>().unwrap());
+                }
+                line.clear();
+            }
+        });
+        let port = rx.recv_timeout(Duration::from_secs(30)).expect("the image prints `listening: 127.0.0.1:PORT`");
+        Forwarded { child, port }
+    }
+
+    fn connect(&self) -> TcpStream {
+        let s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    }
+
+    fn assert_running(&mut self) {
+        assert!(self.child.try_wait().unwrap().is_none(), "the image died");
+    }
+}
+
+impl Drop for Forwarded {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends `request` and reads until `reply_len` bytes or the connection closes.
+fn exchange(s: &mut TcpStream, request: &[u8], reply_len: usize) -> Vec<u8> {
+    s.write_all(request).unwrap();
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    while reply.len() < reply_len {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => reply.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => break,
+            Err(_) => break,
+        }
+    }
+    reply
+}
+
+/// Reads until the peer closes (or resets, or `timeout` passes); returns what came.
+fn read_to_close(s: &mut TcpStream, timeout: Duration) -> (Vec<u8>, bool) {
+    s.set_read_timeout(Some(timeout)).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (out, true),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => return (out, false),
+            Err(_) => return (out, true),
+        }
+    }
+}
+
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+/// The tests of a plain `redis-benchmark` run (Redis 7.0).
+const REDIS_BENCHMARK_TESTS: &[&str] = &[
+    "PING_INLINE",
+    "PING_MBULK",
+    "SET",
+    "GET",
+    "INCR",
+    "LPUSH",
+    "RPUSH",
+    "LPOP",
+    "RPOP",
+    "SADD",
+    "HSET",
+    "SPOP",
+    "ZADD",
+    "ZPOPMIN",
+    "LPUSH (needed to benchmark LRANGE)",
+    "LRANGE_100 (first 100 elements)",
+    "LRANGE_300 (first 300 elements)",
+    "LRANGE_500 (first 500 elements)",
+    "LRANGE_600 (first 600 elements)",
+    "MSET (10 keys)",
+];
+
+fn run_redis_benchmark(server: &Server, extra: &[&str]) -> Vec<(String, f64)> {
+    let mut args: Vec<String> =
+        vec!["-h".into(), server.host.clone(), "-p".into(), server.port.to_string(), "--csv".into()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let out = server.ns.exec("redis-benchmark").args(&args).stdin(Stdio::null()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "redis-benchmark failed: {stderr}");
+    assert!(!stderr.contains("rror"), "redis-benchmark saw errors: {stderr}");
+    netbench::parse_redis_csv(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn assert_every_test_ran(results: &[(String, f64)], config: &str) {
+    for test in REDIS_BENCHMARK_TESTS {
+        let found = results.iter().find(|(t, _)| t == test);
+        assert!(found.is_some_and(|(_, rps)| *rps > 0.0), "{config}: test {test} missing or failed: {results:?}");
+    }
+}
+
+#[test]
+fn tap_plain_redis_benchmark_passes_every_test_on_every_layout() {
+    let tag = tag("redis-benchmark");
+    for config in ["configs/kv.toml", "configs/kv-net.toml", "configs/kv-app.toml"] {
+        let mut server = Server::image(&image(config), &[], &[("FLEXOS_TEST_TAG", &tag)]).unwrap();
+        let ns = server.ns.name.clone();
+        let plain = run_redis_benchmark(&server, &["-n", "2000"]);
+        assert_every_test_ran(&plain, config);
+        let pipelined = run_redis_benchmark(&server, &["-n", "20000", "-P", "16"]);
+        assert_every_test_ran(&pipelined, config);
+        // The data the benchmark left is there: a real data set, not canned replies.
+        let dbsize = server
+            .client(
+                "redis-cli",
+                &["-h".into(), server.host.clone(), "-p".into(), server.port.to_string(), "dbsize".into()],
+            )
+            .unwrap();
+        assert!(dbsize.trim().parse::<u64>().unwrap() > 0, "{config}: DBSIZE {dbsize:?}");
+        assert!(server.is_running(), "{config}: the image died");
+        drop(server);
+        assert_namespace_gone(&ns);
+    }
+    assert_nothing_left(&tag);
+}
+
+#[test]
+fn redis_cli_interactive_session_works_through_the_forwarder() {
+    let tag = tag("redis-cli");
+    let kv = Forwarded::start("configs/kv.toml", &["--port", "16379"], &tag);
+    // redis-cli is interactive on a terminal: `script` gives it one (a dumb one, so it prints plain prompts).
+    let mut cli = Command::new("script")
+        .args(["-qec", &format!("redis-cli -p {}", kv.port), "/dev/null"])
+        .env("TERM", "dumb")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = cli.stdin.take().unwrap();
+    stdin.write_all(b"ping\nset greeting hello\nappend greeting \" world\"\nget greeting\nincrby n 41\nincr n\nrpush l a b c\nlrange l 0 -1\nexpire greeting 100\nttl greeting\ndbsize\nnosuchcommand\nquit\n").unwrap();
+    drop(stdin);
+    let out = cli.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    let prompt = format!("127.0.0.1:{}> ", kv.port);
+    for expected in [
+        format!("{prompt}PONG"),
+        format!("{prompt}OK"),
+        format!("{prompt}(integer) 11"),
+        format!("{prompt}\"hello world\""),
+        format!("{prompt}(integer) 42"),
+        format!("{prompt}1) \"a\"\n2) \"b\"\n3) \"c\""),
+        format!("{prompt}(integer) 100"),
+        format!("{prompt}(integer) 3"),
+        format!("{prompt}(error) ERR unknown command 'nosuchcommand'"),
+    ] {
+        assert!(text.contains(&expected), "missing {expected:?} in the session:\n{text}");
+    }
+    drop(kv);
+    assert_nothing_left(&tag);
+}
+
+#[test]
+fn malformed_and_abandoned_requests_never_stop_the_kv_server() {
+    let tag = tag("kv-malformed");
+    let mut kv = Forwarded::start("configs/kv.toml", &["--port", "16380"], &tag);
+    let mut healthy = kv.connect();
+    assert_eq!(exchange(&mut healthy, b"SET k v\r\n", 5), b"+OK\r\n");
+
+    // A protocol error gets a RESP error, and that connection is closed.
+    let mut bad = kv.connect();
+    bad.write_all(b"*1\r\n$x\r\n").unwrap();
+    let (reply, closed) = read_to_close(&mut bad, Duration::from_secs(10));
+    assert!(reply.starts_with(b"-ERR Protocol error"), "{}", String::from_utf8_lossy(&reply));
+    assert!(closed, "the connection with the malformed request stays open");
+
+    // A client that disconnects mid-request, and one that resets.
+    let mut half = kv.connect();
+    half.write_all(b"*3\r\n$3\r\nSET\r\n$1\r\nx\r\n$100\r\nabc").unwrap();
+    drop(half);
+    // Closing with an unread reply makes this side's kernel send a reset.
+    let mut reset = kv.connect();
+    reset.write_all(b"PING\r\n*2\r\n$3\r\nGET\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    drop(reset);
+
+    // Fuzzed requests: RESP-shaped garbage on fresh connections.
+    let pieces: &[&[u8]] = &[
+        b"*",
+        b"$",
+        b"\r\n",
+        b"3",
+        b"-1",
+        b"99999999999",
+        b"SET",
+        b"GET",
+        b"k",
+        b"\x00\xff",
+        b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n",
+        b" ",
+    ];
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for round in 0..300 {
+        let mut s = kv.connect();
+        let mut req = Vec::new();
+        for _ in 0..(xorshift(&mut state) % 12) {
+            req.extend_from_slice(pieces[(xorshift(&mut state) % pieces.len() as u64) as usize]);
+        }
+        let _ = s.write_all(&req);
+        let _ = s.shutdown(Shutdown::Write);
+        let _ = read_to_close(&mut s, Duration::from_millis(200));
+        if round % 50 == 0 {
+            assert_eq!(exchange(&mut healthy, b"GET k\r\n", 7), b"$1\r\nv\r\n", "after fuzz round {round}");
+        }
+    }
+    kv.assert_running();
+    assert_eq!(exchange(&mut healthy, b"PING\r\n", 7), b"+PONG\r\n");
+    assert_eq!(exchange(&mut kv.connect(), b"GET k\r\n", 7), b"$1\r\nv\r\n");
+    drop(kv);
+    assert_nothing_left(&tag);
+}
+
+#[test]
+fn a_flood_of_connections_beyond_the_limit_is_refused_cleanly() {
+    let tag = tag("kv-flood");
+    let mut kv = Forwarded::start("configs/kv.toml", &["--port", "16381", "--max-connections", "8"], &tag);
+    let mut open = Vec::new();
+    let mut served = 0;
+    for _ in 0..60 {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", kv.port)) else { continue };
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        if exchange(&mut s, b"PING\r\n", 7) == b"+PONG\r\n" {
+            served += 1;
+        }
+        open.push(s);
+    }
+    assert!((1..=8).contains(&served), "{served} connections served with a limit of 8");
+    kv.assert_running();
+    drop(open);
+    // Once the flood is gone, new clients are served again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut s = kv.connect();
+        if exchange(&mut s, b"PING\r\n", 7) == b"+PONG\r\n" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no connection served after the flood");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    kv.assert_running();
+    drop(kv);
+    assert_nothing_left(&tag);
+}
+
+fn curl(server: &Server, args: &[&str]) -> (String, String) {
+    let out = server.ns.exec("curl").args(args).stdin(Stdio::null()).output().unwrap();
+    assert!(out.status.success(), "curl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn tap_curl_ab_and_wrk_get_correct_responses() {
+    let tag = tag("httpd");
+    let site = flexos::workspace_root().join("apps/httpd/site");
+    for config in ["configs/httpd.toml", "configs/httpd-app.toml"] {
+        let mut server = Server::image(&image(config), &[], &[("FLEXOS_TEST_TAG", &tag)]).unwrap();
+        let ns = server.ns.name.clone();
+        let base = format!("http://{}:{}", server.host, server.port);
+        let index = std::fs::read_to_string(site.join("index.html")).unwrap();
+
+        let (out, _) = curl(&server, &["-s", "-i", &format!("{base}/")]);
+        let (head, body) = out.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+        assert!(head.contains("Content-Type: text/html"), "{head}");
+        assert!(head.contains(&format!("Content-Length: {}", index.len())), "{head}");
+        assert_eq!(body, index);
+
+        let (out, _) = curl(&server, &["-s", "-I", &format!("{base}/style.css")]);
+        assert!(out.starts_with("HTTP/1.1 200 OK") && out.contains("Content-Type: text/css"), "{out}");
+        let css = std::fs::metadata(site.join("style.css")).unwrap().len();
+        assert!(out.contains(&format!("Content-Length: {css}")) && out.ends_with("\r\n\r\n"), "{out}");
+
+        let (out, _) = curl(&server, &["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("{base}/missing")]);
+        assert_eq!(out, "404");
+        let (out, _) = curl(&server, &["-s", "-i", "-X", "DELETE", &format!("{base}/")]);
+        assert!(out.starts_with("HTTP/1.1 405") && out.contains("Allow: GET, HEAD"), "{out}");
+
+        // Keep-alive: two requests on one connection, and a binary file byte for byte.
+        let (out, err) = curl(&server, &["-sv", &format!("{base}/docs/about.txt"), &format!("{base}/data-16k.bin")]);
+        assert!(err.contains("Re-using existing connection") || err.contains("Reusing existing"), "{err}");
+        let about = std::fs::read_to_string(site.join("docs/about.txt")).unwrap();
+        assert!(out.starts_with(&about));
+        let bin = server.ns.exec("curl").args(["-s", &format!("{base}/data-16k.bin")]).output().unwrap().stdout;
+        assert_eq!(bin, std::fs::read(site.join("data-16k.bin")).unwrap());
+
+        let ab = server
+            .client(
+                "ab",
+                &[
+                    "-q".into(),
+                    "-n".into(),
+                    "500".into(),
+                    "-c".into(),
+                    "10".into(),
+                    "-k".into(),
+                    format!("{base}/index.html"),
+                ],
+            )
+            .unwrap();
+        assert!(ab.contains("Complete requests:      500"), "{ab}");
+        assert!(ab.contains("Failed requests:        0"), "{ab}");
+        assert!(!ab.contains("Non-2xx"), "{ab}");
+
+        let wrk = server
+            .client(
+                "wrk",
+                &[
+                    "-t".into(),
+                    "1".into(),
+                    "-c".into(),
+                    "8".into(),
+                    "-d".into(),
+                    "1s".into(),
+                    format!("{base}/index.html"),
+                ],
+            )
+            .unwrap();
+        assert!(netbench::parse_wrk(&wrk).is_some_and(|r| r > 0.0), "{wrk}");
+        assert!(!wrk.contains("Non-2xx") && !wrk.contains("Socket errors"), "{wrk}");
+
+        assert!(server.is_running(), "{config}: the image died");
+        drop(server);
+        assert_namespace_gone(&ns);
+    }
+    assert_nothing_left(&tag);
+}
+
+#[test]
+fn malformed_http_requests_get_400_and_the_server_keeps_serving() {
+    let tag = tag("httpd-malformed");
+    let mut httpd = Forwarded::start("configs/httpd.toml", &["--port", "18080"], &tag);
+    let mut bad = httpd.connect();
+    bad.write_all(b"GARBAGE\x01\x02 / HTTP/1.1\r\n\r\n").unwrap();
+    let (reply, closed) = read_to_close(&mut bad, Duration::from_secs(10));
+    assert!(reply.starts_with(b"HTTP/1.1 400 Bad Request"), "{}", String::from_utf8_lossy(&reply));
+    assert!(closed);
+
+    let mut half = httpd.connect();
+    half.write_all(b"GET /index.html HTTP/1.1\r\nHost: x\r\nUser-Ag").unwrap();
+    drop(half);
+
+    let pieces: &[&[u8]] = &[
+        b"GET ",
+        b"HEAD ",
+        b"/",
+        b"index.html",
+        b" HTTP/1.1",
+        b"\r\n",
+        b"Host: a",
+        b"%",
+        b"%zz",
+        b"Content-Length: 5",
+        b"\x00",
+        b"\xff",
+        b" ",
+    ];
+    let mut state = 0x853c_49e6_748f_ea9bu64;
+    for _ in 0..300 {
+        let mut s = httpd.connect();
+        let mut req = Vec::new();
+        for _ in 0..(xorshift(&mut state) % 14) {
+            req.extend_from_slice(pieces[(xorshift(&mut state) % pieces.len() as u64) as usize]);
+        }
+        let _ = s.write_all(&req);
+        let _ = s.shutdown(Shutdown::Write);
+        let _ = read_to_close(&mut s, Duration::from_millis(200));
+    }
+    httpd.assert_running();
+    let mut s = httpd.connect();
+    let reply = exchange(&mut s, b"GET /docs/about.txt HTTP/1.0\r\n\r\n", usize::MAX);
+    assert!(reply.starts_with(b"HTTP/1.1 200 OK"), "{}", String::from_utf8_lossy(&reply));
+    drop(httpd);
+    assert_nothing_left(&tag);
+}
+
+#[test]
+fn tap_iperf_client_reports_a_rate() {
+    let tag = tag("iperf");
+    for config in ["configs/iperf.toml", "configs/iperf-net.toml"] {
+        let server =
+            Server::image(&image(config), &["--recv-size".into(), "1024".into()], &[("FLEXOS_TEST_TAG", &tag)])
+                .unwrap();
+        let ns = server.ns.name.clone();
+        let out = server
+            .client(
+                "iperf",
+                &[
+                    "-c".into(),
+                    server.host.clone(),
+                    "-p".into(),
+                    server.port.to_string(),
+                    "-t".into(),
+                    "1".into(),
+                    "-f".into(),
+                    "m".into(),
+                ],
+            )
+            .unwrap();
+        let rate = netbench::parse_iperf(&out);
+        assert!(rate.is_some_and(|r| r > 0.0), "{config}: {out}");
+        // The image saw the bytes too.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let received = loop {
+            let lines = server.output.lock().unwrap().clone();
+            if let Some(l) = lines.iter().find(|l| l.starts_with("received: ")) {
+                break l.clone();
+            }
+            assert!(Instant::now() < deadline, "{config}: the image reported no stream: {lines:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let bytes: u64 = received["received: ".len()..].split(' ').next().unwrap().parse().unwrap();
+        assert!(bytes > 1_000_000, "{config}: {received}");
+        drop(server);
+        assert_namespace_gone(&ns);
+    }
+    assert_nothing_left(&tag);
+}
+
+#[test]
+fn an_image_without_a_network_answers_with_a_clear_error() {
+    let out = Command::new(image("configs/kv.toml"))
+        .env("FLEXOS_NET", "tap:nosuchtap0:10.1.2.3/24:10.1.2.1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("cannot open tap device \"nosuchtap0\""), "{stderr}");
+    let out = Command::new(image("configs/kv.toml")).env("FLEXOS_NET", "tap:x").stdin(Stdio::null()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("FLEXOS_NET=\"tap:x\""), "{stderr}");
+}
