@@ -12,6 +12,9 @@ fn main() {
     writeln!(out, "pub const SOURCE: &str = {:?};", layout.source.display().to_string()).unwrap();
     writeln!(out, "/// The application.").unwrap();
     writeln!(out, "pub const APP: &str = {:?};", layout.app).unwrap();
+    writeln!(out, "/// Whether the application uses the network stack (and so the network device).").unwrap();
+    writeln!(out, "pub const APP_USES_NETWORK: bool = {};", flexos_config::NETWORK_APPS.contains(&layout.app.as_str()))
+        .unwrap();
     writeln!(out, "/// The compartments; index 0 is the default.").unwrap();
     writeln!(out, "pub const COMPARTMENTS: &[Compartment] = &[").unwrap();
     for c in &layout.compartments {

@@ -129,7 +129,11 @@ pub fn boot(exports: &[&'static [Export]]) {
         return;
     }
     if domain::child_role().is_some() {
-        if let Err(e) = process::confine() {
+        // The compartment of the network device drives it (tap or forwarder).
+        let netdev_here = domain_of(crate::layout::component::NETDEV.compartment) == remote::this_domain()
+            && crate::layout::APP_USES_NETWORK;
+        let extra = if netdev_here { process::NETWORK_DEVICE } else { &[] };
+        if let Err(e) = process::confine(extra) {
             eprintln!(
                 "flexos: compartment {:?} cannot confine its process: {e}",
                 COMPARTMENTS[compartment::home()].name

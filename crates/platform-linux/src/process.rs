@@ -135,10 +135,35 @@ const ALLOWED: &[i64] = &[
     libc::SYS_exit_group,
 ];
 
-/// Confines this process (and the threads it starts later) to [`ALLOWED`];
-/// any other system call raises SIGSYS, which the fault reporter names.
-pub fn confine() -> Result<(), String> {
-    let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> = ALLOWED.iter().map(|&nr| (nr, vec![])).collect();
+/// What the compartment that holds the network device may do besides
+/// [`ALLOWED`]: open and drive the tap device (`/dev/net/tun`, its ioctl,
+/// polling) or run the 127.0.0.1 forwarder (listening TCP sockets on the
+/// host, a socket pair to wake it). No other file, no process, no signal.
+pub const NETWORK_DEVICE: &[i64] = &[
+    libc::SYS_openat,
+    libc::SYS_close,
+    libc::SYS_ioctl,
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+    libc::SYS_fcntl,
+    libc::SYS_socket,
+    libc::SYS_socketpair,
+    libc::SYS_bind,
+    libc::SYS_listen,
+    libc::SYS_accept4,
+    libc::SYS_setsockopt,
+    libc::SYS_getsockname,
+    libc::SYS_shutdown,
+    libc::SYS_sendto,
+    libc::SYS_recvfrom,
+];
+
+/// Confines this process (and the threads it starts later) to [`ALLOWED`]
+/// plus `extra`; any other system call raises SIGSYS, which the fault
+/// reporter names.
+pub fn confine(extra: &[i64]) -> Result<(), String> {
+    let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> =
+        ALLOWED.iter().chain(extra).map(|&nr| (nr, vec![])).collect();
     let filter = SeccompFilter::new(rules, SeccompAction::Trap, SeccompAction::Allow, TargetArch::x86_64)
         .map_err(|e| format!("seccomp filter: {e}"))?;
     let program: BpfProgram = filter.try_into().map_err(|e| format!("seccomp program: {e:?}"))?;

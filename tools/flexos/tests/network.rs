@@ -190,7 +190,7 @@ fn assert_every_test_ran(results: &[(String, f64)], config: &str) {
 #[test]
 fn tap_plain_redis_benchmark_passes_every_test_on_every_layout() {
     let tag = tag("redis-benchmark");
-    for config in ["configs/kv.toml", "configs/kv-net.toml", "configs/kv-app.toml"] {
+    for config in ["configs/kv.toml", "configs/kv-net.toml", "configs/kv-app.toml", "configs/kv-net-proc.toml"] {
         let mut server = Server::image(&image(config), &[], &[("FLEXOS_TEST_TAG", &tag)]).unwrap();
         let ns = server.ns.name.clone();
         let plain = run_redis_benchmark(&server, &["-n", "2000"]);

@@ -119,7 +119,8 @@ pub(super) fn start() -> io::Result<Arc<Wire>> {
         new_listeners: Mutex::new(Vec::new()),
     });
     let relay_wire = wire.clone();
-    std::thread::Builder::new().name("flexos-forward".into()).spawn(move || Relay::new(relay_wire).run())?;
+    // Unnamed: naming a thread is a prctl, which a confined compartment process may not make.
+    std::thread::Builder::new().spawn(move || Relay::new(relay_wire).run())?;
     Ok(wire)
 }
 
