@@ -235,10 +235,7 @@ impl Net {
     /// Tops every listener up to its backlog, as far as the limit allows.
     fn replenish(&mut self) {
         for i in 0..self.table.len() {
-            loop {
-                let Some(Some(Entry { sock: Sock::Listener { port, backlog, queue }, .. })) = self.table.get(i) else {
-                    break;
-                };
+            while let Some(Some(Entry { sock: Sock::Listener { port, backlog, queue }, .. })) = self.table.get(i) {
                 if queue.len() >= *backlog {
                     break;
                 }
