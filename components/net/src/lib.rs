@@ -23,6 +23,7 @@ use alloc::format;
 use alloc::vec::Vec;
 use core::time::Duration;
 use flexos_gate::abi::Errno;
+use flexos_gate::abi::poll::{ENTRY as POLL_ENTRY, POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT};
 use flexos_gate::{SharedMut, SharedRef, gate};
 use flexos_netdev::NetDevice;
 use flexos_platform::clock;
@@ -51,42 +52,16 @@ flexos_gate::exports!(
 
 /// The first socket number handed out.
 pub const FIRST_FD: i32 = 3;
-/// [`poll`] event: readable (data, end of stream, or a connection to accept).
-pub const POLLIN: u16 = 0x1;
-/// [`poll`] event: writable.
-pub const POLLOUT: u16 = 0x4;
-/// [`poll`] event: error (reported, never requested).
-pub const POLLERR: u16 = 0x8;
-/// [`poll`] event: the connection is over (reported, never requested).
-pub const POLLHUP: u16 = 0x10;
-/// [`poll`] event: not an open socket (reported, never requested).
-pub const POLLNVAL: u16 = 0x20;
 /// [`shutdown`]: no more receiving.
 pub const SHUT_RD: u32 = 0;
 /// [`shutdown`]: no more sending (sends FIN).
 pub const SHUT_WR: u32 = 1;
 /// [`shutdown`]: both.
 pub const SHUT_RDWR: u32 = 2;
-/// Bytes per [`poll`] entry: socket (i32), requested events (u16), returned events (u16), little-endian.
-pub const POLL_ENTRY: usize = 8;
 /// Default for [`configure`]'s `max_connections`.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
 /// Default for [`configure`]'s `buffer_size`.
 pub const DEFAULT_BUFFER_SIZE: u32 = 64 * 1024;
-
-/// Writes one [`poll`] entry into `buf` at `index`.
-pub fn put_poll_entry(buf: &mut [u8], index: usize, fd: i32, events: u16) {
-    let e = &mut buf[index * POLL_ENTRY..(index + 1) * POLL_ENTRY];
-    e[..4].copy_from_slice(&fd.to_le_bytes());
-    e[4..6].copy_from_slice(&events.to_le_bytes());
-    e[6..8].copy_from_slice(&0u16.to_le_bytes());
-}
-
-/// The returned events of [`poll`] entry `index` in `buf`.
-pub fn poll_entry_revents(buf: &[u8], index: usize) -> u16 {
-    let e = &buf[index * POLL_ENTRY..(index + 1) * POLL_ENTRY];
-    u16::from_le_bytes([e[6], e[7]])
-}
 
 enum Sock {
     /// Created, maybe bound (port 0: not bound).
@@ -574,8 +549,8 @@ pub fn set_nonblocking(fd: i32, nonblocking: bool) -> Result<(), Errno> {
     })
 }
 
-/// Waits until one of the sockets in `entries` (see [`POLL_ENTRY`],
-/// [`put_poll_entry`]) is ready for its requested events, or `timeout_ms`
+/// Waits until one of the sockets in `entries` (see
+/// `flexos_gate::abi::poll`) is ready for its requested events, or `timeout_ms`
 /// passes (negative: no limit); fills in the returned events and returns
 /// how many entries have some.
 pub fn poll(mut entries: SharedMut<'_>, timeout_ms: i64) -> Result<usize, Errno> {

@@ -211,3 +211,35 @@ unsafe impl Crossing for Whence {
         }
     }
 }
+
+/// The entries of the network stack's readiness call (`net::poll`): a
+/// shared buffer of [`ENTRY`](poll::ENTRY)-byte records, each a socket
+/// (i32), the requested events (u16) and the returned events (u16),
+/// little-endian, like `struct pollfd`.
+pub mod poll {
+    /// Readable: data, end of stream, or a connection to accept.
+    pub const POLLIN: u16 = 0x1;
+    /// Writable.
+    pub const POLLOUT: u16 = 0x4;
+    /// Error (returned, never requested).
+    pub const POLLERR: u16 = 0x8;
+    /// The connection is over (returned, never requested).
+    pub const POLLHUP: u16 = 0x10;
+    /// Not an open socket (returned, never requested).
+    pub const POLLNVAL: u16 = 0x20;
+    /// Bytes per entry.
+    pub const ENTRY: usize = 8;
+
+    /// Writes entry `index` of `buf`: socket `fd`, requested `events`, no returned events.
+    pub fn put_entry(buf: &mut [u8], index: usize, fd: i32, events: u16) {
+        let e = &mut buf[index * ENTRY..(index + 1) * ENTRY];
+        e[..4].copy_from_slice(&fd.to_le_bytes());
+        e[4..6].copy_from_slice(&events.to_le_bytes());
+        e[6..8].copy_from_slice(&0u16.to_le_bytes());
+    }
+
+    /// The returned events of entry `index` of `buf`.
+    pub fn revents(buf: &[u8], index: usize) -> u16 {
+        u16::from_le_bytes([buf[index * ENTRY + 6], buf[index * ENTRY + 7]])
+    }
+}

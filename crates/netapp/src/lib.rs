@@ -17,7 +17,7 @@
 use flexos_gate::abi::Errno;
 use flexos_gate::layout::Component;
 use flexos_gate::{SharedBuf, call};
-use flexos_net::{POLL_ENTRY, POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT, poll_entry_revents, put_poll_entry};
+use flexos_gate::abi::poll::{ENTRY as POLL_ENTRY, POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT, put_entry, revents};
 
 /// A connection whose unconsumed input or unsent output grows beyond this is closed.
 pub const MAX_PENDING: usize = 256 * 1024 * 1024;
@@ -118,10 +118,10 @@ pub fn serve<const C: usize, P: Protocol>(app: Component, options: Options, prot
         if entries.len() < needed {
             entries = SharedBuf::zeroed(needed * 2);
         }
-        put_poll_entry(&mut entries, 0, listener, POLLIN);
+        put_entry(&mut entries, 0, listener, POLLIN);
         for (i, c) in conns.iter().enumerate() {
             let events = if c.output.is_empty() { POLLIN } else { POLLIN | POLLOUT };
-            put_poll_entry(&mut entries, i + 1, c.fd, events);
+            put_entry(&mut entries, i + 1, c.fd, events);
         }
         let ready = net!(app, poll(entries.shared_mut().slice_mut(0..needed), -1)).map_err(errno("poll"))?;
         if ready == 0 {
@@ -129,9 +129,9 @@ pub fn serve<const C: usize, P: Protocol>(app: Component, options: Options, prot
         }
         cx.now_ms = clock();
         cx.uptime_ms = cx.now_ms - start_ms;
-        let revents: Vec<u16> = (0..=conns.len()).map(|i| poll_entry_revents(&entries, i)).collect();
+        let ready_events: Vec<u16> = (0..=conns.len()).map(|i| revents(&entries, i)).collect();
         for (i, c) in conns.iter_mut().enumerate() {
-            let ev = revents[i + 1];
+            let ev = ready_events[i + 1];
             if ev & POLLNVAL != 0 {
                 c.closing = true;
                 c.output.clear();
@@ -154,7 +154,7 @@ pub fn serve<const C: usize, P: Protocol>(app: Component, options: Options, prot
                 i += 1;
             }
         }
-        if revents[0] & POLLIN != 0 {
+        if ready_events[0] & POLLIN != 0 {
             loop {
                 match net!(app, accept(listener)) {
                     Ok((fd, _, _)) => {
