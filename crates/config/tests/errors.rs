@@ -62,6 +62,8 @@ fn unknown_component_names_line_and_fix() {
 #[test]
 fn component_of_another_app() {
     let e = one_error("app = \"sqlite\"\n[[compartment]]\nname = \"main\"\nmechanism = \"fcall\"\n[component.kv]\n");
+    assert!(e.message.contains("component \"kv\" is not part of an image of app \"sqlite\""), "{e}");
+    let e = one_error("app = \"sqlite\"\n[[compartment]]\nname = \"main\"\nmechanism = \"fcall\"\n[component.redis]\n");
     assert!(e.message.contains("unknown component"), "{e}");
 }
 
@@ -148,6 +150,27 @@ fn libc_must_stay_with_c_code() {
         "{HEAD}[[compartment]]\nname = \"b\"\nmechanism = \"fcall\"\n[component.libc]\ncompartment = \"b\"\n"
     ));
     assert!(e.message.contains("same compartment"), "{e}");
+}
+
+#[test]
+fn the_network_device_stays_with_the_stack_and_out_of_vms() {
+    let kv = HEAD.replace("sqlite", "kv");
+    let e = one_error(&format!(
+        "{kv}[[compartment]]\nname = \"b\"\nmechanism = \"fcall\"\n[component.net]\ncompartment = \"b\"\n"
+    ));
+    assert!(e.message.contains("\"netdev\" and \"net\" must be in the same compartment"), "{e}");
+    let e = one_error(&format!(
+        "{kv}[[compartment]]\nname = \"vm\"\nmechanism = \"kvm\"\n[component.net]\ncompartment = \"vm\"\n[component.netdev]\ncompartment = \"vm\"\n"
+    ));
+    assert!(e.message.contains("cannot run in kvm compartment \"vm\""), "{e}");
+    assert!(e.fix.contains("fcall or proc"), "{e}");
+    // The network components exist only in network images.
+    let e = one_error(&format!("{HEAD}[component.net]\ncompartment = \"main\"\n"));
+    assert!(e.message.contains("not part of an image of app \"sqlite\""), "{e}");
+    let ok = format!(
+        "{kv}[[compartment]]\nname = \"p\"\nmechanism = \"proc\"\n[component.net]\ncompartment = \"p\"\n[component.netdev]\ncompartment = \"p\"\n"
+    );
+    assert!(parse(Path::new("configs/ok.toml"), &ok).is_ok());
 }
 
 #[test]

@@ -15,9 +15,9 @@
 #![deny(unsafe_code)]
 
 use flexos_gate::abi::Errno;
+use flexos_gate::abi::poll::{ENTRY as POLL_ENTRY, POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT, put_entry, revents};
 use flexos_gate::layout::Component;
 use flexos_gate::{SharedBuf, call};
-use flexos_gate::abi::poll::{ENTRY as POLL_ENTRY, POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT, put_entry, revents};
 
 /// A connection whose unconsumed input or unsent output grows beyond this is closed.
 pub const MAX_PENDING: usize = 256 * 1024 * 1024;
