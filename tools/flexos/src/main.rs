@@ -338,7 +338,8 @@ fn run(config: &Path, options: &BuildArgs, netns: bool, args: &[String]) -> Resu
         exit::BUILD_FAILED
     })?;
     drop(ns);
-    std::process::exit(status.code().unwrap_or(128 + 9))
+    use std::os::unix::process::ExitStatusExt;
+    std::process::exit(status.code().unwrap_or(128 + status.signal().unwrap_or(9)))
 }
 
 fn main() {

@@ -527,3 +527,60 @@ fn an_image_without_a_network_answers_with_a_clear_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("FLEXOS_NET=\"tap:x\""), "{stderr}");
 }
+
+/// `flexos run --netns`: the tool makes the namespace, says how to reach
+/// the image, and removes the namespace when the image ends; if the tool
+/// itself is killed, the image dies with it and the next namespace made
+/// removes the stale one.
+#[test]
+fn tap_flexos_run_netns_cleans_up_after_the_image() {
+    let tag = tag("run-netns");
+    image("configs/kv.toml"); // built (and shared with the tool's build) before the tool runs
+    for kill_tool in [false, true] {
+        let mut tool = Command::new(env!("CARGO_BIN_EXE_flexos"))
+            .args(["run", "-q", "--netns", "configs/kv.toml"])
+            .current_dir(flexos::workspace_root())
+            .env("FLEXOS_TEST_TAG", &tag)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = std::io::BufReader::new(tool.stderr.take().unwrap());
+        let mut line = String::new();
+        let mut ns = None;
+        while std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0 {
+            if let Some(rest) = line.strip_prefix("network: namespace ") {
+                ns = rest.split_whitespace().next().map(str::to_owned);
+                break;
+            }
+            line.clear();
+        }
+        let ns = ns.unwrap_or_else(|| panic!("no namespace line: {line}"));
+        let mut stdout = std::io::BufReader::new(tool.stdout.take().unwrap());
+        let mut listening = String::new();
+        std::io::BufRead::read_line(&mut stdout, &mut listening).unwrap();
+        assert_eq!(listening.trim(), format!("listening: {}:6379", flexos::netns::IMAGE_IP));
+        let pong = Command::new("ip")
+            .args(["netns", "exec", &ns, "redis-cli", "-h", flexos::netns::IMAGE_IP, "ping"])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&pong.stdout).trim(), "PONG");
+        let image_pids: Vec<String> =
+            tagged_processes(&tag).into_iter().filter(|p| *p != tool.id().to_string()).collect();
+        assert_eq!(image_pids.len(), 1, "one image process: {image_pids:?}");
+        if kill_tool {
+            tool.kill().unwrap();
+            tool.wait().unwrap();
+            assert_nothing_left(&tag); // the image died with the tool
+            assert!(flexos::netns::list().contains(&ns), "a killed tool cannot remove its namespace");
+            flexos::netns::remove_stale();
+        } else {
+            Command::new("kill").arg(&image_pids[0]).status().unwrap();
+            let status = tool.wait().unwrap();
+            assert_eq!(status.code(), Some(128 + 15), "the tool reports the image's SIGTERM");
+        }
+        assert_namespace_gone(&ns);
+    }
+    assert_nothing_left(&tag);
+}
