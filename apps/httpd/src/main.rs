@@ -9,14 +9,14 @@
 //! missing file, 405 for other methods, 400 (and close) for a malformed
 //! request.
 //!
-//! `flexos-httpd [--port P] [--max-connections N] [--buffer-size BYTES]`
-//! (defaults 80, 1024, 64 KiB). It prints `listening: HOST:PORT`.
+//! `flexos-httpd [--port P] [--max-connections N] [--buffer-size BYTES] [--recv-size BYTES]`
+//! (defaults 80, 1024, 64 KiB, 64 KiB). It prints `listening: HOST:PORT`.
 #![deny(unsafe_code)]
 
 mod http;
 
 use flexos_gate::abi::{Errno, FileKind, open_flags};
-use flexos_gate::{SharedBuf, gate, layout};
+use flexos_gate::{SharedBuf, gate};
 use flexos_netapp::{Context, Flow, Protocol};
 use http::Parsed;
 
@@ -28,51 +28,19 @@ flexos_gate::component!(HTTPD);
 
 include!(concat!(env!("OUT_DIR"), "/packed_files.rs"));
 
-fn parse_args() -> Result<flexos_netapp::Options, String> {
-    let mut o =
-        flexos_netapp::Options { port: 80, recv_size: 64 * 1024, max_connections: 1024, buffer_size: 64 * 1024 };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let bad = |_| format!("{flag}: {value:?} is not a valid number");
-        match flag.as_str() {
-            "--port" => o.port = value.parse().map_err(bad)?,
-            "--max-connections" => o.max_connections = value.parse().map_err(bad)?,
-            "--buffer-size" => o.buffer_size = value.parse().map_err(bad)?,
-            _ => return Err(format!("unknown option {flag}")),
-        }
-    }
-    Ok(o)
-}
-
 fn main() {
-    flexos_platform::fault::install(layout::COMPARTMENT_NAMES);
-    flexos_gate::boot(&[
-        flexos_sched::FLEXOS_EXPORTS,
-        flexos_time::FLEXOS_EXPORTS,
-        flexos_vfs::FLEXOS_EXPORTS,
-        flexos_ramfs::FLEXOS_EXPORTS,
-        flexos_net::FLEXOS_EXPORTS,
-    ]);
-    let options = parse_args().unwrap_or_else(|e| {
-        eprintln!("flexos-httpd: {e}\nusage: flexos-httpd [--port P] [--max-connections N] [--buffer-size BYTES]");
-        std::process::exit(2)
-    });
+    flexos_netapp::boot();
+    let defaults =
+        flexos_netapp::Options { port: 80, recv_size: 64 * 1024, max_connections: 1024, buffer_size: 64 * 1024 };
+    let options = flexos_netapp::options("flexos-httpd", defaults);
     for (path, data) in PACKED_FILES {
         if let Err(e) = flexos_libc::install_file(path, data) {
             eprintln!("flexos-httpd: cannot unpack {path} into the image's file system: errno {}", e.0);
             std::process::exit(70);
         }
     }
-    let result = flexos_gate::fcall(FLEXOS_COMPONENT.compartment, || {
-        let mut server = Httpd { file: SharedBuf::zeroed(0) };
-        flexos_netapp::serve::<{ FLEXOS_COMPONENT.compartment }, _>(FLEXOS_COMPONENT, options, &mut server)
-    });
-    if let Err(e) = result {
-        eprintln!("flexos-httpd: {e}");
-        std::process::exit(1);
-    }
+    let mut server = Httpd { file: SharedBuf::zeroed(0) };
+    flexos_netapp::run::<{ FLEXOS_COMPONENT.compartment }, _>(FLEXOS_COMPONENT, "flexos-httpd", options, &mut server)
 }
 
 /// The server; `file` is the shared buffer that file contents are read into.

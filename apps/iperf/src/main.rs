@@ -9,7 +9,6 @@
 //! (defaults 5001, 128 KiB, 64, 256 KiB).
 #![deny(unsafe_code)]
 
-use flexos_gate::layout;
 use flexos_netapp::{Context, Flow, Protocol};
 
 /// Every allocation is served from the running compartment's heap.
@@ -18,48 +17,12 @@ static HEAP: flexos_alloc::CompartmentAllocator = flexos_alloc::CompartmentAlloc
 
 flexos_gate::component!(IPERF);
 
-fn parse_args() -> Result<flexos_netapp::Options, String> {
-    let mut o =
-        flexos_netapp::Options { port: 5001, recv_size: 128 * 1024, max_connections: 64, buffer_size: 256 * 1024 };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let bad = |_| format!("{flag}: {value:?} is not a valid number");
-        match flag.as_str() {
-            "--port" => o.port = value.parse().map_err(bad)?,
-            "--recv-size" => o.recv_size = value.parse().map_err(bad)?,
-            "--max-connections" => o.max_connections = value.parse().map_err(bad)?,
-            "--buffer-size" => o.buffer_size = value.parse().map_err(bad)?,
-            _ => return Err(format!("unknown option {flag}")),
-        }
-    }
-    if o.recv_size == 0 || o.recv_size > 16 << 20 {
-        return Err("--recv-size must be 1 B to 16 MiB".into());
-    }
-    Ok(o)
-}
-
 fn main() {
-    flexos_platform::fault::install(layout::COMPARTMENT_NAMES);
-    flexos_gate::boot(&[
-        flexos_sched::FLEXOS_EXPORTS,
-        flexos_time::FLEXOS_EXPORTS,
-        flexos_vfs::FLEXOS_EXPORTS,
-        flexos_ramfs::FLEXOS_EXPORTS,
-        flexos_net::FLEXOS_EXPORTS,
-    ]);
-    let options = parse_args().unwrap_or_else(|e| {
-        eprintln!("flexos-iperf: {e}\nusage: flexos-iperf [--port P] [--recv-size BYTES] [--max-connections N] [--buffer-size BYTES]");
-        std::process::exit(2)
-    });
-    let result = flexos_gate::fcall(FLEXOS_COMPONENT.compartment, || {
-        flexos_netapp::serve::<{ FLEXOS_COMPONENT.compartment }, _>(FLEXOS_COMPONENT, options, &mut Iperf)
-    });
-    if let Err(e) = result {
-        eprintln!("flexos-iperf: {e}");
-        std::process::exit(1);
-    }
+    flexos_netapp::boot();
+    let defaults =
+        flexos_netapp::Options { port: 5001, recv_size: 128 * 1024, max_connections: 64, buffer_size: 256 * 1024 };
+    let options = flexos_netapp::options("flexos-iperf", defaults);
+    flexos_netapp::run::<{ FLEXOS_COMPONENT.compartment }, _>(FLEXOS_COMPONENT, "flexos-iperf", options, &mut Iperf)
 }
 
 /// The receive server.

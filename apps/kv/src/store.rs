@@ -241,11 +241,7 @@ impl Store {
             }
             "GET" => {
                 need!(a.len() == 1);
-                match self.live(a[0], now).map(|i| &i.value) {
-                    None => resp::null(out),
-                    Some(Value::Str(s)) => resp::bulk(out, s),
-                    Some(_) => resp::error(out, WRONGTYPE),
-                }
+                self.read(a[0], now, out, string, resp::null, |s, out| resp::bulk(out, s));
             }
             "SET" => {
                 need!(a.len() >= 2);
@@ -311,11 +307,7 @@ impl Store {
             }
             "STRLEN" => {
                 need!(a.len() == 1);
-                match self.live(a[0], now).map(|i| &i.value) {
-                    None => resp::integer(out, 0),
-                    Some(Value::Str(s)) => resp::integer(out, s.len() as i64),
-                    Some(_) => resp::error(out, WRONGTYPE),
-                }
+                self.read(a[0], now, out, string, zero, |s, out| resp::integer(out, s.len() as i64));
             }
             "INCR" | "DECR" | "INCRBY" | "DECRBY" => {
                 let by = match name.as_str() {
@@ -472,43 +464,31 @@ impl Store {
             }
             "LLEN" => {
                 need!(a.len() == 1);
-                match self.live(a[0], now).map(|i| &i.value) {
-                    None => resp::integer(out, 0),
-                    Some(Value::List(l)) => resp::integer(out, l.len() as i64),
-                    Some(_) => resp::error(out, WRONGTYPE),
-                }
+                self.read(a[0], now, out, list, zero, |l, out| resp::integer(out, l.len() as i64));
             }
             "LINDEX" => {
                 need!(a.len() == 2);
                 let Some(i) = int(a[1]) else { return self.reply_err(out, NOT_INTEGER) };
-                match self.live(a[0], now).map(|i| &i.value) {
-                    None => resp::null(out),
-                    Some(Value::List(l)) => {
-                        let idx = if i < 0 { l.len() as i64 + i } else { i };
-                        match usize::try_from(idx).ok().and_then(|i| l.get(i)) {
-                            Some(v) => resp::bulk(out, v),
-                            None => resp::null(out),
-                        }
+                self.read(a[0], now, out, list, resp::null, |l, out| {
+                    let idx = if i < 0 { l.len() as i64 + i } else { i };
+                    match usize::try_from(idx).ok().and_then(|i| l.get(i)) {
+                        Some(v) => resp::bulk(out, v),
+                        None => resp::null(out),
                     }
-                    Some(_) => resp::error(out, WRONGTYPE),
-                }
+                });
             }
             "LRANGE" => {
                 need!(a.len() == 3);
                 let (Some(start), Some(stop)) = (int(a[1]), int(a[2])) else { return self.reply_err(out, NOT_INTEGER) };
-                match self.live(a[0], now).map(|i| &i.value) {
+                self.read(a[0], now, out, list, empty_array, |l, out| match index_range(start, stop, l.len()) {
                     None => resp::array(out, 0),
-                    Some(Value::List(l)) => match index_range(start, stop, l.len()) {
-                        None => resp::array(out, 0),
-                        Some((s, e)) => {
-                            resp::array(out, e - s + 1);
-                            for v in l.range(s..=e) {
-                                resp::bulk(out, v);
-                            }
+                    Some((s, e)) => {
+                        resp::array(out, e - s + 1);
+                        for v in l.range(s..=e) {
+                            resp::bulk(out, v);
                         }
-                    },
-                    Some(_) => resp::error(out, WRONGTYPE),
-                }
+                    }
+                });
             }
             "SADD" => {
                 need!(a.len() >= 2);
@@ -522,63 +502,38 @@ impl Store {
             }
             "SREM" => {
                 need!(a.len() >= 2);
-                match self.live(a[0], now).map(|i| &mut i.value) {
-                    None => resp::integer(out, 0),
-                    Some(Value::Set(s)) => {
-                        let n = a[1..].iter().filter(|m| s.remove(**m)).count();
-                        resp::integer(out, n as i64);
-                    }
-                    Some(_) => resp::error(out, WRONGTYPE),
-                }
-                self.drop_if_empty(a[0]);
+                self.read(a[0], now, out, set, zero, |s, out| {
+                    let n = a[1..].iter().filter(|m| s.remove(**m)).count();
+                    resp::integer(out, n as i64);
+                });
             }
             "SPOP" => {
                 need!(a.len() == 1);
                 let r = self.random() as usize;
-                match self.live(a[0], now).map(|i| &mut i.value) {
-                    None => resp::null(out),
-                    Some(Value::Set(s)) => {
-                        let pick = s.iter().nth(r % s.len().max(1)).cloned();
-                        match pick {
-                            Some(m) => {
-                                s.remove(&m);
-                                resp::bulk(out, &m);
-                            }
-                            None => resp::null(out),
-                        }
+                self.read(a[0], now, out, set, resp::null, |s, out| match s.iter().nth(r % s.len().max(1)).cloned() {
+                    Some(m) => {
+                        s.remove(&m);
+                        resp::bulk(out, &m);
                     }
-                    Some(_) => resp::error(out, WRONGTYPE),
-                }
-                self.drop_if_empty(a[0]);
+                    None => resp::null(out),
+                });
             }
             "SCARD" => {
                 need!(a.len() == 1);
-                match self.live(a[0], now).map(|i| &i.value) {
-                    None => resp::integer(out, 0),
-                    Some(Value::Set(s)) => resp::integer(out, s.len() as i64),
-                    Some(_) => resp::error(out, WRONGTYPE),
-                }
+                self.read(a[0], now, out, set, zero, |s, out| resp::integer(out, s.len() as i64));
             }
             "SISMEMBER" => {
                 need!(a.len() == 2);
-                match self.live(a[0], now).map(|i| &i.value) {
-                    None => resp::integer(out, 0),
-                    Some(Value::Set(s)) => resp::integer(out, s.contains(a[1]) as i64),
-                    Some(_) => resp::error(out, WRONGTYPE),
-                }
+                self.read(a[0], now, out, set, zero, |s, out| resp::integer(out, s.contains(a[1]) as i64));
             }
             "SMEMBERS" => {
                 need!(a.len() == 1);
-                match self.live(a[0], now).map(|i| &i.value) {
-                    None => resp::array(out, 0),
-                    Some(Value::Set(s)) => {
-                        resp::array(out, s.len());
-                        for m in s {
-                            resp::bulk(out, m);
-                        }
+                self.read(a[0], now, out, set, empty_array, |s, out| {
+                    resp::array(out, s.len());
+                    for m in s.iter() {
+                        resp::bulk(out, m);
                     }
-                    Some(_) => resp::error(out, WRONGTYPE),
-                }
+                });
             }
             "HSET" | "HMSET" => {
                 need!(a.len() >= 3 && a.len() & 1 == 1);
@@ -593,56 +548,35 @@ impl Store {
             }
             "HGET" => {
                 need!(a.len() == 2);
-                match self.live(a[0], now).map(|i| &i.value) {
-                    Some(Value::Hash(h)) => match h.get(a[1]) {
-                        Some(v) => resp::bulk(out, v),
-                        None => resp::null(out),
-                    },
+                self.read(a[0], now, out, hash, resp::null, |h, out| match h.get(a[1]) {
+                    Some(v) => resp::bulk(out, v),
                     None => resp::null(out),
-                    Some(_) => resp::error(out, WRONGTYPE),
-                }
+                });
             }
             "HDEL" => {
                 need!(a.len() >= 2);
-                match self.live(a[0], now).map(|i| &mut i.value) {
-                    None => resp::integer(out, 0),
-                    Some(Value::Hash(h)) => {
-                        let n = a[1..].iter().filter(|f| h.remove(**f).is_some()).count();
-                        resp::integer(out, n as i64);
-                    }
-                    Some(_) => resp::error(out, WRONGTYPE),
-                }
-                self.drop_if_empty(a[0]);
+                self.read(a[0], now, out, hash, zero, |h, out| {
+                    let n = a[1..].iter().filter(|f| h.remove(**f).is_some()).count();
+                    resp::integer(out, n as i64);
+                });
             }
             "HLEN" => {
                 need!(a.len() == 1);
-                match self.live(a[0], now).map(|i| &i.value) {
-                    None => resp::integer(out, 0),
-                    Some(Value::Hash(h)) => resp::integer(out, h.len() as i64),
-                    Some(_) => resp::error(out, WRONGTYPE),
-                }
+                self.read(a[0], now, out, hash, zero, |h, out| resp::integer(out, h.len() as i64));
             }
             "HEXISTS" => {
                 need!(a.len() == 2);
-                match self.live(a[0], now).map(|i| &i.value) {
-                    None => resp::integer(out, 0),
-                    Some(Value::Hash(h)) => resp::integer(out, h.contains_key(a[1]) as i64),
-                    Some(_) => resp::error(out, WRONGTYPE),
-                }
+                self.read(a[0], now, out, hash, zero, |h, out| resp::integer(out, h.contains_key(a[1]) as i64));
             }
             "HGETALL" => {
                 need!(a.len() == 1);
-                match self.live(a[0], now).map(|i| &i.value) {
-                    None => resp::array(out, 0),
-                    Some(Value::Hash(h)) => {
-                        resp::array(out, h.len() * 2);
-                        for (f, v) in h {
-                            resp::bulk(out, f);
-                            resp::bulk(out, v);
-                        }
+                self.read(a[0], now, out, hash, empty_array, |h, out| {
+                    resp::array(out, h.len() * 2);
+                    for (f, v) in h.iter() {
+                        resp::bulk(out, f);
+                        resp::bulk(out, v);
                     }
-                    Some(_) => resp::error(out, WRONGTYPE),
-                }
+                });
             }
             "ZADD" => {
                 need!(a.len() >= 3 && a.len() & 1 == 1);
@@ -689,34 +623,21 @@ impl Store {
             }
             "ZREM" => {
                 need!(a.len() >= 2);
-                match self.live(a[0], now).map(|i| &mut i.value) {
-                    None => resp::integer(out, 0),
-                    Some(Value::ZSet(z)) => {
-                        let n = a[1..].iter().filter(|m| z.remove(m)).count();
-                        resp::integer(out, n as i64);
-                    }
-                    Some(_) => resp::error(out, WRONGTYPE),
-                }
-                self.drop_if_empty(a[0]);
+                self.read(a[0], now, out, zset, zero, |z, out| {
+                    let n = a[1..].iter().filter(|m| z.remove(m)).count();
+                    resp::integer(out, n as i64);
+                });
             }
             "ZCARD" => {
                 need!(a.len() == 1);
-                match self.live(a[0], now).map(|i| &i.value) {
-                    None => resp::integer(out, 0),
-                    Some(Value::ZSet(z)) => resp::integer(out, z.scores.len() as i64),
-                    Some(_) => resp::error(out, WRONGTYPE),
-                }
+                self.read(a[0], now, out, zset, zero, |z, out| resp::integer(out, z.scores.len() as i64));
             }
             "ZSCORE" => {
                 need!(a.len() == 2);
-                match self.live(a[0], now).map(|i| &i.value) {
-                    Some(Value::ZSet(z)) => match z.scores.get(a[1]) {
-                        Some(s) => resp::bulk(out, &format_float(*s)),
-                        None => resp::null(out),
-                    },
+                self.read(a[0], now, out, zset, resp::null, |z, out| match z.scores.get(a[1]) {
+                    Some(s) => resp::bulk(out, &format_float(*s)),
                     None => resp::null(out),
-                    Some(_) => resp::error(out, WRONGTYPE),
-                }
+                });
             }
             "ZRANGE" => {
                 need!(a.len() == 3 || a.len() == 4);
@@ -764,6 +685,27 @@ impl Store {
             }
         }
         After::Continue
+    }
+
+    /// Replies for a command on `key` as one kind of value (`kind` picks it
+    /// out): `absent` when there is no such key, WRONGTYPE when the key
+    /// holds another kind, else `f` on the value. A collection the command
+    /// emptied is deleted, as in Redis.
+    fn read<T: ?Sized>(
+        &mut self,
+        key: &[u8],
+        now: u64,
+        out: &mut Vec<u8>,
+        kind: fn(&mut Value) -> Option<&mut T>,
+        absent: fn(&mut Vec<u8>),
+        f: impl FnOnce(&mut T, &mut Vec<u8>),
+    ) {
+        match self.live(key, now).map(|i| kind(&mut i.value)) {
+            None => absent(out),
+            Some(Some(v)) => f(v, out),
+            Some(None) => resp::error(out, WRONGTYPE),
+        }
+        self.drop_if_empty(key);
     }
 
     fn reply_err(&mut self, out: &mut Vec<u8>, msg: &str) -> After {
@@ -862,6 +804,36 @@ impl Store {
             _ => resp::error(out, "ERR unknown subcommand or wrong number of arguments for 'config' command"),
         }
     }
+}
+
+/// Replies `:0`: an absent key counts as empty.
+fn zero(out: &mut Vec<u8>) {
+    resp::integer(out, 0)
+}
+
+/// Replies `*0`: an absent key reads as an empty collection.
+fn empty_array(out: &mut Vec<u8>) {
+    resp::array(out, 0)
+}
+
+fn string(v: &mut Value) -> Option<&mut Vec<u8>> {
+    if let Value::Str(s) = v { Some(s) } else { None }
+}
+
+fn list(v: &mut Value) -> Option<&mut VecDeque<Vec<u8>>> {
+    if let Value::List(l) = v { Some(l) } else { None }
+}
+
+fn set(v: &mut Value) -> Option<&mut HashSet<Vec<u8>>> {
+    if let Value::Set(s) = v { Some(s) } else { None }
+}
+
+fn hash(v: &mut Value) -> Option<&mut HashMap<Vec<u8>, Vec<u8>>> {
+    if let Value::Hash(h) = v { Some(h) } else { None }
+}
+
+fn zset(v: &mut Value) -> Option<&mut SortedSet> {
+    if let Value::ZSet(z) = v { Some(z) } else { None }
 }
 
 fn reply_opt(out: &mut Vec<u8>, v: Option<Vec<u8>>) {

@@ -530,6 +530,9 @@ pub fn close(fd: i32) -> Result<(), Errno> {
         let stack = n.stack()?;
         for h in handles {
             let s = stack.tcp(h);
+            // A peer that vanished must not hold the endpoint forever: probe it, give up after a while.
+            s.set_keep_alive(Some(smoltcp::time::Duration::from_secs(5)));
+            s.set_timeout(Some(smoltcp::time::Duration::from_secs(15)));
             if s.recv_queue() > 0 || matches!(s.state(), State::Listen | State::SynReceived) {
                 s.abort();
             } else {

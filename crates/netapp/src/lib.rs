@@ -86,6 +86,67 @@ struct Conn<S> {
     state: S,
 }
 
+/// Boots a network image: installs the fault reporter and starts the
+/// domains with the export tables of every component a network image has
+/// (in a compartment's own process this never returns).
+pub fn boot() {
+    flexos_platform::fault::install(flexos_gate::layout::COMPARTMENT_NAMES);
+    flexos_gate::boot(&[
+        flexos_sched::FLEXOS_EXPORTS,
+        flexos_time::FLEXOS_EXPORTS,
+        flexos_vfs::FLEXOS_EXPORTS,
+        flexos_ramfs::FLEXOS_EXPORTS,
+        flexos_net::FLEXOS_EXPORTS,
+    ]);
+}
+
+/// The options on the command line (`--port`, `--recv-size`,
+/// `--max-connections`, `--buffer-size`, each with a number), over
+/// `defaults`; a bad command line prints `program`'s usage and exits 2.
+pub fn options(program: &str, defaults: Options) -> Options {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    parse_options(&args, defaults).unwrap_or_else(|e| {
+        eprintln!(
+            "{program}: {e}\nusage: {program} [--port P] [--recv-size BYTES] [--max-connections N] [--buffer-size BYTES]"
+        );
+        std::process::exit(2)
+    })
+}
+
+/// Parses the options of [`options`].
+pub fn parse_options(args: &[String], defaults: Options) -> Result<Options, String> {
+    let mut o = defaults;
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let number = || value.parse::<u64>().map_err(|_| format!("{flag}: {value:?} is not a valid number"));
+        let small =
+            |max: u64| number().and_then(|n| if n <= max { Ok(n) } else { Err(format!("{flag}: at most {max}")) });
+        match flag.as_str() {
+            "--port" => o.port = small(u16::MAX as u64)? as u16,
+            "--recv-size" => o.recv_size = small(16 << 20)? as usize,
+            "--max-connections" => o.max_connections = small(u32::MAX as u64)? as u32,
+            "--buffer-size" => o.buffer_size = small(u32::MAX as u64)? as u32,
+            _ => return Err(format!("unknown option {flag}")),
+        }
+    }
+    if o.recv_size == 0 {
+        return Err("--recv-size must be at least 1".into());
+    }
+    Ok(o)
+}
+
+/// Runs `protocol` in the application's compartment `C` (component `app`)
+/// with [`serve`]; a setup error is printed (as `program: ...`) and ends
+/// the image with status 1.
+pub fn run<const C: usize, P: Protocol>(app: Component, program: &str, options: Options, protocol: &mut P) -> ! {
+    let result = flexos_gate::fcall(C, || serve::<C, P>(app, options, protocol));
+    if let Err(e) = result {
+        eprintln!("{program}: {e}");
+    }
+    std::process::exit(1)
+}
+
 fn errno(what: &'static str) -> impl Fn(Errno) -> String {
     move |e| format!("{what}: errno {}", e.0)
 }
@@ -241,4 +302,26 @@ fn write_output<const C: usize, S>(app: Component, c: &mut Conn<S>, io: &mut Sha
         }
     }
     c.output.drain(..sent);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEFAULTS: Options = Options { port: 1, recv_size: 2, max_connections: 3, buffer_size: 4 };
+
+    fn parse(args: &[&str]) -> Result<Options, String> {
+        parse_options(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>(), DEFAULTS)
+    }
+
+    #[test]
+    fn command_line_options() {
+        let o = parse(&["--port", "8080", "--recv-size", "16"]).unwrap();
+        assert_eq!((o.port, o.recv_size, o.max_connections, o.buffer_size), (8080, 16, 3, 4));
+        assert!(parse(&["--port", "70000"]).unwrap_err().contains("at most 65535"));
+        assert!(parse(&["--port"]).unwrap_err().contains("needs a value"));
+        assert!(parse(&["--colour", "1"]).unwrap_err().contains("unknown option"));
+        assert!(parse(&["--recv-size", "0"]).is_err());
+        assert!(parse(&["--buffer-size", "x"]).unwrap_err().contains("not a valid number"));
+    }
 }

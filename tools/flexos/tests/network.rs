@@ -145,6 +145,19 @@ fn xorshift(state: &mut u64) -> u64 {
     *state
 }
 
+/// Sends, on a fresh connection, a request of up to `max_pieces` random
+/// `pieces`, closes the sending side and waits briefly for what comes back.
+fn send_fuzzed_request(server: &Forwarded, pieces: &[&[u8]], max_pieces: u64, state: &mut u64) {
+    let mut s = server.connect();
+    let mut req = Vec::new();
+    for _ in 0..(xorshift(state) % max_pieces) {
+        req.extend_from_slice(pieces[(xorshift(state) % pieces.len() as u64) as usize]);
+    }
+    let _ = s.write_all(&req);
+    let _ = s.shutdown(Shutdown::Write);
+    let _ = read_to_close(&mut s, Duration::from_millis(200));
+}
+
 /// The tests of a plain `redis-benchmark` run (Redis 7.0).
 const REDIS_BENCHMARK_TESTS: &[&str] = &[
     "PING_INLINE",
@@ -288,14 +301,7 @@ fn malformed_and_abandoned_requests_never_stop_the_kv_server() {
     ];
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     for round in 0..300 {
-        let mut s = kv.connect();
-        let mut req = Vec::new();
-        for _ in 0..(xorshift(&mut state) % 12) {
-            req.extend_from_slice(pieces[(xorshift(&mut state) % pieces.len() as u64) as usize]);
-        }
-        let _ = s.write_all(&req);
-        let _ = s.shutdown(Shutdown::Write);
-        let _ = read_to_close(&mut s, Duration::from_millis(200));
+        send_fuzzed_request(&kv, pieces, 12, &mut state);
         if round % 50 == 0 {
             assert_eq!(exchange(&mut healthy, b"GET k\r\n", 7), b"$1\r\nv\r\n", "after fuzz round {round}");
         }
@@ -453,14 +459,7 @@ fn malformed_http_requests_get_400_and_the_server_keeps_serving() {
     ];
     let mut state = 0x853c_49e6_748f_ea9bu64;
     for _ in 0..300 {
-        let mut s = httpd.connect();
-        let mut req = Vec::new();
-        for _ in 0..(xorshift(&mut state) % 14) {
-            req.extend_from_slice(pieces[(xorshift(&mut state) % pieces.len() as u64) as usize]);
-        }
-        let _ = s.write_all(&req);
-        let _ = s.shutdown(Shutdown::Write);
-        let _ = read_to_close(&mut s, Duration::from_millis(200));
+        send_fuzzed_request(&httpd, pieces, 14, &mut state);
     }
     httpd.assert_running();
     let mut s = httpd.connect();
