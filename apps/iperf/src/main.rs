@@ -7,6 +7,11 @@
 //!
 //! `flexos-iperf [--port P] [--recv-size BYTES] [--max-connections N] [--buffer-size BYTES]`
 //! (defaults 5001, 128 KiB, 64, 256 KiB).
+//!
+//! `flexos-iperf --client A.B.C.D:PORT [SECONDS]` is the other side: it
+//! connects (a blocking `connect`) to an iperf 2 server, sends zeros with
+//! blocking `send`s for SECONDS (default 1), closes, and prints
+//! `sent: BYTES bytes in SECONDS s = RATE Mbit/s`.
 #![deny(unsafe_code)]
 
 use flexos_netapp::{Context, Flow, Protocol};
@@ -19,6 +24,26 @@ flexos_gate::component!(IPERF);
 
 fn main() {
     flexos_netapp::boot();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "--client") {
+        let target = args.get(1).and_then(|t| t.parse::<std::net::SocketAddrV4>().ok());
+        let seconds = args.get(2).map_or(Some(1), |s| s.parse::<u64>().ok());
+        let (Some(target), Some(seconds)) = (target, seconds) else {
+            eprintln!("usage: flexos-iperf --client A.B.C.D:PORT [SECONDS]");
+            std::process::exit(2)
+        };
+        let result = flexos_gate::fcall(FLEXOS_COMPONENT.compartment, || client(target, seconds));
+        match result {
+            Ok((bytes, secs)) => {
+                println!("sent: {bytes} bytes in {secs:.3} s = {:.2} Mbit/s", bytes as f64 * 8.0 / secs / 1e6);
+                std::process::exit(0)
+            }
+            Err(e) => {
+                eprintln!("flexos-iperf: {e}");
+                std::process::exit(1)
+            }
+        }
+    }
     let defaults =
         flexos_netapp::Options { port: 5001, recv_size: 128 * 1024, max_connections: 64, buffer_size: 256 * 1024 };
     let options = flexos_netapp::options("flexos-iperf", defaults);
@@ -51,4 +76,27 @@ impl Protocol for Iperf {
         let mbit = if secs > 0.0 { s.bytes as f64 * 8.0 / secs / 1e6 } else { 0.0 };
         println!("received: {} bytes in {secs:.3} s = {mbit:.2} Mbit/s", s.bytes);
     }
+}
+
+/// The client mode: blocking connect and sends for `seconds`; returns the bytes sent and the time taken.
+fn client(target: std::net::SocketAddrV4, seconds: u64) -> Result<(u64, f64), String> {
+    use flexos_gate::{SharedBuf, gate};
+    let errno = |what: &'static str| move |e: flexos_gate::abi::Errno| format!("{what} {target}: errno {}", e.0);
+    let fd = gate!(flexos_net::socket()).map_err(errno("socket"))?;
+    gate!(flexos_net::connect(fd, target.ip().octets(), target.port())).map_err(errno("connect"))?;
+    let data = SharedBuf::zeroed(64 * 1024);
+    let start = gate!(flexos_time::monotonic_ns());
+    let end = start + seconds * 1_000_000_000;
+    let mut bytes = 0u64;
+    let mut now = start;
+    while now < end {
+        bytes += gate!(flexos_net::send(fd, data.shared())).map_err(errno("send to"))? as u64;
+        now = gate!(flexos_time::monotonic_ns());
+    }
+    gate!(flexos_net::shutdown(fd, flexos_net::SHUT_WR)).map_err(errno("shutdown"))?;
+    // Wait for the server's end of the stream, then close.
+    let mut sink = SharedBuf::zeroed(4096);
+    while gate!(flexos_net::recv(fd, sink.shared_mut())).map_err(errno("recv from"))? > 0 {}
+    gate!(flexos_net::close(fd)).map_err(errno("close"))?;
+    Ok((bytes, (now - start) as f64 / 1e9))
 }

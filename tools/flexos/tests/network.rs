@@ -583,3 +583,42 @@ fn tap_flexos_run_netns_cleans_up_after_the_image() {
     }
     assert_nothing_left(&tag);
 }
+
+/// The other direction: the image connects (blocking `connect`, `send`,
+/// `recv` parked in the scheduler) to a Linux `iperf -s` in its namespace.
+#[test]
+fn tap_the_image_connects_to_a_linux_server() {
+    let tag = tag("iperf-client");
+    let server = Server::linux("iperf", &["-s", "-p", "5001"], 5001).unwrap();
+    let target = format!("{}:5001", flexos::netns::HOST_IP);
+    let out = server
+        .ns
+        .exec(&image("configs/iperf.toml").to_string_lossy())
+        .args(["--client", &target, "1"])
+        .env("FLEXOS_NET", server.ns.flexos_net())
+        .env("FLEXOS_TEST_TAG", &tag)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let bytes: u64 =
+        stdout.strip_prefix("sent: ").and_then(|r| r.split(' ').next()).and_then(|b| b.parse().ok()).unwrap_or(0);
+    assert!(bytes > 1_000_000, "{stdout}");
+    // Nobody listens on port 5002: the connection is refused, with a clear message.
+    let out = server
+        .ns
+        .exec(&image("configs/iperf.toml").to_string_lossy())
+        .args(["--client", &format!("{}:5002", flexos::netns::HOST_IP)])
+        .env("FLEXOS_NET", server.ns.flexos_net())
+        .env("FLEXOS_TEST_TAG", &tag)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("connect 172.31.77.1:5002: errno 111"), "{stderr}");
+    let ns = server.ns.name.clone();
+    drop(server);
+    assert_namespace_gone(&ns);
+    assert_nothing_left(&tag);
+}
