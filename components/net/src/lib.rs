@@ -58,6 +58,10 @@ pub const SHUT_RD: u32 = 0;
 pub const SHUT_WR: u32 = 1;
 /// [`shutdown`]: both.
 pub const SHUT_RDWR: u32 = 2;
+/// The most endpoints one listener keeps listening (a larger backlog is
+/// cut to it): each is a full TCP endpoint with its buffers, and each one
+/// absorbs one connection attempt of a burst until it is accepted.
+pub const MAX_LISTENING: u32 = 128;
 /// Default for [`configure`]'s `max_connections`.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
 /// Default for [`configure`]'s `buffer_size`.
@@ -251,18 +255,20 @@ impl Net {
     }
 
     /// The events of `fd` among `requested` (plus errors and hang-ups).
-    fn readiness(&mut self, fd: i32, requested: u16) -> u16 {
-        let Ok(entry) = self.entry(fd) else { return POLLNVAL };
+    fn readiness(&self, fd: i32, requested: u16) -> u16 {
+        let entry = fd.checked_sub(FIRST_FD).and_then(|i| self.table.get(i as usize)).and_then(Option::as_ref);
+        let Some(entry) = entry else { return POLLNVAL };
+        let stack = &self.stack;
         let ready = match &entry.sock {
             Sock::Fresh { .. } => POLLOUT | POLLHUP,
             Sock::Listener { queue, .. } => {
-                let queue = queue.clone();
-                let stack = self.stack.as_mut().expect("listeners imply a stack");
-                if queue.iter().any(|&h| established(stack.tcp(h).state())) { POLLIN } else { 0 }
+                let stack = stack.as_ref().expect("listeners imply a stack");
+                let accepted = queue.iter().any(|&h| established(stack.sockets.get::<tcp::Socket>(h).state()));
+                if accepted { POLLIN } else { 0 }
             }
             &Sock::Stream { handle, shut_rd } => {
-                let stack = self.stack.as_mut().expect("streams imply a stack");
-                let s = stack.tcp(handle);
+                let stack = stack.as_ref().expect("streams imply a stack");
+                let s = stack.sockets.get::<tcp::Socket>(handle);
                 let mut ev = 0;
                 if shut_rd || s.can_recv() || !s.may_recv() && s.state() != State::SynSent {
                     ev |= POLLIN;
@@ -366,7 +372,7 @@ pub fn bind(fd: i32, port: u16) -> Result<(), Errno> {
 }
 
 /// Makes the bound socket `fd` accept connections, keeping up to `backlog`
-/// (at least 1) waiting; prints `listening: HOST:PORT`, how a client on
+/// (1 to [`MAX_LISTENING`]) waiting; prints `listening: HOST:PORT`, how a client on
 /// this machine reaches it.
 pub fn listen(fd: i32, backlog: u32) -> Result<(), Errno> {
     with(|n| {
@@ -374,7 +380,8 @@ pub fn listen(fd: i32, backlog: u32) -> Result<(), Errno> {
             Sock::Fresh { port } if port != 0 => port,
             _ => return Err(Errno::EINVAL),
         };
-        n.entry(fd)?.sock = Sock::Listener { port, backlog: backlog.clamp(1, 1024) as usize, queue: Vec::new() };
+        let backlog = backlog.clamp(1, MAX_LISTENING) as usize;
+        n.entry(fd)?.sock = Sock::Listener { port, backlog, queue: Vec::new() };
         n.replenish();
         if !n.exposed.contains(&port) {
             let stack = n.stack()?;
