@@ -8,6 +8,10 @@
 //! `flexos-iperf [--port P] [--recv-size BYTES] [--max-connections N] [--buffer-size BYTES]`
 //! (defaults 5001, 128 KiB, 64, 256 KiB).
 //!
+//! `flexos-iperf --threads PORT` serves each connection in a scheduler
+//! thread of its own with blocking `accept` and `recv` (threads park in
+//! `sched` while they wait), instead of the event loop.
+//!
 //! `flexos-iperf --client A.B.C.D:PORT [SECONDS]` is the other side: it
 //! connects (a blocking `connect`) to an iperf 2 server, sends zeros with
 //! blocking `send`s for SECONDS (default 1), closes, and prints
@@ -25,6 +29,17 @@ flexos_gate::component!(IPERF);
 fn main() {
     flexos_netapp::boot();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "--threads") {
+        let Some(port) = args.get(1).and_then(|p| p.parse::<u16>().ok()) else {
+            eprintln!("usage: flexos-iperf --threads PORT");
+            std::process::exit(2)
+        };
+        let result = flexos_gate::fcall(FLEXOS_COMPONENT.compartment, || threaded(port));
+        if let Err(e) = result {
+            eprintln!("flexos-iperf: {e}");
+        }
+        std::process::exit(1)
+    }
     if args.first().is_some_and(|a| a == "--client") {
         let target = args.get(1).and_then(|t| t.parse::<std::net::SocketAddrV4>().ok());
         let seconds = args.get(2).map_or(Some(1), |s| s.parse::<u64>().ok());
@@ -99,4 +114,36 @@ fn client(target: std::net::SocketAddrV4, seconds: u64) -> Result<(u64, f64), St
     while gate!(flexos_net::recv(fd, sink.shared_mut())).map_err(errno("recv from"))? > 0 {}
     gate!(flexos_net::close(fd)).map_err(errno("close"))?;
     Ok((bytes, (now - start) as f64 / 1e9))
+}
+
+/// The threaded server: a blocking accept loop that gives every connection
+/// a scheduler thread with blocking reads. Returns only on a setup error.
+fn threaded(port: u16) -> Result<(), String> {
+    use flexos_gate::{Callback, gate};
+    let errno = |what: &'static str| move |e: flexos_gate::abi::Errno| format!("{what}: errno {}", e.0);
+    let fd = gate!(flexos_net::socket()).map_err(errno("socket"))?;
+    gate!(flexos_net::bind(fd, port)).map_err(errno("bind"))?;
+    gate!(flexos_net::listen(fd, 16)).map_err(errno("listen"))?;
+    loop {
+        let (conn, _, _) = gate!(flexos_net::accept(fd)).map_err(errno("accept"))?;
+        gate!(flexos_sched::spawn(Callback::new(move || receive_stream(conn))));
+    }
+}
+
+/// One connection of the threaded server: blocking reads until the end of the stream.
+fn receive_stream(conn: i32) {
+    use flexos_gate::{SharedBuf, gate};
+    let mut buf = SharedBuf::zeroed(128 * 1024);
+    let start = gate!(flexos_time::monotonic_ns());
+    let mut bytes = 0u64;
+    while let Ok(n @ 1..) = gate!(flexos_net::recv(conn, buf.shared_mut())) {
+        bytes += n as u64;
+    }
+    let secs = (gate!(flexos_time::monotonic_ns()) - start) as f64 / 1e9;
+    let _ = gate!(flexos_net::close(conn));
+    let thread = gate!(flexos_sched::current());
+    println!(
+        "received: {bytes} bytes in {secs:.3} s = {:.2} Mbit/s (thread {thread})",
+        bytes as f64 * 8.0 / secs / 1e6
+    );
 }

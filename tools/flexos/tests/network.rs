@@ -622,3 +622,38 @@ fn tap_the_image_connects_to_a_linux_server() {
     assert_namespace_gone(&ns);
     assert_nothing_left(&tag);
 }
+
+/// Blocking calls from several scheduler threads: the threaded iperf
+/// server accepts in one thread and reads each stream in a thread of its
+/// own; every blocked thread parks in the scheduler so the others run.
+#[test]
+fn tap_blocking_calls_park_scheduler_threads() {
+    let tag = tag("iperf-threads");
+    let args = ["--threads".to_string(), "5001".to_string()];
+    let server = Server::image(&image("configs/iperf.toml"), &args, &[("FLEXOS_TEST_TAG", &tag)]).unwrap();
+    let client: Vec<String> =
+        ["-c", &server.host, "-p", "5001", "-P", "2", "-t", "1", "-f", "m"].iter().map(|s| s.to_string()).collect();
+    let out = server.client("iperf", &client).unwrap();
+    assert!(netbench::parse_iperf(&out).is_some_and(|r| r > 0.0), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let streams = loop {
+        let lines: Vec<String> =
+            server.output.lock().unwrap().iter().filter(|l| l.starts_with("received: ")).cloned().collect();
+        if lines.len() == 2 {
+            break lines;
+        }
+        assert!(Instant::now() < deadline, "two streams expected: {lines:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let threads: Vec<&str> = streams.iter().filter_map(|l| l.rsplit_once("(thread ").map(|(_, t)| t)).collect();
+    assert_eq!(threads.len(), 2);
+    assert_ne!(threads[0], threads[1], "each stream in its own thread: {streams:?}");
+    for l in &streams {
+        let bytes: u64 = l["received: ".len()..].split(' ').next().unwrap().parse().unwrap();
+        assert!(bytes > 100_000, "{l}");
+    }
+    let ns = server.ns.name.clone();
+    drop(server);
+    assert_namespace_gone(&ns);
+    assert_nothing_left(&tag);
+}
