@@ -40,40 +40,8 @@ fn run(config: &str, args: &[&str]) -> Run {
         stdout: String::from_utf8_lossy(&out.stdout).into(),
         stderr: String::from_utf8_lossy(&out.stderr).into(),
     };
-    assert_no_process_left(&tag, args);
+    common::assert_no_process_left(&tag, args);
     run
-}
-
-/// Processes whose environment holds `FLEXOS_TEST_TAG=tag`.
-fn tagged_processes(tag: &str) -> Vec<String> {
-    let needle = format!("FLEXOS_TEST_TAG={tag}\0");
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        if let Ok(env) = std::fs::read(entry.path().join("environ"))
-            && String::from_utf8_lossy(&env).contains(&needle)
-        {
-            let cmd = std::fs::read_to_string(entry.path().join("cmdline")).unwrap_or_default();
-            found.push(format!("{name}: {}", cmd.replace('\0', " ")));
-        }
-    }
-    found
-}
-
-fn assert_no_process_left(tag: &str, args: &[&str]) {
-    // Compartment processes get SIGKILL when the host ends; the kernel needs a moment.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let left = tagged_processes(tag);
-        if left.is_empty() {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{args:?} left processes behind: {left:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
@@ -265,7 +233,7 @@ fn killing_the_image_leaves_no_compartment_process_behind() {
         // proc: the host and its two compartment processes (attacker, clock)
         // carry the tag; kvm: the host, whose vCPU threads serve the attacker.
         let running = || match *mechanism {
-            "proc" => tagged_processes(&tag).len() == 3,
+            "proc" => common::tagged_processes(&tag).len() == 3,
             _ => std::fs::read_dir(format!("/proc/{}/task", host.id())).is_ok_and(|tasks| {
                 tasks.flatten().any(|t| {
                     std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("vcpu0-attacker"))
@@ -274,12 +242,16 @@ fn killing_the_image_leaves_no_compartment_process_behind() {
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while !running() {
-            assert!(Instant::now() < deadline, "{mechanism}: compartment processes: {:?}", tagged_processes(&tag));
+            assert!(
+                Instant::now() < deadline,
+                "{mechanism}: compartment processes: {:?}",
+                common::tagged_processes(&tag)
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         host.kill().unwrap();
         host.wait().unwrap();
-        assert_no_process_left(&tag, &["bench (killed)"]);
+        common::assert_no_process_left(&tag, &["bench (killed)"]);
     }
 }
 

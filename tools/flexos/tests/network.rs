@@ -26,30 +26,9 @@ fn tag(test: &str) -> String {
     format!("{test}-{}", std::process::id())
 }
 
-/// Processes whose environment holds `FLEXOS_TEST_TAG=tag`.
-fn tagged_processes(tag: &str) -> Vec<String> {
-    let needle = format!("FLEXOS_TEST_TAG={tag}\0");
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.bytes().all(|b| b.is_ascii_digit())
-            && let Ok(env) = std::fs::read(entry.path().join("environ"))
-            && String::from_utf8_lossy(&env).contains(&needle)
-        {
-            found.push(name);
-        }
-    }
-    found
-}
-
-/// Asserts that no process tagged `tag` remains (waiting a moment for
-/// the kernel to reap them).
+/// Asserts that no process tagged `tag` remains.
 fn assert_nothing_left(tag: &str) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !tagged_processes(tag).is_empty() {
-        assert!(Instant::now() < deadline, "processes left behind: {:?}", tagged_processes(tag));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::assert_no_process_left(tag, &[tag]);
 }
 
 /// Asserts that the namespace `name` is gone.
@@ -565,8 +544,11 @@ fn tap_flexos_run_netns_cleans_up_after_the_image() {
             .output()
             .unwrap();
         assert_eq!(String::from_utf8_lossy(&pong.stdout).trim(), "PONG");
-        let image_pids: Vec<String> =
-            tagged_processes(&tag).into_iter().filter(|p| *p != tool.id().to_string()).collect();
+        let image_pids: Vec<String> = common::tagged_processes(&tag)
+            .into_iter()
+            .filter_map(|p| p.split(':').next().map(str::to_owned))
+            .filter(|p| *p != tool.id().to_string())
+            .collect();
         assert_eq!(image_pids.len(), 1, "one image process: {image_pids:?}");
         if kill_tool {
             tool.kill().unwrap();
