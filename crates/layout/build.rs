@@ -33,6 +33,34 @@ fn main() {
         .unwrap();
     }
     writeln!(out, "];").unwrap();
+    // Protection keys: mpk compartments get 1, 2, ... in order, shared memory the next one.
+    let mut keys = Vec::new();
+    let mut next = 1u32;
+    for c in &layout.compartments {
+        if c.mechanism.name() == "mpk" {
+            keys.push(next);
+            next += 1;
+        } else {
+            keys.push(0);
+        }
+    }
+    let shared_key = if next > 1 { next } else { 0 };
+    let pkru: Vec<String> = keys
+        .iter()
+        .map(|&own| {
+            if own == 0 {
+                return "0x0".to_string();
+            }
+            let denied = (1..16u32).filter(|&k| k != own && k != shared_key).fold(0u32, |v, k| v | (3 << (2 * k)));
+            format!("{denied:#010x}")
+        })
+        .collect();
+    writeln!(out, "/// The protection key of each compartment's memory (0: not an `mpk` compartment).").unwrap();
+    writeln!(out, "pub const PKEYS: &[u32] = &{keys:?};").unwrap();
+    writeln!(out, "/// The protection key of the shared memory (0 when no compartment uses `mpk`).").unwrap();
+    writeln!(out, "pub const SHARED_PKEY: u32 = {shared_key};").unwrap();
+    writeln!(out, "/// The PKRU value while each compartment runs: its own key, the shared key and key 0 allowed.").unwrap();
+    writeln!(out, "pub const PKRU: &[u32] = &[{}];", pkru.join(", ")).unwrap();
     writeln!(out, "/// The compartments' names, by index.").unwrap();
     let names: Vec<&str> = layout.compartments.iter().map(|c| c.name.as_str()).collect();
     writeln!(out, "pub const COMPARTMENT_NAMES: &[&str] = &{names:?};").unwrap();

@@ -105,6 +105,7 @@ fn setup() -> &'static Setup {
             let Some(region) = Region::reserve(REGION_LEN) else {
                 fail(b"flexos-alloc: cannot reserve heap address space\n")
             };
+            protect_with_keys(&region);
             return Setup { region, shm_fd: None };
         }
         let region = reserve_for_domains();
@@ -125,8 +126,121 @@ fn setup() -> &'static Setup {
                 }
             }
         }
+        protect_with_keys(&region);
         Setup { region, shm_fd: Some(fd) }
     })
+}
+
+/// In an image with `mpk` compartments: allocates the protection keys
+/// (1, 2, ... for the `mpk` compartments in order, then the shared key),
+/// gives each such compartment's span its key and the shared span the
+/// shared key, gives the main thread's stack the key of the default
+/// compartment's stacks, and sets this thread's PKRU to the default
+/// compartment's rights. Without protection keys the image stops here with
+/// a message: it never runs `mpk` compartments unprotected.
+fn protect_with_keys(region: &Region) {
+    use flexos_layout::{PKEYS, PKRU, SHARED_PKEY, has_mpk, stack_domain};
+    use flexos_platform::pkey;
+    if !has_mpk() {
+        return;
+    }
+    for expected in 1..=SHARED_PKEY {
+        match pkey::allocate() {
+            Ok(k) if k == expected => {}
+            Ok(k) => fail_keys(b"protection key ", k as usize, b" was handed out where the layout expects another (a key was taken before the image started)\n"),
+            Err(e) => {
+                let mpk = COMPARTMENTS.iter().position(|c| c.mechanism == Mechanism::Mpk).unwrap_or(0);
+                let message = format_no_pku(COMPARTMENTS[mpk].name, e);
+                fail(message.as_bytes())
+            }
+        }
+    }
+    let base = region.base.as_ptr() as usize;
+    let stack_keys: [u32; MAX_COMPARTMENTS] = core::array::from_fn(|c| {
+        if c >= COMPARTMENTS.len() {
+            0
+        } else {
+            match stack_domain(c) {
+                d if d == flexos_layout::SHARED_STACKS => SHARED_PKEY,
+                d => PKEYS[d],
+            }
+        }
+    });
+    pkey::register(PKEYS, SHARED_PKEY, &stack_keys);
+    // SAFETY: the spans belong to this fresh reservation and hold nothing yet.
+    unsafe {
+        for (i, &key) in PKEYS.iter().enumerate() {
+            if key != 0 && !pkey::protect(base + i * HEAP_SPAN, HEAP_SPAN, key, true).is_ok() {
+                fail(b"flexos-alloc: pkey_mprotect of a compartment's heap failed\n")
+            }
+        }
+        if pkey::protect(base + MAX_COMPARTMENTS * HEAP_SPAN, SHARED_SPAN, SHARED_PKEY, true).is_err() {
+            fail(b"flexos-alloc: pkey_mprotect of the shared memory failed\n")
+        }
+    }
+    // The main thread runs the default compartment on the stack the kernel gave it.
+    if let Some((start, end)) = pkey::main_stack() {
+        // SAFETY: the main thread's own stack mapping; its key becomes the
+        // one the rights set below allow.
+        if unsafe { pkey::protect(start, end - start, stack_keys[0], true) }.is_err() {
+            fail(b"flexos-alloc: cannot give the main stack its protection key\n")
+        }
+    }
+    // SAFETY: the default compartment's rights allow key 0 (this code's
+    // data), its own key and the shared key (its heap and stack).
+    unsafe { pkey::write(PKRU[compartment::home()]) };
+}
+
+/// "flexos: compartment NAME uses mechanism mpk, but ...": built without allocating.
+fn format_no_pku(name: &str, e: flexos_platform::pkey::Unavailable) -> FixedText {
+    let mut t = FixedText { buf: [0; 512], len: 0 };
+    t.push(b"flexos: compartment \"");
+    t.push(name.as_bytes());
+    t.push(b"\" uses mechanism \"mpk\", but this machine has no protection keys (pkey_alloc failed with errno ");
+    t.push_number(e.errno as usize);
+    t.push(b"; no `pku` flag in /proc/cpuinfo, or the kernel does not enable it). The image refuses to run its compartments unprotected: run it on a CPU with PKU (or under QEMU with -cpu max), or choose another mechanism.\n");
+    t
+}
+
+fn fail_keys(before: &[u8], n: usize, after: &[u8]) -> ! {
+    let mut t = FixedText { buf: [0; 512], len: 0 };
+    t.push(b"flexos-alloc: ");
+    t.push(before);
+    t.push_number(n);
+    t.push(after);
+    fail(t.as_bytes())
+}
+
+/// A message built in a fixed buffer (the allocator cannot allocate for its own errors).
+struct FixedText {
+    buf: [u8; 512],
+    len: usize,
+}
+
+impl FixedText {
+    fn push(&mut self, s: &[u8]) {
+        let n = s.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&s[..n]);
+        self.len += n;
+    }
+
+    fn push_number(&mut self, mut v: usize) {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        self.push(&digits[i..]);
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
 }
 
 /// Where the host of an image with other domains puts the heaps: a random

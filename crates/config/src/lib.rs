@@ -15,7 +15,7 @@ mod model;
 
 pub use catalog::{APPS, COMPONENTS, ComponentInfo, Language, NETWORK_APPS, component_info};
 pub use error::ConfigError;
-pub use model::{Compartment, Hardening, Layout, Mechanism, Placement, Sharing};
+pub use model::{Compartment, Hardening, Layout, MAX_MPK_COMPARTMENTS, Mechanism, Placement, Sharing};
 
 use std::path::Path;
 

@@ -8,6 +8,10 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use toml::Spanned;
 
+/// The most `mpk` compartments one image may have: 16 keys, less key 0
+/// (the trusted core) and the key of the shared memory.
+pub const MAX_MPK_COMPARTMENTS: usize = 14;
+
 /// How a compartment is protected from the others.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Mechanism {
@@ -29,11 +33,6 @@ impl Mechanism {
     /// The configuration name.
     pub fn name(self) -> &'static str {
         Self::ALL.iter().find(|(m, _)| *m == self).map(|(_, n)| *n).unwrap_or("?")
-    }
-
-    /// Whether this build can produce images with this mechanism.
-    pub fn implemented(self) -> bool {
-        matches!(self, Mechanism::Fcall | Mechanism::Proc | Mechanism::Kvm)
     }
 
     /// Whether compartments with this mechanism run in a domain of their own
@@ -303,14 +302,6 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Layout, Vec<ConfigError>>
                 Mechanism::Fcall
             }
         };
-        if !mechanism.implemented() && Mechanism::ALL.iter().any(|(_, n)| *n == c.mechanism.get_ref()) {
-            err(
-                &mut errors,
-                c.mechanism.span().start,
-                format!("mechanism {:?} is not implemented yet", mechanism.name()),
-                "use mechanism = \"fcall\", \"proc\" or \"kvm\" for now".into(),
-            );
-        }
         let sharing = match &c.sharing {
             None => mechanism.sharing()[0],
             Some(s) => match Sharing::ALL.iter().find(|(_, n)| n == s.get_ref()) {
@@ -359,6 +350,20 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Layout, Vec<ConfigError>>
             }
         }
         compartments.push((Compartment { name, mechanism, sharing }, is_default));
+    }
+    // Protection keys: 16 in all; key 0 is the trusted core's, one is the shared memory's.
+    if let Some(extra) = raw
+        .compartment
+        .iter()
+        .filter(|c| c.get_ref().mechanism.get_ref() == "mpk")
+        .nth(MAX_MPK_COMPARTMENTS)
+    {
+        err(
+            &mut errors,
+            extra.get_ref().mechanism.span().start,
+            format!("more than {MAX_MPK_COMPARTMENTS} compartments use mechanism \"mpk\""),
+            "the CPU has 16 protection keys (one for the trusted core, one for shared memory): merge compartments or use another mechanism for some".into(),
+        );
     }
     if default_seen.is_none() && compartments.len() > 1 {
         err(

@@ -106,12 +106,27 @@ fn unknown_mechanism() {
 }
 
 #[test]
-fn unimplemented_mechanism() {
-    let e = one_error(
-        "app = \"sqlite\"\n[[compartment]]\nname = \"main\"\nmechanism = \"fcall\"\ndefault = true\n[[compartment]]\nname = \"x\"\nmechanism = \"mpk\"\n",
+fn mpk_mixes_with_every_mechanism() {
+    let text = format!(
+        "{HEAD}[[compartment]]\nname = \"fs\"\nmechanism = \"mpk\"\nsharing = \"heap\"\n[[compartment]]\nname = \"t\"\nmechanism = \"mpk\"\nsharing = \"shared-stack\"\n[[compartment]]\nname = \"p\"\nmechanism = \"proc\"\n[[compartment]]\nname = \"k\"\nmechanism = \"kvm\"\n[component.vfs]\ncompartment = \"fs\"\n[component.time]\ncompartment = \"t\"\n[component.ramfs]\ncompartment = \"p\"\n"
     );
-    assert_eq!((e.line, e.column), (8, 13), "{e}");
-    assert!(e.message.contains("not implemented yet"), "{e}");
+    let layout = parse(Path::new("x.toml"), &text).unwrap();
+    assert_eq!(layout.compartments[1].mechanism, Mechanism::Mpk);
+    assert_eq!(layout.compartments[1].sharing, Sharing::Heap);
+    assert_eq!(layout.compartments[2].sharing, Sharing::SharedStack);
+    let dss = format!("{HEAD}[[compartment]]\nname = \"x\"\nmechanism = \"mpk\"\n");
+    assert_eq!(parse(Path::new("x.toml"), &dss).unwrap().compartments[1].sharing, Sharing::Dss, "dss is mpk's default");
+}
+
+#[test]
+fn at_most_fourteen_mpk_compartments() {
+    let mut text = HEAD.to_string();
+    for i in 0..15 {
+        text.push_str(&format!("[[compartment]]\nname = \"c{i}\"\nmechanism = \"mpk\"\n"));
+    }
+    let e = one_error(&text);
+    assert_eq!(e.line, 6 + 14 * 3 + 2, "the fifteenth mpk compartment: {e}");
+    assert!(e.message.contains("more than 14") && e.fix.contains("protection keys"), "{e}");
 }
 
 #[test]

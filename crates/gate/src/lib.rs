@@ -23,6 +23,7 @@ pub mod abi;
 mod args;
 mod crossing;
 pub mod export;
+pub mod mpk;
 pub mod remote;
 pub mod shared;
 mod state;
@@ -97,7 +98,42 @@ where
     A: Crossing + Args<F, R>,
     R: Crossing,
 {
-    if FROM == TO { args.apply(f) } else { cross(from, to, args, f, entry) }
+    if FROM == TO {
+        args.apply(f)
+    } else if flexos_layout::has_mpk() && !COMPARTMENTS[FROM].mechanism.is_remote() && !COMPARTMENTS[TO].mechanism.is_remote()
+    {
+        cross_mpk::<FROM, TO, A, F, R>(from, to, args, f)
+    } else {
+        cross(from, to, args, f, entry)
+    }
+}
+
+/// A call between two compartments of an image with `mpk` compartments,
+/// both in this address space: the `mpk` gate (for `fcall` compartments
+/// too, whose rights are "all keys", so their stacks and rights stay right).
+#[inline(never)]
+fn cross_mpk<const FROM: usize, const TO: usize, A, F, R>(from: Component, to: Component, args: A, f: F) -> R
+where
+    A: Crossing + Args<F, R>,
+    R: Crossing,
+{
+    stats::count(from, to);
+    if !args.validate() {
+        refuse_handle(from, to, "an argument handle points outside shared memory");
+    }
+    let result = mpk::gate::<FROM, TO, _, R>(|| args.apply(f));
+    if !result.validate() {
+        refuse_handle(from, to, "a result handle points outside shared memory");
+    }
+    result
+}
+
+/// Stops a call whose handle would give the other side private memory.
+fn refuse_handle(from: Component, to: Component, why: &str) -> ! {
+    panic!(
+        "gate {} -> {}: {why} (compartment {:?} called compartment {:?})",
+        from.name, to.name, COMPARTMENTS[from.compartment].name, COMPARTMENTS[to.compartment].name
+    )
 }
 
 /// A call that leaves the caller's compartment: a remote call when the
@@ -125,6 +161,9 @@ where
 /// never returns.
 pub fn boot(exports: &[&'static [Export]]) {
     remote::register(exports);
+    if flexos_layout::has_mpk() {
+        mpk::init();
+    }
     if !has_remote_domains() {
         return;
     }
@@ -197,10 +236,16 @@ where
     result
 }
 
-/// The `fcall` mechanism: no protection, but the running compartment changes
-/// (so allocations go to the callee's heap) and is restored afterwards.
+/// Runs `f` in compartment `to_compartment` of this address space. With
+/// `fcall` compartments only, this is the `fcall` mechanism: no protection,
+/// but the running compartment changes (so allocations go to the callee's
+/// heap) and is restored afterwards. In images with `mpk` compartments it is
+/// the `mpk` gate between the running compartment and `to_compartment`.
 #[inline(always)]
 pub fn fcall<R>(to_compartment: usize, f: impl FnOnce() -> R) -> R {
+    if flexos_layout::has_mpk() {
+        return mpk::run_in(to_compartment, f);
+    }
     let previous = compartment::enter(to_compartment);
     let result = f();
     compartment::enter(previous);

@@ -400,9 +400,8 @@ fn serve(chain: &Chain, frame: &Frame) {
             let args = frame.read_data(len as usize, &mut args);
             let mut result = [MaybeUninit::uninit(); FRAME_DATA];
             let mut w = Writer::new(&mut result);
-            let previous = compartment::enter(to as usize);
-            let outcome = (export.run)(&mut Reader::new(args), &mut w);
-            compartment::enter(previous);
+            // In the callee's compartment (through its gate where it is an `mpk` one).
+            let outcome = crate::fcall(to as usize, || (export.run)(&mut Reader::new(args), &mut w));
             outcome.inspect(|_| frame.write_data(w.written()))
         }
     };

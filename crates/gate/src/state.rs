@@ -5,8 +5,11 @@ use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
+/// The most component ids the state table holds.
+const MAX_COMPONENTS: usize = 64;
+
 /// One slot per component id.
-type Table = RefCell<Vec<Option<Rc<dyn Any>>>>;
+type Table = RefCell<[Option<Rc<dyn Any>>; MAX_COMPONENTS]>;
 
 thread_local! {
     /// The table of this host thread: each host thread is a separate machine
@@ -25,14 +28,22 @@ thread_local! {
 pub fn with_state<S: Default + 'static, R>(owner: Component, f: impl FnOnce(&mut S) -> R) -> R {
     let cell: Rc<dyn Any> = STATES.with(|slot| {
         let table = slot.get().unwrap_or_else(|| {
-            let table: &'static Table = Box::leak(Box::new(RefCell::new(Vec::new())));
+            // In the shared heap: every compartment of this host thread
+            // reaches its own component's slot through it.
+            let layout = core::alloc::Layout::new::<Table>();
+            let p = flexos_alloc::alloc_in(flexos_alloc::SHARED, layout).cast::<Table>();
+            assert!(!p.is_null(), "the shared heap is exhausted");
+            // SAFETY: fresh memory for one Table, initialized here and never
+            // freed (it lives as long as the host thread, like a static).
+            let table: &'static Table = unsafe {
+                p.write(RefCell::new([const { None }; MAX_COMPONENTS]));
+                &*p
+            };
             slot.set(Some(table));
             table
         });
         let mut states = table.borrow_mut();
-        if states.len() <= owner.id {
-            states.resize(owner.id + 1, None);
-        }
+        assert!(owner.id < MAX_COMPONENTS, "component id {} out of range", owner.id);
         states[owner.id]
             .get_or_insert_with(|| {
                 crate::fcall(owner.compartment, || Rc::new(RefCell::new(S::default())) as Rc<dyn Any>)

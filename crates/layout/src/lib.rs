@@ -73,3 +73,39 @@ pub const fn has_remote_domains() -> bool {
     }
     false
 }
+
+/// Whether any compartment uses protection keys (the image then needs a CPU with PKU).
+pub const fn has_mpk() -> bool {
+    SHARED_PKEY != 0
+}
+
+/// The stack a compartment's code runs on, per thread: compartments that
+/// share stacks (`fcall`, `mpk` with `shared-stack`) use the thread's shared
+/// stack ([`SHARED_STACKS`]); an `mpk` compartment with `dss` or `heap` has
+/// a private stack of its own, numbered by its index.
+pub const fn stack_domain(compartment: usize) -> usize {
+    let c = COMPARTMENTS[compartment];
+    match c.mechanism {
+        Mechanism::Mpk if !str_eq(c.sharing, "shared-stack") => compartment,
+        _ => SHARED_STACKS,
+    }
+}
+
+/// The [`stack_domain`] of every compartment whose stacks are shared.
+pub const SHARED_STACKS: usize = 16;
+
+/// String equality usable in constants.
+const fn str_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}

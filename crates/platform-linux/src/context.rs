@@ -38,6 +38,8 @@ fn drop_exited() {
 /// that is already running) or [`Context::spawn`] (for new code on a new stack).
 pub struct Context {
     rsp: Cell<usize>,
+    /// The stacks that gates use in this context (swapped with the context).
+    gate_stacks: Cell<*mut crate::gatestack::GateStacks>,
     state: Cell<State>,
     /// Kept alive for as long as the context exists; `None` for the host stack.
     _stack: Option<Stack>,
@@ -101,14 +103,19 @@ extern "C" fn context_main(entry: *mut Entry) {
 impl Context {
     /// A context standing for the code that is running now (on the host stack).
     pub fn current() -> Rc<Context> {
-        Rc::new(Context { rsp: Cell::new(0), state: Cell::new(State::Running), _stack: None })
+        Rc::new(Context {
+            rsp: Cell::new(0),
+            gate_stacks: Cell::new(std::ptr::null_mut()),
+            state: Cell::new(State::Running),
+            _stack: None,
+        })
     }
 
     /// A new, suspended context that will run `f` on a fresh stack of
     /// `stack_size` bytes. `f` must finish by calling [`exit`]; if it returns,
     /// the image aborts.
     pub fn spawn(stack_size: usize, f: impl FnOnce() + 'static) -> Rc<Context> {
-        let stack = Stack::new(stack_size);
+        let stack = Stack::for_running_compartment(stack_size);
         let entry: *mut Entry = Box::into_raw(Box::new(Box::new(f) as Entry));
         let top = stack.top() as usize;
         // Initial frame, popped by flexos_context_switch: r15, r14, r13, r12,
@@ -127,7 +134,12 @@ impl Context {
         // SAFETY: `sp .. sp + 56` lies inside the stack mapping just created
         // (its usable part is at least one page), which nothing else uses.
         unsafe { std::ptr::copy_nonoverlapping(frame.as_ptr(), sp as *mut usize, frame.len()) };
-        Rc::new(Context { rsp: Cell::new(sp), state: Cell::new(State::Suspended), _stack: Some(stack) })
+        Rc::new(Context {
+            rsp: Cell::new(sp),
+            gate_stacks: Cell::new(std::ptr::null_mut()),
+            state: Cell::new(State::Suspended),
+            _stack: Some(stack),
+        })
     }
 
     /// The context's state.
@@ -142,6 +154,9 @@ impl Drop for Context {
             crate::console::write_err(b"flexos: dropped the running context\n");
             std::process::abort();
         }
+        // SAFETY: the context is not running (a running one holds its table
+        // in the thread's slot, not here), so nothing runs on those stacks.
+        unsafe { crate::gatestack::GateStacks::destroy(self.gate_stacks.get()) };
     }
 }
 
@@ -150,6 +165,7 @@ fn transfer(from: &Context, to: &Context, from_state: State) {
     assert_eq!(to.state.get(), State::Suspended, "switch: the context to enter is not suspended");
     from.state.set(from_state);
     to.state.set(State::Running);
+    from.gate_stacks.set(crate::gatestack::swap(to.gate_stacks.replace(std::ptr::null_mut())));
     // SAFETY: `from` is the running context (checked above; contexts are
     // !Send, so "running" means running on this host thread), so saving the
     // current stack pointer into it is right. `to` is suspended, so its saved

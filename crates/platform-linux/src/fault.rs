@@ -106,13 +106,34 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, context: *m
         )
     };
     let current = compartment::current();
-    let name = NAMES.get().and_then(|n| n.get(current)).copied().unwrap_or("?");
+    let name_of = |c: usize| NAMES.get().and_then(|n| n.get(c)).copied().unwrap_or("?");
     let mut line = Line { buf: [0; 256], len: 0 };
     line.push(b"flexos: compartment \"");
-    line.push(name.as_bytes());
-    line.push(b"\" faulted at ");
-    line.hex(addr);
-    line.push(b" (");
+    line.push(name_of(current).as_bytes());
+    // SAFETY: si_code is the third int of every siginfo_t; for SEGV_PKUERR
+    // the kernel fills si_pkey (a u32 at offset 32 on x86-64 Linux).
+    let key = unsafe { ((*info).si_code == crate::pkey::SEGV_PKUERR).then(|| *(info as *const u8).add(32).cast::<u32>()) };
+    if let (libc::SIGSEGV, Some(key)) = (sig, key) {
+        line.push(b"\" touched ");
+        line.hex(addr);
+        line.push(b" owned by ");
+        match crate::pkey::owner_of_key(key) {
+            Some(Some(owner)) => {
+                line.push(b"\"");
+                line.push(name_of(owner).as_bytes());
+                line.push(b"\"");
+            }
+            Some(None) => line.push(b"the shared memory"),
+            None => line.push(b"no compartment"),
+        }
+        line.push(b" (protection key ");
+        line.decimal(key as usize);
+        line.push(b": ");
+    } else {
+        line.push(b"\" faulted at ");
+        line.hex(addr);
+        line.push(b" (");
+    }
     line.push(reason(sig, error_code));
     if sig == libc::SIGSYS {
         // SAFETY: for SIGSYS the kernel fills si_syscall (an int at offset 24).

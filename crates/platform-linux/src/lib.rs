@@ -14,10 +14,12 @@ pub mod context;
 pub mod domain;
 pub mod fault;
 pub mod futex;
+pub mod gatestack;
 pub mod guest;
 pub mod mem;
 pub mod memory;
 pub mod net;
+pub mod pkey;
 pub mod process;
 pub mod random;
 

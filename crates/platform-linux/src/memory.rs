@@ -154,6 +154,29 @@ impl Stack {
         Stack { mapping, mapping_len }
     }
 
+    /// Maps a stack like [`Stack::new`] whose usable pages carry protection
+    /// key `key` (0: the default key, as [`Stack::new`]).
+    pub fn with_key(size: usize, key: u32) -> Stack {
+        let stack = Stack::new(size);
+        if key != 0 {
+            // SAFETY: the usable part of the mapping just created, unused yet.
+            unsafe { crate::pkey::protect(stack.mapping.as_ptr() as usize + PAGE_SIZE, stack.size(), key, true) }
+                .unwrap_or_else(|e| panic!("cannot give a stack protection key {key}: {e}"));
+        }
+        stack
+    }
+
+    /// A stack for the compartment that is running: with the protection key
+    /// of its stacks in images with `mpk` compartments.
+    pub fn for_running_compartment(size: usize) -> Stack {
+        Stack::with_key(size, crate::pkey::stack_key(crate::compartment::current()))
+    }
+
+    /// The usable size in bytes (without the guard page).
+    pub fn size(&self) -> usize {
+        self.mapping_len - PAGE_SIZE
+    }
+
     /// The highest address of the stack (exclusive), 16-byte aligned.
     pub fn top(&self) -> *mut u8 {
         // SAFETY: one past the end of the mapping, computed inside its bounds.

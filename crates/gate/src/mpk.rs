@@ -1,0 +1,341 @@
+//! The `mpk` mechanism's gates (DESIGN section 5.4).
+//!
+//! A gate from compartment `FROM` to `TO` writes `TO`'s rights into PKRU,
+//! runs the callee, and writes `FROM`'s rights back. Both values are
+//! immediates in the gate's code (`flexos_layout::PKRU`), and after every
+//! `wrpkru` the gate compares EAX with the immediate and goes back to load
+//! it again if they differ (ERIM's check): code is not protected by keys,
+//! so a compromised compartment could jump straight to a gate's `wrpkru`
+//! with a value of its choice in EAX; the check makes sure that execution
+//! only continues past a `wrpkru` with the value that gate was built for.
+//! Every such site is listed in the `flexos_wrpkru` section (see [`sites`]).
+//!
+//! Before the callee runs, the caller-saved registers that do not carry the
+//! call (RAX, RCX, RDX, RSI, R8-R11, XMM0-15) are cleared, and on gates that
+//! switch stacks the callee-saved ones too (they are saved on the caller's
+//! stack first), so no value of the caller leaks into the callee by register.
+//!
+//! Stacks: compartments in the same stack domain (`shared-stack` and `fcall`
+//! compartments share the thread's stack) are crossed by the *light* gate,
+//! on the same stack. Into or out of an `mpk` compartment with `dss` or
+//! `heap` sharing, the gate switches to this context's stack for the callee's
+//! domain ([`flexos_platform::gatestack`]), which carries the callee's key;
+//! the call's arguments and result then travel through a scratch area in
+//! shared memory, since neither side can read the other's stack.
+
+use core::mem::{ManuallyDrop, MaybeUninit};
+use flexos_alloc::{SHARED, alloc_in, free};
+use flexos_layout::{COMPARTMENTS, PKEYS, PKRU, SHARED_PKEY, SHARED_STACKS, stack_domain};
+use flexos_platform::compartment;
+use flexos_platform::gatestack::{self, Block, GateStacks};
+
+/// The closure a gate runs and the room for its result.
+struct Slot<F, R> {
+    f: ManuallyDrop<F>,
+    result: MaybeUninit<R>,
+}
+
+/// Runs the closure of `slot`, storing its result. The only function a gate
+/// calls after switching rights.
+extern "C" fn trampoline<F: FnOnce() -> R, R>(slot: *mut Slot<F, R>) {
+    // SAFETY: the gate passes the slot it filled with a closure, in memory
+    // that both sides can reach, and calls this once; the closure is taken
+    // out exactly once and the result written into the slot's room.
+    unsafe {
+        let f = ManuallyDrop::take(&mut (*slot).f);
+        (*slot).result.write(f());
+    }
+}
+
+/// The PKRU value of compartment `c` (also for indices past the image's
+/// compartments, which no gate reaches: all rights, like `fcall`).
+const fn pkru_of(c: usize) -> u32 {
+    if c < PKRU.len() { PKRU[c] } else { 0 }
+}
+
+/// Runs `f` in compartment `TO`, called from compartment `FROM` (both in this
+/// address space), switching PKRU and, where the stack domains differ, the stack.
+#[inline(always)]
+pub fn gate<const FROM: usize, const TO: usize, F: FnOnce() -> R, R>(f: F) -> R {
+    let previous = compartment::enter(TO);
+    let result = if stack_domain(FROM) == stack_domain(TO) { light::<FROM, TO, F, R>(f) } else { switching::<FROM, TO, F, R>(f) };
+    compartment::enter(previous);
+    result
+}
+
+/// The light gate: same stack, PKRU switched around a direct call.
+#[inline(always)]
+fn light<const FROM: usize, const TO: usize, F: FnOnce() -> R, R>(f: F) -> R {
+    let mut slot = Slot { f: ManuallyDrop::new(f), result: MaybeUninit::uninit() };
+    // SAFETY: the sequence leaves the stack as it found it; the callee runs
+    // on the same stack, which both compartments may use (the same stack
+    // domain carries one key), and finds its closure there. After the call,
+    // PKRU is the caller's again, checked. The trampoline fills the result.
+    unsafe {
+        core::arch::asm!(
+            "2:",
+            "mov eax, {to}",
+            "xor ecx, ecx",
+            "xor edx, edx",
+            "3:",
+            "wrpkru",
+            "cmp eax, {to}",
+            "jne 2b",
+            ".pushsection flexos_wrpkru,\"a\"",
+            ".balign 4",
+            ".long 3b - .",
+            ".long {to}",
+            ".popsection",
+            "xor esi, esi",
+            "xor r8d, r8d",
+            "xor r9d, r9d",
+            "xor r10d, r10d",
+            "xor r11d, r11d",
+            "pxor xmm0, xmm0", "pxor xmm1, xmm1", "pxor xmm2, xmm2", "pxor xmm3, xmm3",
+            "pxor xmm4, xmm4", "pxor xmm5, xmm5", "pxor xmm6, xmm6", "pxor xmm7, xmm7",
+            "pxor xmm8, xmm8", "pxor xmm9, xmm9", "pxor xmm10, xmm10", "pxor xmm11, xmm11",
+            "pxor xmm12, xmm12", "pxor xmm13, xmm13", "pxor xmm14, xmm14", "pxor xmm15, xmm15",
+            "call {trampoline}",
+            "4:",
+            "mov eax, {from}",
+            "xor ecx, ecx",
+            "xor edx, edx",
+            "5:",
+            "wrpkru",
+            "cmp eax, {from}",
+            "jne 4b",
+            ".pushsection flexos_wrpkru,\"a\"",
+            ".balign 4",
+            ".long 5b - .",
+            ".long {from}",
+            ".popsection",
+            to = const pkru_of(TO),
+            from = const pkru_of(FROM),
+            trampoline = sym trampoline::<F, R>,
+            inout("rdi") &raw mut slot => _,
+            clobber_abi("C"),
+        );
+        slot.result.assume_init()
+    }
+}
+
+/// The gate into or out of a domain with private stacks.
+#[inline(always)]
+fn switching<const FROM: usize, const TO: usize, F: FnOnce() -> R, R>(f: F) -> R {
+    let (d_from, d_to) = (stack_domain(FROM), stack_domain(TO));
+    let table = gatestack::active();
+    // SAFETY: the table belongs to the running context and lives as long as
+    // it; nothing else on this host thread uses it while this code runs.
+    let t = unsafe { &mut *table };
+    let (left_from, left_to) = (t.left_at[d_from], t.left_at[d_to]);
+    // Resume the callee's stack below the frames it holds in this context,
+    // or start at the top of its stack (with 128 bytes for a red zone).
+    let target = if left_to != 0 { (left_to - 128) & !15 } else { t.stack_top(d_to, domain_key(d_to)) };
+    let mark = t.scratch_used;
+    let slot = scratch_push::<Slot<F, R>>(t);
+    // SAFETY: `slot` is fresh, aligned scratch memory for one Slot.
+    unsafe { slot.write(Slot { f: ManuallyDrop::new(f), result: MaybeUninit::uninit() }) };
+    let left_at: *mut usize = &raw mut t.left_at[d_from];
+    // SAFETY: the caller's stack pointer is saved in the context's table
+    // (after RBX and RBP are pushed) and the callee runs on its own stack
+    // `target`, which nothing else uses below that point in this context.
+    // The trampoline takes its closure from the shared scratch slot. After
+    // the call, PKRU is the caller's again (checked) and RSP is restored
+    // from the table through R12, which the callee must preserve.
+    unsafe {
+        core::arch::asm!(
+            "push rbx",
+            "push rbp",
+            "mov [r12], rsp",
+            "2:",
+            "mov eax, {to}",
+            "xor ecx, ecx",
+            "xor edx, edx",
+            "3:",
+            "wrpkru",
+            "cmp eax, {to}",
+            "jne 2b",
+            ".pushsection flexos_wrpkru,\"a\"",
+            ".balign 4",
+            ".long 3b - .",
+            ".long {to}",
+            ".popsection",
+            "mov rsp, r13",
+            "xor ebx, ebx",
+            "xor ebp, ebp",
+            "xor esi, esi",
+            "xor r8d, r8d",
+            "xor r9d, r9d",
+            "xor r10d, r10d",
+            "xor r11d, r11d",
+            "xor r14d, r14d",
+            "xor r15d, r15d",
+            "pxor xmm0, xmm0", "pxor xmm1, xmm1", "pxor xmm2, xmm2", "pxor xmm3, xmm3",
+            "pxor xmm4, xmm4", "pxor xmm5, xmm5", "pxor xmm6, xmm6", "pxor xmm7, xmm7",
+            "pxor xmm8, xmm8", "pxor xmm9, xmm9", "pxor xmm10, xmm10", "pxor xmm11, xmm11",
+            "pxor xmm12, xmm12", "pxor xmm13, xmm13", "pxor xmm14, xmm14", "pxor xmm15, xmm15",
+            "call {trampoline}",
+            "4:",
+            "mov eax, {from}",
+            "xor ecx, ecx",
+            "xor edx, edx",
+            "5:",
+            "wrpkru",
+            "cmp eax, {from}",
+            "jne 4b",
+            ".pushsection flexos_wrpkru,\"a\"",
+            ".balign 4",
+            ".long 5b - .",
+            ".long {from}",
+            ".popsection",
+            "mov rsp, [r12]",
+            "pop rbp",
+            "pop rbx",
+            to = const pkru_of(TO),
+            from = const pkru_of(FROM),
+            trampoline = sym trampoline::<F, R>,
+            in("r12") left_at,
+            in("r13") target,
+            inout("rdi") slot => _,
+            out("r14") _,
+            out("r15") _,
+            clobber_abi("C"),
+        );
+    }
+    // SAFETY: the table is still this context's (contexts carry their own).
+    let t = unsafe { &mut *table };
+    t.left_at[d_from] = left_from;
+    t.left_at[d_to] = left_to;
+    // SAFETY: the trampoline wrote the result; the slot is read once and
+    // its scratch space released (LIFO: nested gates released theirs).
+    let result = unsafe { (*slot).result.assume_init_read() };
+    t.scratch_used = mark;
+    result
+}
+
+/// The key of stack domain `domain`'s stacks.
+fn domain_key(domain: usize) -> u32 {
+    if domain == SHARED_STACKS { SHARED_PKEY } else { PKEYS[domain] }
+}
+
+/// Size of each context's scratch area for gate arguments and results.
+const SCRATCH_LEN: usize = 64 * 1024;
+
+/// Reserves room for one `T` in the context's scratch area (shared memory).
+fn scratch_push<T>(t: &mut GateStacks) -> *mut T {
+    if t.scratch.base == 0 {
+        t.scratch = allocate_shared(SCRATCH_LEN);
+    }
+    let start = (t.scratch.base + t.scratch_used).next_multiple_of(align_of::<T>());
+    let end = start + size_of::<T>();
+    assert!(end <= t.scratch.base + t.scratch.len, "mpk gate: calls nested too deeply for the argument scratch area");
+    t.scratch_used = end - t.scratch.base;
+    start as *mut T
+}
+
+/// Page-aligned memory from the shared heap, freed with the context.
+fn allocate_shared(len: usize) -> Block {
+    let layout = core::alloc::Layout::from_size_align(len, 4096).expect("a valid layout");
+    let p = alloc_in(SHARED, layout);
+    assert!(!p.is_null(), "mpk gate: the shared heap is exhausted");
+    Block { base: p as usize, len }
+}
+
+/// Frees a block made by [`allocate_shared`] (when its context ends).
+fn release(block: Block) {
+    let layout = core::alloc::Layout::from_size_align(block.len, 4096).expect("a valid layout");
+    // SAFETY: the block came from `allocate_shared` with this layout and its
+    // context, the only user, has ended.
+    unsafe { free(block.base as *mut u8, layout) }
+}
+
+/// Registers how gate memory is freed; called once at boot in `mpk` images.
+pub(crate) fn init() {
+    gatestack::set_release(release);
+}
+
+/// The address of the data shadow stack's mirror of `[addr, addr + len)`,
+/// when that range lies on a stack that a gate made for the running
+/// compartment's domain; `None` otherwise (the main thread's stack and the
+/// scheduler's initial stacks have no mirror).
+pub fn dss_mirror(addr: usize, len: usize) -> Option<usize> {
+    let domain = stack_domain(compartment::current());
+    if domain == SHARED_STACKS {
+        return None;
+    }
+    // SAFETY: the running context's table, used only on this host thread.
+    let t = unsafe { &mut *gatestack::active() };
+    let (bottom, top) = t.stack_bounds(domain)?;
+    if addr < bottom || addr + len > top {
+        return None;
+    }
+    if t.mirrors[domain].base == 0 {
+        t.mirrors[domain] = allocate_shared(top - bottom);
+    }
+    Some(t.mirrors[domain].base + (addr - bottom))
+}
+
+/// Runs `f` in compartment `to`, from the running compartment, choosing the
+/// gate at run time (for callbacks and for entering an application's
+/// compartment). Each pair of compartments gets its own gate with its own
+/// immediates.
+#[inline(never)]
+pub fn run_in<R>(to: usize, f: impl FnOnce() -> R) -> R {
+    let from = compartment::current();
+    assert!(to < COMPARTMENTS.len() && from < COMPARTMENTS.len(), "compartment index out of range");
+    macro_rules! inner {
+        ($to:literal; $($from:literal)*) => {
+            match from {
+                $($from => gate::<$from, $to, _, R>(f),)*
+                _ => unreachable!(),
+            }
+        };
+    }
+    macro_rules! outer {
+        ($($to:literal)*) => {
+            match to {
+                $($to => inner!($to; 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15),)*
+                _ => unreachable!(),
+            }
+        };
+    }
+    if from == to {
+        return f();
+    }
+    outer!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15)
+}
+
+/// One `wrpkru` of a gate: where it is and the PKRU value its check enforces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Site {
+    /// The address of the `wrpkru` instruction.
+    pub address: usize,
+    /// The value the gate's check loop holds PKRU to.
+    pub pkru: u32,
+}
+
+unsafe extern "C" {
+    static __start_flexos_wrpkru: [i32; 0];
+    static __stop_flexos_wrpkru: [i32; 0];
+}
+
+/// Every gate `wrpkru` in the image, from the `flexos_wrpkru` section that
+/// each gate appends its sites to (empty in images without `mpk` gates).
+pub fn sites() -> Vec<Site> {
+    if !flexos_layout::has_mpk() {
+        return Vec::new();
+    }
+    // SAFETY: the linker defines both symbols around the section, which
+    // holds pairs of 32-bit words: the site's offset from the word, and the value.
+    unsafe {
+        let start = (&raw const __start_flexos_wrpkru).cast::<i32>();
+        let stop = (&raw const __stop_flexos_wrpkru).cast::<i32>();
+        let n = stop.offset_from(start) as usize / 2;
+        (0..n)
+            .map(|i| {
+                let word = start.add(2 * i);
+                Site { address: (word as isize + *word as isize) as usize, pkru: *word.add(1) as u32 }
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,199 @@
+//! Protection keys (Intel MPK, "PKU") on Linux: the hardware of the `mpk`
+//! mechanism (DESIGN section 5.4).
+//!
+//! Every page carries one of 16 keys; the per-thread register PKRU says, for
+//! each key, whether data accesses are allowed (two bits per key: access
+//! disable, write disable). `wrpkru` changes PKRU without a system call, so
+//! a gate is a few instructions. Instruction fetches are not checked: keys
+//! protect data, never code.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// `si_code` of a SIGSEGV raised by a protection-key violation.
+pub const SEGV_PKUERR: i32 = 4;
+
+/// Why protection keys cannot be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Unavailable {
+    /// The `errno` of `pkey_alloc` (EINVAL or ENOSPC without PKU, ENOSYS on old kernels).
+    pub errno: i32,
+}
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let why = std::io::Error::from_raw_os_error(self.errno);
+        write!(f, "pkey_alloc failed: {why}; the CPU has no protection keys (no `pku` flag in /proc/cpuinfo) or the kernel does not enable them")
+    }
+}
+
+/// Allocates a fresh protection key, with access allowed in this thread.
+pub fn allocate() -> Result<u32, Unavailable> {
+    // SAFETY: pkey_alloc(flags = 0, access_rights = 0) only reserves a key
+    // number and changes this thread's PKRU bits of that (unused) key.
+    let k = unsafe { libc::syscall(libc::SYS_pkey_alloc, 0, 0) };
+    if k < 0 { Err(Unavailable { errno: std::io::Error::last_os_error().raw_os_error().unwrap_or(0) }) } else { Ok(k as u32) }
+}
+
+/// Whether this machine can run `mpk` images: allocates and frees a key.
+pub fn available() -> Result<(), Unavailable> {
+    let k = allocate()?;
+    // SAFETY: frees the key just allocated; no page carries it.
+    unsafe { libc::syscall(libc::SYS_pkey_free, k) };
+    Ok(())
+}
+
+/// Gives the pages of `[addr, addr + len)` key `key`, readable and
+/// writable (`PROT_NONE` instead when `accessible` is false, for guard pages).
+///
+/// # Safety
+/// The range must be a mapping the caller owns; code that touches it
+/// afterwards needs `key` allowed in PKRU.
+pub unsafe fn protect(addr: usize, len: usize, key: u32, accessible: bool) -> std::io::Result<()> {
+    let prot = if accessible { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_NONE };
+    // SAFETY: by the contract the range is the caller's mapping; pkey_mprotect
+    // changes its protection and key, nothing else.
+    let rc = unsafe { libc::syscall(libc::SYS_pkey_mprotect, addr, len, prot, key) };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+/// This thread's PKRU.
+#[inline(always)]
+pub fn read() -> u32 {
+    let pkru: u32;
+    // SAFETY: rdpkru only reads the register (ECX must be 0); it faults only
+    // without OSPKE, and it is called only after keys were allocated.
+    unsafe { core::arch::asm!("rdpkru", in("ecx") 0, out("eax") pkru, out("edx") _, options(nomem, nostack)) };
+    pkru
+}
+
+/// Sets this thread's PKRU to `value`, checking that the register holds it
+/// afterwards. Used by the trusted core at start-up; gates carry their own
+/// copy of this sequence with the value as an immediate.
+///
+/// # Safety
+/// Whatever memory the new value denies must not be in use by the caller
+/// (its stack, for instance).
+#[inline(always)]
+pub unsafe fn write(value: u32) {
+    // SAFETY: by the contract, the new rights cover the caller's memory.
+    unsafe {
+        core::arch::asm!(
+            "2:",
+            "mov eax, {v:e}",
+            "xor ecx, ecx",
+            "xor edx, edx",
+            "wrpkru",
+            "cmp eax, {v:e}",
+            "jne 2b",
+            v = in(reg) value,
+            out("eax") _, out("ecx") _, out("edx") _,
+            options(nostack),
+        )
+    };
+}
+
+/// The key of every compartment's memory (0: none), registered by the
+/// allocator when the image uses keys; read by the fault reporter.
+static KEYS: [AtomicU32; 16] = [const { AtomicU32::new(0) }; 16];
+static SHARED_KEY: AtomicU32 = AtomicU32::new(0);
+/// The key of the stacks that each compartment's code runs on.
+static STACK_KEYS: [AtomicU32; 16] = [const { AtomicU32::new(0) }; 16];
+
+/// Records which key protects which compartment's memory (`keys[i]` for
+/// compartment `i`) and the shared memory, for fault reports, and which key
+/// the stacks of each compartment's threads carry (`stack_keys[i]`).
+pub fn register(keys: &[u32], shared: u32, stack_keys: &[u32]) {
+    for (slot, &k) in KEYS.iter().zip(keys) {
+        slot.store(k, Ordering::Relaxed);
+    }
+    for (slot, &k) in STACK_KEYS.iter().zip(stack_keys) {
+        slot.store(k, Ordering::Relaxed);
+    }
+    SHARED_KEY.store(shared, Ordering::Relaxed);
+}
+
+/// The owner of memory with key `key`: `Some(Some(i))` for compartment `i`,
+/// `Some(None)` for shared memory, `None` if no compartment has it.
+pub fn owner_of_key(key: u32) -> Option<Option<usize>> {
+    if key != 0 && key == SHARED_KEY.load(Ordering::Relaxed) {
+        return Some(None);
+    }
+    KEYS.iter().position(|k| key != 0 && k.load(Ordering::Relaxed) == key).map(Some)
+}
+
+/// The key that stacks of compartment `compartment`'s threads carry (0: none).
+pub fn stack_key(compartment: usize) -> u32 {
+    STACK_KEYS.get(compartment).map_or(0, |k| k.load(Ordering::Relaxed))
+}
+
+/// Whether this image registered keys (it has `mpk` compartments).
+pub fn in_use() -> bool {
+    SHARED_KEY.load(Ordering::Relaxed) != 0
+}
+
+/// The key of the shared memory (0 in images without `mpk` compartments).
+pub fn shared_key() -> u32 {
+    SHARED_KEY.load(Ordering::Relaxed)
+}
+
+/// The bounds `[start, end)` of the main thread's stack mapping (`[stack]`
+/// in /proc/self/maps). Reads the file without allocating, since the
+/// allocator calls it while it sets itself up.
+pub fn main_stack() -> Option<(usize, usize)> {
+    // SAFETY: the path is NUL-terminated; the descriptor is closed below.
+    let fd = unsafe { libc::open(c"/proc/self/maps".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    let mut buf = [0u8; 4096];
+    let mut have = 0;
+    let mut found = None;
+    loop {
+        // SAFETY: reads into the unused tail of `buf`.
+        let n = unsafe { libc::read(fd, buf[have..].as_mut_ptr().cast(), buf.len() - have) };
+        if n <= 0 {
+            break;
+        }
+        have += n as usize;
+        // Handle every complete line; keep the incomplete rest.
+        let mut start = 0;
+        while let Some(len) = buf[start..have].iter().position(|&b| b == b'\n') {
+            let line = &buf[start..start + len];
+            if line.ends_with(b"[stack]") {
+                found = parse_range(line);
+            }
+            start += len + 1;
+        }
+        buf.copy_within(start..have, 0);
+        have -= start;
+        if have == buf.len() {
+            have = 0; // a line longer than the buffer: skip it
+        }
+    }
+    // SAFETY: the descriptor opened above.
+    unsafe { libc::close(fd) };
+    found
+}
+
+/// Parses the `START-END` hexadecimal range at the start of a maps line.
+fn parse_range(line: &[u8]) -> Option<(usize, usize)> {
+    let range = line.split(|&b| b == b' ').next()?;
+    let dash = range.iter().position(|&b| b == b'-')?;
+    let hex = |digits: &[u8]| {
+        digits.iter().try_fold(0usize, |v, &d| Some(v.checked_mul(16)? + (d as char).to_digit(16)? as usize))
+    };
+    Some((hex(&range[..dash])?, hex(&range[dash + 1..])?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_main_stack() {
+        assert_eq!(parse_range(b"7ffd1000-7ffd3000 rw-p 00000000 00:00 0  [stack]"), Some((0x7ffd1000, 0x7ffd3000)));
+        assert_eq!(parse_range(b"zz-1 rw-p"), None);
+        let (start, end) = main_stack().expect("a [stack] line");
+        assert!(start < end && end - start >= 4096);
+    }
+}
