@@ -19,7 +19,7 @@
 
 use flexos_gate::abi::{Whence, open_flags};
 use flexos_gate::layout::component::{PROBE, SCHED, VFS};
-use flexos_gate::{SharedBuf, gate, layout};
+use flexos_gate::{SharedBuf, gate, layout, with_state};
 use flexos_platform::clock;
 
 /// Every allocation is served from the running compartment's heap.
@@ -43,6 +43,7 @@ const ATTACKS: &[&str] = &[
     "malformed",
     "syscall",
     "invalid-instruction",
+    "gadget",
 ];
 
 fn main() {
@@ -182,6 +183,29 @@ fn attack(name: &str) {
             gate!(flexos_probe::attack_write(stack_addr, 0xbad));
             breached(format!("wrote a thread's stack; the value is now {:#x}", std::hint::black_box(on_stack)))
         }
+        "unexported" if probe_is_mpk() => {
+            // Keys do not protect code: the attacker calls a function of main
+            // that is no entry point. It runs with the attacker's rights, so
+            // the state of main it reads must be out of reach.
+            with_state(FLEXOS_COMPONENT, |s: &mut u64| *s = 0x5ec2e7);
+            println!("target: main's state");
+            let code = main_internal as extern "C" fn(u64) -> u64 as usize as u64;
+            let v = gate!(flexos_probe::attack_call(code, 0));
+            breached(format!("ran main's internal code on main's state: {v:#x}"))
+        }
+        "private-pointer" if probe_is_mpk() => {
+            // vfs::write(fd, data) with `data` forged to point at the secret.
+            let path = SharedBuf::from_slice(b"/leak");
+            let fd = gate!(flexos_vfs::open(path.shared(), open_flags::O_CREAT | open_flags::O_RDWR, 0o644)).unwrap();
+            println!("target: {heap_addr:#x}");
+            let n = gate!(flexos_probe::attack_forged_write(fd, heap_addr, 8));
+            breached(format!("vfs::write accepted a handle into main's heap ({n})"))
+        }
+        "gadget" if probe_is_mpk() => {
+            println!("target: {heap_addr:#x}");
+            let v = gate!(flexos_probe::attack_gadget(heap_addr));
+            breached(format!("a gate's wrpkru gave the attacker every key: read {v:#x}"))
+        }
         "unexported" => {
             // An entry index beyond sched's table, and an entry of a component that is not in "main".
             let none = SharedBuf::zeroed(0);
@@ -259,6 +283,18 @@ fn attack(name: &str) {
         }
         _ => usage(),
     }
+}
+
+/// Whether the attacker is an `mpk` compartment (in this address space:
+/// its attacks are direct calls, jumps and forged handles, not forged frames).
+fn probe_is_mpk() -> bool {
+    layout::COMPARTMENTS[PROBE.compartment].mechanism == layout::Mechanism::Mpk
+}
+
+/// A function of the image's driver that is no entry point: it reads the
+/// driver's state (in main's heap). Attacked by `unexported` under `mpk`.
+extern "C" fn main_internal(_: u64) -> u64 {
+    with_state(FLEXOS_COMPONENT, |s: &mut u64| *s)
 }
 
 /// The compartment the attacks are aimed at: the default one.

@@ -22,7 +22,10 @@ flexos_gate::exports!(
     attack_write(_, _),
     attack_frame(_, _, _, _, _),
     attack_syscall(),
-    attack_invalid_instruction()
+    attack_invalid_instruction(),
+    attack_call(_, _),
+    attack_forged_write(_, _, _),
+    attack_gadget(_)
 );
 
 /// Does nothing: the empty call of the gate benchmark.
@@ -86,6 +89,124 @@ pub fn attack_invalid_instruction() {
     // SAFETY: none needed; `ud2` raises an invalid-opcode exception, which
     // the mechanism must report.
     unsafe { core::arch::asm!("ud2", options(nostack)) }
+}
+
+/// Attack (`mpk`): calls the code at `code`, a function of another
+/// compartment that is not one of its entry points, with `arg`. Keys do not
+/// protect code, so the call happens; the function then runs with this
+/// compartment's rights, and touching its owner's data must fault.
+pub fn attack_call(code: u64, arg: u64) -> u64 {
+    // SAFETY: none; this is the attack. The address is a function of this
+    // signature in the image (the image's driver passes it).
+    let f: extern "C" fn(u64) -> u64 = unsafe { core::mem::transmute(code as usize) };
+    f(arg)
+}
+
+/// Attack (`mpk`): passes `vfs::write` a handle forged to point at `len`
+/// bytes at `addr` (another compartment's private memory), hoping vfs
+/// copies them into a file this compartment can read. Returns what `write` returned.
+pub fn attack_forged_write(fd: i32, addr: u64, len: u64) -> i64 {
+    // SAFETY: none; this is the attack. The gate must refuse the handle.
+    let forged = unsafe { SharedRef::forge(addr as *const u8, len as usize) };
+    match flexos_gate::gate!(flexos_vfs::write(fd, forged)) {
+        Ok(n) => n as i64,
+        Err(e) => -(e.0 as i64),
+    }
+}
+
+/// Attack (`mpk`): reuses a gate's `wrpkru` to get every key. Finds a gate
+/// site whose value is this compartment's own PKRU (every gate into or out
+/// of it has one), loads EAX with 0 (all keys allowed) and jumps to the
+/// site's `wrpkru`, single-stepping (trap flag) until execution has left
+/// the site's check; then it continues in [`gadget_landing`] with exactly
+/// the rights the gadget produced, and reads the 8 bytes at `secret`.
+/// Returns the value read (the gate's check must make that read fault).
+pub fn attack_gadget(secret: u64) -> u64 {
+    let own = flexos_platform::pkey::read();
+    let Some(site) = flexos_gate::mpk::sites().into_iter().find(|s| s.pkru == own) else {
+        panic!("no gate site with this compartment's rights {own:#x}")
+    };
+    gadget::run(site.address, secret)
+}
+
+/// The single-stepped jump into a gate (see [`attack_gadget`]).
+mod gadget {
+    use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+    /// The `wrpkru` being attacked, where to land, and the landing's stack.
+    static SITE: AtomicUsize = AtomicUsize::new(0);
+    static LANDING_STACK: AtomicUsize = AtomicUsize::new(0);
+    static SECRET: AtomicU64 = AtomicU64::new(0);
+    static RESULT: AtomicU64 = AtomicU64::new(0);
+    static STEPS: AtomicUsize = AtomicUsize::new(0);
+
+    /// Runs the attack; returns what the landing read.
+    pub fn run(site: usize, secret: u64) -> u64 {
+        SITE.store(site, Ordering::SeqCst);
+        SECRET.store(secret, Ordering::SeqCst);
+        // SAFETY: none; this is the attack. A SIGTRAP handler on the
+        // signal stack (the platform's, key 0) follows the single steps.
+        unsafe {
+            let mut action: libc::sigaction = core::mem::zeroed();
+            action.sa_sigaction = on_trap as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) as usize;
+            action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+            libc::sigaction(libc::SIGTRAP, &action, core::ptr::null_mut());
+            core::arch::asm!(
+                "lea rax, [rip + 2f]",
+                "push rax",
+                "mov [{stack}], rsp",
+                "xor eax, eax",
+                "xor ecx, ecx",
+                "xor edx, edx",
+                "pushfq",
+                "or qword ptr [rsp], 0x100",
+                "popfq",
+                "jmp {site}",
+                "2:",
+                stack = in(reg) LANDING_STACK.as_ptr(),
+                site = in(reg) site,
+                out("rax") _, out("rcx") _, out("rdx") _,
+                clobber_abi("C"),
+            );
+        }
+        RESULT.load(Ordering::SeqCst)
+    }
+
+    /// Where the attack continues once it has left the gate's check, with
+    /// the rights the gate left in PKRU: reads the secret and returns to `run`.
+    extern "C" fn landing() {
+        let report = format!(
+            "gadget: left the gate's check after {} single steps with PKRU {:#010x}\n",
+            STEPS.load(Ordering::SeqCst),
+            flexos_platform::pkey::read()
+        );
+        // SAFETY: writes the report's bytes to stderr (std's stderr lock
+        // belongs to the image's driver, out of this compartment's reach).
+        unsafe { libc::write(2, report.as_ptr().cast(), report.len()) };
+        // SAFETY: none; this is the read the rights must stop.
+        let v = unsafe { core::ptr::read_volatile(SECRET.load(Ordering::SeqCst) as *const u64) };
+        RESULT.store(v, Ordering::SeqCst);
+    }
+
+    extern "C" fn on_trap(_: libc::c_int, _: *mut libc::siginfo_t, context: *mut libc::c_void) {
+        // SAFETY: the kernel passes the interrupted context; the handler
+        // edits its registers so that the thread resumes in `landing`.
+        unsafe {
+            let uc = &mut *(context as *mut libc::ucontext_t);
+            let rip = uc.uc_mcontext.gregs[libc::REG_RIP as usize] as usize;
+            let site = SITE.load(Ordering::SeqCst);
+            // wrpkru (3 bytes), cmp eax, imm (5 bytes: 3D imm32, or 3: 83 F8 imm8), jne (2 bytes).
+            let cmp_len = if *((site + 3) as *const u8) == 0x3d { 5 } else { 3 };
+            let past_check = site + 3 + cmp_len + 2;
+            let steps = STEPS.fetch_add(1, Ordering::SeqCst);
+            if rip == past_check || steps > 64 {
+                // Leave the gate: land with the current rights, return to `run`.
+                uc.uc_mcontext.gregs[libc::REG_RIP as usize] = landing as extern "C" fn() as usize as i64;
+                uc.uc_mcontext.gregs[libc::REG_RSP as usize] = LANDING_STACK.load(Ordering::SeqCst) as i64;
+                uc.uc_mcontext.gregs[libc::REG_EFL as usize] &= !0x100;
+            }
+        }
+    }
 }
 
 /// The refusal codes, for the image's reports.

@@ -128,12 +128,16 @@ where
     result
 }
 
-/// Stops a call whose handle would give the other side private memory.
+/// Stops a call whose handle would give the other side private memory: the
+/// call never happens, the image reports it and ends (it does not unwind,
+/// which would walk the stacks of other compartments).
 fn refuse_handle(from: Component, to: Component, why: &str) -> ! {
-    panic!(
-        "gate {} -> {}: {why} (compartment {:?} called compartment {:?})",
-        from.name, to.name, COMPARTMENTS[from.compartment].name, COMPARTMENTS[to.compartment].name
-    )
+    let report = format!(
+        "flexos: compartment {:?} refused a call from compartment {:?} (gate {} -> {}): {why}; stopping the image\n",
+        COMPARTMENTS[to.compartment].name, COMPARTMENTS[from.compartment].name, from.name, to.name
+    );
+    flexos_platform::console::write_err(report.as_bytes());
+    flexos_platform::process_abort()
 }
 
 /// A call that leaves the caller's compartment: a remote call when the

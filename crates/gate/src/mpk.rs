@@ -58,7 +58,7 @@ const fn pkru_of(c: usize) -> u32 {
 #[inline(always)]
 pub fn gate<const FROM: usize, const TO: usize, F: FnOnce() -> R, R>(f: F) -> R {
     let previous = compartment::enter(TO);
-    let result = if stack_domain(FROM) == stack_domain(TO) { light::<FROM, TO, F, R>(f) } else { switching::<FROM, TO, F, R>(f) };
+    let result = if const { stack_domain(FROM) == stack_domain(TO) } { light::<FROM, TO, F, R>(f) } else { switching::<FROM, TO, F, R>(f) };
     compartment::enter(previous);
     result
 }
@@ -81,7 +81,7 @@ fn light<const FROM: usize, const TO: usize, F: FnOnce() -> R, R>(f: F) -> R {
             "wrpkru",
             "cmp eax, {to}",
             "jne 2b",
-            ".pushsection flexos_wrpkru,\"a\"",
+            ".pushsection flexos_wrpkru,\"aR\"",
             ".balign 4",
             ".long 3b - .",
             ".long {to}",
@@ -104,7 +104,7 @@ fn light<const FROM: usize, const TO: usize, F: FnOnce() -> R, R>(f: F) -> R {
             "wrpkru",
             "cmp eax, {from}",
             "jne 4b",
-            ".pushsection flexos_wrpkru,\"a\"",
+            ".pushsection flexos_wrpkru,\"aR\"",
             ".balign 4",
             ".long 5b - .",
             ".long {from}",
@@ -155,7 +155,7 @@ fn switching<const FROM: usize, const TO: usize, F: FnOnce() -> R, R>(f: F) -> R
             "wrpkru",
             "cmp eax, {to}",
             "jne 2b",
-            ".pushsection flexos_wrpkru,\"a\"",
+            ".pushsection flexos_wrpkru,\"aR\"",
             ".balign 4",
             ".long 3b - .",
             ".long {to}",
@@ -183,7 +183,7 @@ fn switching<const FROM: usize, const TO: usize, F: FnOnce() -> R, R>(f: F) -> R
             "wrpkru",
             "cmp eax, {from}",
             "jne 4b",
-            ".pushsection flexos_wrpkru,\"a\"",
+            ".pushsection flexos_wrpkru,\"aR\"",
             ".balign 4",
             ".long 5b - .",
             ".long {from}",
@@ -281,12 +281,13 @@ pub fn dss_mirror(addr: usize, len: usize) -> Option<usize> {
 /// immediates.
 #[inline(never)]
 pub fn run_in<R>(to: usize, f: impl FnOnce() -> R) -> R {
+    const N: usize = COMPARTMENTS.len();
     let from = compartment::current();
-    assert!(to < COMPARTMENTS.len() && from < COMPARTMENTS.len(), "compartment index out of range");
+    assert!(to < N && from < N, "compartment index out of range");
     macro_rules! inner {
         ($to:literal; $($from:literal)*) => {
             match from {
-                $($from => gate::<$from, $to, _, R>(f),)*
+                $($from if $from < N && $from != $to => gate::<$from, $to, _, R>(f),)*
                 _ => unreachable!(),
             }
         };
@@ -294,7 +295,7 @@ pub fn run_in<R>(to: usize, f: impl FnOnce() -> R) -> R {
     macro_rules! outer {
         ($($to:literal)*) => {
             match to {
-                $($to => inner!($to; 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15),)*
+                $($to if $to < N => inner!($to; 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15),)*
                 _ => unreachable!(),
             }
         };

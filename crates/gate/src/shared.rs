@@ -94,6 +94,18 @@ pub struct SharedRef<'a> {
 }
 
 impl<'a> SharedRef<'a> {
+    /// A handle to `[ptr, ptr + len)` made from raw parts, whatever memory
+    /// that is. Only the attack tests use it, to show that gates refuse a
+    /// handle into private memory.
+    ///
+    /// # Safety
+    /// The caller must not read through it unless the range is live shared
+    /// memory for `'a`; gates validate it before the callee sees it.
+    #[doc(hidden)]
+    pub unsafe fn forge(ptr: *const u8, len: usize) -> SharedRef<'a> {
+        SharedRef { ptr: NonNull::new(ptr.cast_mut()).expect("a non-null address"), len, _lent: PhantomData }
+    }
+
     /// The bytes.
     pub fn bytes(&self) -> &'a [u8] {
         // SAFETY: made from a SharedBuf (or a sub-range of a handle made from

@@ -83,7 +83,12 @@ pub const fn has_mpk() -> bool {
 /// share stacks (`fcall`, `mpk` with `shared-stack`) use the thread's shared
 /// stack ([`SHARED_STACKS`]); an `mpk` compartment with `dss` or `heap` has
 /// a private stack of its own, numbered by its index.
+/// (Indices past the image's compartments, which no code runs in, map to
+/// the shared stacks.)
 pub const fn stack_domain(compartment: usize) -> usize {
+    if compartment >= COMPARTMENTS.len() {
+        return SHARED_STACKS;
+    }
     let c = COMPARTMENTS[compartment];
     match c.mechanism {
         Mechanism::Mpk if !str_eq(c.sharing, "shared-stack") => compartment,

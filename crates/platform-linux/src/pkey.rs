@@ -66,32 +66,6 @@ pub fn read() -> u32 {
     pkru
 }
 
-/// Sets this thread's PKRU to `value`, checking that the register holds it
-/// afterwards. Used by the trusted core at start-up; gates carry their own
-/// copy of this sequence with the value as an immediate.
-///
-/// # Safety
-/// Whatever memory the new value denies must not be in use by the caller
-/// (its stack, for instance).
-#[inline(always)]
-pub unsafe fn write(value: u32) {
-    // SAFETY: by the contract, the new rights cover the caller's memory.
-    unsafe {
-        core::arch::asm!(
-            "2:",
-            "mov eax, {v:e}",
-            "xor ecx, ecx",
-            "xor edx, edx",
-            "wrpkru",
-            "cmp eax, {v:e}",
-            "jne 2b",
-            v = in(reg) value,
-            out("eax") _, out("ecx") _, out("edx") _,
-            options(nostack),
-        )
-    };
-}
-
 /// The key of every compartment's memory (0: none), registered by the
 /// allocator when the image uses keys; read by the fault reporter.
 static KEYS: [AtomicU32; 16] = [const { AtomicU32::new(0) }; 16];
