@@ -62,12 +62,13 @@ fn main() {
         ["bench", n] => bench(n.parse().unwrap_or_else(|_| usage())),
         ["idle", ms] => idle(ms.parse().unwrap_or_else(|_| usage())),
         ["attack", name] if ATTACKS.contains(name) => attack(name),
+        ["bench-local", batch] => bench_local(batch.parse().unwrap_or_else(|_| usage())),
         _ => usage(),
     }
 }
 
 fn usage() -> ! {
-    eprintln!("usage: flexos-probe behave | bench N | idle MS | attack {}", ATTACKS.join("|"));
+    eprintln!("usage: flexos-probe behave | bench N | bench-local N | idle MS | attack {}", ATTACKS.join("|"));
     std::process::exit(2)
 }
 
@@ -107,6 +108,12 @@ fn behave() {
     let overtaken = !slept.load(std::sync::atomic::Ordering::SeqCst);
     sleeper.join().expect("the sleeping thread");
     println!("served while another call slept: {} ({y} echoes)", if overtaken { "yes" } else { "no" });
+    let trip = match gate!(flexos_probe::shared_local_trip()) {
+        1 => "data shadow stack",
+        0 => "shared heap",
+        _ => "LOST",
+    };
+    println!("shared locals across a gate: {trip}");
     println!("behaved: ok");
 }
 
@@ -116,6 +123,15 @@ fn bench(batch: u64) {
     let (min, median) = clock::min_median(samples);
     println!("roundtrip_cycles: {min:.1} {median:.1}");
     println!("cycles_per_second: {:.0}", clock::cycles_per_second(20));
+}
+
+/// The cost of declaring shared locals in the `probe` compartment (under
+/// its sharing strategy); prints `shared_local_cycles: N MIN MEDIAN` for N = 1, 2, 3.
+fn bench_local(batch: u64) {
+    for n in 1..=3 {
+        let (min, median) = gate!(flexos_probe::shared_locals(n, batch));
+        println!("shared_local_cycles: {n} {min:.1} {median:.1}");
+    }
 }
 
 /// CPU clock ticks used so far by the threads that serve the `probe`

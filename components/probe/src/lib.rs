@@ -23,6 +23,8 @@ flexos_gate::exports!(
     attack_frame(_, _, _, _, _),
     attack_syscall(),
     attack_invalid_instruction(),
+    shared_locals(_, _),
+    shared_local_trip(),
     attack_call(_, _),
     attack_forged_write(_, _, _),
     attack_gadget(_)
@@ -89,6 +91,50 @@ pub fn attack_invalid_instruction() {
     // SAFETY: none needed; `ud2` raises an invalid-opcode exception, which
     // the mechanism must report.
     unsafe { core::arch::asm!("ud2", options(nostack)) }
+}
+
+/// The cost of declaring `n` (1 to 3) shared locals of 64 bytes in this
+/// compartment: (minimum, median) cycles over 101 samples of `batch`.
+pub fn shared_locals(n: u32, batch: u64) -> (f64, f64) {
+    use core::hint::black_box;
+    use flexos_platform::clock;
+    let timer = clock::timer_overhead();
+    let samples = clock::sample_cycles(101, batch, timer, |_| match n {
+        1 => {
+            flexos_gate::shared_local!(a: 64);
+            black_box(&mut a);
+        }
+        2 => {
+            flexos_gate::shared_local!(a: 64, b: 64);
+            black_box((&mut a, &mut b));
+        }
+        _ => {
+            flexos_gate::shared_local!(a: 64, b: 64, c: 64);
+            black_box((&mut a, &mut b, &mut c));
+        }
+    });
+    clock::min_median(samples)
+}
+
+/// Passes a shared local across a gate: writes it to a file through `vfs`
+/// and reads it back into another. Returns 1 if the locals were data
+/// shadow stack mirrors, 0 if shared-heap allocations, and 2 if the bytes
+/// did not come back.
+pub fn shared_local_trip() -> u32 {
+    use flexos_gate::abi::{Whence, open_flags};
+    use flexos_gate::gate;
+    flexos_gate::shared_local!(path: 6, out: 16, back: 16);
+    path.copy_from_slice(b"/local");
+    out.copy_from_slice(b"shadow-stack-ok!");
+    let fd = gate!(flexos_vfs::open(path.shared(), open_flags::O_CREAT | open_flags::O_RDWR, 0o644)).expect("open");
+    gate!(flexos_vfs::write(fd, out.shared())).expect("write");
+    gate!(flexos_vfs::lseek(fd, 0, Whence::Set)).expect("lseek");
+    gate!(flexos_vfs::read(fd, back.shared_mut())).expect("read");
+    gate!(flexos_vfs::close(fd)).expect("close");
+    if *back != *out {
+        return 2;
+    }
+    u32::from(out.is_mirror() && back.is_mirror() && path.is_mirror())
 }
 
 /// Attack (`mpk`): calls the code at `code`, a function of another

@@ -34,7 +34,7 @@ pub use args::Args;
 pub use crossing::{Callback, Crossing};
 pub use export::{Export, Refusal, serve_entry};
 pub use flexos_layout as layout;
-pub use shared::{SharedBuf, SharedMut, SharedRef};
+pub use shared::{SharedBuf, SharedLocal, SharedMut, SharedRef};
 pub use state::with_state;
 
 use flexos_layout::{COMPARTMENTS, Component, Mechanism, domain_of, has_remote_domains};
@@ -75,16 +75,20 @@ macro_rules! gate {
 
 /// Declares shared locals: zero-filled byte buffers that may cross gates,
 /// placed by the data-sharing strategy of the calling crate's compartment
-/// (DESIGN section 5.3): `shared_local!(name: LEN, other: LEN2);` binds
-/// mutable [`SharedBuf`]s, freed at the end of the scope.
+/// (DESIGN section 5.3): `shared_local!(name: LEN, other: LEN2);` (lengths
+/// are constants) binds mutable [`SharedLocal`]s that live until the end of
+/// the scope: mirrors in the data shadow stack (`dss`) or shared-heap
+/// allocations (`heap`, `shared-stack`).
 // `crate::FLEXOS_COMPONENT` deliberately names the *calling* crate's component.
 #[allow(clippy::crate_in_macro_def)]
 #[macro_export]
 macro_rules! shared_local {
     ($($name:ident : $len:expr),+ $(,)?) => {
         $(
+            // The stack slot whose mirror the local is (under `dss`).
+            let mut $name = ::core::mem::MaybeUninit::<[u8; $len]>::uninit();
             #[allow(unused_mut)]
-            let mut $name = $crate::SharedBuf::local::<{ crate::FLEXOS_COMPONENT.compartment }>($len);
+            let mut $name = $crate::SharedLocal::new::<{ crate::FLEXOS_COMPONENT.compartment }, { $len }>(&mut $name);
         )+
     };
 }

@@ -29,18 +29,9 @@ impl SharedBuf {
         SharedBuf { ptr, len }
     }
 
-    /// A zero-filled shared local of `len` bytes for code in compartment
-    /// `COMPARTMENT`, placed by that compartment's data-sharing strategy
-    /// (use [`shared_local!`](crate::shared_local)). With `heap` (and with
-    /// `shared-stack`, whose stacks are not validated as shared memory
-    /// here) it is allocated from the shared heap and freed at scope end;
-    /// `dss` (data shadow stacks) comes with the `mpk` mechanism.
-    #[inline(always)]
-    pub fn local<const COMPARTMENT: usize>(len: usize) -> SharedBuf {
-        match crate::layout::COMPARTMENTS[COMPARTMENT].sharing {
-            "dss" => unimplemented!("data shadow stacks need the mpk mechanism"),
-            _ => SharedBuf::zeroed(len),
-        }
+    /// The address of its first byte.
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.ptr.as_ptr()
     }
 
     /// A shared buffer holding a copy of `bytes`.
@@ -82,6 +73,74 @@ impl Drop for SharedBuf {
             // SAFETY: allocated in `zeroed` with this layout, freed once here.
             unsafe { free(self.ptr.as_ptr(), Layout::from_size_align_unchecked(self.len, 16)) };
         }
+    }
+}
+
+/// A shared local: a zero-filled byte buffer that lives as long as the
+/// stack slot it was declared with ([`shared_local!`](crate::shared_local)),
+/// placed by the data-sharing strategy of the declaring compartment:
+///
+/// * `dss` (data shadow stack): the slot's *mirror* in the shadow stack of
+///   the stack the code runs on, which carries the shared key; taking it is
+///   a few instructions. Stacks that gates did not make (a thread's first
+///   stack) have no shadow stack; there the heap strategy is used.
+/// * `heap` (and `shared-stack`): an allocation from the shared heap,
+///   freed at scope end.
+pub struct SharedLocal<'a> {
+    ptr: NonNull<u8>,
+    len: usize,
+    /// The heap allocation, when the local is not a mirror.
+    heap: Option<SharedBuf>,
+    _slot: PhantomData<&'a mut [u8]>,
+}
+
+impl<'a> SharedLocal<'a> {
+    /// The shared local of compartment `COMPARTMENT` for stack slot `slot`
+    /// (use [`shared_local!`](crate::shared_local)).
+    #[inline(always)]
+    pub fn new<const COMPARTMENT: usize, const N: usize>(slot: &'a mut core::mem::MaybeUninit<[u8; N]>) -> SharedLocal<'a> {
+        if crate::layout::COMPARTMENTS[COMPARTMENT].sharing == "dss"
+            && let Some(mirror) = crate::mpk::dss_mirror(slot.as_ptr() as usize, N)
+        {
+            // SAFETY: the mirror of a live stack slot of `N` bytes: shadow
+            // stack memory that no other live slot maps to.
+            unsafe { core::ptr::write_bytes(mirror as *mut u8, 0, N) };
+            let ptr = NonNull::new(mirror as *mut u8).expect("mirrors are not null");
+            return SharedLocal { ptr, len: N, heap: None, _slot: PhantomData };
+        }
+        let mut b = SharedBuf::zeroed(N);
+        let ptr = NonNull::new(b.as_mut_ptr()).unwrap_or(NonNull::dangling());
+        SharedLocal { ptr, len: N, heap: Some(b), _slot: PhantomData }
+    }
+
+    /// Whether it lives in a data shadow stack (else in the shared heap).
+    pub fn is_mirror(&self) -> bool {
+        self.heap.is_none()
+    }
+
+    /// A read-only handle to the whole local.
+    pub fn shared(&self) -> SharedRef<'_> {
+        SharedRef { ptr: self.ptr, len: self.len, _lent: PhantomData }
+    }
+
+    /// A writable handle to the whole local.
+    pub fn shared_mut(&mut self) -> SharedMut<'_> {
+        SharedMut { ptr: self.ptr, len: self.len, _lent: PhantomData }
+    }
+}
+
+impl Deref for SharedLocal<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `len` initialized (zeroed) bytes, live while the slot is borrowed.
+        unsafe { core::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl DerefMut for SharedLocal<'_> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `deref`, and `&mut self` is exclusive.
+        unsafe { core::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 }
 
