@@ -59,7 +59,8 @@ fn main() {
     writeln!(out, "pub const PKEYS: &[u32] = &{keys:?};").unwrap();
     writeln!(out, "/// The protection key of the shared memory (0 when no compartment uses `mpk`).").unwrap();
     writeln!(out, "pub const SHARED_PKEY: u32 = {shared_key};").unwrap();
-    writeln!(out, "/// The PKRU value while each compartment runs: its own key, the shared key and key 0 allowed.").unwrap();
+    writeln!(out, "/// The PKRU value while each compartment runs: its own key, the shared key and key 0 allowed.")
+        .unwrap();
     writeln!(out, "pub const PKRU: &[u32] = &[{}];", pkru.join(", ")).unwrap();
     writeln!(out, "/// The compartments' names, by index.").unwrap();
     let names: Vec<&str> = layout.compartments.iter().map(|c| c.name.as_str()).collect();

@@ -147,7 +147,11 @@ fn protect_with_keys(region: &Region) {
     for expected in 1..=SHARED_PKEY {
         match pkey::allocate() {
             Ok(k) if k == expected => {}
-            Ok(k) => fail_keys(b"protection key ", k as usize, b" was handed out where the layout expects another (a key was taken before the image started)\n"),
+            Ok(k) => fail_keys(
+                b"protection key ",
+                k as usize,
+                b" was handed out where the layout expects another (a key was taken before the image started)\n",
+            ),
             Err(e) => {
                 let mpk = COMPARTMENTS.iter().position(|c| c.mechanism == Mechanism::Mpk).unwrap_or(0);
                 let message = format_no_pku(COMPARTMENTS[mpk].name, e);

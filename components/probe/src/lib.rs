@@ -194,7 +194,8 @@ mod gadget {
         // signal stack (the platform's, key 0) follows the single steps.
         unsafe {
             let mut action: libc::sigaction = core::mem::zeroed();
-            action.sa_sigaction = on_trap as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) as usize;
+            action.sa_sigaction =
+                on_trap as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) as usize;
             action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
             libc::sigaction(libc::SIGTRAP, &action, core::ptr::null_mut());
             core::arch::asm!(

@@ -352,11 +352,8 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Layout, Vec<ConfigError>>
         compartments.push((Compartment { name, mechanism, sharing }, is_default));
     }
     // Protection keys: 16 in all; key 0 is the trusted core's, one is the shared memory's.
-    if let Some(extra) = raw
-        .compartment
-        .iter()
-        .filter(|c| c.get_ref().mechanism.get_ref() == "mpk")
-        .nth(MAX_MPK_COMPARTMENTS)
+    if let Some(extra) =
+        raw.compartment.iter().filter(|c| c.get_ref().mechanism.get_ref() == "mpk").nth(MAX_MPK_COMPARTMENTS)
     {
         err(
             &mut errors,

@@ -104,7 +104,9 @@ where
 {
     if FROM == TO {
         args.apply(f)
-    } else if flexos_layout::has_mpk() && !COMPARTMENTS[FROM].mechanism.is_remote() && !COMPARTMENTS[TO].mechanism.is_remote()
+    } else if flexos_layout::has_mpk()
+        && !COMPARTMENTS[FROM].mechanism.is_remote()
+        && !COMPARTMENTS[TO].mechanism.is_remote()
     {
         cross_mpk::<FROM, TO, A, F, R>(from, to, args, f)
     } else {

@@ -58,7 +58,11 @@ const fn pkru_of(c: usize) -> u32 {
 #[inline(always)]
 pub fn gate<const FROM: usize, const TO: usize, F: FnOnce() -> R, R>(f: F) -> R {
     let previous = compartment::enter(TO);
-    let result = if const { stack_domain(FROM) == stack_domain(TO) } { light::<FROM, TO, F, R>(f) } else { switching::<FROM, TO, F, R>(f) };
+    let result = if const { stack_domain(FROM) == stack_domain(TO) } {
+        light::<FROM, TO, F, R>(f)
+    } else {
+        switching::<FROM, TO, F, R>(f)
+    };
     compartment::enter(previous);
     result
 }

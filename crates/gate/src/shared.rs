@@ -98,7 +98,9 @@ impl<'a> SharedLocal<'a> {
     /// The shared local of compartment `COMPARTMENT` for stack slot `slot`
     /// (use [`shared_local!`](crate::shared_local)).
     #[inline(always)]
-    pub fn new<const COMPARTMENT: usize, const N: usize>(slot: &'a mut core::mem::MaybeUninit<[u8; N]>) -> SharedLocal<'a> {
+    pub fn new<const COMPARTMENT: usize, const N: usize>(
+        slot: &'a mut core::mem::MaybeUninit<[u8; N]>,
+    ) -> SharedLocal<'a> {
         if crate::layout::COMPARTMENTS[COMPARTMENT].sharing == "dss"
             && let Some(mirror) = crate::mpk::dss_mirror(slot.as_ptr() as usize, N)
         {

@@ -112,7 +112,8 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, context: *m
     line.push(name_of(current).as_bytes());
     // SAFETY: si_code is the third int of every siginfo_t; for SEGV_PKUERR
     // the kernel fills si_pkey (a u32 at offset 32 on x86-64 Linux).
-    let key = unsafe { ((*info).si_code == crate::pkey::SEGV_PKUERR).then(|| *(info as *const u8).add(32).cast::<u32>()) };
+    let key =
+        unsafe { ((*info).si_code == crate::pkey::SEGV_PKUERR).then(|| *(info as *const u8).add(32).cast::<u32>()) };
     if let (libc::SIGSEGV, Some(key)) = (sig, key) {
         line.push(b"\" touched ");
         line.hex(addr);

@@ -22,7 +22,10 @@ pub struct Unavailable {
 impl std::fmt::Display for Unavailable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let why = std::io::Error::from_raw_os_error(self.errno);
-        write!(f, "pkey_alloc failed: {why}; the CPU has no protection keys (no `pku` flag in /proc/cpuinfo) or the kernel does not enable them")
+        write!(
+            f,
+            "pkey_alloc failed: {why}; the CPU has no protection keys (no `pku` flag in /proc/cpuinfo) or the kernel does not enable them"
+        )
     }
 }
 
@@ -31,7 +34,11 @@ pub fn allocate() -> Result<u32, Unavailable> {
     // SAFETY: pkey_alloc(flags = 0, access_rights = 0) only reserves a key
     // number and changes this thread's PKRU bits of that (unused) key.
     let k = unsafe { libc::syscall(libc::SYS_pkey_alloc, 0, 0) };
-    if k < 0 { Err(Unavailable { errno: std::io::Error::last_os_error().raw_os_error().unwrap_or(0) }) } else { Ok(k as u32) }
+    if k < 0 {
+        Err(Unavailable { errno: std::io::Error::last_os_error().raw_os_error().unwrap_or(0) })
+    } else {
+        Ok(k as u32)
+    }
 }
 
 /// Whether this machine can run `mpk` images: allocates and frees a key.

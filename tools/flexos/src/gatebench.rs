@@ -45,6 +45,8 @@ pub struct GateReport {
     pub rows: Vec<GateRow>,
     /// Mechanisms of the design that this build does not have yet.
     pub not_implemented: Vec<String>,
+    /// Why the `mpk` rows are missing, when they are (no protection keys here).
+    pub mpk_unavailable: Option<String>,
 }
 
 #[inline(never)]
@@ -61,30 +63,55 @@ pub struct RemoteGate {
     pub image: PathBuf,
 }
 
-/// Runs `image bench BATCH` and reads its `roundtrip_cycles: MIN MEDIAN` line.
-fn measure_image(image: &Path, batch: u64) -> Result<(f64, f64), String> {
+/// Runs `image COMMAND BATCH` and returns the numbers after `prefix` on each
+/// line that starts with it.
+fn image_lines(image: &Path, command: &str, batch: u64, prefix: &str) -> Result<Vec<Vec<f64>>, String> {
     let out = Command::new(image)
-        .args(["bench", &batch.to_string()])
+        .args([command, &batch.to_string()])
         .output()
         .map_err(|e| format!("cannot run {}: {e}", image.display()))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         return Err(format!("{} failed ({}): {}", image.display(), out.status, String::from_utf8_lossy(&out.stderr)));
     }
-    let line = stdout
+    let lines: Vec<Vec<f64>> = stdout
         .lines()
-        .find_map(|l| l.strip_prefix("roundtrip_cycles: "))
-        .ok_or_else(|| format!("{} printed no roundtrip_cycles line: {stdout}", image.display()))?;
-    match line.split(' ').map(str::parse::<f64>).collect::<Result<Vec<_>, _>>() {
-        Ok(v) if v.len() == 2 => Ok((v[0], v[1])),
-        _ => Err(format!("{}: malformed result line {line:?}", image.display())),
+        .filter_map(|l| l.strip_prefix(prefix))
+        .map(|l| l.split(' ').map(str::parse::<f64>).collect::<Result<Vec<_>, _>>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("{}: malformed {prefix:?} line in {stdout}", image.display()))?;
+    if lines.is_empty() {
+        return Err(format!("{} printed no {prefix:?} line: {stdout}", image.display()));
     }
+    Ok(lines)
+}
+
+/// Runs `image bench BATCH` and reads its `roundtrip_cycles: MIN MEDIAN` line.
+fn measure_image(image: &Path, batch: u64) -> Result<(f64, f64), String> {
+    match image_lines(image, "bench", batch, "roundtrip_cycles: ")?.as_slice() {
+        [v] if v.len() == 2 => Ok((v[0], v[1])),
+        _ => Err(format!("{}: malformed roundtrip_cycles line", image.display())),
+    }
+}
+
+/// Runs `image bench-local BATCH`: (locals, min, median) per `shared_local_cycles:` line.
+fn measure_locals(image: &Path, batch: u64) -> Result<Vec<(usize, f64, f64)>, String> {
+    image_lines(image, "bench-local", batch, "shared_local_cycles: ")?
+        .into_iter()
+        .map(|v| match v.as_slice() {
+            [n, min, median] => Ok((*n as usize, *min, *median)),
+            _ => Err(format!("{}: malformed shared_local_cycles line", image.display())),
+        })
+        .collect()
 }
 
 /// Runs every row; `scale` multiplies the iteration counts (1.0 for the
 /// real benchmark). The remote gates are measured right after the
-/// shared-memory ping-pong, their physical floor.
-pub fn run(scale: f64, remote: &[RemoteGate]) -> Result<GateReport, String> {
+/// shared-memory ping-pong, their physical floor. `mpk` lists the probe
+/// images of the `mpk` gates (named by sharing strategy); they are measured
+/// only where the CPU has protection keys, and their shared locals too
+/// (for `dss` and `heap`).
+pub fn run(scale: f64, remote: &[RemoteGate], mpk: &[RemoteGate]) -> Result<GateReport, String> {
     let hz = cycles_per_second(100);
     let n = |x: f64| ((x * scale) as u64).max(1);
     let samples = 101;
@@ -116,7 +143,8 @@ pub fn run(scale: f64, remote: &[RemoteGate]) -> Result<GateReport, String> {
         black_box(std::os::unix::process::parent_id());
     });
 
-    // Shared locals with the heap strategy: allocated from the shared heap, freed at scope end.
+    // Shared locals with the heap strategy (in this process, no keys):
+    // allocated from the shared heap, freed at scope end.
     add("shared local (heap): 1", n(10_000.0), &mut |_| {
         flexos_gate::shared_local!(a: 64);
         black_box(&mut a);
@@ -166,6 +194,18 @@ pub fn run(scale: f64, remote: &[RemoteGate]) -> Result<GateReport, String> {
         rows.borrow_mut().push(row(&gate.name, measure_image(&gate.image, n(2_000.0))?));
     }
 
+    let mpk_unavailable = flexos_platform::pkey::available().err().map(|e| e.to_string());
+    if mpk_unavailable.is_none() {
+        for gate in mpk {
+            rows.borrow_mut().push(row(&format!("mpk gate, {}", gate.name), measure_image(&gate.image, n(10_000.0))?));
+        }
+        for gate in mpk.iter().filter(|g| g.name != "light") {
+            for (locals, min, median) in measure_locals(&gate.image, n(10_000.0))? {
+                rows.borrow_mut().push(row(&format!("shared locals (mpk {}): {locals}", gate.name), (min, median)));
+            }
+        }
+    }
+
     // A byte through a pipe to another process and back (`cat` echoes it).
     let mut cat = Command::new("cat").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("cat runs");
     let (mut to, mut from) = (cat.stdin.take().expect("stdin"), cat.stdout.take().expect("stdout"));
@@ -177,12 +217,14 @@ pub fn run(scale: f64, remote: &[RemoteGate]) -> Result<GateReport, String> {
     drop(to);
     let _ = cat.wait();
 
-    let mut not_implemented: Vec<String> =
-        ["mpk (light, dss, heap)", "shared locals (dss, needs mpk)"].map(String::from).to_vec();
+    let mut not_implemented = Vec::new();
     if remote.is_empty() {
         not_implemented.push("proc and kvm (no probe images given)".into());
     }
-    Ok(GateReport { cycles_per_second: hz, rows: rows.into_inner(), not_implemented })
+    if mpk.is_empty() {
+        not_implemented.push("mpk (no probe images given)".into());
+    }
+    Ok(GateReport { cycles_per_second: hz, rows: rows.into_inner(), not_implemented, mpk_unavailable })
 }
 
 /// The table printed by `flexos bench gates`.
@@ -202,7 +244,12 @@ pub fn table(r: &GateReport) -> String {
             row.name, row.min_cycles, row.median_cycles, row.min_ns, row.median_ns
         );
     }
-    out += &format!("not in this build yet: {}\n", r.not_implemented.join(", "));
+    if let Some(why) = &r.mpk_unavailable {
+        out += &format!("mpk gates: not measured, this machine has no protection keys ({why})\n");
+    }
+    if !r.not_implemented.is_empty() {
+        out += &format!("not measured: {}\n", r.not_implemented.join(", "));
+    }
     out
 }
 
@@ -212,7 +259,7 @@ mod tests {
 
     #[test]
     fn every_row_is_measured() {
-        let r = run(0.01, &[]).unwrap();
+        let r = run(0.01, &[], &[]).unwrap();
         let names: Vec<&str> = r.rows.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names.len(), 9, "{names:?}");
         assert!(names.contains(&"fcall gate, other compartment"));

@@ -234,7 +234,12 @@ fn bench_gates(json: Option<PathBuf>) -> Result<(), i32> {
         let image = build(&root.join(config), &BuildOptions::default())?;
         remote.push(flexos::gatebench::RemoteGate { name: name.into(), image });
     }
-    let report = flexos::gatebench::run(1.0, &remote).map_err(|e| {
+    let mut mpk = Vec::new();
+    for sharing in ["light", "dss", "heap"] {
+        let image = build(&root.join(format!("configs/probe-mpk-{sharing}.toml")), &BuildOptions::default())?;
+        mpk.push(flexos::gatebench::RemoteGate { name: sharing.into(), image });
+    }
+    let report = flexos::gatebench::run(1.0, &remote, &mpk).map_err(|e| {
         eprintln!("error: {e}");
         exit::BENCH_FAILED
     })?;

@@ -261,11 +261,11 @@ fn the_gate_benchmark_has_a_row_per_isolating_mechanism() {
         .iter()
         .map(|(m, config)| flexos::gatebench::RemoteGate { name: format!("{m} gate"), image: image(config) })
         .collect();
-    let report = flexos::gatebench::run(0.01, &remote).unwrap();
+    let report = flexos::gatebench::run(0.01, &remote, &[]).unwrap();
     for (m, _) in MECHANISMS {
         let row = report.rows.iter().find(|r| r.name == format!("{m} gate")).expect("a row per mechanism");
         assert!(row.min_cycles > 0.0 && row.min_cycles <= row.median_cycles, "{row:?}");
     }
     let bad = flexos::gatebench::RemoteGate { name: "broken".into(), image: PathBuf::from("/nonexistent/probe") };
-    assert!(flexos::gatebench::run(0.01, &[bad]).unwrap_err().contains("cannot run"));
+    assert!(flexos::gatebench::run(0.01, &[bad], &[]).unwrap_err().contains("cannot run"));
 }
