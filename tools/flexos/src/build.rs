@@ -19,13 +19,19 @@ pub struct BuildOptions {
     pub gate_stats: bool,
     /// Show progress on standard error.
     pub progress: bool,
+    /// Link the image statically (C library included), so that it runs in
+    /// a guest that has nothing but the image (`flexos guest-test`).
+    pub static_link: bool,
 }
 
 impl Default for BuildOptions {
     fn default() -> Self {
-        BuildOptions { release: true, gate_stats: false, progress: true }
+        BuildOptions { release: true, gate_stats: false, progress: true, static_link: false }
     }
 }
+
+/// The target triple of statically linked builds.
+pub const STATIC_TARGET: &str = "x86_64-unknown-linux-gnu";
 
 /// The cargo package and binary of an application's image.
 pub fn image_package(app: &str) -> (&'static str, &'static str) {
@@ -45,6 +51,7 @@ pub fn output_dir(root: &Path, layout: &Layout, options: &BuildOptions) -> PathB
     layout.source.hash(&mut h);
     options.release.hash(&mut h);
     options.gate_stats.hash(&mut h);
+    options.static_link.hash(&mut h);
     let stem = layout.source.file_stem().map_or("image".into(), |s| s.to_string_lossy().into_owned());
     root.join("target/flexos").join(format!("{stem}-{:08x}", h.finish() as u32))
 }
@@ -88,6 +95,10 @@ pub fn build_image(root: &Path, layout: &Layout, options: &BuildOptions) -> Resu
     if options.gate_stats {
         cmd.args(["--features", "flexos-gate/stats"]);
     }
+    if options.static_link {
+        // With an explicit target, RUSTFLAGS reach the image but not the build scripts.
+        cmd.args(["--target", STATIC_TARGET]).env("RUSTFLAGS", "-C target-feature=+crt-static");
+    }
     for o in profile_overrides(layout, options.release) {
         cmd.args(["--config", &o]);
     }
@@ -111,7 +122,11 @@ pub fn build_image(root: &Path, layout: &Layout, options: &BuildOptions) -> Resu
         return Err(format!("building {} failed:\n{}", layout.source.display(), tail.join("\n")));
     }
     let profile = if options.release { "release" } else { "debug" };
-    let built = dir.join("cargo").join(profile).join(bin);
+    let built = if options.static_link {
+        dir.join("cargo").join(STATIC_TARGET).join(profile).join(bin)
+    } else {
+        dir.join("cargo").join(profile).join(bin)
+    };
     let image = dir.join(bin);
     // Copy (not rename) so cargo's own output stays fresh for the next incremental build.
     std::fs::copy(&built, &image).map_err(|e| format!("cannot copy {}: {e}", built.display()))?;

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod bench;
 pub mod build;
 pub mod gatebench;
+pub mod guest;
 pub mod netbench;
 pub mod netns;
 
@@ -37,4 +38,6 @@ pub mod exit {
     pub const BENCH_FAILED: i32 = 4;
     /// A static check found violations.
     pub const AUDIT_FAILED: i32 = 5;
+    /// The guest test failed (a check, the negative control, or the guest itself).
+    pub const GUEST_FAILED: i32 = 6;
 }

@@ -53,6 +53,15 @@ enum Cmd {
         #[command(subcommand)]
         which: AuditCmd,
     },
+    /// Run the mpk checks (attacks per sharing strategy, SQLite in three
+    /// compartments) in a Linux guest under QEMU's software CPU, with
+    /// protection keys (-cpu max) and without them (-cpu qemu64, the
+    /// negative control). Downloads QEMU and a kernel as packages into target/.
+    GuestTest {
+        /// Seconds each boot may take.
+        #[arg(long, default_value_t = 900)]
+        limit: u64,
+    },
 }
 
 #[derive(Args)]
@@ -66,11 +75,19 @@ struct BuildArgs {
     /// No progress display.
     #[arg(long, short)]
     quiet: bool,
+    /// Link the image statically (to run it where there is no C library).
+    #[arg(long = "static")]
+    static_link: bool,
 }
 
 impl BuildArgs {
     fn options(&self) -> BuildOptions {
-        BuildOptions { release: !self.debug, gate_stats: self.gate_stats, progress: !self.quiet }
+        BuildOptions {
+            release: !self.debug,
+            gate_stats: self.gate_stats,
+            progress: !self.quiet,
+            static_link: self.static_link,
+        }
     }
 }
 
@@ -224,6 +241,15 @@ fn bench_sqlite(configs: Vec<PathBuf>, runs: usize, rows: u64, json: Option<Path
     write_json(json.unwrap_or_else(|| root.join("target/flexos/bench/sqlite.json")), &report)
 }
 
+fn guest_test(limit: u64) -> Result<(), i32> {
+    let report = flexos::guest::run(&workspace_root(), true, std::time::Duration::from_secs(limit)).map_err(|e| {
+        eprintln!("error: {e}");
+        exit::GUEST_FAILED
+    })?;
+    say_raw(&flexos::guest::table(&report));
+    if report.problems.is_empty() { Ok(()) } else { Err(exit::GUEST_FAILED) }
+}
+
 fn bench_gates(json: Option<PathBuf>) -> Result<(), i32> {
     let root = workspace_root();
     let mut remote = Vec::new();
@@ -355,6 +381,7 @@ fn main() {
         Cmd::Run { config, options, netns, args } => run(&config, &options, netns, &args),
         Cmd::Bench { which: BenchCmd::Sqlite { configs, runs, rows, json } } => bench_sqlite(configs, runs, rows, json),
         Cmd::Bench { which: BenchCmd::Gates { json } } => bench_gates(json),
+        Cmd::GuestTest { limit } => guest_test(limit),
         Cmd::Bench { which: BenchCmd::Kv { configs, runs, json } } => network_images(configs, "kv.toml", runs)
             .and_then(|images| report_network(flexos::netbench::kv(&images, runs), json, "kv")),
         Cmd::Bench { which: BenchCmd::Http { configs, path, runs, json } } => {

@@ -17,7 +17,7 @@ pub fn image(config: &str, gate_stats: bool) -> PathBuf {
     }
     let root = flexos::workspace_root();
     let layout = flexos_config::load(&root.join(config)).unwrap();
-    let options = BuildOptions { release: true, gate_stats, progress: false };
+    let options = BuildOptions { release: true, gate_stats, progress: false, static_link: false };
     let path = build_image(&root, &layout, &options).unwrap_or_else(|e| panic!("{e}"));
     built.push((config.to_string(), gate_stats, path.clone()));
     path
