@@ -144,7 +144,8 @@ fn protect_with_keys(region: &Region) {
     if !has_mpk() {
         return;
     }
-    for expected in 1..=SHARED_PKEY {
+    // The layout numbers the keys 1, 2, ... in order; pkey_alloc hands out the lowest free one.
+    for expected in PKEYS.iter().copied().filter(|&k| k != 0).chain([SHARED_PKEY]) {
         match pkey::allocate() {
             Ok(k) if k == expected => {}
             Ok(k) => fail_keys(
@@ -174,7 +175,7 @@ fn protect_with_keys(region: &Region) {
     // SAFETY: the spans belong to this fresh reservation and hold nothing yet.
     unsafe {
         for (i, &key) in PKEYS.iter().enumerate() {
-            if key != 0 && !pkey::protect(base + i * HEAP_SPAN, HEAP_SPAN, key, true).is_ok() {
+            if key != 0 && pkey::protect(base + i * HEAP_SPAN, HEAP_SPAN, key, true).is_err() {
                 fail(b"flexos-alloc: pkey_mprotect of a compartment's heap failed\n")
             }
         }

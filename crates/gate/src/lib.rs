@@ -173,6 +173,17 @@ pub fn boot(exports: &[&'static [Export]]) {
     remote::register(exports);
     if flexos_layout::has_mpk() {
         mpk::init();
+        // A panic must not unwind: unwinding walks up through the gates
+        // into the stacks of other compartments, which the keys deny. The
+        // report names the compartment and touches nothing but this
+        // compartment's memory (std's default report reads the thread's
+        // name, which lives in the default compartment's heap).
+        std::panic::set_hook(Box::new(|info| {
+            let report =
+                format!("flexos: compartment {:?} panicked: {info}\n", COMPARTMENTS[compartment::current()].name);
+            flexos_platform::console::write_err(report.as_bytes());
+            flexos_platform::process_abort()
+        }));
     }
     if !has_remote_domains() {
         return;

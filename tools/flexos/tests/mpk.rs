@@ -1,0 +1,83 @@
+//! The `mpk` mechanism (protection keys): the checks of `flexos-mpk-checks`
+//! on this machine's CPU, the same checks in a Linux guest under QEMU with
+//! and without protection keys (the negative control), and images that mix
+//! `mpk` with every other mechanism.
+
+mod common;
+
+use flexos::guest::{Boot, judge};
+use flexos_mpk_checks::{IMAGES, Outcome, QUERY, checks, run};
+use std::path::PathBuf;
+use std::time::Duration;
+
+fn image(name: &str) -> PathBuf {
+    let config = IMAGES.iter().find(|i| i.name == name).expect("a known image").config;
+    common::image(config, false)
+}
+
+fn pku() -> bool {
+    flexos_platform::pkey::available().is_ok()
+}
+
+/// On a CPU with protection keys every attack is stopped for every sharing
+/// strategy and SQLite in three compartments answers like one compartment;
+/// on a CPU without them, `mpk` images refuse to start.
+#[test]
+fn every_mpk_check_holds_on_this_cpu() {
+    let pku = pku();
+    let mut boot = Boot { cpu: "this machine".into(), pku: Some(pku), done: true, ..Boot::default() };
+    let mut earlier: Vec<(String, Outcome)> = Vec::new();
+    for check in checks() {
+        let outcome = run(&image(check.image), &check.args, Duration::from_secs(120));
+        let verdict = check.verdict(&outcome, &earlier);
+        boot.checks.push((check.name.clone(), verdict.is_ok(), verdict.err().unwrap_or_default()));
+        earlier.push((check.name, outcome));
+    }
+    let problems = judge(&boot, pku);
+    assert!(problems.is_empty(), "protection keys here: {pku}\n{}", problems.join("\n"));
+}
+
+/// `flexos guest-test`: the checks in a guest on QEMU's `-cpu max` (with
+/// keys) all pass; on `-cpu qemu64` (without) every `mpk` check fails and
+/// the image refuses to start.
+#[test]
+fn the_checks_pass_in_a_guest_with_protection_keys_and_fail_without() {
+    let report = flexos::guest::run(&flexos::workspace_root(), false, Duration::from_secs(900)).unwrap();
+    let table = flexos::guest::table(&report);
+    assert!(report.problems.is_empty(), "{table}\nconsole with keys:\n{}", report.with_pku.console);
+    assert!(report.with_pku.checks.len() >= 28, "{table}");
+}
+
+/// One image, four mechanisms: `mpk` compartments beside a `proc` process,
+/// a `kvm` virtual machine and an `fcall` compartment.
+#[test]
+fn mpk_mixes_with_proc_kvm_and_fcall_in_one_image() {
+    let sqlite = common::image("configs/sqlite-mpk-mixed.toml", false);
+    let probe = common::image("configs/probe-mpk-mixed.toml", false);
+    let limit = Duration::from_secs(120);
+    if !pku() {
+        let r = run(&probe, &["behave".into()], limit);
+        assert!(r.stderr.contains("has no protection keys"), "{r:?}");
+        return;
+    }
+    let workload = run(&sqlite, &[], limit);
+    assert!(workload.stdout.contains("rows: 5000") && workload.stdout.contains("integrity_check: ok"), "{workload:?}");
+    let one = run(&image("sqlite"), &["--sql".into(), QUERY.into()], limit);
+    let mixed = run(&sqlite, &["--sql".into(), QUERY.into()], limit);
+    assert_eq!(one.code, Some(0), "{one:?}");
+    assert_eq!(mixed.stdout, one.stdout, "{mixed:?}");
+    let behave = run(&probe, &["behave".into()], limit);
+    assert!(behave.code == Some(0) && behave.stdout.contains("behaved: ok"), "{behave:?}");
+    for attack in ["read-heap", "write-stack", "gadget"] {
+        let r = run(&probe, &["attack".into(), attack.into()], limit);
+        assert!(!r.stdout.contains("BREACHED"), "{attack}: {r:?}");
+        assert!(
+            r.stderr.contains("flexos: compartment \"attacker\" touched ") && r.stderr.contains("owned by \"main\""),
+            "{attack}: {r:?}"
+        );
+    }
+    // A handle into main's heap, to vfs in another process: that process refuses it.
+    let r = run(&probe, &["attack".into(), "private-pointer".into()], limit);
+    assert!(!r.stdout.contains("BREACHED"), "{r:?}");
+    assert!(r.stderr.contains("flexos: compartment \"fs\" refused a call from compartment \"attacker\""), "{r:?}");
+}
