@@ -229,3 +229,101 @@ mod tests {
         assert_eq!(found[0].line, 3);
     }
 }
+
+/// A `wrpkru` in an image's code that an attacker could reuse unchecked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WrpkruProblem {
+    /// The address of the instruction bytes `0F 01 EF`.
+    pub address: u64,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+/// The result of [`wrpkru_sites`].
+#[derive(Clone, Debug, Default)]
+pub struct WrpkruAudit {
+    /// Registered gate sites (from the `flexos_wrpkru` section).
+    pub sites: usize,
+    /// `wrpkru` byte sequences found in executable sections (at any offset).
+    pub found: usize,
+    /// Sequences that are no well-formed registered site.
+    pub problems: Vec<WrpkruProblem>,
+}
+
+/// ERIM-style inspection of the image at `path`: every `wrpkru` byte
+/// sequence (`0F 01 EF`, at any offset, so also inside other instructions)
+/// in its executable sections must be a gate site registered in the
+/// `flexos_wrpkru` section, and every site must have the form
+/// `mov eax, V; xor ecx, ecx; xor edx, edx; wrpkru; cmp eax, V; jne <mov>`
+/// with the registered value V: jumping to the `wrpkru` with any other EAX
+/// loops back and loads V. (A statically linked image contains all its
+/// code; a dynamically linked one also maps the C library, whose
+/// `pkey_set` is not checked here.)
+pub fn wrpkru_sites(path: &Path) -> Result<WrpkruAudit, String> {
+    let data = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let file = object::File::parse(&*data).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut registered = Vec::new();
+    if let Some(section) = file.section_by_name("flexos_wrpkru") {
+        let bytes = section.data().map_err(|e| e.to_string())?;
+        for (i, entry) in bytes.chunks_exact(8).enumerate() {
+            let offset = i32::from_le_bytes(entry[..4].try_into().expect("4 bytes"));
+            let value = u32::from_le_bytes(entry[4..].try_into().expect("4 bytes"));
+            let at = section.address() + 8 * i as u64;
+            registered.push((at.wrapping_add_signed(offset as i64), value));
+        }
+    }
+    let mut audit = WrpkruAudit { sites: registered.len(), ..WrpkruAudit::default() };
+    for section in file.sections().filter(|s| s.kind() == SectionKind::Text) {
+        let code = section.data().map_err(|e| e.to_string())?;
+        for i in 0..code.len().saturating_sub(2) {
+            if code[i..i + 3] != [0x0f, 0x01, 0xef] {
+                continue;
+            }
+            audit.found += 1;
+            let address = section.address() + i as u64;
+            let problem = match registered.iter().find(|(a, _)| *a == address) {
+                None => Some("not a registered gate site".to_string()),
+                Some(&(_, value)) => site_problem(code, i, value),
+            };
+            if let Some(problem) = problem {
+                audit.problems.push(WrpkruProblem { address, problem });
+            }
+        }
+    }
+    for (address, _) in &registered {
+        let in_code = file
+            .sections()
+            .any(|s| s.kind() == SectionKind::Text && *address >= s.address() && *address < s.address() + s.size());
+        if !in_code {
+            audit
+                .problems
+                .push(WrpkruProblem { address: *address, problem: "registered site outside the code".into() });
+        }
+    }
+    Ok(audit)
+}
+
+/// What is wrong with the gate site whose `wrpkru` is at `code[i]`, if anything.
+fn site_problem(code: &[u8], i: usize, value: u32) -> Option<String> {
+    let v = value.to_le_bytes();
+    let before = i.checked_sub(9).map(|s| &code[s..i]);
+    let expected_before = [0xb8, v[0], v[1], v[2], v[3], 0x31, 0xc9, 0x31, 0xd2];
+    if before != Some(&expected_before[..]) {
+        return Some(format!("not preceded by mov eax, {value:#x}; xor ecx, ecx; xor edx, edx"));
+    }
+    let after = &code[i + 3..code.len().min(i + 3 + 7)];
+    // cmp eax, imm32 (3D) or, for values that fit a sign-extended byte, cmp eax, imm8 (83 F8).
+    let cmp_len = match after {
+        [0x3d, a, b, c, d, ..] if u32::from_le_bytes([*a, *b, *c, *d]) == value => 5,
+        [0x83, 0xf8, b, ..] if *b as i8 as i32 as u32 == value => 3,
+        _ => return Some(format!("not followed by cmp eax, {value:#x}")),
+    };
+    // jne back to the mov: rel8 from the end of the jne.
+    match after.get(cmp_len..cmp_len + 2) {
+        Some([0x75, rel]) => {
+            let end = (i + 3 + cmp_len + 2) as i64;
+            (end + (*rel as i8) as i64 != i as i64 - 9).then(|| "its jne does not go back to the mov".to_string())
+        }
+        _ => Some("no jne after the check".into()),
+    }
+}

@@ -30,6 +30,16 @@ impl Default for BuildOptions {
     }
 }
 
+/// Whether the image of `layout` is linked statically: when asked, and
+/// always for images with `mpk` compartments. Keys do not protect code, so
+/// every `wrpkru` an attacker could jump to must be a checked gate site;
+/// a statically linked image holds all its code (`flexos audit wrpkru`
+/// checks it), while the shared C library has an unchecked `wrpkru` in
+/// `pkey_set`.
+pub fn links_statically(layout: &Layout, options: &BuildOptions) -> bool {
+    options.static_link || layout.compartments.iter().any(|c| c.mechanism == flexos_config::Mechanism::Mpk)
+}
+
 /// The target triple of statically linked builds.
 pub const STATIC_TARGET: &str = "x86_64-unknown-linux-gnu";
 
@@ -51,7 +61,7 @@ pub fn output_dir(root: &Path, layout: &Layout, options: &BuildOptions) -> PathB
     layout.source.hash(&mut h);
     options.release.hash(&mut h);
     options.gate_stats.hash(&mut h);
-    options.static_link.hash(&mut h);
+    links_statically(layout, options).hash(&mut h);
     let stem = layout.source.file_stem().map_or("image".into(), |s| s.to_string_lossy().into_owned());
     root.join("target/flexos").join(format!("{stem}-{:08x}", h.finish() as u32))
 }
@@ -95,7 +105,7 @@ pub fn build_image(root: &Path, layout: &Layout, options: &BuildOptions) -> Resu
     if options.gate_stats {
         cmd.args(["--features", "flexos-gate/stats"]);
     }
-    if options.static_link {
+    if links_statically(layout, options) {
         // With an explicit target, RUSTFLAGS reach the image but not the build scripts.
         cmd.args(["--target", STATIC_TARGET]).env("RUSTFLAGS", "-C target-feature=+crt-static");
     }
@@ -122,7 +132,7 @@ pub fn build_image(root: &Path, layout: &Layout, options: &BuildOptions) -> Resu
         return Err(format!("building {} failed:\n{}", layout.source.display(), tail.join("\n")));
     }
     let profile = if options.release { "release" } else { "debug" };
-    let built = if options.static_link {
+    let built = if links_statically(layout, options) {
         dir.join("cargo").join(STATIC_TARGET).join(profile).join(bin)
     } else {
         dir.join("cargo").join(profile).join(bin)

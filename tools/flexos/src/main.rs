@@ -167,6 +167,11 @@ enum AuditCmd {
     },
     /// Fail if a component calls another component outside `gate!`.
     Gates,
+    /// Fail if the image's code holds a `wrpkru` that is not a checked gate site.
+    Wrpkru {
+        /// The image file.
+        image: PathBuf,
+    },
 }
 
 /// Writes to standard output; a closed pipe (`flexos ... | head`) ends the program quietly.
@@ -416,6 +421,27 @@ fn main() {
                         s.symbol,
                         s.section
                     );
+                }
+                Err(exit::AUDIT_FAILED)
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                Err(exit::AUDIT_FAILED)
+            }
+        },
+        Cmd::Audit { which: AuditCmd::Wrpkru { image } } => match audit::wrpkru_sites(&image) {
+            Ok(a) if a.problems.is_empty() => {
+                say!(
+                    "{}: {} wrpkru in the code, every one a checked gate site ({} registered)",
+                    image.display(),
+                    a.found,
+                    a.sites
+                );
+                Ok(())
+            }
+            Ok(a) => {
+                for p in a.problems {
+                    eprintln!("{}: wrpkru at {:#x}: {}", image.display(), p.address, p.problem);
                 }
                 Err(exit::AUDIT_FAILED)
             }

@@ -81,3 +81,39 @@ fn mpk_mixes_with_proc_kvm_and_fcall_in_one_image() {
     assert!(!r.stdout.contains("BREACHED"), "{r:?}");
     assert!(r.stderr.contains("flexos: compartment \"fs\" refused a call from compartment \"attacker\""), "{r:?}");
 }
+
+/// ERIM's binary inspection: every `wrpkru` in an `mpk` image's code is a
+/// registered, checked gate site; a site whose check is patched out, and
+/// the C library's own `pkey_set`, are found.
+#[test]
+fn every_wrpkru_in_an_mpk_image_is_a_checked_gate_site() {
+    for config in ["configs/probe-mpk-light.toml", "configs/probe-mpk-heap.toml", "configs/sqlite-mpk.toml"] {
+        let img = common::image(config, false);
+        let audit = flexos::audit::wrpkru_sites(&img).unwrap();
+        assert!(audit.sites > 0 && audit.found == audit.sites, "{config}: {audit:?}");
+        assert!(audit.problems.is_empty(), "{config}: {:?}", audit.problems);
+    }
+    let fcall = flexos::audit::wrpkru_sites(&common::image("configs/sqlite.toml", false)).unwrap();
+    assert_eq!((fcall.sites, fcall.found), (0, 0), "an image without mpk has no wrpkru");
+
+    // Patch the first site's `jne` into two `nop`s: the audit must see it.
+    let img = common::image("configs/probe-mpk-dss.toml", false);
+    let mut bytes = std::fs::read(&img).unwrap();
+    let site = (0..bytes.len() - 12)
+        .find(|&i| bytes[i..i + 4] == [0x0f, 0x01, 0xef, 0x3d] && bytes[i + 8] == 0x75)
+        .expect("a gate site in the file");
+    bytes[site + 8..site + 10].copy_from_slice(&[0x90, 0x90]);
+    let patched = std::env::temp_dir().join(format!("flexos-patched-{}", std::process::id()));
+    std::fs::write(&patched, &bytes).unwrap();
+    let audit = flexos::audit::wrpkru_sites(&patched).unwrap();
+    std::fs::remove_file(&patched).unwrap();
+    assert_eq!(audit.problems.len(), 1, "{:?}", audit.problems);
+    assert!(audit.problems[0].problem.contains("no jne"), "{:?}", audit.problems);
+
+    // The shared C library has an unchecked wrpkru (pkey_set): why mpk images link statically.
+    let libc = std::path::Path::new("/lib/x86_64-linux-gnu/libc.so.6");
+    if libc.exists() {
+        let audit = flexos::audit::wrpkru_sites(libc).unwrap();
+        assert!(audit.problems.iter().any(|p| p.problem == "not a registered gate site"), "{audit:?}");
+    }
+}
