@@ -39,8 +39,8 @@ fn main() {
             std::process::exit(70);
         }
     }
-    let mut server = Httpd { file: SharedBuf::zeroed(0) };
-    flexos_netapp::run::<{ FLEXOS_COMPONENT.compartment }, _>(FLEXOS_COMPONENT, "flexos-httpd", options, &mut server)
+    let server = || Httpd { file: SharedBuf::zeroed(0) };
+    flexos_netapp::run::<{ FLEXOS_COMPONENT.compartment }, _>(FLEXOS_COMPONENT, "flexos-httpd", options, server)
 }
 
 /// The server; `file` is the shared buffer that file contents are read into.

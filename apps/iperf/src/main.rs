@@ -34,10 +34,12 @@ fn main() {
             eprintln!("usage: flexos-iperf --threads PORT");
             std::process::exit(2)
         };
-        let result = flexos_gate::fcall(FLEXOS_COMPONENT.compartment, || threaded(port));
-        if let Err(e) = result {
-            eprintln!("flexos-iperf: {e}");
-        }
+        // Errors are printed in the application's compartment, whose heap holds them.
+        flexos_gate::fcall(FLEXOS_COMPONENT.compartment, move || {
+            if let Err(e) = threaded(port) {
+                eprintln!("flexos-iperf: {e}");
+            }
+        });
         std::process::exit(1)
     }
     if args.first().is_some_and(|a| a == "--client") {
@@ -47,22 +49,21 @@ fn main() {
             eprintln!("usage: flexos-iperf --client A.B.C.D:PORT [SECONDS]");
             std::process::exit(2)
         };
-        let result = flexos_gate::fcall(FLEXOS_COMPONENT.compartment, || client(target, seconds));
+        let result = flexos_gate::fcall(FLEXOS_COMPONENT.compartment, move || {
+            client(target, seconds).map_err(|e| eprintln!("flexos-iperf: {e}")).ok()
+        });
         match result {
-            Ok((bytes, secs)) => {
+            Some((bytes, secs)) => {
                 println!("sent: {bytes} bytes in {secs:.3} s = {:.2} Mbit/s", bytes as f64 * 8.0 / secs / 1e6);
                 std::process::exit(0)
             }
-            Err(e) => {
-                eprintln!("flexos-iperf: {e}");
-                std::process::exit(1)
-            }
+            None => std::process::exit(1),
         }
     }
     let defaults =
         flexos_netapp::Options { port: 5001, recv_size: 128 * 1024, max_connections: 64, buffer_size: 256 * 1024 };
     let options = flexos_netapp::options("flexos-iperf", defaults);
-    flexos_netapp::run::<{ FLEXOS_COMPONENT.compartment }, _>(FLEXOS_COMPONENT, "flexos-iperf", options, &mut Iperf)
+    flexos_netapp::run::<{ FLEXOS_COMPONENT.compartment }, _>(FLEXOS_COMPONENT, "flexos-iperf", options, || Iperf)
 }
 
 /// The receive server.

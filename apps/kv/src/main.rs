@@ -24,8 +24,9 @@ fn main() {
     let defaults =
         flexos_netapp::Options { port: 6379, recv_size: 64 * 1024, max_connections: 1024, buffer_size: 64 * 1024 };
     let options = flexos_netapp::options("flexos-kv", defaults);
-    let mut kv = Kv { store: Store::default(), req: resp::Request::default(), commands: 0, port: options.port };
-    flexos_netapp::run::<{ FLEXOS_COMPONENT.compartment }, _>(FLEXOS_COMPONENT, "flexos-kv", options, &mut kv)
+    let port = options.port;
+    let kv = move || Kv { store: Store::default(), req: resp::Request::default(), commands: 0, port };
+    flexos_netapp::run::<{ FLEXOS_COMPONENT.compartment }, _>(FLEXOS_COMPONENT, "flexos-kv", options, kv)
 }
 
 /// The server: the data set and the request parser.

@@ -183,11 +183,17 @@ fn protect_with_keys(region: &Region) {
             fail(b"flexos-alloc: pkey_mprotect of the shared memory failed\n")
         }
     }
-    // The main thread runs the default compartment on the stack the kernel gave it.
-    if let Some((start, end)) = pkey::main_stack() {
-        // SAFETY: the main thread's own stack mapping; its key becomes the
-        // one the rights set below allow.
-        if unsafe { pkey::protect(start, end - start, stack_keys[0], true) }.is_err() {
+    // The main thread runs the default compartment on the stack the kernel
+    // gave it: the part below the frames in use now (the start-up code's)
+    // gets the key of the default compartment's stacks. The top, with the
+    // arguments, the environment and the start-up frames, stays readable
+    // by every compartment (any component may read the environment).
+    let here = core::hint::black_box(0u8);
+    let below = (&raw const here as usize & !(memory::PAGE_SIZE - 1)) - memory::PAGE_SIZE;
+    if let Some((start, _)) = pkey::main_stack().filter(|&(start, end)| start < below && below <= end) {
+        // SAFETY: the unused lower part of the main thread's stack mapping;
+        // its key becomes one that the rights set below allow.
+        if unsafe { pkey::protect(start, below - start, stack_keys[0], true) }.is_err() {
             fail(b"flexos-alloc: cannot give the main stack its protection key\n")
         }
     }

@@ -211,7 +211,7 @@ impl Callback {
     /// Runs the code in its owner's compartment.
     pub fn call(self) {
         let Callback { owner, f } = self;
-        crate::fcall(owner, f)
+        crate::switch_to(owner, f)
     }
 }
 

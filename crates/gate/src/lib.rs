@@ -173,6 +173,8 @@ pub fn boot(exports: &[&'static [Export]]) {
     remote::register(exports);
     if flexos_layout::has_mpk() {
         mpk::init();
+        // Trusted platform code (starting a host thread) may switch compartments through the gates.
+        compartment::set_switcher(|to, f| mpk::run_in(to, f));
         // A panic must not unwind: unwinding walks up through the gates
         // into the stacks of other compartments, which the keys deny. The
         // report names the compartment and touches nothing but this
@@ -248,7 +250,7 @@ where
         );
     }
     let result = match mechanism {
-        Mechanism::Fcall => fcall(to.compartment, || args.apply(f)),
+        Mechanism::Fcall => switch_to(to.compartment, || args.apply(f)),
         other => panic!("gate {} -> {}: mechanism {other:?} is not implemented", from.name, to.name),
     };
     if !result.validate() {
@@ -257,13 +259,36 @@ where
     result
 }
 
-/// Runs `f` in compartment `to_compartment` of this address space. With
-/// `fcall` compartments only, this is the `fcall` mechanism: no protection,
-/// but the running compartment changes (so allocations go to the callee's
-/// heap) and is restored afterwards. In images with `mpk` compartments it is
-/// the `mpk` gate between the running compartment and `to_compartment`.
+/// Runs `f` in compartment `to_compartment` of this address space, from
+/// the application's own code (the process's home compartment): how an
+/// image's `main` enters the compartment of its application component.
+/// With `fcall` compartments only, this is the `fcall` mechanism: no
+/// protection, but the running compartment changes (so allocations go to
+/// the callee's heap) and is restored afterwards. In images with `mpk`
+/// compartments it is the `mpk` gate into `to_compartment`.
+///
+/// Called from any other compartment it stops the image: a component may
+/// reach another only through its exported entry points ([`gate!`]), never
+/// run code of its choice with another compartment's rights.
 #[inline(always)]
 pub fn fcall<R>(to_compartment: usize, f: impl FnOnce() -> R) -> R {
+    let current = compartment::current();
+    if current != compartment::home() && current != to_compartment {
+        let report = format!(
+            "flexos: compartment {:?} asked to run code in compartment {:?} outside a gate; stopping the image\n",
+            COMPARTMENTS.get(current).map_or("?", |c| c.name),
+            COMPARTMENTS.get(to_compartment).map_or("?", |c| c.name)
+        );
+        flexos_platform::console::write_err(report.as_bytes());
+        flexos_platform::process_abort()
+    }
+    switch_to(to_compartment, f)
+}
+
+/// [`fcall`] for the trusted core (callbacks, component state, remote
+/// calls served in this domain), from whichever compartment is running.
+#[inline(always)]
+pub(crate) fn switch_to<R>(to_compartment: usize, f: impl FnOnce() -> R) -> R {
     if flexos_layout::has_mpk() {
         return mpk::run_in(to_compartment, f);
     }

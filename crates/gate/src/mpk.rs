@@ -284,7 +284,7 @@ pub fn dss_mirror(addr: usize, len: usize) -> Option<usize> {
 /// compartment). Each pair of compartments gets its own gate with its own
 /// immediates.
 #[inline(never)]
-pub fn run_in<R>(to: usize, f: impl FnOnce() -> R) -> R {
+pub(crate) fn run_in<R>(to: usize, f: impl FnOnce() -> R) -> R {
     const N: usize = COMPARTMENTS.len();
     let from = compartment::current();
     assert!(to < N && from < N, "compartment index out of range");

@@ -401,7 +401,7 @@ fn serve(chain: &Chain, frame: &Frame) {
             let mut result = [MaybeUninit::uninit(); FRAME_DATA];
             let mut w = Writer::new(&mut result);
             // In the callee's compartment (through its gate where it is an `mpk` one).
-            let outcome = crate::fcall(to as usize, || (export.run)(&mut Reader::new(args), &mut w));
+            let outcome = crate::switch_to(to as usize, || (export.run)(&mut Reader::new(args), &mut w));
             outcome.inspect(|_| frame.write_data(w.written()))
         }
     };

@@ -46,7 +46,7 @@ pub fn with_state<S: Default + 'static, R>(owner: Component, f: impl FnOnce(&mut
         assert!(owner.id < MAX_COMPONENTS, "component id {} out of range", owner.id);
         states[owner.id]
             .get_or_insert_with(|| {
-                crate::fcall(owner.compartment, || Rc::new(RefCell::new(S::default())) as Rc<dyn Any>)
+                crate::switch_to(owner.compartment, || Rc::new(RefCell::new(S::default())) as Rc<dyn Any>)
             })
             .clone()
     });

@@ -136,14 +136,25 @@ pub fn parse_options(args: &[String], defaults: Options) -> Result<Options, Stri
     Ok(o)
 }
 
-/// Runs `protocol` in the application's compartment `C` (component `app`)
-/// with [`serve`]; a setup error is printed (as `program: ...`) and ends
-/// the image with status 1.
-pub fn run<const C: usize, P: Protocol>(app: Component, program: &str, options: Options, protocol: &mut P) -> ! {
-    let result = flexos_gate::fcall(C, || serve::<C, P>(app, options, protocol));
-    if let Err(e) = result {
-        eprintln!("{program}: {e}");
-    }
+/// Runs the protocol that `make` builds in the application's compartment
+/// `C` (component `app`) with [`serve`]; a setup error is printed (as
+/// `program: ...`) and ends the image with status 1.
+///
+/// Everything the application's compartment needs crosses by value: the
+/// protocol is built there (in that compartment's heap) and the error is
+/// printed there, because under `mpk` another compartment's memory is out
+/// of reach.
+pub fn run<const C: usize, P: Protocol>(
+    app: Component,
+    program: &'static str,
+    options: Options,
+    make: impl FnOnce() -> P,
+) -> ! {
+    flexos_gate::fcall(C, move || {
+        if let Err(e) = serve::<C, P>(app, options, &mut make()) {
+            eprintln!("{program}: {e}");
+        }
+    });
     std::process::exit(1)
 }
 

@@ -55,3 +55,55 @@ pub fn enter(compartment: usize) -> usize {
     let previous = CURRENT.with(|c| c.replace(compartment));
     if previous == UNSET { home() } else { previous }
 }
+
+/// How to run code in another compartment with that compartment's rights
+/// (registered by the gate layer in images with `mpk` compartments).
+static SWITCHER: std::sync::OnceLock<fn(usize, &mut dyn FnMut())> = std::sync::OnceLock::new();
+
+/// Registers how [`run_in`] switches compartments.
+pub fn set_switcher(switcher: fn(usize, &mut dyn FnMut())) {
+    let _ = SWITCHER.set(switcher);
+}
+
+/// Runs `f` in compartment `compartment`, with its rights where keys
+/// protect it. For the trusted core (the platform starting a host thread).
+///
+/// # Safety
+/// `f` runs with another compartment's rights: it must be code of the
+/// trusted core that touches nothing but what that compartment may touch.
+pub unsafe fn run_in<F: FnOnce()>(compartment: usize, f: F) {
+    let mut f = Some(f);
+    let once = move || {
+        if let Some(f) = f.take() {
+            f()
+        }
+    };
+    let Some(switch) = SWITCHER.get() else {
+        let previous = enter(compartment);
+        let mut once = once;
+        once();
+        enter(previous);
+        return;
+    };
+    // The code crosses by reference, so it is put where every compartment
+    // may read it: the C library's heap (key 0), not the caller's stack.
+    // SAFETY: malloc returns memory aligned for any type or null; the
+    // closure is moved in, called through the switch, dropped and freed here.
+    unsafe {
+        let p = in_c_heap(once);
+        switch(compartment, &mut *p);
+        core::ptr::drop_in_place(p);
+        libc::free(p.cast());
+    }
+}
+
+/// Moves `value` into the C library's heap (freed by the caller with `libc::free`).
+fn in_c_heap<T>(value: T) -> *mut T {
+    // SAFETY: malloc returns memory aligned for any type or null (checked).
+    unsafe {
+        let p = libc::malloc(size_of::<T>().max(1)).cast::<T>();
+        assert!(!p.is_null(), "out of memory");
+        p.write(value);
+        p
+    }
+}

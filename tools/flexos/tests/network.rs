@@ -182,7 +182,12 @@ fn assert_every_test_ran(results: &[(String, f64)], config: &str) {
 #[test]
 fn tap_plain_redis_benchmark_passes_every_test_on_every_layout() {
     let tag = tag("redis-benchmark");
-    for config in ["configs/kv.toml", "configs/kv-net.toml", "configs/kv-app.toml", "configs/kv-net-proc.toml"] {
+    let mut configs = vec!["configs/kv.toml", "configs/kv-net.toml", "configs/kv-app.toml", "configs/kv-net-proc.toml"];
+    // Stack, server and the rest under three protection keys, where the CPU has them (tests/mpk.rs covers the rest).
+    if flexos_platform::pkey::available().is_ok() {
+        configs.push("configs/kv-mpk.toml");
+    }
+    for config in configs {
         let mut server = Server::image(&image(config), &[], &[("FLEXOS_TEST_TAG", &tag)]).unwrap();
         let ns = server.ns.name.clone();
         let plain = run_redis_benchmark(&server, &["-n", "2000"]);

@@ -119,8 +119,25 @@ pub(super) fn start() -> io::Result<Arc<Wire>> {
         new_listeners: Mutex::new(Vec::new()),
     });
     let relay_wire = wire.clone();
-    // Unnamed: naming a thread is a prctl, which a confined compartment process may not make.
-    std::thread::Builder::new().spawn(move || Relay::new(relay_wire).run())?;
+    // The thread is started by the home compartment (with its rights, which
+    // a new thread inherits: the C library and std keep their bookkeeping of
+    // threads in its memory); the relay then runs in the compartment that
+    // drives the device, where the wire was allocated.
+    let device = crate::compartment::current();
+    let relay = move || {
+        let run = move || Relay::new(relay_wire).run();
+        // SAFETY: the relay is platform code that touches only the wire
+        // (the device compartment's memory) and its own allocations.
+        let in_device = move || unsafe { crate::compartment::run_in(device, run) };
+        // Unnamed: naming a thread is a prctl, which a confined compartment process may not make.
+        if let Err(e) = std::thread::Builder::new().spawn(in_device) {
+            crate::console::write_err(format!("flexos: cannot start the forwarder's thread: {e}\n").as_bytes());
+            crate::process_abort();
+        }
+    };
+    // SAFETY: starting a thread touches only the C library's and std's
+    // own bookkeeping, which the home compartment owns.
+    unsafe { crate::compartment::run_in(crate::compartment::home(), relay) };
     Ok(wire)
 }
 
