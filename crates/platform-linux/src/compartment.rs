@@ -58,10 +58,13 @@ pub fn enter(compartment: usize) -> usize {
 
 /// How to run code in another compartment with that compartment's rights
 /// (registered by the gate layer in images with `mpk` compartments).
-static SWITCHER: std::sync::OnceLock<fn(usize, &mut dyn FnMut())> = std::sync::OnceLock::new();
+static SWITCHER: std::sync::OnceLock<Switcher> = std::sync::OnceLock::new();
+
+/// Runs code (second argument) in a compartment (first argument).
+pub type Switcher = fn(usize, &mut dyn FnMut());
 
 /// Registers how [`run_in`] switches compartments.
-pub fn set_switcher(switcher: fn(usize, &mut dyn FnMut())) {
+pub fn set_switcher(switcher: Switcher) {
     let _ = SWITCHER.set(switcher);
 }
 
