@@ -117,3 +117,36 @@ fn every_wrpkru_in_an_mpk_image_is_a_checked_gate_site() {
         assert!(audit.problems.iter().any(|p| p.problem == "not a registered gate site"), "{audit:?}");
     }
 }
+
+/// `flexos bench gates` has a row per `mpk` gate and the shared-local rows
+/// of `dss` and `heap` where the CPU has protection keys, and says why not
+/// where it has none.
+#[test]
+fn the_gate_benchmark_measures_mpk_or_says_why_not() {
+    let mpk: Vec<flexos::gatebench::RemoteGate> = ["light", "dss", "heap"]
+        .into_iter()
+        .map(|s| flexos::gatebench::RemoteGate {
+            name: s.into(),
+            image: common::image(&format!("configs/probe-mpk-{s}.toml"), false),
+        })
+        .collect();
+    let report = flexos::gatebench::run(0.01, &[], &mpk).unwrap();
+    let table = flexos::gatebench::table(&report);
+    if !pku() {
+        assert!(report.mpk_unavailable.is_some(), "{table}");
+        assert!(table.contains("mpk gates: not measured, this machine has no protection keys"), "{table}");
+        assert!(!report.rows.iter().any(|r| r.name.starts_with("mpk")), "{table}");
+        return;
+    }
+    for name in [
+        "mpk gate, light",
+        "mpk gate, dss",
+        "mpk gate, heap",
+        "shared locals (mpk dss): 3",
+        "shared locals (mpk heap): 1",
+    ] {
+        let row = report.rows.iter().find(|r| r.name == name).unwrap_or_else(|| panic!("no row {name}: {table}"));
+        assert!(row.min_cycles > 0.0 && row.min_cycles <= row.median_cycles, "{row:?}");
+    }
+    assert!(!report.rows.iter().any(|r| r.name.contains("mpk light")), "light has no shared-local rows: {table}");
+}
