@@ -422,6 +422,19 @@ pub fn stats(heap: usize) -> HeapStats {
     HeapStats { in_use: h.in_use.load(Ordering::Relaxed), allocations: h.allocations.load(Ordering::Relaxed) }
 }
 
+/// Set while [`in_shared_heap`] runs: every allocation comes from the shared heap.
+static ALLOCATE_SHARED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Runs `f` with every allocation served from the shared heap: for global
+/// state of the runtime that every compartment uses (std's stdout buffer,
+/// made at boot, before the image starts other threads).
+pub fn in_shared_heap<R>(f: impl FnOnce() -> R) -> R {
+    ALLOCATE_SHARED.store(true, Ordering::SeqCst);
+    let result = f();
+    ALLOCATE_SHARED.store(false, Ordering::SeqCst);
+    result
+}
+
 /// The global allocator of an image: serves the running compartment's heap.
 /// Install it with `#[global_allocator] static A: CompartmentAllocator = CompartmentAllocator;`.
 pub struct CompartmentAllocator;
@@ -431,6 +444,9 @@ pub struct CompartmentAllocator;
 // heap by the heap's lock.
 unsafe impl GlobalAlloc for CompartmentAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if ALLOCATE_SHARED.load(Ordering::Relaxed) {
+            return alloc_in(SHARED, layout);
+        }
         alloc_in(compartment::current(), layout)
     }
 

@@ -173,6 +173,8 @@ pub fn boot(exports: &[&'static [Export]]) {
     remote::register(exports);
     if flexos_layout::has_mpk() {
         mpk::init();
+        // Every compartment may print: std's stdout buffer goes to the shared heap.
+        flexos_alloc::in_shared_heap(|| drop(std::io::stdout()));
         // Trusted platform code (starting a host thread) may switch compartments through the gates.
         compartment::set_switcher(|to, f| mpk::run_in(to, f));
         // A panic must not unwind: unwinding walks up through the gates

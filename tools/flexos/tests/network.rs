@@ -615,9 +615,18 @@ fn tap_the_image_connects_to_a_linux_server() {
 /// own; every blocked thread parks in the scheduler so the others run.
 #[test]
 fn tap_blocking_calls_park_scheduler_threads() {
+    threaded_iperf_serves_two_streams("configs/iperf.toml");
+    // The same with stack, server and scheduler under protection keys, each
+    // thread with private stacks in every compartment, where the CPU has keys.
+    if flexos_platform::pkey::available().is_ok() {
+        threaded_iperf_serves_two_streams("configs/iperf-mpk.toml");
+    }
+}
+
+fn threaded_iperf_serves_two_streams(config: &str) {
     let tag = tag("iperf-threads");
     let args = ["--threads".to_string(), "5001".to_string()];
-    let server = Server::image(&image("configs/iperf.toml"), &args, &[("FLEXOS_TEST_TAG", &tag)]).unwrap();
+    let server = Server::image(&image(config), &args, &[("FLEXOS_TEST_TAG", &tag)]).unwrap();
     let client: Vec<String> =
         ["-c", &server.host, "-p", "5001", "-P", "2", "-t", "1", "-f", "m"].iter().map(|s| s.to_string()).collect();
     let out = server.client("iperf", &client).unwrap();
@@ -629,7 +638,7 @@ fn tap_blocking_calls_park_scheduler_threads() {
         if lines.len() == 2 {
             break lines;
         }
-        assert!(Instant::now() < deadline, "two streams expected: {lines:?}");
+        assert!(Instant::now() < deadline, "{config}: two streams expected: {lines:?}");
         std::thread::sleep(Duration::from_millis(50));
     };
     let threads: Vec<&str> = streams.iter().filter_map(|l| l.rsplit_once("(thread ").map(|(_, t)| t)).collect();
