@@ -21,6 +21,8 @@
 use flexos_netapp::{Context, Flow, Protocol};
 
 /// Every allocation is served from the running compartment's heap.
+flexos_gate::link_pad!();
+
 #[global_allocator]
 static HEAP: flexos_alloc::CompartmentAllocator = flexos_alloc::CompartmentAllocator;
 

@@ -14,6 +14,8 @@
 //! call (RAX, RCX, RDX, RSI, R8-R11, XMM0-15) are cleared, and on gates that
 //! switch stacks the callee-saved ones too (they are saved on the caller's
 //! stack first), so no value of the caller leaks into the callee by register.
+//! The direction flag is cleared on both sides of the call, so neither side
+//! can make the other's string instructions run backwards.
 //!
 //! Stacks: compartments in the same stack domain (`shared-stack` and `fcall`
 //! compartments share the thread's stack) are crossed by the *light* gate,
@@ -99,7 +101,9 @@ fn light<const FROM: usize, const TO: usize, F: FnOnce() -> R, R>(f: F) -> R {
             "pxor xmm4, xmm4", "pxor xmm5, xmm5", "pxor xmm6, xmm6", "pxor xmm7, xmm7",
             "pxor xmm8, xmm8", "pxor xmm9, xmm9", "pxor xmm10, xmm10", "pxor xmm11, xmm11",
             "pxor xmm12, xmm12", "pxor xmm13, xmm13", "pxor xmm14, xmm14", "pxor xmm15, xmm15",
+            "cld",
             "call {trampoline}",
+            "cld",
             "4:",
             "mov eax, {from}",
             "xor ecx, ecx",
@@ -178,7 +182,9 @@ fn switching<const FROM: usize, const TO: usize, F: FnOnce() -> R, R>(f: F) -> R
             "pxor xmm4, xmm4", "pxor xmm5, xmm5", "pxor xmm6, xmm6", "pxor xmm7, xmm7",
             "pxor xmm8, xmm8", "pxor xmm9, xmm9", "pxor xmm10, xmm10", "pxor xmm11, xmm11",
             "pxor xmm12, xmm12", "pxor xmm13, xmm13", "pxor xmm14, xmm14", "pxor xmm15, xmm15",
+            "cld",
             "call {trampoline}",
+            "cld",
             "4:",
             "mov eax, {from}",
             "xor ecx, ecx",
@@ -343,4 +349,38 @@ pub fn sites() -> Vec<Site> {
             })
             .collect()
     }
+}
+
+/// Declares the image's *link pad*: `FLEXOS_LINK_PAD` (decimal, at compile
+/// time of the image's crate) bytes of read-only data. Every image's crate
+/// invokes it once. Changing the pad moves the read-only data of the code
+/// linked after it (the C library's) relative to that code, which changes
+/// the displacements inside its instructions: `flexos build` uses it to
+/// re-link an `mpk` image whose code happens to contain the bytes of a
+/// `wrpkru` (`0F 01 EF`) inside another instruction, until none is left
+/// outside the checked gate sites (`flexos audit wrpkru`).
+#[macro_export]
+macro_rules! link_pad {
+    () => {
+        /// Read-only padding that the build sizes (see `flexos_gate::link_pad!`).
+        #[used]
+        static FLEXOS_LINK_PAD: [u8; $crate::mpk::pad_len(option_env!("FLEXOS_LINK_PAD"))] =
+            [0x90; $crate::mpk::pad_len(option_env!("FLEXOS_LINK_PAD"))];
+    };
+}
+
+/// The length a `FLEXOS_LINK_PAD` value asks for (0 when unset or not a number).
+pub const fn pad_len(value: Option<&str>) -> usize {
+    let Some(v) = value else { return 0 };
+    let bytes = v.as_bytes();
+    let mut n = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        if !bytes[i].is_ascii_digit() {
+            return 0;
+        }
+        n = n * 10 + (bytes[i] - b'0') as usize;
+        i += 1;
+    }
+    n
 }

@@ -88,14 +88,64 @@ pub fn profile_overrides(layout: &Layout, release: bool) -> Vec<String> {
 }
 
 /// Builds the image of `layout` and returns the path of the image.
+///
+/// An image with `mpk` compartments is then inspected (`flexos audit
+/// wrpkru`): if its code holds the bytes of a `wrpkru` outside the checked
+/// gate sites (inside another instruction, typically a displacement in the
+/// C library), it is re-linked with another link pad
+/// ([`flexos_gate::link_pad!`]) until none is left; the pad that worked is
+/// kept for the next build.
 pub fn build_image(root: &Path, layout: &Layout, options: &BuildOptions) -> Result<PathBuf, String> {
-    let (package, bin) = image_package(&layout.app);
+    let (_, bin) = image_package(&layout.app);
     let dir = output_dir(root, layout, options);
+    let pad_file = dir.join("link-pad");
+    let mut pad: usize = std::fs::read_to_string(&pad_file).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+    let mut built = cargo_build(root, layout, options, &dir, pad)?;
+    if layout.compartments.iter().any(|c| c.mechanism == flexos_config::Mechanism::Mpk) {
+        for attempt in 1.. {
+            let audit = crate::audit::wrpkru_sites(&built)?;
+            if let Some(p) = audit.problems.iter().find(|p| p.problem != "not a registered gate site") {
+                return Err(format!("{}: wrpkru at {:#x}: {}", built.display(), p.address, p.problem));
+            }
+            if audit.problems.is_empty() {
+                break;
+            }
+            if attempt > MAX_PAD_ATTEMPTS {
+                return Err(format!(
+                    "{}: the code holds an unchecked wrpkru at {:#x} with every link pad tried",
+                    built.display(),
+                    audit.problems[0].address
+                ));
+            }
+            pad = 16 * attempt;
+            built = cargo_build(root, layout, options, &dir, pad)?;
+        }
+        std::fs::write(&pad_file, pad.to_string()).map_err(|e| format!("{}: {e}", pad_file.display()))?;
+    }
+    let image = dir.join(bin);
+    // Copy (not rename) so cargo's own output stays fresh for the next incremental build.
+    std::fs::copy(&built, &image).map_err(|e| format!("cannot copy {}: {e}", built.display()))?;
+    Ok(image)
+}
+
+/// How many link pads `build_image` tries before it gives up.
+const MAX_PAD_ATTEMPTS: usize = 16;
+
+/// Runs cargo for the image of `layout` with link pad `pad`; returns the path cargo built.
+fn cargo_build(
+    root: &Path,
+    layout: &Layout,
+    options: &BuildOptions,
+    dir: &Path,
+    pad: usize,
+) -> Result<PathBuf, String> {
+    let (package, bin) = image_package(&layout.app);
     let config = std::fs::canonicalize(&layout.source).map_err(|e| format!("{}: {e}", layout.source.display()))?;
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(root)
         .args(["build", "--color", "never", "-p", package, "--bin", bin])
         .env("FLEXOS_CONFIG", &config)
+        .env("FLEXOS_LINK_PAD", pad.to_string())
         .env("CARGO_TARGET_DIR", dir.join("cargo"))
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -132,15 +182,11 @@ pub fn build_image(root: &Path, layout: &Layout, options: &BuildOptions) -> Resu
         return Err(format!("building {} failed:\n{}", layout.source.display(), tail.join("\n")));
     }
     let profile = if options.release { "release" } else { "debug" };
-    let built = if links_statically(layout, options) {
+    Ok(if links_statically(layout, options) {
         dir.join("cargo").join(STATIC_TARGET).join(profile).join(bin)
     } else {
         dir.join("cargo").join(profile).join(bin)
-    };
-    let image = dir.join(bin);
-    // Copy (not rename) so cargo's own output stays fresh for the next incremental build.
-    std::fs::copy(&built, &image).map_err(|e| format!("cannot copy {}: {e}", built.display()))?;
-    Ok(image)
+    })
 }
 
 /// Builds the Linux baseline of an application (in `target/flexos/baseline`).
