@@ -20,9 +20,9 @@
 
 use flexos_netapp::{Context, Flow, Protocol};
 
-/// Every allocation is served from the running compartment's heap.
 flexos_gate::link_pad!();
 
+/// Every allocation is served from the running compartment's heap.
 #[global_allocator]
 static HEAP: flexos_alloc::CompartmentAllocator = flexos_alloc::CompartmentAllocator;
 

@@ -13,9 +13,9 @@ mod store;
 use flexos_netapp::{Context, Flow, Protocol};
 use store::{After, ServerInfo, Store};
 
-/// Every allocation is served from the running compartment's heap.
 flexos_gate::link_pad!();
 
+/// Every allocation is served from the running compartment's heap.
 #[global_allocator]
 static HEAP: flexos_alloc::CompartmentAllocator = flexos_alloc::CompartmentAllocator;
 

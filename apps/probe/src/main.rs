@@ -22,9 +22,9 @@ use flexos_gate::layout::component::{PROBE, SCHED, VFS};
 use flexos_gate::{SharedBuf, gate, layout, with_state};
 use flexos_platform::clock;
 
-/// Every allocation is served from the running compartment's heap.
 flexos_gate::link_pad!();
 
+/// Every allocation is served from the running compartment's heap.
 #[global_allocator]
 static HEAP: flexos_alloc::CompartmentAllocator = flexos_alloc::CompartmentAllocator;
 
