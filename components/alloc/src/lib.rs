@@ -184,16 +184,19 @@ fn protect_with_keys(region: &Region) {
         }
     }
     // The main thread runs the default compartment on the stack the kernel
-    // gave it: the part below the frames in use now (the start-up code's)
-    // gets the key of the default compartment's stacks. The top, with the
-    // arguments, the environment and the start-up frames, stays readable
-    // by every compartment (any component may read the environment).
-    let here = core::hint::black_box(0u8);
-    let below = (&raw const here as usize & !(memory::PAGE_SIZE - 1)) - memory::PAGE_SIZE;
-    if let Some((start, _)) = pkey::main_stack().filter(|&(start, end)| start < below && below <= end) {
-        // SAFETY: the unused lower part of the main thread's stack mapping;
-        // its key becomes one that the rights set below allow.
-        if unsafe { pkey::protect(start, below - start, stack_keys[0], true) }.is_err() {
+    // gave it, which gets the key of the default compartment's stacks (the
+    // frames in use now too: pkey_alloc allowed every new key in this
+    // thread's PKRU). The environment lives at the top of that stack, so it
+    // is first copied to the C library's heap (key 0), where every
+    // compartment may read it; the arguments stay on the stack (the
+    // application's own code reads them).
+    if !pkey::copy_environment_off_the_stack() {
+        fail(b"flexos-alloc: cannot copy the environment\n")
+    }
+    if let Some((start, end)) = pkey::main_stack() {
+        // SAFETY: the main thread's stack mapping; its key is allowed in
+        // this thread's PKRU now and in the rights set below.
+        if unsafe { pkey::protect(start, end - start, stack_keys[0], true) }.is_err() {
             fail(b"flexos-alloc: cannot give the main stack its protection key\n")
         }
     }

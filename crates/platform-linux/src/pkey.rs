@@ -166,6 +166,46 @@ fn parse_range(line: &[u8]) -> Option<(usize, usize)> {
     Some((hex(&range[..dash])?, hex(&range[dash + 1..])?))
 }
 
+unsafe extern "C" {
+    /// The C library's environment array (`getenv` reads it).
+    static mut environ: *mut *mut core::ffi::c_char;
+}
+
+/// Copies the environment (array and strings) from the main stack into the
+/// C library's heap and points `environ` at the copy, so that it stays
+/// readable when the main stack gets a protection key. False if memory ran out.
+pub fn copy_environment_off_the_stack() -> bool {
+    // SAFETY: runs once, on the main thread, before the image starts any
+    // other thread; every pointer read comes from the environment array
+    // the kernel and the C library set up (NUL-terminated strings, a
+    // null-terminated array), and the copies are fresh malloc'ed memory
+    // that is never freed.
+    unsafe {
+        let old = environ;
+        if old.is_null() {
+            return true;
+        }
+        let mut count = 0;
+        while !(*old.add(count)).is_null() {
+            count += 1;
+        }
+        let new = libc::malloc((count + 1) * size_of::<*mut core::ffi::c_char>()).cast::<*mut core::ffi::c_char>();
+        if new.is_null() {
+            return false;
+        }
+        for i in 0..count {
+            let copy = libc::strdup(*old.add(i));
+            if copy.is_null() {
+                return false;
+            }
+            *new.add(i) = copy;
+        }
+        *new.add(count) = core::ptr::null_mut();
+        environ = new;
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
