@@ -58,14 +58,8 @@ fn count(stats: &[(String, String, u64)], from: &str, to: &str) -> u64 {
 const CONFIGS: [&str; 4] =
     ["configs/sqlite.toml", "configs/sqlite-fs.toml", "configs/sqlite-3comp-hardened.toml", "configs/sqlite-proc.toml"];
 
-/// A query whose answer does not depend on the machine or the time.
-const QUERY: &str = "CREATE TABLE t(k INTEGER PRIMARY KEY, v TEXT); \
-    WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000) \
-    INSERT INTO t SELECT i, printf('%08d', (i * 7919) % 100003) FROM n; \
-    CREATE INDEX tv ON t(v); \
-    SELECT count(*), sum(k), min(v), max(v) FROM t; \
-    SELECT k, v FROM t WHERE k % 500 = 0 ORDER BY v; \
-    PRAGMA integrity_check;";
+/// A query whose answer does not depend on the machine or the time (shared with the mpk checks).
+use flexos_mpk_checks::QUERY;
 
 #[test]
 fn the_workload_gives_5000_rows_and_a_sound_database_in_every_configuration() {
