@@ -107,16 +107,6 @@ pub fn stack_key(compartment: usize) -> u32 {
     STACK_KEYS.get(compartment).map_or(0, |k| k.load(Ordering::Relaxed))
 }
 
-/// Whether this image registered keys (it has `mpk` compartments).
-pub fn in_use() -> bool {
-    SHARED_KEY.load(Ordering::Relaxed) != 0
-}
-
-/// The key of the shared memory (0 in images without `mpk` compartments).
-pub fn shared_key() -> u32 {
-    SHARED_KEY.load(Ordering::Relaxed)
-}
-
 /// The bounds `[start, end)` of the main thread's stack mapping (`[stack]`
 /// in /proc/self/maps). Reads the file without allocating, since the
 /// allocator calls it while it sets itself up.
