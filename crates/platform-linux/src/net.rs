@@ -237,15 +237,48 @@ pub fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) {
     unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
 }
 
-/// For the `flexos` tool while it runs an image in the foreground: the
-/// terminal's interrupt and quit signals reach the image (same process
-/// group) but not the tool, so the tool outlives the image and removes
-/// the network namespace it made.
-pub fn ignore_interrupts() {
-    // SAFETY: setting the disposition of two signals to "ignore" installs no handler code.
-    unsafe {
-        libc::signal(libc::SIGINT, libc::SIG_IGN);
-        libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+/// The image that [`forward_signals`] passes signals to (0: none).
+static SIGNAL_TARGET: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// The signals [`forward_signals`] passes on.
+const FORWARDED_SIGNALS: [libc::c_int; 4] = [libc::SIGINT, libc::SIGQUIT, libc::SIGTERM, libc::SIGHUP];
+
+extern "C" fn forward_signal(signal: libc::c_int) {
+    let pid = SIGNAL_TARGET.load(std::sync::atomic::Ordering::Relaxed);
+    if pid > 0 {
+        // SAFETY: kill is async-signal-safe and touches no memory of ours.
+        unsafe { libc::kill(pid, signal) };
+    }
+}
+
+/// For the `flexos` tool while it runs the image `pid` in the foreground:
+/// SIGINT, SIGQUIT, SIGTERM and SIGHUP sent to the tool are passed on to
+/// the image instead of ending the tool, so the tool outlives the image and
+/// removes the network namespace it made. (A terminal's Ctrl-C reaches both,
+/// as they share a process group; the image then gets it twice.)
+/// [`stop_forwarding_signals`] ends it once the image has been waited for.
+pub fn forward_signals(pid: u32) {
+    SIGNAL_TARGET.store(pid as i32, std::sync::atomic::Ordering::Relaxed);
+    for signal in FORWARDED_SIGNALS {
+        // SAFETY: the handler only reads an atomic and calls kill, both
+        // async-signal-safe; `action` is a fully initialized sigaction.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = forward_signal as *const () as libc::sighandler_t;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signal, &action, std::ptr::null_mut());
+        }
+    }
+}
+
+/// After the image of [`forward_signals`] has ended: the signals are
+/// ignored while the tool cleans up (its pid may be reused by then).
+pub fn stop_forwarding_signals() {
+    SIGNAL_TARGET.store(0, std::sync::atomic::Ordering::Relaxed);
+    for signal in FORWARDED_SIGNALS {
+        // SAFETY: setting a disposition to "ignore" installs no handler code.
+        unsafe { libc::signal(signal, libc::SIG_IGN) };
     }
 }
 

@@ -368,11 +368,12 @@ fn run(config: &Path, options: &BuildArgs, netns: bool, args: &[String]) -> Resu
         exit::BUILD_FAILED
     })?;
     // After the spawn: the image must keep the default dispositions.
-    flexos_platform::net::ignore_interrupts();
+    flexos_platform::net::forward_signals(child.id());
     let status = child.wait().map_err(|e| {
         eprintln!("error: waiting for {}: {e}", image.display());
         exit::BUILD_FAILED
     })?;
+    flexos_platform::net::stop_forwarding_signals();
     drop(ns);
     use std::os::unix::process::ExitStatusExt;
     std::process::exit(status.code().unwrap_or(128 + status.signal().unwrap_or(9)))

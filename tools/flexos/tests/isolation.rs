@@ -224,12 +224,13 @@ fn the_round_trip_benchmark_runs() {
 fn killing_the_image_leaves_no_compartment_process_behind() {
     for (mechanism, config) in MECHANISMS {
         let tag = format!("{}-killed-{mechanism}", std::process::id());
-        let mut host = Command::new(image(config))
-            .args(["bench", "1000000"])
-            .env("FLEXOS_TEST_TAG", &tag)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let _cleanup = common::Cleanup(tag.clone());
+        let mut host = common::Running::spawn(
+            Command::new(image(config))
+                .args(["bench", "1000000"])
+                .env("FLEXOS_TEST_TAG", &tag)
+                .stdout(std::process::Stdio::null()),
+        );
         // proc: the host and its two compartment processes (attacker, clock)
         // carry the tag; kvm: the host, whose vCPU threads serve the attacker.
         let running = || match *mechanism {

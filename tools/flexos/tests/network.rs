@@ -13,7 +13,7 @@ use flexos::netbench::{self, Server};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -38,20 +38,20 @@ fn assert_namespace_gone(name: &str) {
 
 /// An image reached through the 127.0.0.1 forwarder; killed on drop.
 struct Forwarded {
-    child: Child,
+    child: common::Running,
     port: u16,
 }
 
 impl Forwarded {
     fn start(config: &str, args: &[&str], tag: &str) -> Forwarded {
-        let mut child = Command::new(image(config))
-            .args(args)
-            .env("FLEXOS_TEST_TAG", tag)
-            .env_remove("FLEXOS_NET")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = common::Running::spawn(
+            Command::new(image(config))
+                .args(args)
+                .env("FLEXOS_TEST_TAG", tag)
+                .env_remove("FLEXOS_NET")
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped()),
+        );
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -76,13 +76,6 @@ impl Forwarded {
 
     fn assert_running(&mut self) {
         assert!(self.child.try_wait().unwrap().is_none(), "the image died");
-    }
-}
-
-impl Drop for Forwarded {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -182,6 +175,7 @@ fn assert_every_test_ran(results: &[(String, f64)], config: &str) {
 #[test]
 fn tap_plain_redis_benchmark_passes_every_test_on_every_layout() {
     let tag = tag("redis-benchmark");
+    let _cleanup = common::Cleanup(tag.clone());
     let mut configs = vec!["configs/kv.toml", "configs/kv-net.toml", "configs/kv-app.toml", "configs/kv-net-proc.toml"];
     // Stack, server and the rest under three protection keys, where the CPU has them (tests/mpk.rs covers the rest).
     if flexos_platform::pkey::available().is_ok() {
@@ -212,20 +206,23 @@ fn tap_plain_redis_benchmark_passes_every_test_on_every_layout() {
 #[test]
 fn redis_cli_interactive_session_works_through_the_forwarder() {
     let tag = tag("redis-cli");
+    let _cleanup = common::Cleanup(tag.clone());
     let kv = Forwarded::start("configs/kv.toml", &["--port", "16379"], &tag);
     // redis-cli is interactive on a terminal: `script` gives it one (a dumb one, so it prints plain prompts).
-    let mut cli = Command::new("script")
-        .args(["-qec", &format!("redis-cli -p {}", kv.port), "/dev/null"])
-        .env("TERM", "dumb")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut cli = common::Running::spawn(
+        Command::new("script")
+            .args(["-qec", &format!("redis-cli -p {}", kv.port), "/dev/null"])
+            .env("TERM", "dumb")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped()),
+    );
     let mut stdin = cli.stdin.take().unwrap();
     stdin.write_all(b"ping\nset greeting hello\nappend greeting \" world\"\nget greeting\nincrby n 41\nincr n\nrpush l a b c\nlrange l 0 -1\nexpire greeting 100\nttl greeting\ndbsize\nnosuchcommand\nquit\n").unwrap();
     drop(stdin);
-    let out = cli.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    let mut text = String::new();
+    cli.stdout.take().unwrap().read_to_string(&mut text).unwrap();
+    cli.wait().unwrap();
+    let text = text.replace('\r', "");
     let prompt = format!("127.0.0.1:{}> ", kv.port);
     for expected in [
         format!("{prompt}PONG"),
@@ -247,6 +244,7 @@ fn redis_cli_interactive_session_works_through_the_forwarder() {
 #[test]
 fn malformed_and_abandoned_requests_never_stop_the_kv_server() {
     let tag = tag("kv-malformed");
+    let _cleanup = common::Cleanup(tag.clone());
     let mut kv = Forwarded::start("configs/kv.toml", &["--port", "16380"], &tag);
     let mut healthy = kv.connect();
     assert_eq!(exchange(&mut healthy, b"SET k v\r\n", 5), b"+OK\r\n");
@@ -300,6 +298,7 @@ fn malformed_and_abandoned_requests_never_stop_the_kv_server() {
 #[test]
 fn a_flood_of_connections_beyond_the_limit_is_refused_cleanly() {
     let tag = tag("kv-flood");
+    let _cleanup = common::Cleanup(tag.clone());
     let mut kv = Forwarded::start("configs/kv.toml", &["--port", "16381", "--max-connections", "8"], &tag);
     let mut open = Vec::new();
     let mut served = 0;
@@ -338,6 +337,7 @@ fn curl(server: &Server, args: &[&str]) -> (String, String) {
 #[test]
 fn tap_curl_ab_and_wrk_get_correct_responses() {
     let tag = tag("httpd");
+    let _cleanup = common::Cleanup(tag.clone());
     let site = flexos::workspace_root().join("apps/httpd/site");
     for config in ["configs/httpd.toml", "configs/httpd-app.toml"] {
         let mut server = Server::image(&image(config), &[], &[("FLEXOS_TEST_TAG", &tag)]).unwrap();
@@ -415,6 +415,7 @@ fn tap_curl_ab_and_wrk_get_correct_responses() {
 #[test]
 fn malformed_http_requests_get_400_and_the_server_keeps_serving() {
     let tag = tag("httpd-malformed");
+    let _cleanup = common::Cleanup(tag.clone());
     let mut httpd = Forwarded::start("configs/httpd.toml", &["--port", "18080"], &tag);
     let mut bad = httpd.connect();
     bad.write_all(b"GARBAGE\x01\x02 / HTTP/1.1\r\n\r\n").unwrap();
@@ -456,6 +457,7 @@ fn malformed_http_requests_get_400_and_the_server_keeps_serving() {
 #[test]
 fn tap_iperf_client_reports_a_rate() {
     let tag = tag("iperf");
+    let _cleanup = common::Cleanup(tag.clone());
     for config in ["configs/iperf.toml", "configs/iperf-net.toml"] {
         let server =
             Server::image(&image(config), &["--recv-size".into(), "1024".into()], &[("FLEXOS_TEST_TAG", &tag)])
@@ -496,6 +498,53 @@ fn tap_iperf_client_reports_a_rate() {
     assert_nothing_left(&tag);
 }
 
+/// `flexos run` of a configuration whose image already runs starts a
+/// second instance; a rebuild installs the new image beside the running one
+/// and renames it over (writing into a running executable would fail with
+/// "Text file busy").
+#[test]
+fn a_second_instance_runs_while_the_first_one_does_and_a_rebuild_replaces_the_image() {
+    let tag = tag("two-instances");
+    let _cleanup = common::Cleanup(tag.clone());
+    let mut first = Forwarded::start("configs/kv.toml", &["--port", "16390"], &tag);
+    assert_eq!(exchange(&mut first.connect(), b"SET k first\r\n", 5), b"+OK\r\n");
+    // cargo's output is newer than the installed image: it must be installed again.
+    let root = flexos::workspace_root();
+    let layout = flexos_config::load(&root.join("configs/kv.toml")).unwrap();
+    let options = flexos::build::BuildOptions { progress: false, ..Default::default() };
+    let built = flexos::build::output_dir(&root, &layout, &options).join("cargo/release/flexos-kv");
+    std::fs::File::options().write(true).open(&built).unwrap().set_modified(std::time::SystemTime::now()).unwrap();
+    let mut second = common::Running::spawn(
+        Command::new(env!("CARGO_BIN_EXE_flexos"))
+            .args(["run", "-q", "configs/kv.toml", "--", "--port", "16391"])
+            .current_dir(&root)
+            .env("FLEXOS_TEST_TAG", &tag)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(second.stdout.take().unwrap()), &mut line).unwrap();
+    let mut err = String::new();
+    if line.is_empty() {
+        second.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    }
+    let port: u16 = line
+        .trim()
+        .strip_prefix("listening: 127.0.0.1:")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("the second instance does not listen: {line:?} {err}"));
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(exchange(&mut s, b"GET k\r\n", 5), b"$-1\r\n", "a second, empty data set");
+    let installed = std::fs::metadata(image("configs/kv.toml")).unwrap().modified().unwrap();
+    assert!(installed >= std::fs::metadata(&built).unwrap().modified().unwrap(), "the new build was installed");
+    assert_eq!(exchange(&mut first.connect(), b"GET k\r\n", 11), b"$5\r\nfirst\r\n");
+    first.assert_running();
+    drop((first, second));
+    assert_nothing_left(&tag);
+}
+
 #[test]
 fn an_image_without_a_network_answers_with_a_clear_error() {
     let out = Command::new(image("configs/kv.toml"))
@@ -511,64 +560,110 @@ fn an_image_without_a_network_answers_with_a_clear_error() {
     assert!(!out.status.success() && stderr.contains("FLEXOS_NET=\"tap:x\""), "{stderr}");
 }
 
+/// Starts `flexos run --netns configs/kv.toml` tagged `tag` and waits
+/// until it says which namespace it made and the image listens; returns
+/// the running tool (stopped on drop) and the namespace's name.
+fn start_run_netns(tag: &str) -> (common::Running, String) {
+    image("configs/kv.toml"); // built (and shared with the tool's build) before the tool runs
+    let mut tool = common::Running::spawn(
+        Command::new(env!("CARGO_BIN_EXE_flexos"))
+            .args(["run", "-q", "--netns", "configs/kv.toml"])
+            .current_dir(flexos::workspace_root())
+            .env("FLEXOS_TEST_TAG", tag)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let mut stderr = std::io::BufReader::new(tool.stderr.take().unwrap());
+    let mut line = String::new();
+    let mut ns = None;
+    while std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0 {
+        if let Some(rest) = line.strip_prefix("network: namespace ") {
+            ns = rest.split_whitespace().next().map(str::to_owned);
+            break;
+        }
+        line.clear();
+    }
+    let ns = ns.unwrap_or_else(|| panic!("no namespace line: {line}"));
+    let mut stdout = std::io::BufReader::new(tool.stdout.take().unwrap());
+    let mut listening = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut listening).unwrap();
+    assert_eq!(listening.trim(), format!("listening: {}:6379", flexos::netns::IMAGE_IP));
+    (tool, ns)
+}
+
+/// How [`tap_flexos_run_netns_cleans_up_after_the_image`] ends a run.
+#[derive(Debug, Clone, Copy)]
+enum Stop {
+    /// SIGTERM to the image: the tool reports it and cleans up.
+    TermImage,
+    /// SIGINT to the tool alone (not from a terminal): passed on to the image.
+    InterruptTool,
+    /// SIGKILL to the tool: the image dies with it; the namespace stays until the next one is made.
+    KillTool,
+}
+
 /// `flexos run --netns`: the tool makes the namespace, says how to reach
-/// the image, and removes the namespace when the image ends; if the tool
-/// itself is killed, the image dies with it and the next namespace made
-/// removes the stale one.
+/// the image, and removes the namespace when the image ends; signals sent
+/// to the tool reach the image; if the tool itself is killed, the image
+/// dies with it and the next namespace made removes the stale one.
 #[test]
 fn tap_flexos_run_netns_cleans_up_after_the_image() {
     let tag = tag("run-netns");
-    image("configs/kv.toml"); // built (and shared with the tool's build) before the tool runs
-    for kill_tool in [false, true] {
-        let mut tool = Command::new(env!("CARGO_BIN_EXE_flexos"))
-            .args(["run", "-q", "--netns", "configs/kv.toml"])
-            .current_dir(flexos::workspace_root())
-            .env("FLEXOS_TEST_TAG", &tag)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stderr = std::io::BufReader::new(tool.stderr.take().unwrap());
-        let mut line = String::new();
-        let mut ns = None;
-        while std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0 {
-            if let Some(rest) = line.strip_prefix("network: namespace ") {
-                ns = rest.split_whitespace().next().map(str::to_owned);
-                break;
-            }
-            line.clear();
-        }
-        let ns = ns.unwrap_or_else(|| panic!("no namespace line: {line}"));
-        let mut stdout = std::io::BufReader::new(tool.stdout.take().unwrap());
-        let mut listening = String::new();
-        std::io::BufRead::read_line(&mut stdout, &mut listening).unwrap();
-        assert_eq!(listening.trim(), format!("listening: {}:6379", flexos::netns::IMAGE_IP));
+    let _cleanup = common::Cleanup(tag.clone());
+    for stop in [Stop::TermImage, Stop::InterruptTool, Stop::KillTool] {
+        let (mut tool, ns) = start_run_netns(&tag);
         let pong = Command::new("ip")
             .args(["netns", "exec", &ns, "redis-cli", "-h", flexos::netns::IMAGE_IP, "ping"])
             .output()
             .unwrap();
         assert_eq!(String::from_utf8_lossy(&pong.stdout).trim(), "PONG");
-        let image_pids: Vec<String> = common::tagged_processes(&tag)
+        let image_pids: Vec<u32> = common::tagged_processes(&tag)
             .into_iter()
-            .filter_map(|p| p.split(':').next().map(str::to_owned))
-            .filter(|p| *p != tool.id().to_string())
+            .filter_map(|p| p.split(':').next().and_then(|p| p.parse().ok()))
+            .filter(|p| *p != tool.id())
             .collect();
         assert_eq!(image_pids.len(), 1, "one image process: {image_pids:?}");
-        if kill_tool {
-            tool.kill().unwrap();
-            tool.wait().unwrap();
-            assert_nothing_left(&tag); // the image died with the tool
-            assert!(flexos::netns::list().contains(&ns), "a killed tool cannot remove its namespace");
-            flexos::netns::remove_stale();
-        } else {
-            Command::new("kill").arg(&image_pids[0]).status().unwrap();
-            let status = tool.wait().unwrap();
-            assert_eq!(status.code(), Some(128 + 15), "the tool reports the image's SIGTERM");
+        match stop {
+            Stop::KillTool => {
+                tool.kill().unwrap();
+                tool.wait().unwrap();
+                assert_nothing_left(&tag); // the image died with the tool
+                assert!(flexos::netns::list().contains(&ns), "a killed tool cannot remove its namespace");
+                flexos::netns::remove_stale();
+            }
+            Stop::TermImage => {
+                common::signal(image_pids[0], "TERM");
+                let status = tool.wait().unwrap();
+                assert_eq!(status.code(), Some(128 + 15), "the tool reports the image's SIGTERM");
+            }
+            Stop::InterruptTool => {
+                common::signal(tool.id(), "INT");
+                let status = tool.wait().unwrap();
+                assert_eq!(status.code(), Some(128 + 2), "the image got the tool's SIGINT");
+            }
         }
         assert_namespace_gone(&ns);
     }
     assert_nothing_left(&tag);
+}
+
+/// A test that fails while `flexos run --netns` runs leaves neither the
+/// tool, nor the image, nor the namespace behind: the guard stops them.
+#[test]
+fn tap_a_failing_test_leaves_no_process_or_namespace_behind() {
+    let tag = tag("failing-test");
+    let _cleanup = common::Cleanup(tag.clone());
+    let made = std::sync::Mutex::new(None);
+    let failed = std::panic::catch_unwind(|| {
+        let (_tool, ns) = start_run_netns(&tag);
+        *made.lock().unwrap() = Some(ns);
+        panic!("a test failing while the image runs (on purpose)");
+    });
+    assert!(failed.is_err());
+    let ns = made.lock().unwrap().take().expect("the tool made a namespace");
+    assert_nothing_left(&tag);
+    assert_namespace_gone(&ns);
 }
 
 /// The other direction: the image connects (blocking `connect`, `send`,
@@ -576,6 +671,7 @@ fn tap_flexos_run_netns_cleans_up_after_the_image() {
 #[test]
 fn tap_the_image_connects_to_a_linux_server() {
     let tag = tag("iperf-client");
+    let _cleanup = common::Cleanup(tag.clone());
     let server = Server::linux("iperf", &["-s", "-p", "5001"], 5001).unwrap();
     let target = format!("{}:5001", flexos::netns::HOST_IP);
     let out = server
@@ -625,6 +721,7 @@ fn tap_blocking_calls_park_scheduler_threads() {
 
 fn threaded_iperf_serves_two_streams(config: &str) {
     let tag = tag("iperf-threads");
+    let _cleanup = common::Cleanup(tag.clone());
     let args = ["--threads".to_string(), "5001".to_string()];
     let server = Server::image(&image(config), &args, &[("FLEXOS_TEST_TAG", &tag)]).unwrap();
     let client: Vec<String> =

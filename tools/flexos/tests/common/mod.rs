@@ -54,3 +54,67 @@ pub fn assert_no_process_left(tag: &str, args: &[&str]) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A started process, stopped and reaped when dropped, also when the test
+/// fails: SIGTERM first (a `flexos run` then stops its image and removes
+/// its namespace), SIGKILL after 5 s.
+pub struct Running(pub std::process::Child);
+
+impl Running {
+    /// Starts `cmd`.
+    pub fn spawn(cmd: &mut std::process::Command) -> Running {
+        Running(cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}")))
+    }
+}
+
+impl std::ops::Deref for Running {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if !matches!(self.0.try_wait(), Ok(None)) {
+            return;
+        }
+        // Not reaped yet, so the pid is still this child's.
+        signal(self.0.id(), "TERM");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Cleans up after a test that starts processes tagged `tag` (the
+/// `FLEXOS_TEST_TAG` environment variable), also when it fails: on drop,
+/// every process still tagged gets SIGKILL, and the network namespaces of
+/// `flexos` processes that no longer run are removed. A test that passes
+/// has checked that nothing was left before this runs.
+pub struct Cleanup(pub String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for process in tagged_processes(&self.0) {
+            if let Some(pid) = process.split(':').next().and_then(|p| p.parse::<u32>().ok()) {
+                signal(pid, "KILL");
+            }
+        }
+        flexos::netns::remove_stale();
+    }
+}
+
+/// Sends signal `name` (`TERM`, `KILL`, ...) to process `pid`.
+pub fn signal(pid: u32, name: &str) {
+    let _ = std::process::Command::new("kill").args(["-s", name, &pid.to_string()]).status();
+}
