@@ -55,10 +55,11 @@ pub fn image_package(app: &str) -> (&'static str, &'static str) {
     }
 }
 
-/// Where the image of `layout` is built: `target/flexos/<config stem>-<hash of its path and options>`.
+/// Where the image of `layout` is built: `target/flexos/<config stem>-<hash of its canonical path and options>`.
 pub fn output_dir(root: &Path, layout: &Layout, options: &BuildOptions) -> PathBuf {
     let mut h = DefaultHasher::new();
-    layout.source.hash(&mut h);
+    // The same file named by another path (relative, through a link) is the same configuration.
+    std::fs::canonicalize(&layout.source).unwrap_or_else(|_| layout.source.clone()).hash(&mut h);
     options.release.hash(&mut h);
     options.gate_stats.hash(&mut h);
     links_statically(layout, options).hash(&mut h);
@@ -123,9 +124,29 @@ pub fn build_image(root: &Path, layout: &Layout, options: &BuildOptions) -> Resu
         std::fs::write(&pad_file, pad.to_string()).map_err(|e| format!("{}: {e}", pad_file.display()))?;
     }
     let image = dir.join(bin);
-    // Copy (not rename) so cargo's own output stays fresh for the next incremental build.
-    std::fs::copy(&built, &image).map_err(|e| format!("cannot copy {}: {e}", built.display()))?;
+    install(&built, &image)?;
     Ok(image)
+}
+
+/// Installs cargo's output `built` as `image`, unless `image` is already
+/// the same build. Copied (not moved) so cargo's own output stays fresh
+/// for the next incremental build; copied beside and renamed over, so an
+/// instance of the old image that still runs keeps its file and a new one
+/// never sees half a file (writing into a running executable fails with
+/// "Text file busy").
+pub fn install(built: &Path, image: &Path) -> Result<(), String> {
+    let meta = |p: &Path| std::fs::metadata(p).and_then(|m| Ok((m.len(), m.modified()?)));
+    let (len, built_at) = meta(built).map_err(|e| format!("{}: {e}", built.display()))?;
+    if meta(image).is_ok_and(|(l, installed_at)| l == len && installed_at >= built_at) {
+        return Ok(());
+    }
+    let name = image.file_name().map_or("image".into(), |n| n.to_string_lossy().into_owned());
+    let beside = image.with_file_name(format!(".{name}.{}.new", std::process::id()));
+    std::fs::copy(built, &beside).map_err(|e| format!("cannot copy {}: {e}", built.display()))?;
+    std::fs::rename(&beside, image).map_err(|e| {
+        let _ = std::fs::remove_file(&beside);
+        format!("cannot install {}: {e}", image.display())
+    })
 }
 
 /// How many link pads `build_image` tries before it gives up.
