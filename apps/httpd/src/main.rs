@@ -32,8 +32,13 @@ include!(concat!(env!("OUT_DIR"), "/packed_files.rs"));
 
 fn main() {
     flexos_netapp::boot();
-    let defaults =
-        flexos_netapp::Options { port: 80, recv_size: 64 * 1024, max_connections: 1024, buffer_size: 64 * 1024 };
+    let defaults = flexos_netapp::Options {
+        port: 80,
+        recv_size: 64 * 1024,
+        max_connections: 1024,
+        buffer_size: 64 * 1024,
+        output_limit: flexos_netapp::DEFAULT_OUTPUT_LIMIT,
+    };
     let options = flexos_netapp::options("flexos-httpd", defaults);
     for (path, data) in PACKED_FILES {
         if let Err(e) = flexos_libc::install_file(path, data) {

@@ -62,8 +62,13 @@ fn main() {
             None => std::process::exit(1),
         }
     }
-    let defaults =
-        flexos_netapp::Options { port: 5001, recv_size: 128 * 1024, max_connections: 64, buffer_size: 256 * 1024 };
+    let defaults = flexos_netapp::Options {
+        port: 5001,
+        recv_size: 128 * 1024,
+        max_connections: 64,
+        buffer_size: 256 * 1024,
+        output_limit: flexos_netapp::DEFAULT_OUTPUT_LIMIT,
+    };
     let options = flexos_netapp::options("flexos-iperf", defaults);
     flexos_netapp::run::<{ FLEXOS_COMPONENT.compartment }, _>(FLEXOS_COMPONENT, "flexos-iperf", options, || Iperf)
 }

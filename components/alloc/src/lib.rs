@@ -425,6 +425,26 @@ pub fn stats(heap: usize) -> HeapStats {
     HeapStats { in_use: h.in_use.load(Ordering::Relaxed), allocations: h.allocations.load(Ordering::Relaxed) }
 }
 
+/// The bytes heap `heap` can hold (a compartment's private heap, or this domain's part of the shared heap).
+pub fn capacity(heap: usize) -> usize {
+    if heap == SHARED { SHARED_PART } else { HEAP_SPAN - EXEC_STACKS_LEN }
+}
+
+/// Bytes of a heap that [`has_room`] keeps free for the small allocations
+/// that cannot fail gracefully (a key, a node of a tree, the stack's own
+/// bookkeeping).
+pub const RESERVE: usize = 32 << 20;
+
+/// Whether the running compartment's heap can give `bytes` more and still
+/// keep [`RESERVE`] free. Buffers whose size a client chooses (requests,
+/// replies, values) ask first, so that a client that asks for too much
+/// fails its own request instead of exhausting the heap and aborting the
+/// image at the next small allocation.
+pub fn has_room(bytes: usize) -> bool {
+    let heap = compartment::current();
+    stats(heap).in_use.saturating_add(bytes).saturating_add(RESERVE) <= capacity(heap)
+}
+
 /// Set while [`in_shared_heap`] runs: every allocation comes from the shared heap.
 static ALLOCATE_SHARED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 

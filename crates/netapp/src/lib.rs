@@ -8,10 +8,15 @@
 //! compartment (`C` is its index), exactly as if the application had
 //! written the loop itself.
 //!
-//! A connection is closed when the peer closes or resets it, when the
-//! protocol asks (after its output is sent), or when its unconsumed input
-//! or unsent output grows beyond [`MAX_PENDING`]; none of this disturbs
-//! the other connections.
+//! A connection whose unsent output reaches [`OUTPUT_HIGH_WATER`] is not
+//! read, and its input is not handled, until the peer has taken the output
+//! below that mark again (backpressure: a client that sends requests but
+//! never reads the replies holds at most that much). A connection is closed
+//! when the peer closes or resets it, when the protocol asks (after its
+//! output is sent), when its output passes the output limit (one reply too
+//! large: `--output-limit`, like Redis's `client-output-buffer-limit`), when
+//! its unconsumed input grows beyond [`MAX_PENDING`], or when the heap has
+//! no room for its input; none of this disturbs the other connections.
 #![deny(unsafe_code)]
 
 use flexos_gate::abi::Errno;
@@ -19,8 +24,12 @@ use flexos_gate::abi::poll::{ENTRY as POLL_ENTRY, POLLERR, POLLHUP, POLLIN, POLL
 use flexos_gate::layout::Component;
 use flexos_gate::{SharedBuf, call};
 
-/// A connection whose unconsumed input or unsent output grows beyond this is closed.
+/// A connection whose unconsumed input grows beyond this is closed.
 pub const MAX_PENDING: usize = 256 * 1024 * 1024;
+
+/// A connection with this much unsent output is not read, and its input
+/// is not handled, until the peer takes the output below it.
+pub const OUTPUT_HIGH_WATER: usize = 1 << 20;
 
 /// Calls `flexos_net::f(args)` through a gate from compartment `C`.
 macro_rules! net {
@@ -51,6 +60,11 @@ pub struct Context {
     pub clients: usize,
     /// Connections accepted so far.
     pub accepted: u64,
+    /// The most unsent output one connection may have ([`Options::output_limit`]):
+    /// a protocol stops producing replies once a connection's output reaches
+    /// [`OUTPUT_HIGH_WATER`], and closes the connection if one reply would
+    /// take it past this limit.
+    pub output_limit: usize,
 }
 
 /// An application protocol served by [`serve`].
@@ -75,7 +89,13 @@ pub struct Options {
     pub max_connections: u32,
     /// The stack's per-connection buffer size (`net::configure`).
     pub buffer_size: u32,
+    /// The most unsent output one connection may have; a connection whose
+    /// output would grow past it is closed (`--output-limit`).
+    pub output_limit: usize,
 }
+
+/// The default of [`Options::output_limit`]: 64 MiB.
+pub const DEFAULT_OUTPUT_LIMIT: usize = 64 << 20;
 
 struct Conn<S> {
     fd: i32,
@@ -83,6 +103,8 @@ struct Conn<S> {
     output: Vec<u8>,
     closing: bool,
     peer_closed: bool,
+    /// The protocol stopped handling input because the output reached the high-water mark.
+    stalled: bool,
     state: S,
 }
 
@@ -101,13 +123,13 @@ pub fn boot() {
 }
 
 /// The options on the command line (`--port`, `--recv-size`,
-/// `--max-connections`, `--buffer-size`, each with a number), over
+/// `--max-connections`, `--buffer-size`, `--output-limit`, each with a number), over
 /// `defaults`; a bad command line prints `program`'s usage and exits 2.
 pub fn options(program: &str, defaults: Options) -> Options {
     let args: Vec<String> = std::env::args().skip(1).collect();
     parse_options(&args, defaults).unwrap_or_else(|e| {
         eprintln!(
-            "{program}: {e}\nusage: {program} [--port P] [--recv-size BYTES] [--max-connections N] [--buffer-size BYTES]"
+            "{program}: {e}\nusage: {program} [--port P] [--recv-size BYTES] [--max-connections N] [--buffer-size BYTES] [--output-limit BYTES]"
         );
         std::process::exit(2)
     })
@@ -127,11 +149,17 @@ pub fn parse_options(args: &[String], defaults: Options) -> Result<Options, Stri
             "--recv-size" => o.recv_size = small(16 << 20)? as usize,
             "--max-connections" => o.max_connections = small(u32::MAX as u64)? as u32,
             "--buffer-size" => o.buffer_size = small(u32::MAX as u64)? as u32,
+            "--output-limit" => o.output_limit = small(1 << 40)? as usize,
             _ => return Err(format!("unknown option {flag}")),
         }
     }
     if o.recv_size == 0 {
         return Err("--recv-size must be at least 1".into());
+    }
+    if o.output_limit < OUTPUT_HIGH_WATER {
+        return Err(format!(
+            "--output-limit must be at least {OUTPUT_HIGH_WATER} (the high-water mark of a connection's output)"
+        ));
     }
     Ok(o)
 }
@@ -181,7 +209,7 @@ pub fn serve<const C: usize, P: Protocol>(app: Component, options: Options, prot
         ) / 1_000_000
     };
     let start_ms = clock();
-    let mut cx = Context::default();
+    let mut cx = Context { output_limit: options.output_limit, ..Context::default() };
     let mut conns: Vec<Conn<P::Conn>> = Vec::new();
     let mut io = SharedBuf::zeroed(options.recv_size.max(1));
     let mut entries = SharedBuf::zeroed(POLL_ENTRY * 64);
@@ -192,7 +220,13 @@ pub fn serve<const C: usize, P: Protocol>(app: Component, options: Options, prot
         }
         put_entry(&mut entries, 0, listener, POLLIN);
         for (i, c) in conns.iter().enumerate() {
-            let events = if c.output.is_empty() { POLLIN } else { POLLIN | POLLOUT };
+            let events = if c.output.is_empty() {
+                POLLIN
+            } else if c.output.len() >= OUTPUT_HIGH_WATER {
+                POLLOUT // backpressure: the peer takes its replies first
+            } else {
+                POLLIN | POLLOUT
+            };
             put_entry(&mut entries, i + 1, c.fd, events);
         }
         let ready = net!(app, poll(entries.shared_mut().slice_mut(0..needed), -1)).map_err(errno("poll"))?;
@@ -208,11 +242,16 @@ pub fn serve<const C: usize, P: Protocol>(app: Component, options: Options, prot
                 c.closing = true;
                 c.output.clear();
             }
-            if ev & (POLLIN | POLLHUP | POLLERR) != 0 && !c.closing {
+            let backpressured = c.output.len() >= OUTPUT_HIGH_WATER;
+            if !c.closing && (ev & (POLLHUP | POLLERR) != 0 || ev & POLLIN != 0 && !backpressured) {
                 read_input::<C, P>(app, c, &mut io, protocol, &cx);
             }
             if !c.output.is_empty() {
                 write_output::<C, P::Conn>(app, c, &mut io);
+                if c.stalled && c.output.len() < OUTPUT_HIGH_WATER && !c.closing {
+                    // The peer took its replies: handle the input that waited.
+                    handle_input(c, protocol, &cx);
+                }
             }
         }
         let mut i = 0;
@@ -237,6 +276,7 @@ pub fn serve<const C: usize, P: Protocol>(app: Component, options: Options, prot
                             output: Vec::new(),
                             closing: false,
                             peer_closed: false,
+                            stalled: false,
                             state: P::Conn::default(),
                         });
                         cx.accepted += 1;
@@ -268,6 +308,12 @@ fn read_input<const C: usize, P: Protocol>(
                 break;
             }
             Ok(n) => {
+                if c.input.try_reserve(n).is_err() || !flexos_alloc::has_room(n) {
+                    // No room for this client's input: it loses its connection, nobody else anything.
+                    c.closing = true;
+                    c.output.clear();
+                    return;
+                }
                 c.input.extend_from_slice(&io[..n]);
                 if n < io.len() || c.input.len() > MAX_PENDING {
                     break;
@@ -280,20 +326,34 @@ fn read_input<const C: usize, P: Protocol>(
             }
         }
     }
-    if !c.input.is_empty() {
-        let flow = p.input(&mut c.state, &c.input, &mut c.output, cx);
-        c.input.drain(..flow.consumed.min(c.input.len()));
-        c.closing |= flow.close;
+    if !c.stalled {
+        handle_input(c, p, cx);
     }
     if c.peer_closed {
         // The peer is gone (perhaps mid-request): drop what it left.
         c.closing = true;
         c.output.clear();
     }
-    if c.input.len() > MAX_PENDING || c.output.len() > MAX_PENDING {
+    if c.input.len() > MAX_PENDING {
         c.closing = true;
         c.output.clear();
     }
+}
+
+/// Lets the protocol handle the connection's pending input.
+fn handle_input<P: Protocol>(c: &mut Conn<P::Conn>, p: &mut P, cx: &Context) {
+    c.stalled = false;
+    if c.input.is_empty() {
+        return;
+    }
+    let flow = p.input(&mut c.state, &c.input, &mut c.output, cx);
+    c.input.drain(..flow.consumed.min(c.input.len()));
+    c.closing |= flow.close;
+    if c.output.len() > cx.output_limit {
+        c.closing = true;
+        c.output.clear();
+    }
+    c.stalled = !c.closing && !c.input.is_empty() && c.output.len() >= OUTPUT_HIGH_WATER;
 }
 
 /// Sends as much of the connection's output as the stack takes.
@@ -319,7 +379,8 @@ fn write_output<const C: usize, S>(app: Component, c: &mut Conn<S>, io: &mut Sha
 mod tests {
     use super::*;
 
-    const DEFAULTS: Options = Options { port: 1, recv_size: 2, max_connections: 3, buffer_size: 4 };
+    const DEFAULTS: Options =
+        Options { port: 1, recv_size: 2, max_connections: 3, buffer_size: 4, output_limit: DEFAULT_OUTPUT_LIMIT };
 
     fn parse(args: &[&str]) -> Result<Options, String> {
         parse_options(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>(), DEFAULTS)

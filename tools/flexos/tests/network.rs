@@ -295,6 +295,64 @@ fn malformed_and_abandoned_requests_never_stop_the_kv_server() {
     assert_nothing_left(&tag);
 }
 
+/// A RESP multibulk request.
+fn resp_request(args: &[&[u8]]) -> Vec<u8> {
+    let mut req = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        req.extend_from_slice(a);
+        req.extend_from_slice(b"\r\n");
+    }
+    req
+}
+
+/// A client that sends requests and never reads the replies holds at most
+/// its output limit: the server neither aborts nor loses data (before:
+/// `memory allocation of 553648128 bytes failed`, every key lost).
+#[test]
+fn a_client_that_never_reads_cannot_exhaust_the_server() {
+    let tag = tag("kv-slow-client");
+    let _cleanup = common::Cleanup(tag.clone());
+    let mut kv = Forwarded::start("configs/kv.toml", &["--port", "16382"], &tag);
+    let mut c = kv.connect();
+    assert_eq!(exchange(&mut c, b"SET keep me\r\n", 5), b"+OK\r\n");
+    // A list of 20,000 items of 100 bytes (2 MB in one LRANGE reply).
+    let item = [b'x'; 100];
+    let mut fill = Vec::new();
+    for _ in 0..20 {
+        let mut args: Vec<&[u8]> = vec![b"RPUSH", b"biglist"];
+        args.extend(std::iter::repeat_n(&item[..], 1000));
+        fill.extend(resp_request(&args));
+    }
+    let replies = exchange(&mut c, &fill, 9 * 7 + 11 * 8);
+    assert!(String::from_utf8_lossy(&replies).ends_with(":20000\r\n"), "{}", String::from_utf8_lossy(&replies));
+    // 600 LRANGEs of the whole list (1.2 GB of replies) on a connection that is never read.
+    let mut slow = kv.connect();
+    let lrange = resp_request(&[b"LRANGE", b"biglist", b"0", b"-1"]);
+    slow.write_all(&lrange.repeat(600)).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    kv.assert_running();
+    let mut fresh = kv.connect();
+    assert_eq!(exchange(&mut fresh, b"PING\r\n", 7), b"+PONG\r\n");
+    assert_eq!(exchange(&mut fresh, b"GET keep\r\n", 8), b"$2\r\nme\r\n");
+    drop(slow);
+    drop(kv);
+
+    // One reply beyond the output limit closes that connection, and only that one.
+    let mut kv = Forwarded::start("configs/kv.toml", &["--port", "16383", "--output-limit", "1048576"], &tag);
+    let mut c = kv.connect();
+    let replies = exchange(&mut c, &fill, 9 * 7 + 11 * 8);
+    assert!(String::from_utf8_lossy(&replies).ends_with(":20000\r\n"));
+    let mut big = kv.connect();
+    big.write_all(&lrange).unwrap();
+    let (reply, closed) = read_to_close(&mut big, Duration::from_secs(10));
+    assert!(closed && reply.is_empty(), "{} bytes, closed: {closed}", reply.len());
+    assert_eq!(exchange(&mut c, b"LLEN biglist\r\n", 8), b":20000\r\n");
+    kv.assert_running();
+    drop(kv);
+    assert_nothing_left(&tag);
+}
+
 #[test]
 fn a_flood_of_connections_beyond_the_limit_is_refused_cleanly() {
     let tag = tag("kv-flood");
