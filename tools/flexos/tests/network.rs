@@ -10,7 +10,7 @@
 mod common;
 
 use flexos::netbench::{self, Server};
-use std::io::{ErrorKind, Read, Write};
+use std::io::{BufRead, ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -384,6 +384,217 @@ fn a_flood_of_connections_beyond_the_limit_is_refused_cleanly() {
     kv.assert_running();
     drop(kv);
     assert_nothing_left(&tag);
+}
+
+/// Reads one RESP reply and writes it as text; the elements of arrays
+/// that `sorted` names (replies whose order Redis does not define) are sorted.
+fn read_reply(r: &mut impl std::io::BufRead, sorted: bool) -> String {
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    let line = line.trim_end_matches("\r\n").to_string();
+    let (kind, rest) = line.split_at(1.min(line.len()));
+    match kind {
+        "$" => {
+            let n: i64 = rest.parse().unwrap_or_else(|_| panic!("bad bulk header {line:?}"));
+            if n < 0 {
+                return "(nil)".into();
+            }
+            let mut data = vec![0u8; n as usize + 2];
+            r.read_exact(&mut data).unwrap();
+            format!("{:?}", String::from_utf8_lossy(&data[..n as usize]))
+        }
+        "*" => {
+            let n: i64 = rest.parse().unwrap_or_else(|_| panic!("bad array header {line:?}"));
+            if n < 0 {
+                return "(nil array)".into();
+            }
+            let mut items: Vec<String> = (0..n).map(|_| read_reply(r, false)).collect();
+            if sorted {
+                items.sort();
+            }
+            format!("[{}]", items.join(", "))
+        }
+        _ => line,
+    }
+}
+
+/// Every element a full SCAN-style iteration (`command` with `{}` for the
+/// cursor) returns, sorted, and how many of them came more than once.
+fn scan_all(r: &mut std::io::BufReader<TcpStream>, command: &str) -> (Vec<String>, usize) {
+    let mut cursor = "0".to_string();
+    let mut all = Vec::new();
+    loop {
+        r.get_mut().write_all(format!("{}\r\n", command.replace("{}", &cursor)).as_bytes()).unwrap();
+        let mut header = String::new();
+        r.read_line(&mut header).unwrap();
+        assert_eq!(header, "*2\r\n", "{command}");
+        cursor = read_reply(r, false).trim_matches('"').to_string();
+        let elements = read_reply(r, false);
+        all.extend(elements.trim_matches(['[', ']']).split(", ").filter(|e| !e.is_empty()).map(str::to_owned));
+        if cursor == "0" {
+            break;
+        }
+    }
+    all.sort();
+    let before = all.len();
+    all.dedup();
+    (all.clone(), before - all.len())
+}
+
+/// The same commands against the kv image and the real `redis-server`,
+/// reply by reply: the commands real clients use, the new ones, inline
+/// requests with quotes, errors and transactions.
+#[test]
+fn kv_replies_as_redis_server_does() {
+    let tag = tag("kv-vs-redis");
+    let _cleanup = common::Cleanup(tag.clone());
+    let kv = Forwarded::start("configs/kv.toml", &["--port", "16384"], &tag);
+    let redis_port = 16385;
+    let _redis = common::Running::spawn(
+        Command::new("redis-server")
+            .args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--dir", &std::env::temp_dir().to_string_lossy()])
+            .env("FLEXOS_TEST_TAG", &tag)
+            .stdout(Stdio::null()),
+    );
+    let connect_redis = || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(s) = TcpStream::connect(("127.0.0.1", redis_port)) {
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                return s;
+            }
+            assert!(Instant::now() < deadline, "redis-server does not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let mut ours = std::io::BufReader::new(kv.connect());
+    let mut theirs = std::io::BufReader::new(connect_redis());
+    // (request, whether its reply's array order is undefined)
+    let script: &[(&str, bool)] = &[
+        ("FLUSHALL", false),
+        ("SET greeting \"hello world\"", false),
+        ("GET greeting", false),
+        ("SET quoted 'it\\'s' ", false),
+        ("GET quoted", false),
+        ("ECHO \"tab\\there\\x41\"", false),
+        ("NOSUCH a b", false),
+        ("nosuch", false),
+        ("GET", false),
+        ("SET k", false),
+        ("MSET user:1 a user:2 b user:3 c user:10 d other e", false),
+        ("KEYS user:*", true),
+        ("KEYS user:?", true),
+        ("KEYS user:[12]", true),
+        ("KEYS user:[^1]*", true),
+        ("KEYS *", true),
+        ("SETNX user:1 z", false),
+        ("SETNX fresh z", false),
+        ("SET s \"Hello World\"", false),
+        ("GETRANGE s 0 4", false),
+        ("GETRANGE s -5 -1", false),
+        ("GETRANGE s 5 2", false),
+        ("GETRANGE s 0 100", false),
+        ("GETRANGE nokey 0 -1", false),
+        ("GETRANGE s x 1", false),
+        ("SETRANGE s 6 Redis", false),
+        ("GET s", false),
+        ("SETRANGE pad 3 x", false),
+        ("GET pad", false),
+        ("SETRANGE none 0 \"\"", false),
+        ("EXISTS none", false),
+        ("SETRANGE s -1 x", false),
+        ("HSET h f 5 g v", false),
+        ("HINCRBY h f 10", false),
+        ("HINCRBY h new -3", false),
+        ("HINCRBY h g 1", false),
+        ("HINCRBY h f x", false),
+        ("HINCRBY s f 1", false),
+        ("HGETALL h", true),
+        ("RPUSH l a b c", false),
+        ("LSET l 1 B", false),
+        ("LSET l -1 C", false),
+        ("LSET l 5 x", false),
+        ("LSET nolist 0 x", false),
+        ("LSET s 0 x", false),
+        ("LRANGE l 0 -1", false),
+        ("LPOP l 2", false),
+        ("RPOP nolist 2", false),
+        ("APPEND greeting !", false),
+        ("STRLEN greeting", false),
+        ("INCRBYFLOAT f 10.5", false),
+        ("INCRBYFLOAT f 1.5e3", false),
+        ("ZADD z 1.5 a 2 b", false),
+        ("ZRANGE z 0 -1 WITHSCORES", false),
+        ("SADD set x", false),
+        ("SPOP set 5", false),
+        ("TYPE h", false),
+        ("TTL greeting", false),
+        ("MULTI", false),
+        ("SET t 1", false),
+        ("INCR t", false),
+        ("PING", false),
+        ("EXEC", false),
+        ("EXEC", false),
+        ("DISCARD", false),
+        ("MULTI", false),
+        ("MULTI", false),
+        ("INCR t", false),
+        ("DISCARD", false),
+        ("GET t", false),
+        ("MULTI", false),
+        ("INCR t", false),
+        ("GET", false),
+        ("EXEC", false),
+        ("MULTI", false),
+        ("NOSUCH", false),
+        ("EXEC", false),
+        ("GET t", false),
+        ("SCAN x", false),
+        ("SCAN 0 COUNT 0", false),
+        ("SSCAN h 0", false),
+        ("DBSIZE", false),
+    ];
+    for (request, sorted) in script {
+        let line = format!("{request}\r\n");
+        ours.get_mut().write_all(line.as_bytes()).unwrap();
+        theirs.get_mut().write_all(line.as_bytes()).unwrap();
+        let (a, b) = (read_reply(&mut ours, *sorted), read_reply(&mut theirs, *sorted));
+        assert_eq!(a, b, "{request}: kv replied {a}, redis-server {b}");
+    }
+    // Multibulk requests, with binary-safe arguments.
+    for args in [&[&b"SET"[..], b"bin", b"a\r\nb \"c\""][..], &[b"GET", b"bin"], &[b"FOO", b"x y", b"z"]] {
+        let req = resp_request(args);
+        ours.get_mut().write_all(&req).unwrap();
+        theirs.get_mut().write_all(&req).unwrap();
+        let (a, b) = (read_reply(&mut ours, false), read_reply(&mut theirs, false));
+        assert_eq!(a, b, "{args:?}");
+    }
+    // Full scans: every key, member and field exactly once, as Redis.
+    for i in 0..300 {
+        let line = format!("SET scan:{i} v\r\nSADD bigset m{i}\r\nHSET bighash f{i} {i}\r\n");
+        for side in [&mut ours, &mut theirs] {
+            side.get_mut().write_all(line.as_bytes()).unwrap();
+            for _ in 0..3 {
+                read_reply(side, false);
+            }
+        }
+    }
+    for command in ["SCAN {} MATCH scan:* COUNT 20", "SSCAN bigset {} COUNT 15", "HSCAN bighash {} MATCH f1*"] {
+        let (a, repeated) = scan_all(&mut ours, command);
+        let (b, _) = scan_all(&mut theirs, command);
+        assert_eq!(repeated, 0, "{command}: elements returned twice");
+        assert_eq!(a, b, "{command}");
+        assert!(!a.is_empty());
+    }
+    // Unbalanced quotes: a protocol error, and the connection is closed.
+    for side in [ours.get_mut(), theirs.get_mut()] {
+        side.write_all(b"SET x \"open\r\n").unwrap();
+    }
+    let (a, _) = read_to_close(ours.get_mut(), Duration::from_secs(10));
+    let (b, _) = read_to_close(theirs.get_mut(), Duration::from_secs(10));
+    assert_eq!(String::from_utf8_lossy(&a), String::from_utf8_lossy(&b));
+    drop(kv);
 }
 
 fn curl(server: &Server, args: &[&str]) -> (String, String) {
