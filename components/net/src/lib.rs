@@ -237,6 +237,20 @@ impl Net {
     fn drive(&mut self) -> Result<(), Errno> {
         let stack = self.stack()?;
         stack.drive();
+        // Data for a socket its application closed: nobody will read it, so
+        // the peer gets a reset (as on Linux) instead of a window that stays
+        // shut while it waits to send the rest.
+        let mut aborted = false;
+        for &h in &stack.closing {
+            let s = stack.sockets.get_mut::<tcp::Socket>(h);
+            if s.recv_queue() > 0 && s.state() != State::Closed {
+                s.abort();
+                aborted = true;
+            }
+        }
+        if aborted {
+            stack.drive(); // sends the resets
+        }
         let before = stack.closing.len();
         let Stack { closing, sockets, .. } = stack;
         closing.retain(|&h| {

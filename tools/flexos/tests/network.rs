@@ -353,6 +353,62 @@ fn a_client_that_never_reads_cannot_exhaust_the_server() {
     assert_nothing_left(&tag);
 }
 
+/// CPU time (user + system, in clock ticks) and open descriptors of process `pid`.
+fn cpu_ticks_and_fds(pid: u32) -> (u64, usize) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // After the command name in parentheses: state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let ticks = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    (ticks, std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count())
+}
+
+/// Connections that the image ends with an error while their clients
+/// still send, or that the clients close at once, leave nothing behind in
+/// the 127.0.0.1 forwarder (before: it spun at 100% CPU on their hang-ups
+/// and kept a descriptor for each), and a client still sending gets the
+/// error reply before its connection is reset, as from Redis.
+#[test]
+fn connections_ended_with_an_error_leave_nothing_behind_in_the_forwarder() {
+    let tag = tag("kv-forwarder-hangup");
+    let _cleanup = common::Cleanup(tag.clone());
+    let mut kv = Forwarded::start("configs/kv.toml", &["--port", "16386"], &tag);
+    let pid = kv.child.id();
+    assert_eq!(exchange(&mut kv.connect(), b"PING\r\n", 7), b"+PONG\r\n");
+    std::thread::sleep(Duration::from_millis(200));
+    let (_, fds_before) = cpu_ticks_and_fds(pid);
+    for _ in 0..20 {
+        // Too big an inline request, then the client closes without reading.
+        let mut s = kv.connect();
+        let _ = s.write_all(&[b'A'; 204_800]);
+        drop(s);
+    }
+    // A bulk over the limit: the client is still sending 70 MB when the error comes.
+    let mut s = kv.connect();
+    let mut request = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$70000000\r\n".to_vec();
+    request.resize(request.len() + 70_000_000, b'x');
+    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    let sent = s.write_all(&request);
+    assert!(sent.is_err(), "the connection is reset while the client sends");
+    let (reply, _) = read_to_close(&mut s, Duration::from_secs(10));
+    assert_eq!(String::from_utf8_lossy(&reply), "-ERR Protocol error: invalid bulk length\r\n");
+    drop(s);
+    std::thread::sleep(Duration::from_millis(500));
+    let (ticks, _) = cpu_ticks_and_fds(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let (ticks_after, fds_after) = cpu_ticks_and_fds(pid);
+    // Clock ticks are USER_HZ, 100 per second on Linux: 5% of 2 s is 10.
+    assert!(
+        ticks_after - ticks < 10,
+        "the image used {} ticks of CPU in 2 s after the clients left",
+        ticks_after - ticks
+    );
+    assert_eq!(fds_after, fds_before, "descriptors before and after the connections");
+    kv.assert_running();
+    assert_eq!(exchange(&mut kv.connect(), b"PING\r\n", 7), b"+PONG\r\n");
+    drop(kv);
+    assert_nothing_left(&tag);
+}
+
 #[test]
 fn a_flood_of_connections_beyond_the_limit_is_refused_cleanly() {
     let tag = tag("kv-flood");

@@ -209,6 +209,10 @@ struct Conn {
     handle: SocketHandle,
     host_eof: bool,
     host_shut: bool,
+    /// The last poll reported a hang-up or an error on the host socket:
+    /// the client can take nothing more (after an error, or after both
+    /// directions were shut down).
+    host_gone: bool,
     /// The host side failed or went away: drop the connection.
     broken: bool,
 }
@@ -284,7 +288,14 @@ impl Relay {
                     continue; // dropping `stream` closes the client's connection.
                 }
                 let handle = self.sockets.add(sock);
-                self.conns.push(Conn { stream, handle, host_eof: false, host_shut: false, broken: false });
+                self.conns.push(Conn {
+                    stream,
+                    handle,
+                    host_eof: false,
+                    host_shut: false,
+                    host_gone: false,
+                    broken: false,
+                });
             }
         }
     }
@@ -314,6 +325,13 @@ impl Relay {
             }
             if c.host_eof && sock.may_send() {
                 sock.close();
+            }
+            if c.host_gone {
+                // What the client sent is forwarded (as far as the image
+                // takes it); it cannot receive anything more: drop the
+                // connection, so its descriptor is freed and poll does not
+                // report the hang-up again and again.
+                c.broken = true;
             }
             // Image → host.
             while sock.can_recv() && !c.broken {
@@ -346,6 +364,7 @@ impl Relay {
 
     fn wait(&mut self) {
         let mut fds = Vec::with_capacity(1 + self.listeners.len() + self.conns.len());
+        let first_conn = 1 + self.listeners.len();
         fds.push(libc::pollfd { fd: self.device.wire.host_event.reader.as_raw_fd(), events: libc::POLLIN, revents: 0 });
         for (l, _) in &self.listeners {
             fds.push(libc::pollfd { fd: l.as_raw_fd(), events: libc::POLLIN, revents: 0 });
@@ -364,5 +383,12 @@ impl Relay {
         let now = self.now();
         let timeout = self.iface.poll_delay(now, &self.sockets).map(|d| Duration::from_micros(d.total_micros()));
         super::poll(&mut fds, timeout);
+        // Hang-ups and errors are reported whatever was asked for: note them,
+        // or the next poll returns at once for the same reason.
+        for (c, fd) in self.conns.iter_mut().zip(&fds[first_conn..]) {
+            if fd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+                c.host_gone = true;
+            }
+        }
     }
 }
