@@ -11,9 +11,12 @@
 //! Limits: at most `max_connections` TCP endpoints exist at once
 //! (listening slots, connections and connections still closing), each with
 //! `buffer_size` bytes of receive and of send buffer ([`configure`]). A
-//! listening socket keeps up to `backlog` endpoints listening; when the
-//! limit is reached it keeps none, so further connection attempts are
-//! refused (the peer gets a reset) until connections close.
+//! listening socket keeps up to `backlog` endpoints listening, besides the
+//! connections established and not yet accepted; connection requests
+//! beyond the endpoints listening at a moment are dropped (the peer sends
+//! them again, as to a Linux listener whose queue is full). When the limit
+//! is reached no endpoint is listening, and further connection attempts
+//! are refused (the peer gets a reset) until connections close.
 #![no_std]
 #![deny(unsafe_code)]
 
@@ -211,14 +214,30 @@ impl Net {
         Ok(h)
     }
 
-    /// Tops every listener up to its backlog, as far as the limit allows.
+    /// Keeps `backlog` endpoints listening on every listener (besides the
+    /// connections established and not yet accepted), as far as the limit allows.
     fn replenish(&mut self) {
         for i in 0..self.table.len() {
+            // Connections reset before they were accepted free their endpoints.
+            if let (Some(stack), Some(Some(Entry { sock: Sock::Listener { queue, .. }, .. }))) =
+                (self.stack.as_mut(), self.table.get_mut(i))
+            {
+                let before = queue.len();
+                queue.retain(|&h| {
+                    let closed = stack.sockets.get::<tcp::Socket>(h).state() == State::Closed;
+                    if closed {
+                        stack.sockets.remove(h);
+                    }
+                    !closed
+                });
+                self.endpoints -= before - queue.len();
+            }
             while let Some(Some(Entry { sock: Sock::Listener { port, backlog, queue }, .. })) = self.table.get(i) {
-                if queue.len() >= *backlog {
+                let (port, backlog) = (*port, *backlog);
+                let Some(stack) = self.stack.as_mut() else { return };
+                if queue.iter().filter(|&&h| !established(stack.tcp(h).state())).count() >= backlog {
                     break;
                 }
-                let port = *port;
                 let Ok(h) = self.new_endpoint() else { return };
                 let stack = self.stack.as_mut().expect("listeners imply a stack");
                 if stack.tcp(h).listen(port).is_err() {
@@ -233,8 +252,27 @@ impl Net {
         }
     }
 
+    /// Tells the device how many connection requests each listener can
+    /// take now (its endpoints in `Listen`); while more endpoints can be
+    /// made, requests beyond that are dropped and come again (as on Linux),
+    /// instead of being refused. At the limit they are refused.
+    fn admit_syns(&mut self) {
+        let Some(stack) = self.stack.as_mut() else { return };
+        let room = self.endpoints < self.max_connections;
+        let budgets = self.table.iter().flatten().filter_map(|e| match &e.sock {
+            Sock::Listener { port, queue, .. } if room => Some((
+                *port,
+                queue.iter().filter(|&&h| stack.sockets.get::<tcp::Socket>(h).state() == State::Listen).count(),
+            )),
+            _ => None,
+        });
+        let budgets: Vec<(u16, usize)> = budgets.collect();
+        stack.device.admit_syns(budgets);
+    }
+
     /// Drives the stack and frees endpoints whose close has finished.
     fn drive(&mut self) -> Result<(), Errno> {
+        self.admit_syns();
         let stack = self.stack()?;
         stack.drive();
         // Data for a socket its application closed: nobody will read it, so
@@ -261,10 +299,9 @@ impl Net {
             !done
         });
         let freed = before - stack.closing.len();
-        if freed > 0 {
-            self.endpoints -= freed;
-            self.replenish();
-        }
+        self.endpoints -= freed;
+        // Listening endpoints that took a connection in this round are replaced.
+        self.replenish();
         Ok(())
     }
 

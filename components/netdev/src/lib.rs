@@ -34,6 +34,8 @@ pub struct DeviceStats {
     pub tx_frames: u64,
     /// Refills of the receive queue that found frames.
     pub rx_batches: u64,
+    /// Connection requests (TCP SYN) dropped because no endpoint was listening yet.
+    pub syns_held: u64,
 }
 
 /// The image's network device.
@@ -42,6 +44,9 @@ pub struct NetDevice {
     rx: VecDeque<Vec<u8>>,
     spare: Vec<Vec<u8>>,
     tx: Vec<u8>,
+    /// Per TCP port, how many more connection requests may reach the stack
+    /// in this round ([`NetDevice::admit_syns`]).
+    syn_budget: Vec<(u16, usize)>,
     /// Frame counters.
     pub stats: DeviceStats,
 }
@@ -56,6 +61,7 @@ impl NetDevice {
             rx: VecDeque::new(),
             spare: Vec::new(),
             tx: Vec::with_capacity(MAX_FRAME),
+            syn_budget: Vec::new(),
             stats: DeviceStats::default(),
         };
         Ok((dev, addressing))
@@ -81,6 +87,32 @@ impl NetDevice {
     /// Makes the image's TCP `port` reachable; returns (host, port) for clients.
     pub fn expose(&self, addressing: &Addressing, port: u16) -> Result<(String, u16), String> {
         self.port.expose(addressing, port).map_err(|e| alloc::format!("{e}"))
+    }
+
+    /// Until the next call: at most `budget` connection requests (TCP SYN
+    /// without ACK) to each listed port reach the stack; further ones are
+    /// dropped, as Linux drops them when a listener's queue is full, and
+    /// the peer sends them again a little later. Ports not listed are not
+    /// limited (the stack refuses what it cannot take).
+    pub fn admit_syns(&mut self, budgets: impl IntoIterator<Item = (u16, usize)>) {
+        self.syn_budget.clear();
+        self.syn_budget.extend(budgets);
+    }
+
+    /// Whether `frame` is a connection request that the budget does not admit (taking one from it if it does).
+    fn held(&mut self, frame: &[u8]) -> bool {
+        if self.syn_budget.is_empty() {
+            return false;
+        }
+        let Some(port) = syn_port(frame) else { return false };
+        match self.syn_budget.iter_mut().find(|(p, _)| *p == port) {
+            Some((_, 0)) => true,
+            Some((_, left)) => {
+                *left -= 1;
+                false
+            }
+            None => false,
+        }
     }
 
     fn refill(&mut self) {
@@ -132,9 +164,18 @@ impl Device for NetDevice {
     type TxToken<'a> = Tx<'a>;
 
     fn receive(&mut self, _: Instant) -> Option<(Rx<'_>, Tx<'_>)> {
-        self.refill();
-        let frame = self.rx.pop_front()?;
-        self.stats.rx_frames += 1;
+        let frame = loop {
+            self.refill();
+            let frame = self.rx.pop_front()?;
+            self.stats.rx_frames += 1;
+            if !self.held(&frame) {
+                break frame;
+            }
+            self.stats.syns_held += 1;
+            if self.spare.len() < RX_BATCH {
+                self.spare.push(frame);
+            }
+        };
         let NetDevice { port, spare, tx, stats, .. } = self;
         Some((Rx { frame, spare }, Tx { port, buf: tx, sent: &mut stats.tx_frames }))
     }
@@ -149,5 +190,47 @@ impl Device for NetDevice {
         caps.medium = Medium::Ethernet;
         caps.max_transmission_unit = MAX_FRAME;
         caps
+    }
+}
+
+/// The destination port of `frame` if it is an Ethernet/IPv4/TCP
+/// connection request (SYN without ACK).
+fn syn_port(frame: &[u8]) -> Option<u16> {
+    if frame.get(12..14)? != [0x08, 0x00] {
+        return None;
+    }
+    let ip = frame.get(14..)?;
+    let header = usize::from(ip.first()? & 0x0f) * 4;
+    if ip.get(9)? != &6 || header < 20 {
+        return None;
+    }
+    let tcp = ip.get(header..)?;
+    let flags = *tcp.get(13)?;
+    (flags & 0x12 == 0x02).then(|| u16::from_be_bytes([tcp[2], tcp[3]]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::syn_port;
+
+    fn frame(flags: u8, port: u16) -> alloc::vec::Vec<u8> {
+        let mut f = alloc::vec![0u8; 14 + 20 + 20];
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        f[14] = 0x45;
+        f[14 + 9] = 6;
+        f[34 + 2..34 + 4].copy_from_slice(&port.to_be_bytes());
+        f[34 + 13] = flags;
+        f
+    }
+
+    #[test]
+    fn connection_requests_are_recognized() {
+        assert_eq!(syn_port(&frame(0x02, 6379)), Some(6379));
+        assert_eq!(syn_port(&frame(0x12, 6379)), None, "SYN-ACK");
+        assert_eq!(syn_port(&frame(0x10, 6379)), None, "ACK");
+        let mut udp = frame(0x02, 53);
+        udp[14 + 9] = 17;
+        assert_eq!(syn_port(&udp), None);
+        assert_eq!(syn_port(&frame(0x02, 80)[..40]), None, "cut short");
     }
 }

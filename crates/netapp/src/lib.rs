@@ -108,11 +108,13 @@ struct Conn<S> {
     state: S,
 }
 
-/// Boots a network image: installs the fault reporter and starts the
+/// Boots a network image: installs the fault reporter, raises the limit
+/// of open descriptors (one per client relayed from 127.0.0.1), and starts the
 /// domains with the export tables of every component a network image has
 /// (in a compartment's own process this never returns).
 pub fn boot() {
     flexos_platform::fault::install(flexos_gate::layout::COMPARTMENT_NAMES);
+    flexos_platform::process::raise_descriptor_limit();
     flexos_gate::boot(&[
         flexos_sched::FLEXOS_EXPORTS,
         flexos_time::FLEXOS_EXPORTS,

@@ -169,3 +169,23 @@ pub fn confine(extra: &[i64]) -> Result<(), String> {
     let program: BpfProgram = filter.try_into().map_err(|e| format!("seccomp program: {e:?}"))?;
     seccompiler::apply_filter(&program).map_err(|e| format!("seccomp: {e}"))
 }
+
+/// Raises this process's limit of open descriptors to its hard limit (at
+/// most 65536), as Redis does at start: a server image holds a descriptor
+/// per client it relays from 127.0.0.1, and the usual soft limit of 1024
+/// would refuse clients long before the image's own connection limit.
+/// Compartment processes started later inherit it. Failures leave the
+/// limit as it was.
+pub fn raise_descriptor_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit read and write one valid rlimit structure.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            let want = limit.rlim_max.min(65536);
+            if limit.rlim_cur < want {
+                limit.rlim_cur = want;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            }
+        }
+    }
+}

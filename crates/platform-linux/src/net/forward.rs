@@ -25,6 +25,14 @@ use std::time::{Duration, Instant};
 /// Socket buffer size of each relayed connection, per direction.
 const RELAY_BUFFER: usize = 256 * 1024;
 
+/// The most connections the relay opens to the image at once (in SYN-SENT);
+/// clients accepted meanwhile wait their turn, so a burst of clients never
+/// asks the image for more connections at once than it keeps listening.
+const MAX_CONNECTING: usize = 32;
+
+/// The backlog of the relay's listening sockets on 127.0.0.1.
+const HOST_BACKLOG: i32 = 1024;
+
 /// A wake-up signal that is written at most once until it is cleared.
 struct Event {
     reader: UnixStream,
@@ -100,6 +108,12 @@ impl Wire {
     /// and relays its connections to the image's `port`.
     pub(super) fn expose(&self, port: u16) -> io::Result<u16> {
         let listener = TcpListener::bind(("127.0.0.1", port)).or_else(|_| TcpListener::bind(("127.0.0.1", 0)))?;
+        // std listens with a backlog of 128; a burst of clients needs more
+        // (listen again to raise it, as Redis's tcp-backlog 511 does).
+        // SAFETY: listen on a socket this function owns; no memory is passed.
+        if unsafe { libc::listen(listener.as_raw_fd(), HOST_BACKLOG) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
         listener.set_nonblocking(true)?;
         let host_port = listener.local_addr()?.port();
         self.new_listeners.lock().unwrap_or_else(|e| e.into_inner()).push((listener, port));
@@ -222,6 +236,8 @@ struct Relay {
     iface: Interface,
     sockets: SocketSet<'static>,
     listeners: Vec<(TcpListener, u16)>,
+    /// Accepted clients not yet connected to the image (and its port).
+    waiting: VecDeque<(TcpStream, u16)>,
     conns: Vec<Conn>,
     next_port: u16,
     epoch: Instant,
@@ -242,6 +258,7 @@ impl Relay {
             iface,
             sockets: SocketSet::new(Vec::new()),
             listeners: Vec::new(),
+            waiting: VecDeque::new(),
             conns: Vec::new(),
             next_port: 49152,
             epoch,
@@ -274,29 +291,39 @@ impl Relay {
                     continue;
                 }
                 let _ = stream.set_nodelay(true);
-                let mut sock = tcp::Socket::new(
-                    tcp::SocketBuffer::new(vec![0; RELAY_BUFFER]),
-                    tcp::SocketBuffer::new(vec![0; RELAY_BUFFER]),
-                );
-                sock.set_nagle_enabled(false);
-                sock.set_ack_delay(None);
-                let local = self.next_port;
-                self.next_port = if self.next_port == u16::MAX { 49152 } else { self.next_port + 1 };
-                let [a0, a1, a2, a3] = FORWARD_IMAGE_IP;
-                let remote = (Ipv4Address::new(a0, a1, a2, a3), *image_port);
-                if sock.connect(self.iface.context(), remote, local).is_err() {
-                    continue; // dropping `stream` closes the client's connection.
-                }
-                let handle = self.sockets.add(sock);
-                self.conns.push(Conn {
-                    stream,
-                    handle,
-                    host_eof: false,
-                    host_shut: false,
-                    host_gone: false,
-                    broken: false,
-                });
+                self.waiting.push_back((stream, *image_port));
             }
+        }
+        let mut connecting = self
+            .conns
+            .iter()
+            .filter(|c| self.sockets.get::<tcp::Socket>(c.handle).state() == tcp::State::SynSent)
+            .count();
+        while connecting < MAX_CONNECTING {
+            let Some((stream, image_port)) = self.waiting.pop_front() else { break };
+            let mut sock = tcp::Socket::new(
+                tcp::SocketBuffer::new(vec![0; RELAY_BUFFER]),
+                tcp::SocketBuffer::new(vec![0; RELAY_BUFFER]),
+            );
+            sock.set_nagle_enabled(false);
+            sock.set_ack_delay(None);
+            let local = self.next_port;
+            self.next_port = if self.next_port == u16::MAX { 49152 } else { self.next_port + 1 };
+            let [a0, a1, a2, a3] = FORWARD_IMAGE_IP;
+            let remote = (Ipv4Address::new(a0, a1, a2, a3), image_port);
+            if sock.connect(self.iface.context(), remote, local).is_err() {
+                continue; // dropping `stream` closes the client's connection.
+            }
+            let handle = self.sockets.add(sock);
+            self.conns.push(Conn {
+                stream,
+                handle,
+                host_eof: false,
+                host_shut: false,
+                host_gone: false,
+                broken: false,
+            });
+            connecting += 1;
         }
     }
 
