@@ -47,8 +47,11 @@ pub fn parse(buf: &[u8]) -> Parsed {
     };
     let mut keep_alive = version == 1;
     let mut body_len = 0;
+    let mut hosts = 0;
     for h in req.headers.iter() {
-        if h.name.eq_ignore_ascii_case("connection") {
+        if h.name.eq_ignore_ascii_case("host") {
+            hosts += 1;
+        } else if h.name.eq_ignore_ascii_case("connection") {
             let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
             if v.contains("close") {
                 keep_alive = false;
@@ -63,6 +66,14 @@ pub fn parse(buf: &[u8]) -> Parsed {
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             return Parsed::Bad("request bodies with Transfer-Encoding are not supported");
         }
+    }
+    // RFC 9112 section 3.2: an HTTP/1.1 request has exactly one Host header.
+    if version == 1 && hosts != 1 {
+        return Parsed::Bad(if hosts == 0 {
+            "an HTTP/1.1 request needs a Host header"
+        } else {
+            "more than one Host header"
+        });
     }
     let raw_path = target.split('?').next().unwrap_or_default();
     if !raw_path.starts_with('/') {
@@ -157,7 +168,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(parse(b"GET / HTTP/1.1\r\nHost"), Parsed::Partial);
-        assert!(matches!(parse(b"GET nothing HTTP/1.1\r\n\r\n"), Parsed::Bad(_)));
+        assert_eq!(parse(b"GET / HTTP/1.1\r\n\r\n"), Parsed::Bad("an HTTP/1.1 request needs a Host header"));
+        assert_eq!(parse(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"), Parsed::Bad("more than one Host header"));
+        assert!(matches!(parse(b"GET / HTTP/1.0\r\n\r\n"), Parsed::Complete(..)), "HTTP/1.0 needs none");
+        assert!(matches!(parse(b"GET nothing HTTP/1.1\r\nHost: x\r\n\r\n"), Parsed::Bad(_)));
         assert!(matches!(parse(b"\x01\x02 / HTTP/1.1\r\n\r\n"), Parsed::Bad(_)));
         assert!(matches!(parse(b"GET /%zz HTTP/1.1\r\n\r\n"), Parsed::Bad(_)));
     }

@@ -7,11 +7,17 @@
 //! GET and HEAD, keep-alive (HTTP/1.1 by default, HTTP/1.0 on request),
 //! content types by extension, `/dir/` → `/dir/index.html`; 404 for a
 //! missing file, 405 for other methods, 400 (and close) for a malformed
-//! request.
+//! request or an HTTP/1.1 request without exactly one `Host`.
 //!
-//! `flexos-httpd [--port P] [--max-connections N] [--buffer-size BYTES] [--recv-size BYTES]`
-//! (defaults 80, 1024, 64 KiB, 64 KiB). It prints `listening: HOST:PORT`.
-#![deny(unsafe_code)]
+//! A request head must arrive within `--header-timeout` (20 s), an idle
+//! keep-alive connection is closed after `--idle-timeout` (75 s), and when
+//! connections run short the ones that have kept the server waiting for a
+//! second are closed first, so slow clients (slowloris) cannot keep others out.
+//!
+//! `flexos-httpd [--port P] [--max-connections N] [--buffer-size BYTES] [--recv-size BYTES]
+//! [--header-timeout S] [--idle-timeout S]` (defaults 80, 1024, 64 KiB, 64 KiB, 20, 75).
+//! It prints `listening: HOST:PORT`.
+#![forbid(unsafe_code)]
 
 mod http;
 
@@ -38,6 +44,9 @@ fn main() {
         max_connections: 1024,
         buffer_size: 64 * 1024,
         output_limit: flexos_netapp::DEFAULT_OUTPUT_LIMIT,
+        // Apache's mod_reqtimeout and nginx: a request head gets 20 s, an idle
+        // keep-alive connection 75 s; slow clients go first when connections run short.
+        timeouts: flexos_netapp::Timeouts { request_ms: 20_000, idle_ms: 75_000, evict_when_busy: true },
     };
     let options = flexos_netapp::options("flexos-httpd", defaults);
     for (path, data) in PACKED_FILES {

@@ -33,6 +33,7 @@ fn main() {
         max_connections: 1024,
         buffer_size: 64 * 1024,
         output_limit: flexos_netapp::DEFAULT_OUTPUT_LIMIT,
+        timeouts: flexos_netapp::Timeouts::default(),
     };
     let options = flexos_netapp::options("flexos-kv", defaults);
     let port = options.port;

@@ -48,6 +48,7 @@ flexos_gate::exports!(
     send(_, _),
     shutdown(_, _),
     close(_),
+    reset(_),
     set_nonblocking(_, _),
     poll(_, _),
     open_sockets()
@@ -577,6 +578,17 @@ pub fn shutdown(fd: i32, how: u32) -> Result<(), Errno> {
 /// reset if received bytes were never read); a listener drops the
 /// connections not yet accepted.
 pub fn close(fd: i32) -> Result<(), Errno> {
+    close_socket(fd, false)
+}
+
+/// Closes `fd` at once: a connection is reset and its endpoint freed
+/// without the TCP close handshake (for clients the application gives up
+/// on, such as one that kept it waiting too long).
+pub fn reset(fd: i32) -> Result<(), Errno> {
+    close_socket(fd, true)
+}
+
+fn close_socket(fd: i32, reset: bool) -> Result<(), Errno> {
     with(|n| {
         let i = fd.checked_sub(FIRST_FD).ok_or(Errno::EBADF)? as usize;
         let entry = n.table.get_mut(i).and_then(Option::take).ok_or(Errno::EBADF)?;
@@ -591,7 +603,7 @@ pub fn close(fd: i32) -> Result<(), Errno> {
             // A peer that vanished must not hold the endpoint forever: probe it, give up after a while.
             s.set_keep_alive(Some(smoltcp::time::Duration::from_secs(5)));
             s.set_timeout(Some(smoltcp::time::Duration::from_secs(15)));
-            if s.recv_queue() > 0 || matches!(s.state(), State::Listen | State::SynReceived) {
+            if reset || s.recv_queue() > 0 || matches!(s.state(), State::Listen | State::SynReceived) {
                 s.abort();
             } else {
                 s.close();

@@ -92,6 +92,37 @@ pub struct Options {
     /// The most unsent output one connection may have; a connection whose
     /// output would grow past it is closed (`--output-limit`).
     pub output_limit: usize,
+    /// Timeouts and eviction of connections that keep the server waiting.
+    pub timeouts: Timeouts,
+}
+
+/// How long a connection may keep the server waiting (0: no limit), and
+/// whether waiting connections are closed when the server runs short of
+/// connections. A connection *waits* while it holds an incomplete request
+/// (counted from its first byte: more bytes of the same request do not
+/// count as progress) or while it is idle between requests.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Timeouts {
+    /// An incomplete request is given this many milliseconds
+    /// (`--header-timeout`, nginx's `client_header_timeout`).
+    pub request_ms: u64,
+    /// An idle connection is closed after this many milliseconds
+    /// (`--idle-timeout`, nginx's `keepalive_timeout`).
+    pub idle_ms: u64,
+    /// When the connections reach [`busy_threshold`] of the limit, close the
+    /// ones that have been waiting for [`EVICT_AFTER_MS`] or longer, so a
+    /// flood of slow clients (slowloris) cannot keep the others out.
+    pub evict_when_busy: bool,
+}
+
+/// Under pressure (see [`Timeouts::evict_when_busy`]), a connection that has
+/// waited this long is closed.
+pub const EVICT_AFTER_MS: u64 = 1000;
+
+/// The number of connections from which the server is short of them: the
+/// stack's limit less room for its listening endpoints and a burst.
+pub fn busy_threshold(max_connections: u32) -> usize {
+    (max_connections as usize).saturating_sub(256).max(max_connections as usize / 2)
 }
 
 /// The default of [`Options::output_limit`]: 64 MiB.
@@ -105,7 +136,28 @@ struct Conn<S> {
     peer_closed: bool,
     /// The protocol stopped handling input because the output reached the high-water mark.
     stalled: bool,
+    /// When the last complete request was taken (or the connection accepted), in ms.
+    last_request_ms: u64,
+    /// When the incomplete request in `input` began, in ms.
+    partial_since_ms: u64,
+    /// The server gave up on the connection: reset it instead of closing it.
+    reset: bool,
     state: S,
+}
+
+impl<S> Conn<S> {
+    /// How long the connection has kept the server waiting at `now` (ms),
+    /// and the limit for that kind of waiting; `None` while the server owes
+    /// it output.
+    fn waiting(&self, now: u64, t: &Timeouts) -> Option<(u64, u64)> {
+        if !self.output.is_empty() || self.closing {
+            None
+        } else if self.input.is_empty() {
+            Some((now.saturating_sub(self.last_request_ms), t.idle_ms))
+        } else {
+            Some((now.saturating_sub(self.partial_since_ms), t.request_ms))
+        }
+    }
 }
 
 /// Boots a network image: installs the fault reporter, raises the limit
@@ -125,13 +177,14 @@ pub fn boot() {
 }
 
 /// The options on the command line (`--port`, `--recv-size`,
-/// `--max-connections`, `--buffer-size`, `--output-limit`, each with a number), over
+/// `--max-connections`, `--buffer-size`, `--output-limit`, `--header-timeout`
+/// and `--idle-timeout` in seconds, each with a number), over
 /// `defaults`; a bad command line prints `program`'s usage and exits 2.
 pub fn options(program: &str, defaults: Options) -> Options {
     let args: Vec<String> = std::env::args().skip(1).collect();
     parse_options(&args, defaults).unwrap_or_else(|e| {
         eprintln!(
-            "{program}: {e}\nusage: {program} [--port P] [--recv-size BYTES] [--max-connections N] [--buffer-size BYTES] [--output-limit BYTES]"
+            "{program}: {e}\nusage: {program} [--port P] [--recv-size BYTES] [--max-connections N] [--buffer-size BYTES] [--output-limit BYTES] [--header-timeout SECONDS] [--idle-timeout SECONDS]"
         );
         std::process::exit(2)
     })
@@ -152,6 +205,8 @@ pub fn parse_options(args: &[String], defaults: Options) -> Result<Options, Stri
             "--max-connections" => o.max_connections = small(u32::MAX as u64)? as u32,
             "--buffer-size" => o.buffer_size = small(u32::MAX as u64)? as u32,
             "--output-limit" => o.output_limit = small(1 << 40)? as usize,
+            "--header-timeout" => o.timeouts.request_ms = small(1 << 32)? * 1000,
+            "--idle-timeout" => o.timeouts.idle_ms = small(1 << 32)? * 1000,
             _ => return Err(format!("unknown option {flag}")),
         }
     }
@@ -231,12 +286,11 @@ pub fn serve<const C: usize, P: Protocol>(app: Component, options: Options, prot
             };
             put_entry(&mut entries, i + 1, c.fd, events);
         }
-        let ready = net!(app, poll(entries.shared_mut().slice_mut(0..needed), -1)).map_err(errno("poll"))?;
-        if ready == 0 {
-            continue;
-        }
+        let wait_ms = next_deadline(&conns, cx.now_ms, &options);
+        net!(app, poll(entries.shared_mut().slice_mut(0..needed), wait_ms)).map_err(errno("poll"))?;
         cx.now_ms = clock();
         cx.uptime_ms = cx.now_ms - start_ms;
+
         let ready_events: Vec<u16> = (0..=conns.len()).map(|i| revents(&entries, i)).collect();
         for (i, c) in conns.iter_mut().enumerate() {
             let ev = ready_events[i + 1];
@@ -256,11 +310,12 @@ pub fn serve<const C: usize, P: Protocol>(app: Component, options: Options, prot
                 }
             }
         }
+        close_waiting(&mut conns, cx.now_ms, &options);
         let mut i = 0;
         while i < conns.len() {
             if conns[i].closing && conns[i].output.is_empty() {
                 let c = conns.swap_remove(i);
-                let _ = net!(app, close(c.fd));
+                let _ = if c.reset { net!(app, reset(c.fd)) } else { net!(app, close(c.fd)) };
                 cx.clients = conns.len();
                 protocol.closed(c.state, c.peer_closed, &cx);
             } else {
@@ -279,6 +334,9 @@ pub fn serve<const C: usize, P: Protocol>(app: Component, options: Options, prot
                             closing: false,
                             peer_closed: false,
                             stalled: false,
+                            last_request_ms: cx.now_ms,
+                            partial_since_ms: cx.now_ms,
+                            reset: false,
                             state: P::Conn::default(),
                         });
                         cx.accepted += 1;
@@ -295,6 +353,58 @@ pub fn serve<const C: usize, P: Protocol>(app: Component, options: Options, prot
     }
 }
 
+/// The milliseconds until the first connection keeps the server waiting
+/// too long (see [`Timeouts`]), or -1 if none can.
+fn next_deadline<S>(conns: &[Conn<S>], now: u64, options: &Options) -> i64 {
+    let t = &options.timeouts;
+    let busy = t.evict_when_busy && conns.len() >= busy_threshold(options.max_connections);
+    let mut next: Option<u64> = None;
+    for c in conns {
+        let Some((waited, limit)) = c.waiting(now, t) else { continue };
+        for limit in [limit, if busy { EVICT_AFTER_MS } else { 0 }] {
+            if limit > 0 {
+                let left = limit.saturating_sub(waited);
+                next = Some(next.map_or(left, |n| n.min(left)));
+            }
+        }
+    }
+    next.map_or(-1, |n| n as i64)
+}
+
+/// Closes the connections that have kept the server waiting too long, and,
+/// when connections run short, the ones that have waited longest (at least
+/// [`EVICT_AFTER_MS`]) until [`EVICT_MARGIN`] connections are free below the
+/// threshold again: new clients, which are the ones that send their
+/// requests at once, are the last to go.
+fn close_waiting<S>(conns: &mut [Conn<S>], now: u64, options: &Options) {
+    let t = &options.timeouts;
+    let mut long_waiting = Vec::new();
+    for (i, c) in conns.iter_mut().enumerate() {
+        let Some((waited, limit)) = c.waiting(now, t) else { continue };
+        if limit > 0 && waited >= limit {
+            c.closing = true;
+            c.reset = true;
+            c.input.clear();
+        } else if waited >= EVICT_AFTER_MS {
+            long_waiting.push((waited, i));
+        }
+    }
+    let open = conns.iter().filter(|c| !c.closing).count();
+    let threshold = busy_threshold(options.max_connections);
+    if t.evict_when_busy && open >= threshold {
+        long_waiting.sort_unstable_by(|a, b| b.cmp(a));
+        for &(_, i) in long_waiting.iter().take(open + EVICT_MARGIN - threshold) {
+            let c = &mut conns[i];
+            c.closing = true;
+            c.reset = true;
+            c.input.clear();
+        }
+    }
+}
+
+/// How far below [`busy_threshold`] eviction takes the connections.
+pub const EVICT_MARGIN: usize = 64;
+
 /// Reads what the connection has and hands it to the protocol.
 fn read_input<const C: usize, P: Protocol>(
     app: Component,
@@ -303,6 +413,7 @@ fn read_input<const C: usize, P: Protocol>(
     p: &mut P,
     cx: &Context,
 ) {
+    let was_empty = c.input.is_empty();
     loop {
         match net!(app, recv(c.fd, io.shared_mut())) {
             Ok(0) => {
@@ -328,6 +439,9 @@ fn read_input<const C: usize, P: Protocol>(
             }
         }
     }
+    if was_empty && !c.input.is_empty() {
+        c.partial_since_ms = cx.now_ms;
+    }
     if !c.stalled {
         handle_input(c, p, cx);
     }
@@ -350,6 +464,11 @@ fn handle_input<P: Protocol>(c: &mut Conn<P::Conn>, p: &mut P, cx: &Context) {
     }
     let flow = p.input(&mut c.state, &c.input, &mut c.output, cx);
     c.input.drain(..flow.consumed.min(c.input.len()));
+    if flow.consumed > 0 {
+        // A request was taken: what is left is the start of the next one.
+        c.last_request_ms = cx.now_ms;
+        c.partial_since_ms = cx.now_ms;
+    }
     c.closing |= flow.close;
     if c.output.len() > cx.output_limit {
         c.closing = true;
@@ -381,8 +500,14 @@ fn write_output<const C: usize, S>(app: Component, c: &mut Conn<S>, io: &mut Sha
 mod tests {
     use super::*;
 
-    const DEFAULTS: Options =
-        Options { port: 1, recv_size: 2, max_connections: 3, buffer_size: 4, output_limit: DEFAULT_OUTPUT_LIMIT };
+    const DEFAULTS: Options = Options {
+        port: 1,
+        recv_size: 2,
+        max_connections: 3,
+        buffer_size: 4,
+        output_limit: DEFAULT_OUTPUT_LIMIT,
+        timeouts: Timeouts { request_ms: 0, idle_ms: 0, evict_when_busy: false },
+    };
 
     fn parse(args: &[&str]) -> Result<Options, String> {
         parse_options(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>(), DEFAULTS)

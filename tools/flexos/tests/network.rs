@@ -806,6 +806,95 @@ fn malformed_http_requests_get_400_and_the_server_keeps_serving() {
     assert_nothing_left(&tag);
 }
 
+/// Slowloris: 1,100 connections, each sending a request head one byte per
+/// second (and reconnecting when dropped), against httpd with its default
+/// limit of 1,024 connections. Real requests made during the attack are
+/// all answered (before: every one was closed without a reply for as long
+/// as the attack lasted). And an HTTP/1.1 request without Host gets 400.
+#[test]
+fn httpd_keeps_serving_during_a_slowloris_attack() {
+    let tag = tag("httpd-slowloris");
+    let _cleanup = common::Cleanup(tag.clone());
+    let mut httpd = Forwarded::start("configs/httpd.toml", &["--port", "18081"], &tag);
+    let mut s = httpd.connect();
+    let reply = exchange(&mut s, b"GET /index.html HTTP/1.1\r\n\r\n", usize::MAX);
+    assert!(reply.starts_with(b"HTTP/1.1 400 Bad Request"), "{}", String::from_utf8_lossy(&reply));
+
+    let attack = format!(
+        r#"
+import socket, time
+head = b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: " + b"a" * 100000
+socks = {{}}
+def connect():
+    try:
+        s = socket.socket(); s.setblocking(False); s.connect_ex(('127.0.0.1', {port})); return s
+    except OSError:
+        return None
+end = time.time() + 60
+step = 0
+while time.time() < end:
+    for i in range(1100):
+        s = socks.get(i)
+        if s is None:
+            socks[i] = connect()
+            continue
+        try:
+            s.send(head[step:step + 1])
+        except OSError:
+            s.close(); socks[i] = connect()
+    step += 1
+    time.sleep(1)
+"#,
+        port = httpd.port
+    );
+    let mut attacker = common::Running::spawn(
+        Command::new("bash")
+            .args(["-c", "ulimit -n 4096 2>/dev/null; exec python3 -c \"$0\"", &attack])
+            .env("FLEXOS_TEST_TAG", &tag)
+            .stdout(Stdio::null()),
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    let mut outcomes = Vec::new();
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(300));
+        let start = Instant::now();
+        let outcome = match TcpStream::connect(("127.0.0.1", httpd.port)) {
+            Ok(mut s) => {
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let request = b"GET /index.html HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+                let reply = exchange(&mut s, request, usize::MAX);
+                String::from_utf8_lossy(&reply[..reply.len().min(15)]).into_owned()
+            }
+            Err(e) => e.to_string(),
+        };
+        outcomes.push(format!("{outcome} ({:?})", start.elapsed()));
+    }
+    assert!(attacker.try_wait().unwrap().is_none(), "the attack ran all along");
+    let answered = outcomes.iter().filter(|o| o.starts_with("HTTP/1.1 200 OK")).count();
+    assert_eq!(answered, 20, "real requests answered during the attack: {outcomes:?}");
+    httpd.assert_running();
+    drop(attacker);
+    drop(httpd);
+
+    // The timeouts themselves: an incomplete head, and an idle keep-alive connection.
+    let httpd = Forwarded::start(
+        "configs/httpd.toml",
+        &["--port", "18082", "--header-timeout", "1", "--idle-timeout", "2"],
+        &tag,
+    );
+    let mut partial = httpd.connect();
+    partial.write_all(b"GET /index.html HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let mut idle = httpd.connect();
+    let reply = exchange(&mut idle, b"GET /index.html HTTP/1.1\r\nHost: x\r\n\r\n", 15);
+    assert!(reply.starts_with(b"HTTP/1.1 200 OK"));
+    let (rest, closed) = read_to_close(&mut partial, Duration::from_secs(10));
+    assert!(closed && rest.is_empty(), "an incomplete head is dropped after its timeout");
+    let (_, closed) = read_to_close(&mut idle, Duration::from_secs(10));
+    assert!(closed, "an idle connection is closed after its timeout");
+    drop(httpd);
+    assert_nothing_left(&tag);
+}
+
 #[test]
 fn tap_iperf_client_reports_a_rate() {
     let tag = tag("iperf");

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Socket buffer size of each relayed connection, per direction.
-const RELAY_BUFFER: usize = 256 * 1024;
+const RELAY_BUFFER: usize = 64 * 1024;
 
 /// The most connections the relay opens to the image at once (in SYN-SENT);
 /// clients accepted meanwhile wait their turn, so a burst of clients never
