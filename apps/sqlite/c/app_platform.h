@@ -10,8 +10,14 @@
 void app_write(int fd, const char *s, size_t n);
 /* Nanoseconds of a monotonic clock. */
 uint64_t app_monotonic_ns(void);
-/* Reads a whole file into memory from sqlite3_malloc; returns 0 on success. */
+/* Reads a whole file into memory from sqlite3_malloc; returns 0 on
+ * success, else a negative errno that app_error_text describes. */
 int app_read_file(const char *path, char **out, size_t *len);
+/* Why app_read_file failed, for people. */
+const char *app_error_text(int rc);
+/* Sets the file system's largest file and capacity in bytes (0: keep);
+ * 0 on success. */
+int app_fs_limits(uint64_t max_file_size, uint64_t capacity);
 /* Removes a file if it exists. */
 void app_remove(const char *path);
 /* Where the database goes when --db is not given. */

@@ -20,4 +20,5 @@ uint64_t flexos_libc_clock_ns(int clock);
 void flexos_libc_sleep_ns(uint64_t ns);
 void flexos_libc_random(void *buf, size_t n);
 ssize_t flexos_libc_console_write(int fd, const void *buf, size_t n);
+int flexos_libc_fs_limits(uint64_t max_file_size, uint64_t capacity);
 #endif

@@ -11,6 +11,16 @@
 #define FLEXOS_O_CREAT 0100
 #define FLEXOS_O_EXCL 0200
 #define FLEXOS_ENOENT 2
+#define FLEXOS_ENOMEM 12
+#define FLEXOS_EISDIR 21
+#define FLEXOS_EFBIG 27
+#define FLEXOS_ENOSPC 28
+
+/* A full file system (or a file at its size limit) is SQLITE_FULL,
+ * "database or disk is full"; anything else is an I/O error `other`. */
+static int io_error(long long rc, int other) {
+    return rc == -FLEXOS_ENOSPC || rc == -FLEXOS_EFBIG ? SQLITE_FULL : other;
+}
 
 typedef struct FlexosFile {
     sqlite3_file base;
@@ -41,11 +51,12 @@ static int fx_read(sqlite3_file *f, void *buf, int amt, sqlite3_int64 off) {
 
 static int fx_write(sqlite3_file *f, const void *buf, int amt, sqlite3_int64 off) {
     ssize_t n = flexos_libc_pwrite(((FlexosFile *)f)->fd, buf, (size_t)amt, off);
-    return n == amt ? SQLITE_OK : SQLITE_IOERR_WRITE;
+    return n == amt ? SQLITE_OK : io_error(n, SQLITE_IOERR_WRITE);
 }
 
 static int fx_truncate(sqlite3_file *f, sqlite3_int64 size) {
-    return flexos_libc_ftruncate(((FlexosFile *)f)->fd, size) < 0 ? SQLITE_IOERR_TRUNCATE : SQLITE_OK;
+    int rc = flexos_libc_ftruncate(((FlexosFile *)f)->fd, size);
+    return rc < 0 ? io_error(rc, SQLITE_IOERR_TRUNCATE) : SQLITE_OK;
 }
 
 static int fx_sync(sqlite3_file *f, int flags) {
@@ -171,16 +182,39 @@ uint64_t app_monotonic_ns(void) { return flexos_libc_clock_ns(0); }
 
 int app_read_file(const char *path, char **out, size_t *len) {
     int fd = flexos_libc_open(path, FLEXOS_O_RDONLY, 0);
-    if (fd < 0) return -1;
+    if (fd < 0) return fd;
     int64_t size = flexos_libc_fsize(fd);
-    char *buf = size >= 0 ? sqlite3_malloc64((sqlite3_uint64)size + 1) : 0;
-    ssize_t n = buf ? flexos_libc_pread(fd, buf, (size_t)size, 0) : -1;
+    if (size < 0) { flexos_libc_close(fd); return (int)size; }
+    char *buf = sqlite3_malloc64((sqlite3_uint64)size + 1);
+    if (!buf) { flexos_libc_close(fd); return -FLEXOS_ENOMEM; }
+    int64_t done = 0;
+    while (done < size) {
+        ssize_t n = flexos_libc_pread(fd, buf + done, (size_t)(size - done), done);
+        if (n <= 0) { flexos_libc_close(fd); sqlite3_free(buf); return n < 0 ? (int)n : -FLEXOS_ENOENT; }
+        done += n;
+    }
     flexos_libc_close(fd);
-    if (n != size) { sqlite3_free(buf); return -1; }
     buf[size] = 0;
     *out = buf;
     *len = (size_t)size;
     return 0;
+}
+
+const char *app_error_text(int rc) {
+    switch (-rc) {
+    case FLEXOS_ENOENT:
+        return "no such file in the image's file system (an image sees only the files packed into it with "
+               "`files = FOLDER` in its configuration; give a host file on standard input instead: "
+               "flexos run CONFIG < FILE)";
+    case FLEXOS_EISDIR: return "it is a directory";
+    case FLEXOS_ENOMEM: return "out of memory";
+    case FLEXOS_EFBIG: return "file too large";
+    default: return "error";
+    }
+}
+
+int app_fs_limits(uint64_t max_file_size, uint64_t capacity) {
+    return flexos_libc_fs_limits(max_file_size, capacity);
 }
 
 void app_remove(const char *path) { flexos_libc_unlink(path); }

@@ -3,6 +3,9 @@
  *   sqlite [--rows N] [--db PATH]            the workload (default 5000 rows)
  *   sqlite [--db PATH] --sql "SQL"           run SQL, print result rows
  *   sqlite [--db PATH] --script PATH         run the SQL in a file
+ *   --fs-max-file-size BYTES, --fs-size BYTES   limits of the image's file
+ *                                            system (256 MiB per file, no
+ *                                            total limit but memory)
  *
  * The workload is FlexOS's (ASPLOS'22, fig. 10): create a table, then N
  * INSERTs with one prepared statement and no enclosing transaction, so that
@@ -17,16 +20,18 @@
 #include <stdarg.h>
 #include <string.h>
 
-/* A decimal number, or -1 if the text is not one. */
-static long long parse_count(const char *s) {
+/* A decimal number up to `max`, or -1 if the text is not one. */
+static long long parse_number(const char *s, long long max) {
     long long v = 0;
     if (!*s) return -1;
     for (; *s; s++) {
-        if (*s < '0' || *s > '9' || v > 100000000) return -1;
+        if (*s < '0' || *s > '9' || v > max / 10) return -1;
         v = v * 10 + (*s - '0');
     }
-    return v;
+    return v > max ? -1 : v;
 }
+
+static long long parse_count(const char *s) { return parse_number(s, 1000000000LL); }
 
 static void say(int fd, const char *fmt, ...) {
     char buf[1024];
@@ -114,6 +119,7 @@ int main(int argc, char **argv) {
     }
     int rows = 5000;
     const char *db_path = 0, *sql = 0, *script = 0;
+    long long max_file = 0, fs_size = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *next = i + 1 < argc ? argv[i + 1] : 0;
@@ -121,12 +127,21 @@ int main(int argc, char **argv) {
         else if (strcmp(a, "--db") == 0 && next) { db_path = next; i++; }
         else if (strcmp(a, "--sql") == 0 && next) { sql = next; i++; }
         else if (strcmp(a, "--script") == 0 && next) { script = next; i++; }
+        else if (strcmp(a, "--fs-max-file-size") == 0 && next) { max_file = parse_number(next, 1LL << 50); i++; }
+        else if (strcmp(a, "--fs-size") == 0 && next) { fs_size = parse_number(next, 1LL << 50); i++; }
         else {
-            say(2, "usage: %s [--rows N] [--db PATH] [--sql SQL | --script PATH]\n", argv[0]);
+            say(2, "usage: %s [--rows N] [--db PATH] [--sql SQL | --script PATH] "
+                   "[--fs-max-file-size BYTES] [--fs-size BYTES]\n"
+                   "  (SQL on standard input runs as a script: %s < FILE.sql)\n", argv[0], argv[0]);
             return 2;
         }
     }
     if (rows < 0) { say(2, "error: --rows must be a non-negative number\n"); return 2; }
+    if (max_file < 0 || fs_size < 0) { say(2, "error: --fs-max-file-size and --fs-size take a number of bytes\n"); return 2; }
+    if ((max_file || fs_size) && app_fs_limits((uint64_t)max_file, (uint64_t)fs_size) != 0) {
+        say(2, "error: cannot set the file system's limits\n");
+        return 2;
+    }
     int default_db = !db_path;
     if (default_db) db_path = app_default_db();
     int fresh = !sql && !script;
@@ -144,8 +159,9 @@ int main(int argc, char **argv) {
     } else if (script) {
         char *text = 0;
         size_t len = 0;
-        if (app_read_file(script, &text, &len) != 0) {
-            say(2, "error: cannot read script %s\n", script);
+        int read = app_read_file(script, &text, &len);
+        if (read != 0) {
+            say(2, "error: cannot read script %s: %s\n", script, app_error_text(read));
             rc = 1;
         } else {
             rc = run_sql(db, text);

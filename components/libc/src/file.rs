@@ -93,6 +93,8 @@ pub extern "C" fn flexos_libc_close(fd: c_int) -> c_int {
 /// `buf` has `n` writable bytes.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn flexos_libc_pread(fd: c_int, buf: *mut u8, n: usize, offset: i64) -> isize {
+    // At most one scratch buffer per call: a larger read is short, as POSIX allows.
+    let n = n.min(MAX_SCRATCH);
     ret_len(with_scratch(n, |shared| {
         let target = shared.shared_mut().slice_mut(0..n);
         let r = if offset < 0 {
@@ -124,6 +126,8 @@ pub unsafe extern "C" fn flexos_libc_read(fd: c_int, buf: *mut u8, n: usize) -> 
 /// `buf` has `n` readable bytes.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn flexos_libc_pwrite(fd: c_int, buf: *const u8, n: usize, offset: i64) -> isize {
+    // At most one scratch buffer per call: a larger write is short, as POSIX allows.
+    let n = n.min(MAX_SCRATCH);
     ret_len(with_scratch(n, |shared| {
         // SAFETY: the caller's contract.
         shared[..n].copy_from_slice(unsafe { core::slice::from_raw_parts(buf, n) });
@@ -251,13 +255,25 @@ pub fn install_file(path: &str, data: &[u8]) -> Result<(), Errno> {
     let p = SharedBuf::from_slice(path.as_bytes());
     use flexos_gate::abi::open_flags::*;
     let fd = gate!(flexos_vfs::open(p.shared(), O_WRONLY | O_CREAT | O_TRUNC, 0o644))?;
-    let body = SharedBuf::from_slice(data);
-    let written = gate!(flexos_vfs::write(fd, body.shared()));
-    gate!(flexos_vfs::close(fd))?;
-    if written? != data.len() {
-        return Err(Errno::EIO);
+    let mut written = Ok(0);
+    for chunk in data.chunks(MAX_SCRATCH) {
+        let body = SharedBuf::from_slice(chunk);
+        written = gate!(flexos_vfs::write(fd, body.shared()));
+        match written {
+            Ok(n) if n == chunk.len() => {}
+            Ok(_) => written = Err(Errno::EIO),
+            Err(_) => break,
+        }
     }
-    Ok(())
+    gate!(flexos_vfs::close(fd))?;
+    written.map(|_| ())
+}
+
+/// `flexos_libc_fs_limits(max_file_size, capacity)`: the file system's
+/// largest file and total capacity in bytes (0 keeps a limit); 0 or -errno.
+#[unsafe(no_mangle)]
+pub extern "C" fn flexos_libc_fs_limits(max_file_size: u64, capacity: u64) -> c_int {
+    ret(gate!(flexos_vfs::set_fs_limits(max_file_size, capacity)))
 }
 
 #[cfg(test)]

@@ -1,4 +1,6 @@
-//! `malloc` and friends over the running compartment's heap.
+//! `malloc` and friends over the running compartment's heap. `malloc`
+//! returns NULL when the heap would keep less than `flexos_alloc::RESERVE`
+//! free, so C code runs out of memory before the Rust components beside it do.
 
 use core::alloc::Layout;
 use core::ffi::c_void;
@@ -16,6 +18,11 @@ fn layout(size: usize) -> Option<Layout> {
 #[unsafe(no_mangle)]
 pub extern "C" fn flexos_libc_malloc(size: usize) -> *mut c_void {
     let Some(l) = layout(size) else { return null_mut() };
+    // NULL (C code handles it: SQLite reports "out of memory") before the
+    // heap gets so full that the Rust code sharing it could not allocate.
+    if !flexos_alloc::has_room(l.size()) {
+        return null_mut();
+    }
     let p = flexos_alloc::alloc_in(compartment::current(), l);
     if p.is_null() {
         return null_mut();

@@ -30,12 +30,13 @@ flexos_gate::exports!(
     readdir(_, _),
     open_ref(_),
     close_ref(_),
-    node_count()
+    node_count(),
+    set_limits(_, _)
 );
 
 /// The inode number of the root directory.
 pub const ROOT: u64 = 1;
-/// The largest file this file system stores.
+/// The largest file this file system stores, unless [`set_limits`] says otherwise.
 pub const MAX_FILE_SIZE: u64 = 256 << 20;
 
 struct Inode {
@@ -48,10 +49,51 @@ struct Inode {
     mtime_ns: u64,
 }
 
-#[derive(Default)]
 struct RamFs {
     inodes: BTreeMap<u64, Inode>,
     next: u64,
+    /// The largest file (bytes): larger writes fail with `EFBIG`.
+    max_file_size: u64,
+    /// The most file data in all (bytes): writes beyond fail with `ENOSPC`.
+    capacity: u64,
+    /// File data held now (bytes).
+    used: u64,
+}
+
+impl Default for RamFs {
+    fn default() -> RamFs {
+        RamFs { inodes: BTreeMap::new(), next: 0, max_file_size: MAX_FILE_SIZE, capacity: u64::MAX, used: 0 }
+    }
+}
+
+/// Makes file `data` `end` bytes long (zeros added), if the limits and the
+/// heap allow it: `EFBIG` past the largest file, `ENOSPC` past the
+/// capacity or when the heap has no room (memory is reserved fallibly, so a
+/// full file system is an error for that write, never an abort). Returns
+/// the bytes added to `used`.
+fn resize(fs_used: u64, limits: (u64, u64), data: &mut Vec<u8>, end: u64) -> Result<(), Errno> {
+    let (max_file_size, capacity) = limits;
+    if end > max_file_size {
+        return Err(Errno::EFBIG);
+    }
+    let end = usize::try_from(end).map_err(|_| Errno::EFBIG)?;
+    if end > data.len() {
+        let extra = end - data.len();
+        if fs_used.saturating_add(extra as u64) > capacity {
+            return Err(Errno::ENOSPC);
+        }
+        if data.capacity() < end {
+            // Doubling where the heap has room for it, else exactly what is needed.
+            let doubled = end.max(data.capacity() * 2) - data.capacity();
+            let amortized = flexos_alloc::has_room(doubled) && data.try_reserve(extra).is_ok();
+            if !amortized && (!flexos_alloc::has_room(end - data.capacity()) || data.try_reserve_exact(extra).is_err())
+            {
+                return Err(Errno::ENOSPC);
+            }
+        }
+    }
+    data.resize(end, 0);
+    Ok(())
 }
 
 impl RamFs {
@@ -94,8 +136,20 @@ impl RamFs {
             && n.nlink == 0
             && n.opens == 0
         {
+            self.used -= n.data.len() as u64;
             self.inodes.remove(&ino);
         }
+    }
+
+    /// Makes file `ino` `end` bytes long (see [`resize`]).
+    fn resize_file(&mut self, ino: u64, end: u64) -> Result<&mut Inode, Errno> {
+        let (used, limits) = (self.used, (self.max_file_size, self.capacity));
+        let f = self.file(ino)?;
+        let before = f.data.len() as u64;
+        resize(used, limits, &mut f.data, end)?;
+        let after = f.data.len() as u64;
+        self.used = self.used + after - before;
+        self.file(ino)
     }
 
     fn detach(&mut self, dir: u64, name: &[u8]) -> Result<u64, Errno> {
@@ -188,35 +242,42 @@ pub fn read(ino: u64, offset: u64, mut buf: SharedMut<'_>) -> Result<usize, Errn
     })
 }
 
-/// Writes `data` into file `ino` at `offset`, growing it (with zeros) as needed.
+/// Writes `data` into file `ino` at `offset`, growing it (with zeros) as
+/// needed: `EFBIG` past the largest file, `ENOSPC` when the file system
+/// (or the heap) is full.
 pub fn write(ino: u64, offset: u64, data: SharedRef<'_>) -> Result<usize, Errno> {
     let data = data.bytes();
     with(|fs| {
-        let f = fs.file(ino)?;
         let end = offset.checked_add(data.len() as u64).ok_or(Errno::EFBIG)?;
-        if end > MAX_FILE_SIZE {
-            return Err(Errno::EFBIG);
-        }
-        let (start, end) = (offset as usize, end as usize);
-        if f.data.len() < end {
-            f.data.resize(end, 0);
-        }
-        f.data[start..end].copy_from_slice(data);
+        let grow_to = end.max(fs.file(ino)?.data.len() as u64);
+        let f = fs.resize_file(ino, grow_to)?;
+        f.data[offset as usize..end as usize].copy_from_slice(data);
         f.mtime_ns = clock::wall_ns();
         Ok(data.len())
     })
 }
 
-/// Sets the size of file `ino`.
+/// Sets the size of file `ino` (`EFBIG`, `ENOSPC` as for [`write`]).
 pub fn truncate(ino: u64, size: u64) -> Result<(), Errno> {
     with(|fs| {
-        let f = fs.file(ino)?;
-        if size > MAX_FILE_SIZE {
-            return Err(Errno::EFBIG);
-        }
-        f.data.resize(size as usize, 0);
+        let f = fs.resize_file(ino, size)?;
         f.data.shrink_to(size as usize * 2);
         f.mtime_ns = clock::wall_ns();
+        Ok(())
+    })
+}
+
+/// Sets the largest file (`max_file_size`, bytes; 0 keeps the current
+/// limit) and the most file data in all (`capacity`, bytes; 0 keeps it).
+/// Limits below what is stored already apply to later writes only.
+pub fn set_limits(max_file_size: u64, capacity: u64) -> Result<(), Errno> {
+    with(|fs| {
+        if max_file_size > 0 {
+            fs.max_file_size = max_file_size;
+        }
+        if capacity > 0 {
+            fs.capacity = capacity;
+        }
         Ok(())
     })
 }

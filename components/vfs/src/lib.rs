@@ -33,7 +33,8 @@ flexos_gate::exports!(
     rmdir(_),
     rename(_, _),
     readdir(_, _),
-    open_count()
+    open_count(),
+    set_fs_limits(_, _)
 );
 
 /// The most file descriptors open at once.
@@ -209,6 +210,12 @@ pub fn ftruncate(fd: i32, size: u64) -> Result<(), Errno> {
     let (ino, _, flags) = describe(fd)?;
     writable(flags).map_err(|_| Errno::EINVAL)?;
     gate!(flexos_ramfs::truncate(ino, size))
+}
+
+/// Sets the file system's largest file and total capacity in bytes (0
+/// keeps a limit as it is); writes beyond fail with `EFBIG` and `ENOSPC`.
+pub fn set_fs_limits(max_file_size: u64, capacity: u64) -> Result<(), Errno> {
+    gate!(flexos_ramfs::set_limits(max_file_size, capacity))
 }
 
 /// Makes the file durable. Memory is all the durability a ramfs has: this
