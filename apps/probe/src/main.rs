@@ -70,7 +70,11 @@ fn main() {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: flexos-probe behave | bench N | bench-local N | idle MS | attack {}", ATTACKS.join("|"));
+    let here: Vec<&str> = ATTACKS.iter().copied().filter(|a| *a != "gadget" || probe_is_mpk()).collect();
+    eprintln!("usage: flexos-probe behave | bench N | bench-local N | idle MS | attack {}", here.join("|"));
+    if !probe_is_mpk() {
+        eprintln!("  (attack gadget needs probe in an mpk compartment)");
+    }
     std::process::exit(2)
 }
 
@@ -298,6 +302,15 @@ fn attack(name: &str) {
         "syscall" => {
             let fd = gate!(flexos_probe::attack_syscall());
             breached(format!("opened a host file (descriptor {fd})"))
+        }
+        "gadget" => {
+            let mechanism = layout::COMPARTMENTS[PROBE.compartment].mechanism;
+            eprintln!(
+                "flexos-probe: attack gadget is for mpk compartments only (it jumps to a gate's wrpkru instruction); \
+                 probe runs in a {} compartment here: use configs/probe-mpk-dss.toml",
+                format!("{mechanism:?}").to_lowercase()
+            );
+            std::process::exit(2)
         }
         _ => usage(),
     }

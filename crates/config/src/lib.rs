@@ -12,20 +12,52 @@
 mod catalog;
 mod error;
 mod model;
+mod schema;
 
 pub use catalog::{APPS, COMPONENTS, ComponentInfo, Language, NETWORK_APPS, component_info};
 pub use error::ConfigError;
-pub use model::{Compartment, Hardening, Layout, MAX_MPK_COMPARTMENTS, Mechanism, Placement, Sharing};
+pub use model::{Compartment, Hardening, Layout, MAX_ERRORS, MAX_MPK_COMPARTMENTS, Mechanism, Placement, Sharing};
 
 use std::path::Path;
 
+/// The largest configuration file read. Configurations are a few dozen
+/// lines; a larger file is refused before it is read (`/dev/zero` too).
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
 /// Reads, parses and validates the configuration file at `path`.
 pub fn load(path: &Path) -> Result<Layout, Vec<ConfigError>> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        vec![ConfigError::whole_file(
+    let unreadable = |e: std::io::Error| {
+        let fix = match e.kind() {
+            std::io::ErrorKind::NotFound => "check the path; configurations live under configs/",
+            std::io::ErrorKind::IsADirectory => "name a configuration file, not a folder",
+            std::io::ErrorKind::PermissionDenied => "make the file readable",
+            _ => "name a readable configuration file",
+        };
+        vec![ConfigError::whole_file(path, format!("cannot read the configuration: {e}"), fix)]
+    };
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(std::fs::File::open(path).map_err(unreadable)?, MAX_CONFIG_BYTES + 1),
+        &mut bytes,
+    )
+    .map_err(unreadable)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(vec![ConfigError::whole_file(
             path,
-            format!("cannot read the configuration: {e}"),
-            "check the path; configurations live under configs/",
+            format!("the configuration is larger than {} KiB", MAX_CONFIG_BYTES / 1024),
+            "a configuration is a short TOML file (see configs/); name the right file",
+        )]);
+    }
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let good = e.utf8_error().valid_up_to();
+        let bad = e.as_bytes()[good];
+        let text = std::str::from_utf8(&e.as_bytes()[..good]).expect("valid up to here");
+        vec![ConfigError::at(
+            path,
+            text,
+            good,
+            format!("the file is not UTF-8 text (byte 0x{bad:02x})"),
+            "save the file as UTF-8 (TOML files are UTF-8)",
         )]
     })?;
     parse(path, &text)

@@ -1,7 +1,7 @@
 //! The configuration file format and its validation.
 
 use crate::catalog::{APPS, COMPONENTS, Language, component_info};
-use crate::error::ConfigError;
+use crate::error::{ConfigError, Locator, did_you_mean};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -218,20 +218,47 @@ fn names<T>(list: &[(T, &'static str)]) -> String {
     list.iter().map(|(_, n)| *n).collect::<Vec<_>>().join(", ")
 }
 
+/// The most errors reported for one file; the rest are counted.
+pub const MAX_ERRORS: usize = 50;
+
+/// `errors` in the order of the file, at most [`MAX_ERRORS`] of them and a count of the rest.
+fn in_order(path: &Path, mut errors: Vec<ConfigError>) -> Vec<ConfigError> {
+    errors.sort_by_key(|e| (e.line, e.column));
+    if errors.len() > MAX_ERRORS {
+        let more = errors.len() - MAX_ERRORS;
+        errors.truncate(MAX_ERRORS);
+        errors.push(ConfigError::whole_file(
+            path,
+            format!("{more} more errors are not shown"),
+            "fix the errors above first",
+        ));
+    }
+    errors
+}
+
+/// "did you mean X? " when `word` looks like a misspelling of one of `candidates`.
+fn suggestion<'c>(word: &str, candidates: impl IntoIterator<Item = &'c str>) -> String {
+    did_you_mean(word, candidates).map_or(String::new(), |m| format!("did you mean {m:?}? "))
+}
+
 pub(crate) fn parse(path: &Path, text: &str) -> Result<Layout, Vec<ConfigError>> {
+    let locator = Locator::new(text);
+    let shape = crate::schema::check(path, text, &locator);
+    if !shape.is_empty() {
+        return Err(in_order(path, shape));
+    }
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
         let at = e.span().map_or(0, |s| s.start);
-        vec![ConfigError::at(
+        vec![locator.error(
             path,
-            text,
             at,
             e.message().trim().to_string(),
-            "write the file in the format of docs/configuration.md (keys: app, [[compartment]] name/mechanism/sharing/default, [component.NAME] compartment/harden)",
+            "write the file in the format of docs/configuration.md (keys: app, files, [[compartment]] name/mechanism/sharing/default, [component.NAME] compartment/harden)",
         )]
     })?;
     let mut errors = Vec::new();
     let err = |errors: &mut Vec<ConfigError>, at: usize, msg: String, fix: String| {
-        errors.push(ConfigError::at(path, text, at, msg, fix));
+        errors.push(locator.error(path, at, msg, fix));
     };
 
     let app = raw.app.get_ref().clone();
@@ -240,7 +267,7 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Layout, Vec<ConfigError>>
             &mut errors,
             raw.app.span().start,
             format!("unknown application {app:?}"),
-            format!("set app to one of: {}", APPS.join(", ")),
+            format!("{}set app to one of: {}", suggestion(&app, APPS.iter().copied()), APPS.join(", ")),
         );
     }
 
@@ -297,7 +324,11 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Layout, Vec<ConfigError>>
                     &mut errors,
                     c.mechanism.span().start,
                     format!("unknown mechanism {:?}", c.mechanism.get_ref()),
-                    format!("use one of: {}", names(&Mechanism::ALL)),
+                    format!(
+                        "{}use one of: {}",
+                        suggestion(c.mechanism.get_ref(), Mechanism::ALL.iter().map(|(_, n)| *n)),
+                        names(&Mechanism::ALL)
+                    ),
                 );
                 Mechanism::Fcall
             }
@@ -310,7 +341,11 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Layout, Vec<ConfigError>>
                         &mut errors,
                         s.span().start,
                         format!("unknown sharing strategy {:?}", s.get_ref()),
-                        format!("use one of: {}", names(&Sharing::ALL)),
+                        format!(
+                            "{}use one of: {}",
+                            suggestion(s.get_ref(), Sharing::ALL.iter().map(|(_, n)| *n)),
+                            names(&Sharing::ALL)
+                        ),
                     );
                     mechanism.sharing()[0]
                 }
@@ -404,7 +439,7 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Layout, Vec<ConfigError>>
                     &mut errors,
                     key.span().start,
                     format!("unknown component {name:?}"),
-                    format!("name one of: {}", known.join(", ")),
+                    format!("{}name one of: {}", suggestion(name, known.iter().copied()), known.join(", ")),
                 );
                 continue;
             }
@@ -418,7 +453,10 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Layout, Vec<ConfigError>>
                     &mut errors,
                     c.span().start,
                     format!("component {name:?} names unknown compartment {:?}", c.get_ref()),
-                    format!("use one of the [[compartment]] names: {compartment_names}"),
+                    format!(
+                        "{}use one of the [[compartment]] names: {compartment_names}",
+                        suggestion(c.get_ref(), compartments.iter().map(|k| k.name.as_str()))
+                    ),
                 ),
             }
         }
@@ -431,7 +469,11 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Layout, Vec<ConfigError>>
                         &mut errors,
                         h.span().start,
                         format!("unknown hardening option {:?}", h.get_ref()),
-                        format!("for {name:?} use: {}", valid.join(", ")),
+                        format!(
+                            "{}for {name:?} use: {}",
+                            suggestion(h.get_ref(), valid.iter().copied()),
+                            valid.join(", ")
+                        ),
                     );
                 }
                 Some((opt, _, lang)) if *lang != info.language => {
@@ -480,11 +522,17 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Layout, Vec<ConfigError>>
     if let Some(p) = placements.iter().find(|p| p.component == "netdev")
         && compartments[p.compartment].mechanism == Mechanism::Kvm
     {
-        let at = raw
-            .component
-            .iter()
-            .find(|(k, _)| k.get_ref() == "net" || k.get_ref() == "netdev")
-            .map_or(0, |(k, _)| k.span().start);
+        // Where netdev is put in the VM: its own `compartment = ...`, else (it follows
+        // the default compartment, which cannot be kvm) the compartment's mechanism.
+        let netdev = raw.component.iter().find(|(k, _)| k.get_ref() == "netdev");
+        let vm = &compartments[p.compartment].name;
+        let at =
+            netdev.and_then(|(_, v)| v.get_ref().compartment.as_ref().map(|c| c.span().start)).unwrap_or_else(|| {
+                raw.compartment
+                    .iter()
+                    .find(|c| c.get_ref().name.get_ref() == vm)
+                    .map_or(0, |c| c.get_ref().mechanism.span().start)
+            });
         err(
             &mut errors,
             at,
@@ -498,7 +546,6 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Layout, Vec<ConfigError>>
     if errors.is_empty() {
         Ok(Layout { source: path.to_owned(), app, compartments, placements, files })
     } else {
-        errors.sort_by_key(|e| (e.line, e.column));
-        Err(errors)
+        Err(in_order(path, errors))
     }
 }

@@ -40,6 +40,26 @@ pub fn links_statically(layout: &Layout, options: &BuildOptions) -> bool {
     options.static_link || layout.compartments.iter().any(|c| c.mechanism == flexos_config::Mechanism::Mpk)
 }
 
+/// Why the image of `layout` cannot run on this machine, if it cannot: it
+/// has `mpk` compartments and the CPU (or kernel) gives no protection keys.
+pub fn mpk_warning(layout: &Layout) -> Option<String> {
+    let mpk: Vec<&str> = layout
+        .compartments
+        .iter()
+        .filter(|c| c.mechanism == flexos_config::Mechanism::Mpk)
+        .map(|c| c.name.as_str())
+        .collect();
+    if mpk.is_empty() {
+        return None;
+    }
+    let why = flexos_platform::pkey::available().err()?;
+    Some(format!(
+        "compartment(s) {} use mechanism \"mpk\", but this machine has no protection keys ({why}): the image builds, \
+         but refuses to start here; run it on a CPU with PKU, or run the mpk checks in a QEMU guest with `flexos guest-test`",
+        mpk.join(", ")
+    ))
+}
+
 /// The target triple of statically linked builds.
 pub const STATIC_TARGET: &str = "x86_64-unknown-linux-gnu";
 

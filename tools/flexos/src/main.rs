@@ -382,8 +382,18 @@ fn run(config: &Path, options: &BuildArgs, netns: bool, args: &[String]) -> Resu
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Check { config } => load(&config).map(|layout| say_raw(&format!("{}: ok\n{layout}", config.display()))),
-        Cmd::Build { config, options } => build(&config, &options.options()).map(|image| say!("{}", image.display())),
+        Cmd::Check { config } => load(&config).map(|layout| {
+            say_raw(&format!("{}: ok\n{layout}", config.display()));
+            if let Some(warning) = flexos::build::mpk_warning(&layout) {
+                eprintln!("{}: warning: {warning}", config.display());
+            }
+        }),
+        Cmd::Build { config, options } => build(&config, &options.options()).map(|image| {
+            say!("{}", image.display());
+            if let Some(warning) = flexos_config::load(&config).ok().as_ref().and_then(flexos::build::mpk_warning) {
+                eprintln!("{}: warning: {warning}", config.display());
+            }
+        }),
         Cmd::Run { config, options, netns, args } => run(&config, &options, netns, &args),
         Cmd::Bench { which: BenchCmd::Sqlite { configs, runs, rows, json } } => bench_sqlite(configs, runs, rows, json),
         Cmd::Bench { which: BenchCmd::Gates { json } } => bench_gates(json),

@@ -85,3 +85,32 @@ fn build_prints_the_image_path_last_and_run_passes_arguments_and_exit_codes() {
     let (code, _, err) = flexos(&["run", "--gate-stats", "-q", config, "--", "--sql", "SELEKT"]);
     assert_eq!(code, 1, "the image's exit code comes through: {err}");
 }
+
+/// `check` and `build` of a configuration with `mpk` compartments warn on a
+/// machine without protection keys (where the image would refuse to start)
+/// and say nothing where the CPU has them.
+#[test]
+fn mpk_configurations_warn_where_there_are_no_protection_keys() {
+    let config = root().join("configs/probe-mpk-dss.toml");
+    let (code, out, err) = flexos(&["check", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(": ok"), "{out}");
+    let warned = err.contains("use mechanism \"mpk\", but this machine has no protection keys");
+    assert_eq!(warned, flexos_platform::pkey::available().is_err(), "{err}");
+    let (_, _, err) = flexos(&["check", root().join("configs/sqlite.toml").to_str().unwrap()]);
+    assert!(!err.contains("warning"), "{err}");
+}
+
+/// An attack that does not apply to the layout says so (the mpk-only gadget
+/// attack on a kvm compartment), instead of listing it as valid.
+#[test]
+fn an_attack_for_another_mechanism_says_which_one_it_needs() {
+    let config = root().join("configs/probe-kvm.toml");
+    let (code, _, err) = flexos(&["run", "-q", config.to_str().unwrap(), "--", "attack", "gadget"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("attack gadget is for mpk compartments only"), "{err}");
+    assert!(err.contains("probe runs in a kvm compartment here"), "{err}");
+    let (code, _, err) = flexos(&["run", "-q", config.to_str().unwrap(), "--", "attack", "nosuch"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("usage:") && !err.contains("|gadget"), "{err}");
+}
