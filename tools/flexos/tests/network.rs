@@ -409,6 +409,14 @@ fn connections_ended_with_an_error_leave_nothing_behind_in_the_forwarder() {
     assert_nothing_left(&tag);
 }
 
+/// A client program in Python with room for thousands of sockets (a test
+/// process may have a limit of 1,024 descriptors).
+fn python_with_many_sockets(script: &str) -> Command {
+    let mut cmd = Command::new("bash");
+    cmd.args(["-c", "ulimit -n 4096 2>/dev/null; exec python3 -c \"$0\"", script]);
+    cmd
+}
+
 /// 1,000 clients connected at once through the 127.0.0.1 forwarder are all
 /// served (before: about 100 were, the others got EOF): the relay opens
 /// its connections to the image a few at a time, and the image keeps its
@@ -425,10 +433,7 @@ fn a_thousand_concurrent_clients_are_served_through_the_forwarder() {
          ok=0\nfor s in socks:\n    s.sendall(b'PING\\r\\n')\n    ok+=s.recv(16)==b'+PONG\\r\\n'\nprint(ok)\n",
         kv.port
     );
-    let out = Command::new("bash")
-        .args(["-c", "ulimit -n 4096 2>/dev/null; exec python3 -c \"$0\"", &script])
-        .output()
-        .unwrap();
+    let out = python_with_many_sockets(&script).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1000", "clients answered of 1000");
     kv.assert_running();
@@ -847,12 +852,8 @@ while time.time() < end:
 "#,
         port = httpd.port
     );
-    let mut attacker = common::Running::spawn(
-        Command::new("bash")
-            .args(["-c", "ulimit -n 4096 2>/dev/null; exec python3 -c \"$0\"", &attack])
-            .env("FLEXOS_TEST_TAG", &tag)
-            .stdout(Stdio::null()),
-    );
+    let mut attacker =
+        common::Running::spawn(python_with_many_sockets(&attack).env("FLEXOS_TEST_TAG", &tag).stdout(Stdio::null()));
     std::thread::sleep(Duration::from_secs(4));
     let mut outcomes = Vec::new();
     for _ in 0..20 {
