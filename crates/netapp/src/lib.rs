@@ -522,5 +522,42 @@ mod tests {
         assert!(parse(&["--colour", "1"]).unwrap_err().contains("unknown option"));
         assert!(parse(&["--recv-size", "0"]).is_err());
         assert!(parse(&["--buffer-size", "x"]).unwrap_err().contains("not a valid number"));
+        let o = parse(&["--output-limit", "2000000", "--header-timeout", "3", "--idle-timeout", "4"]).unwrap();
+        assert_eq!((o.output_limit, o.timeouts.request_ms, o.timeouts.idle_ms), (2_000_000, 3000, 4000));
+        assert!(parse(&["--output-limit", "1000"]).unwrap_err().contains("at least"));
+    }
+
+    #[test]
+    fn eviction_starts_below_the_limit_and_takes_the_longest_waiting_first() {
+        assert_eq!(busy_threshold(1024), 768);
+        assert_eq!(busy_threshold(8), 4);
+        let conn = |since: u64| Conn {
+            fd: 0,
+            input: Vec::new(),
+            output: Vec::new(),
+            closing: false,
+            peer_closed: false,
+            stalled: false,
+            last_request_ms: since,
+            partial_since_ms: since,
+            reset: false,
+            state: (),
+        };
+        let options = Options {
+            max_connections: 8,
+            timeouts: Timeouts { request_ms: 0, idle_ms: 0, evict_when_busy: true },
+            ..DEFAULTS
+        };
+        // Four idle connections (the threshold for 8): waited 5, 4, 3 s and 0.5 s.
+        let mut conns = vec![conn(0), conn(1000), conn(2000), conn(4500)];
+        assert_eq!(next_deadline(&conns, 5000, &options), 0);
+        close_waiting(&mut conns, 5000, &options);
+        let closed: Vec<bool> = conns.iter().map(|c| c.closing && c.reset).collect();
+        assert_eq!(closed, [true, true, true, false], "the three that waited a second or more, never the new one");
+        // Below the threshold nothing is evicted, and without timeouts nothing waits for a deadline.
+        let mut few = vec![conn(0), conn(0)];
+        close_waiting(&mut few, 5000, &options);
+        assert!(few.iter().all(|c| !c.closing));
+        assert_eq!(next_deadline(&few, 5000, &options), -1);
     }
 }
