@@ -258,17 +258,14 @@ impl Net {
     /// made, requests beyond that are dropped and come again (as on Linux),
     /// instead of being refused. At the limit they are refused.
     fn admit_syns(&mut self) {
-        let Some(stack) = self.stack.as_mut() else { return };
+        let Some(Stack { sockets, device, .. }) = self.stack.as_mut() else { return };
         let room = self.endpoints < self.max_connections;
-        let budgets = self.table.iter().flatten().filter_map(|e| match &e.sock {
-            Sock::Listener { port, queue, .. } if room => Some((
-                *port,
-                queue.iter().filter(|&&h| stack.sockets.get::<tcp::Socket>(h).state() == State::Listen).count(),
-            )),
+        device.admit_syns(self.table.iter().flatten().filter_map(|e| match &e.sock {
+            Sock::Listener { port, queue, .. } if room => {
+                Some((*port, queue.iter().filter(|&&h| sockets.get::<tcp::Socket>(h).state() == State::Listen).count()))
+            }
             _ => None,
-        });
-        let budgets: Vec<(u16, usize)> = budgets.collect();
-        stack.device.admit_syns(budgets);
+        }));
     }
 
     /// Drives the stack and frees endpoints whose close has finished.

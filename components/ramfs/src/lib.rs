@@ -69,8 +69,8 @@ impl Default for RamFs {
 /// Makes file `data` `end` bytes long (zeros added), if the limits and the
 /// heap allow it: `EFBIG` past the largest file, `ENOSPC` past the
 /// capacity or when the heap has no room (memory is reserved fallibly, so a
-/// full file system is an error for that write, never an abort). Returns
-/// the bytes added to `used`.
+/// full file system is an error for that write, never an abort). `fs_used`
+/// is the file data held now; the caller accounts for the change.
 fn resize(fs_used: u64, limits: (u64, u64), data: &mut Vec<u8>, end: u64) -> Result<(), Errno> {
     let (max_file_size, capacity) = limits;
     if end > max_file_size {
