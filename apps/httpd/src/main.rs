@@ -47,6 +47,7 @@ fn main() {
         // Apache's mod_reqtimeout and nginx: a request head gets 20 s, an idle
         // keep-alive connection 75 s; slow clients go first when connections run short.
         timeouts: flexos_netapp::Timeouts { request_ms: 20_000, idle_ms: 75_000, evict_when_busy: true },
+        gate_stats: false,
     };
     let options = flexos_netapp::options("flexos-httpd", defaults);
     for (path, data) in PACKED_FILES {

@@ -69,6 +69,7 @@ fn main() {
         buffer_size: 256 * 1024,
         output_limit: flexos_netapp::DEFAULT_OUTPUT_LIMIT,
         timeouts: flexos_netapp::Timeouts::default(),
+        gate_stats: false,
     };
     let options = flexos_netapp::options("flexos-iperf", defaults);
     flexos_netapp::run::<{ FLEXOS_COMPONENT.compartment }, _>(FLEXOS_COMPONENT, "flexos-iperf", options, || Iperf)

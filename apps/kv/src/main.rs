@@ -34,6 +34,7 @@ fn main() {
         buffer_size: 64 * 1024,
         output_limit: flexos_netapp::DEFAULT_OUTPUT_LIMIT,
         timeouts: flexos_netapp::Timeouts::default(),
+        gate_stats: false,
     };
     let options = flexos_netapp::options("flexos-kv", defaults);
     let port = options.port;

@@ -55,15 +55,7 @@ fn main() {
 }
 
 fn print_gate_stats() {
-    if !flexos_gate::stats::enabled() {
-        eprintln!("gate-stats: not counted in this build (build with --gate-stats)");
-        return;
-    }
-    eprintln!("gate-stats: layout {} ({} compartments)", layout::SOURCE, layout::COMPARTMENTS.len());
-    for (from, to, n) in flexos_gate::stats::all() {
-        let name = |id: usize| component::ALL.get(id).map_or("?", |c| c.name);
-        eprintln!("gate-stats: {} -> {}: {n}", name(from), name(to));
-    }
+    eprint!("{}", flexos_gate::stats::report());
 }
 
 /// Where SQL from standard input is put in the image's file system.

@@ -102,6 +102,7 @@ where
     A: Crossing + Args<F, R>,
     R: Crossing,
 {
+    stats::count_call(from, to);
     if FROM == TO {
         args.apply(f)
     } else if flexos_layout::has_mpk()

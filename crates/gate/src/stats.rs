@@ -1,4 +1,7 @@
-//! Gate crossing counters, per (caller component, callee component).
+//! Gate counters, per (caller component, callee component): *crossings*
+//! (calls that left the caller's compartment) and *calls* (every call
+//! through a gate, also between components of one compartment, which the
+//! explorer's cost model needs from the one-compartment image).
 //!
 //! Counted in debug builds and in builds with the `stats` feature; otherwise
 //! counting compiles to nothing and [`enabled`] is false.
@@ -12,6 +15,7 @@ pub const MAX_COMPONENTS: usize = 32;
 #[allow(clippy::declare_interior_mutable_const)]
 const ZERO: AtomicU64 = AtomicU64::new(0);
 static COUNTS: [AtomicU64; MAX_COMPONENTS * MAX_COMPONENTS] = [ZERO; MAX_COMPONENTS * MAX_COMPONENTS];
+static CALLS: [AtomicU64; MAX_COMPONENTS * MAX_COMPONENTS] = [ZERO; MAX_COMPONENTS * MAX_COMPONENTS];
 
 /// Whether this build counts crossings.
 pub const fn enabled() -> bool {
@@ -25,19 +29,57 @@ pub(crate) fn count(from: Component, to: Component) {
     }
 }
 
+#[inline(always)]
+pub(crate) fn count_call(from: Component, to: Component) {
+    if enabled() && from.id < MAX_COMPONENTS && to.id < MAX_COMPONENTS {
+        CALLS[from.id * MAX_COMPONENTS + to.id].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// How many cross-compartment calls `from` made into `to` so far (0 when counting is off).
 pub fn crossings(from: Component, to: Component) -> u64 {
     COUNTS[from.id * MAX_COMPONENTS + to.id].load(Ordering::Relaxed)
 }
 
-/// Every (caller, callee, count) with a non-zero count, by component id.
+/// Every (caller, callee, count) with a non-zero crossing count, by component id.
 pub fn all() -> Vec<(usize, usize, u64)> {
+    nonzero(&COUNTS)
+}
+
+/// Every (caller, callee, count) with a non-zero call count, by component id.
+pub fn all_calls() -> Vec<(usize, usize, u64)> {
+    nonzero(&CALLS)
+}
+
+fn nonzero(table: &[AtomicU64]) -> Vec<(usize, usize, u64)> {
     let mut out = Vec::new();
-    for (i, c) in COUNTS.iter().enumerate() {
+    for (i, c) in table.iter().enumerate() {
         let n = c.load(Ordering::Relaxed);
         if n > 0 {
             out.push((i / MAX_COMPONENTS, i % MAX_COMPONENTS, n));
         }
     }
+    out
+}
+
+/// The counters as text, one line per pair: `gate-stats: A -> B: N` for
+/// crossings, `gate-calls: A -> B: N` for calls, after a `gate-stats:
+/// layout ...` line (or one line saying this build does not count), and
+/// a closing `gate-stats: end` line.
+pub fn report() -> String {
+    use crate::layout::{COMPARTMENTS, SOURCE, component};
+    use std::fmt::Write as _;
+    if !enabled() {
+        return "gate-stats: not counted in this build (build with --gate-stats)\n".into();
+    }
+    let name = |id: usize| component::ALL.get(id).map_or("?", |c| c.name);
+    let mut out = format!("gate-stats: layout {SOURCE} ({} compartments)\n", COMPARTMENTS.len());
+    for (from, to, n) in all() {
+        let _ = writeln!(out, "gate-stats: {} -> {}: {n}", name(from), name(to));
+    }
+    for (from, to, n) in all_calls() {
+        let _ = writeln!(out, "gate-calls: {} -> {}: {n}", name(from), name(to));
+    }
+    out.push_str("gate-stats: end\n");
     out
 }

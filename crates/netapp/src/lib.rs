@@ -94,6 +94,10 @@ pub struct Options {
     pub output_limit: usize,
     /// Timeouts and eviction of connections that keep the server waiting.
     pub timeouts: Timeouts,
+    /// Print the gate counters ([`flexos_gate::stats::report`]) on standard
+    /// output whenever the last client leaves (`--flexos-gate-stats`): a
+    /// server has no end at which to print them.
+    pub gate_stats: bool,
 }
 
 /// How long a connection may keep the server waiting (0: no limit), and
@@ -178,13 +182,13 @@ pub fn boot() {
 
 /// The options on the command line (`--port`, `--recv-size`,
 /// `--max-connections`, `--buffer-size`, `--output-limit`, `--header-timeout`
-/// and `--idle-timeout` in seconds, each with a number), over
+/// and `--idle-timeout` in seconds, each with a number; `--flexos-gate-stats`), over
 /// `defaults`; a bad command line prints `program`'s usage and exits 2.
 pub fn options(program: &str, defaults: Options) -> Options {
     let args: Vec<String> = std::env::args().skip(1).collect();
     parse_options(&args, defaults).unwrap_or_else(|e| {
         eprintln!(
-            "{program}: {e}\nusage: {program} [--port P] [--recv-size BYTES] [--max-connections N] [--buffer-size BYTES] [--output-limit BYTES] [--header-timeout SECONDS] [--idle-timeout SECONDS]"
+            "{program}: {e}\nusage: {program} [--port P] [--recv-size BYTES] [--max-connections N] [--buffer-size BYTES] [--output-limit BYTES] [--header-timeout SECONDS] [--idle-timeout SECONDS] [--flexos-gate-stats]"
         );
         std::process::exit(2)
     })
@@ -195,6 +199,10 @@ pub fn parse_options(args: &[String], defaults: Options) -> Result<Options, Stri
     let mut o = defaults;
     let mut it = args.iter();
     while let Some(flag) = it.next() {
+        if flag == "--flexos-gate-stats" {
+            o.gate_stats = true;
+            continue;
+        }
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
         let number = || value.parse::<u64>().map_err(|_| format!("{flag}: {value:?} is not a valid number"));
         let small =
@@ -318,6 +326,9 @@ pub fn serve<const C: usize, P: Protocol>(app: Component, options: Options, prot
                 let _ = if c.reset { net!(app, reset(c.fd)) } else { net!(app, close(c.fd)) };
                 cx.clients = conns.len();
                 protocol.closed(c.state, c.peer_closed, &cx);
+                if options.gate_stats && conns.is_empty() {
+                    flexos_platform::console::write_out(flexos_gate::stats::report().as_bytes());
+                }
             } else {
                 i += 1;
             }
@@ -507,6 +518,7 @@ mod tests {
         buffer_size: 4,
         output_limit: DEFAULT_OUTPUT_LIMIT,
         timeouts: Timeouts { request_ms: 0, idle_ms: 0, evict_when_busy: false },
+        gate_stats: false,
     };
 
     fn parse(args: &[&str]) -> Result<Options, String> {
@@ -546,6 +558,7 @@ mod tests {
         let options = Options {
             max_connections: 8,
             timeouts: Timeouts { request_ms: 0, idle_ms: 0, evict_when_busy: true },
+            gate_stats: false,
             ..DEFAULTS
         };
         // Four idle connections (the threshold for 8): waited 5, 4, 3 s and 0.5 s.
