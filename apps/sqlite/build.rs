@@ -26,6 +26,7 @@ fn main() {
         std::env::var("DEP_SQLITE3_INCLUDE").expect("libsqlite3-sys (bundled) provides the amalgamation"),
     );
     println!("cargo:rerun-if-changed=c");
+    println!("cargo:rerun-if-env-changed=FLEXOS_C_CACHE");
 
     let layout = flexos_config::layout_for_build("sqlite");
     let harden = layout.placement("sqlite").map(|p| p.harden.clone()).unwrap_or_default();
@@ -56,14 +57,52 @@ fn main() {
             other => panic!("hardening {} does not apply to C code", other.name()),
         }
     }
+    let combined = out.join("sqlite_combined.o");
+    // The C part depends only on its sources and flags: with a cache folder
+    // (`flexos build` sets one), configurations that differ elsewhere reuse
+    // the object instead of compiling the amalgamation again.
+    let cached = std::env::var_os("FLEXOS_C_CACHE").map(|dir| {
+        let key = c_cache_key(&amalgamation, &harden);
+        PathBuf::from(dir).join(format!("sqlite-{key:016x}.o"))
+    });
+    match &cached {
+        Some(c) if c.exists() => {
+            std::fs::copy(c, &combined).unwrap_or_else(|e| panic!("cannot copy {}: {e}", c.display()));
+        }
+        _ => {
+            compile_c(&build, &out, &combined);
+            if let Some(c) = &cached {
+                // Copied beside and renamed over: parallel builds never see half an object.
+                let dir = c.parent().expect("a cache file has a folder");
+                let _ = std::fs::create_dir_all(dir);
+                let beside = dir.join(format!(".{}.{}", c.file_name().unwrap().to_string_lossy(), std::process::id()));
+                if std::fs::copy(&combined, &beside).is_ok() && std::fs::rename(&beside, c).is_err() {
+                    let _ = std::fs::remove_file(&beside);
+                }
+            }
+        }
+    }
+
+    let archive = out.join("libflexos_app_sqlite_c.a");
+    let _ = std::fs::remove_file(&archive);
+    run(Command::new("ar").arg("crs").arg(&archive).arg(&combined));
+    println!("cargo:rustc-link-search=native={}", out.display());
+    println!("cargo:rustc-link-lib=static=flexos_app_sqlite_c");
+
+    // Files packed into the image.
+    flexos_config::write_packed_files(&layout, &out);
+}
+
+/// Compiles the C sources of `build` into one relocatable object `combined`
+/// whose external references all go to the FlexOS libc.
+fn compile_c(build: &cc::Build, out: &std::path::Path, combined: &std::path::Path) {
     let objects = build.compile_intermediates();
 
     let cc = build.get_compiler();
-    let combined = out.join("sqlite_combined.o");
-    run(Command::new(cc.path()).arg("-r").arg("-nostdlib").arg("-o").arg(&combined).args(&objects));
+    run(Command::new(cc.path()).arg("-r").arg("-nostdlib").arg("-o").arg(combined).args(&objects));
 
     // Rename every external reference to the FlexOS libc.
-    let undefined: Vec<String> = run(Command::new("nm").arg("-u").arg(&combined))
+    let undefined: Vec<String> = run(Command::new("nm").arg("-u").arg(combined))
         .lines()
         .filter_map(|l| l.split_whitespace().last().map(str::to_owned))
         .collect();
@@ -75,18 +114,30 @@ fn main() {
     }
     let renames_file = out.join("renames.txt");
     std::fs::write(&renames_file, &renames).unwrap();
-    run(Command::new("objcopy").arg(format!("--redefine-syms={}", renames_file.display())).arg(&combined));
-    let remaining = run(Command::new("nm").arg("-u").arg(&combined));
+    run(Command::new("objcopy").arg(format!("--redefine-syms={}", renames_file.display())).arg(combined));
+    let remaining = run(Command::new("nm").arg("-u").arg(combined));
     for sym in remaining.lines().filter_map(|l| l.split_whitespace().last()) {
         assert!(sym.starts_with("flexos_libc_"), "C code references {sym} outside the FlexOS libc");
     }
+}
 
-    let archive = out.join("libflexos_app_sqlite_c.a");
-    let _ = std::fs::remove_file(&archive);
-    run(Command::new("ar").arg("crs").arg(&archive).arg(&combined));
-    println!("cargo:rustc-link-search=native={}", out.display());
-    println!("cargo:rustc-link-lib=static=flexos_app_sqlite_c");
-
-    // Files packed into the image.
-    flexos_config::write_packed_files(&layout, &out);
+/// What the C object depends on: this build script (its flags), the
+/// hardening, the compiler and the contents of every C source and header.
+fn c_cache_key(amalgamation: &std::path::Path, harden: &[flexos_config::Hardening]) -> u64 {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut h = DefaultHasher::new();
+    let read = |p: PathBuf| std::fs::read(&p).unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()));
+    read(PathBuf::from("build.rs")).hash(&mut h);
+    format!("{harden:?}").hash(&mut h);
+    std::env::var("CC").ok().hash(&mut h);
+    std::env::var("TARGET").ok().hash(&mut h);
+    let mut sources: Vec<PathBuf> = std::fs::read_dir("c").expect("the c folder").flatten().map(|e| e.path()).collect();
+    sources.sort();
+    sources.push(amalgamation.join("sqlite3.c"));
+    sources.push(amalgamation.join("sqlite3.h"));
+    for p in sources {
+        p.hash(&mut h);
+        read(p).hash(&mut h);
+    }
+    h.finish()
 }

@@ -1,6 +1,14 @@
 //! Building images: one cargo build per configuration, in its own target
 //! folder, so that switching configurations rebuilds nothing and each
 //! configuration is rebuilt only when its inputs change.
+//!
+//! A configuration built for the first time does not start from nothing:
+//! its target folder is first copied from the last one built for the same
+//! application and build family (the *seed*), so cargo compiles only what
+//! differs (components whose placement constants or hardening changed);
+//! dependencies are reused, and the SQLite amalgamation is taken from a
+//! cache of C objects keyed by their flags and sources (`FLEXOS_C_CACHE`).
+//! A lock file per target folder keeps a build and a copy of it apart.
 
 use flexos_config::{Hardening, Language, Layout, component_info};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -87,6 +95,52 @@ pub fn output_dir(root: &Path, layout: &Layout, options: &BuildOptions) -> PathB
     root.join("target/flexos").join(format!("{stem}-{:08x}", h.finish() as u32))
 }
 
+/// Where the C part of an image is cached, keyed by its flags and sources.
+pub fn c_cache(root: &Path) -> PathBuf {
+    root.join("target/flexos/c-cache")
+}
+
+/// The file that names the seed of `layout`'s application and build family.
+fn seed_file(root: &Path, layout: &Layout, options: &BuildOptions) -> PathBuf {
+    let family = format!(
+        "{}-{}{}{}",
+        layout.app,
+        if options.release { "release" } else { "debug" },
+        if options.gate_stats { "-stats" } else { "" },
+        if links_statically(layout, options) { "-static" } else { "" }
+    );
+    root.join("target/flexos/seeds").join(family)
+}
+
+/// Opens and locks (exclusively) the lock file of target folder `cargo_dir`.
+fn lock_target(cargo_dir: &Path) -> Result<std::fs::File, String> {
+    let path = cargo_dir.with_extension("lock");
+    let file = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    file.lock().map_err(|e| format!("cannot lock {}: {e}", path.display()))?;
+    Ok(file)
+}
+
+/// Gives the new target folder `cargo_dir` a copy of the seed's, if there
+/// is a seed and `cargo_dir` does not exist yet.
+fn seed_target(root: &Path, layout: &Layout, options: &BuildOptions, cargo_dir: &Path) {
+    if cargo_dir.exists() {
+        return;
+    }
+    let Some(seed) = std::fs::read_to_string(seed_file(root, layout, options)).ok().map(PathBuf::from) else {
+        return;
+    };
+    if !seed.is_dir() || seed == cargo_dir {
+        return;
+    }
+    let Ok(_seed_lock) = lock_target(&seed) else { return };
+    let partial = cargo_dir.with_extension(format!("seeding.{}", std::process::id()));
+    let copied =
+        Command::new("cp").args(["-a", "--reflink=auto"]).arg(&seed).arg(&partial).status().is_ok_and(|s| s.success());
+    if !copied || std::fs::rename(&partial, cargo_dir).is_err() {
+        let _ = std::fs::remove_dir_all(&partial); // a cold build then
+    }
+}
+
 /// The cargo profile settings that implement each component's Rust hardening.
 pub fn profile_overrides(layout: &Layout, release: bool) -> Vec<String> {
     let profile = if release { "release" } else { "dev" };
@@ -119,6 +173,11 @@ pub fn profile_overrides(layout: &Layout, release: bool) -> Vec<String> {
 pub fn build_image(root: &Path, layout: &Layout, options: &BuildOptions) -> Result<PathBuf, String> {
     let (_, bin) = image_package(&layout.app);
     let dir = output_dir(root, layout, options);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let cargo_dir = dir.join("cargo");
+    seed_target(root, layout, options, &cargo_dir);
+    // Held until cargo is done: a copy of this folder never sees half a build.
+    let lock = lock_target(&cargo_dir)?;
     let pad_file = dir.join("link-pad");
     let mut pad: usize = std::fs::read_to_string(&pad_file).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
     let mut built = cargo_build(root, layout, options, &dir, pad)?;
@@ -143,8 +202,14 @@ pub fn build_image(root: &Path, layout: &Layout, options: &BuildOptions) -> Resu
         }
         std::fs::write(&pad_file, pad.to_string()).map_err(|e| format!("{}: {e}", pad_file.display()))?;
     }
+    let seed = seed_file(root, layout, options);
+    if let Some(d) = seed.parent() {
+        let _ = std::fs::create_dir_all(d);
+    }
+    let _ = std::fs::write(&seed, cargo_dir.to_string_lossy().as_bytes());
     let image = dir.join(bin);
     install(&built, &image)?;
+    drop(lock);
     Ok(image)
 }
 
@@ -188,6 +253,7 @@ fn cargo_build(
         .env("FLEXOS_CONFIG", &config)
         .env("FLEXOS_LINK_PAD", pad.to_string())
         .env("CARGO_TARGET_DIR", dir.join("cargo"))
+        .env("FLEXOS_C_CACHE", c_cache(root))
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     if options.release {
