@@ -152,7 +152,8 @@ pub fn table(report: &Report) -> String {
     out
 }
 
-fn machine_description() -> String {
+/// The CPU model and core count of this machine.
+pub fn machine_description() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {

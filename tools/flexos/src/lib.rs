@@ -1,11 +1,12 @@
 //! The library behind the `flexos` command: building images from
 //! configurations ([`build`]), benchmarking them ([`bench`], [`gatebench`]) and the static
-//! checks run in CI ([`audit`]).
+//! checks run in CI ([`audit`]), and exploring spaces of configurations ([`explore`]).
 #![forbid(unsafe_code)]
 
 pub mod audit;
 pub mod bench;
 pub mod build;
+pub mod explore;
 pub mod gatebench;
 pub mod guest;
 pub mod netbench;

@@ -48,6 +48,16 @@ enum Cmd {
         #[command(subcommand)]
         which: BenchCmd,
     },
+    /// Find the safest configurations of a space that meet a performance
+    /// budget (docs/explore.md); `plan`, `worker` and `merge` split the
+    /// work over many machines.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Explore {
+        #[command(subcommand)]
+        step: Option<ExploreStep>,
+        #[command(flatten)]
+        run: ExploreRun,
+    },
     /// Static checks of the architecture's rules (run in CI).
     Audit {
         #[command(subcommand)]
@@ -158,6 +168,71 @@ enum BenchCmd {
     },
 }
 
+#[derive(Args)]
+struct ExploreRun {
+    /// The space file (see spaces/).
+    #[arg(required = true)]
+    space: Option<PathBuf>,
+    /// Measure every configuration (the ground truth) instead of searching.
+    #[arg(long)]
+    exhaustive: bool,
+    #[command(flatten)]
+    report: ExploreReport,
+    /// Measure predictions within this fraction of the budget.
+    #[arg(long, default_value_t = 0.10)]
+    margin: f64,
+}
+
+#[derive(Args)]
+struct ExploreReport {
+    /// The results database [default: target/flexos/explore/results.db].
+    #[arg(long)]
+    db: Option<PathBuf>,
+    /// Write the JSON report here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the SVG picture (poset and chart) here.
+    #[arg(long)]
+    svg: Option<PathBuf>,
+    /// Write every configuration as a configuration file (ID.toml) into this folder.
+    #[arg(long)]
+    write_configs: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Subcommand)]
+enum ExploreStep {
+    /// Write the jobs of a space (plan.json) into a folder, for `worker`s.
+    Plan {
+        /// The space file.
+        space: PathBuf,
+        /// The folder (shared by the workers).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Run one shard of a plan: `--shard I/N`, or Slurm's array task id, or
+    /// a Kubernetes Indexed Job's completion index (with FLEXOS_SHARDS).
+    Worker {
+        /// The plan's folder.
+        dir: PathBuf,
+        /// This worker's shard, I/N (0-based).
+        #[arg(long)]
+        shard: Option<String>,
+        /// No progress display.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Merge the workers' results and report (as `--exhaustive` would).
+    Merge {
+        /// The plan's folder.
+        dir: PathBuf,
+        #[command(flatten)]
+        report: ExploreReport,
+    },
+}
+
 #[derive(Subcommand)]
 enum AuditCmd {
     /// Fail if a component of the built image has a mutable static.
@@ -244,6 +319,105 @@ fn bench_sqlite(configs: Vec<PathBuf>, runs: usize, rows: u64, json: Option<Path
     bar.finish_and_clear();
     say_raw(&bench::table(&report));
     write_json(json.unwrap_or_else(|| root.join("target/flexos/bench/sqlite.json")), &report)
+}
+
+fn load_space(path: &Path) -> Result<flexos::explore::space::Space, i32> {
+    flexos::explore::space::load(path).map_err(|errors| {
+        for e in errors {
+            eprintln!("{e}");
+        }
+        exit::BAD_CONFIG
+    })
+}
+
+fn fail(code: i32) -> impl Fn(String) -> i32 {
+    move |e| {
+        eprintln!("error: {e}");
+        code
+    }
+}
+
+/// Searches (or measures exhaustively, or only reads the results of a
+/// merge) and reports.
+fn explore_and_report(
+    space: &flexos::explore::space::Space,
+    settings: &flexos::explore::search::Settings,
+    report: &ExploreReport,
+    db: PathBuf,
+) -> Result<(), i32> {
+    use flexos::explore::{self, search};
+    let root = workspace_root();
+    let enumeration = explore::enumerate::enumerate(space, explore::pku());
+    let mut store = explore::db::Db::open(&db, space).map_err(fail(exit::BENCH_FAILED))?;
+    let mut measurer = explore::measure::for_space(space, &root);
+    let (bar, mut update) = explore::progress_bar(report.quiet);
+    let x = search::explore(space, enumeration, measurer.as_mut(), &mut store, settings, &mut update);
+    bar.finish_and_clear();
+    let x = x.map_err(fail(exit::BENCH_FAILED))?;
+    say_raw(&explore::report::table(space, &x));
+    say!("results: {}", db.display());
+    let outputs =
+        explore::Outputs { json: report.json.clone(), svg: report.svg.clone(), configs: report.write_configs.clone() };
+    for line in explore::write_outputs(space, &x, &outputs).map_err(fail(exit::BENCH_FAILED))? {
+        say!("{line}");
+    }
+    Ok(())
+}
+
+fn explore_cmd(step: Option<ExploreStep>, run: ExploreRun) -> Result<(), i32> {
+    use flexos::explore::{dist, search::Settings};
+    let root = workspace_root();
+    match step {
+        None => {
+            let space = load_space(run.space.as_deref().expect("clap requires the space"))?;
+            if !(0.0..1.0).contains(&run.margin) {
+                eprintln!("error: --margin must be in [0, 1)");
+                return Err(exit::USAGE);
+            }
+            let settings = Settings { exhaustive: run.exhaustive, margin: run.margin, ..Settings::default() };
+            let db = run.report.db.clone().unwrap_or_else(|| flexos::explore::default_db(&root));
+            explore_and_report(&space, &settings, &run.report, db)
+        }
+        Some(ExploreStep::Plan { space, out }) => {
+            let space = load_space(&space)?;
+            let jobs = dist::plan(&space, &out).map_err(fail(exit::BENCH_FAILED))?;
+            say!(
+                "{}: {jobs} jobs (job 0 counts gate calls); run `flexos explore worker {} --shard I/N` for I in 0..N, then `flexos explore merge {}`",
+                out.join("plan.json").display(),
+                out.display(),
+                out.display()
+            );
+            Ok(())
+        }
+        Some(ExploreStep::Worker { dir, shard, quiet }) => {
+            let shard = match shard {
+                Some(s) => dist::Shard::parse(&s),
+                None => dist::Shard::from_environment().unwrap_or_else(|| {
+                    Err("give --shard I/N (or run as a Slurm array task or a Kubernetes Indexed Job)".into())
+                }),
+            }
+            .map_err(fail(exit::USAGE))?;
+            let done = dist::worker(&dir, shard, &root, &mut |what| {
+                if !quiet {
+                    eprintln!("shard {}/{}: {what}", shard.index, shard.count);
+                }
+            })
+            .map_err(fail(exit::BENCH_FAILED))?;
+            say!(
+                "shard {}/{}: measured {done} configurations into {}",
+                shard.index,
+                shard.count,
+                dist::shard_db(&dir, shard.index).display()
+            );
+            Ok(())
+        }
+        Some(ExploreStep::Merge { dir, report }) => {
+            let (db, space, added) = dist::merge(&dir).map_err(fail(exit::BENCH_FAILED))?;
+            say!("merged {added} rows into {}", db.display());
+            let settings = Settings { exhaustive: true, stored_only: true, ..Settings::default() };
+            explore_and_report(&space, &settings, &report, report.db.clone().unwrap_or(db))
+        }
+    }
 }
 
 fn guest_test(limit: u64) -> Result<(), i32> {
@@ -398,6 +572,7 @@ fn main() {
         Cmd::Bench { which: BenchCmd::Sqlite { configs, runs, rows, json } } => bench_sqlite(configs, runs, rows, json),
         Cmd::Bench { which: BenchCmd::Gates { json } } => bench_gates(json),
         Cmd::GuestTest { limit } => guest_test(limit),
+        Cmd::Explore { step, run } => explore_cmd(step, run),
         Cmd::Bench { which: BenchCmd::Kv { configs, runs, json } } => network_images(configs, "kv.toml", runs)
             .and_then(|images| report_network(flexos::netbench::kv(&images, runs), json, "kv")),
         Cmd::Bench { which: BenchCmd::Http { configs, path, runs, json } } => {

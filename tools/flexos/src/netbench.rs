@@ -208,9 +208,12 @@ pub fn parse_redis_csv(out: &str) -> Vec<(String, f64)> {
         .collect()
 }
 
-fn redis_benchmark(server: &Server) -> Result<Vec<(String, f64)>, String> {
+/// Runs `redis-benchmark` ([`KV_CLIENT`], with `-n requests`) against
+/// `server`; returns (test, requests/s) pairs.
+pub fn redis_benchmark(server: &Server, requests: u64) -> Result<Vec<(String, f64)>, String> {
     let mut args: Vec<String> = vec!["-h".into(), server.host.clone(), "-p".into(), server.port.to_string()];
     args.extend(KV_CLIENT.iter().map(|s| s.to_string()));
+    args[5] = requests.to_string(); // after -h H -p P -n
     let results = parse_redis_csv(&server.client("redis-benchmark", &args)?);
     if results.len() < 2 {
         return Err("redis-benchmark reported no results".into());
@@ -224,7 +227,7 @@ pub fn kv(images: &[(String, PathBuf)], runs: usize) -> Result<Report, String> {
     for _ in 0..runs {
         for (name, image) in images {
             let server = Server::image(image, &[], &[])?;
-            for (test, rps) in redis_benchmark(&server)? {
+            for (test, rps) in redis_benchmark(&server, 100_000)? {
                 push(&mut rows, name, &format!("{test} requests/s"), rps);
             }
         }
@@ -233,7 +236,7 @@ pub fn kv(images: &[(String, PathBuf)], runs: usize) -> Result<Report, String> {
             &["--port", "6379", "--save", "", "--appendonly", "no", "--bind", "127.0.0.1"],
             6379,
         )?;
-        for (test, rps) in redis_benchmark(&server)? {
+        for (test, rps) in redis_benchmark(&server, 100_000)? {
             push(&mut rows, "linux redis-server", &format!("{test} requests/s"), rps);
         }
     }

@@ -1,0 +1,424 @@
+//! `flexos explore`: enumeration counts, the safety order on spaces whose
+//! answer is known by hand, the search against exhaustive measurement
+//! (sound on a monotone cost function, violations reported on a
+//! non-monotone one), resuming after an interruption, the plan / worker /
+//! merge path with two worker processes, space errors, and one real
+//! exploration of SQLite images.
+
+use flexos::explore::enumerate::{Candidate, enumerate};
+use flexos::explore::model::Calls;
+use flexos::explore::search::{Exploration, Measurer, Outcome, Settings, Store, explore};
+use flexos::explore::space::{self, Space};
+use flexos::explore::{db::Db, measure::SyntheticMeasurer, order::Order};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    flexos::workspace_root()
+}
+
+/// A scratch folder removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("flexos-explore-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn space_text(path: &str) -> String {
+    std::fs::read_to_string(root().join(path)).unwrap()
+}
+
+fn parse(text: &str) -> Space {
+    space::parse(&root().join("spaces/test.toml"), text).unwrap_or_else(|e| panic!("{e:?}"))
+}
+
+/// The synthetic analogue of kv-flexos with another budget and jitter.
+fn synthetic(budget: f64, jitter: f64) -> Space {
+    let text = space_text("tools/flexos/tests/spaces/synthetic-kv.toml")
+        .replace("at-least = 400000", &format!("at-least = {budget}"))
+        .replace("base = 1000000", &format!("base = 1000000\njitter = {jitter}"));
+    parse(&text)
+}
+
+/// Counts what the search asks for; can stop (panic) after `stop_after` configurations.
+struct Counting {
+    inner: SyntheticMeasurer,
+    measured: usize,
+    stop_after: Option<usize>,
+}
+
+impl Measurer for Counting {
+    fn calls(&mut self, baseline: &Candidate) -> Result<Calls, String> {
+        self.inner.calls(baseline)
+    }
+    fn measure(&mut self, batch: &[&Candidate], note: &mut dyn FnMut(&str)) -> Vec<Outcome> {
+        let mut out = Vec::new();
+        for c in batch {
+            if self.stop_after.is_some_and(|s| self.measured >= s) {
+                panic!("interrupted");
+            }
+            out.extend(self.inner.measure(&[c], note));
+            self.measured += 1;
+        }
+        out
+    }
+}
+
+/// A store in memory.
+#[derive(Default)]
+struct Memory {
+    outcomes: BTreeMap<String, Outcome>,
+    calls: Option<Calls>,
+}
+
+impl Store for Memory {
+    fn outcome(&mut self, c: &Candidate) -> Option<Outcome> {
+        self.outcomes.get(&c.toml).cloned()
+    }
+    fn keep(&mut self, c: &Candidate, o: &Outcome) -> Result<(), String> {
+        self.outcomes.insert(c.toml.clone(), o.clone());
+        Ok(())
+    }
+    fn calls(&mut self, _: &Candidate) -> Option<Calls> {
+        self.calls.clone()
+    }
+    fn keep_calls(&mut self, _: &Candidate, calls: &Calls) -> Result<(), String> {
+        self.calls = Some(calls.clone());
+        Ok(())
+    }
+}
+
+fn run(space: &Space, settings: &Settings, store: &mut dyn Store, stop_after: Option<usize>) -> (Exploration, usize) {
+    let inner = SyntheticMeasurer::new(space).expect("a synthetic space");
+    let mut m = Counting { inner, measured: 0, stop_after };
+    let x = explore(space, enumerate(space, true), &mut m, store, settings, &mut |_| {}).unwrap();
+    (x, m.measured)
+}
+
+fn ids(x: &Exploration, list: &[usize]) -> Vec<String> {
+    list.iter().map(|&i| x.enumeration.candidates[i].id.clone()).collect()
+}
+
+#[test]
+fn the_shipped_spaces_enumerate_to_the_expected_counts() {
+    let kv = space::load(&root().join("spaces/kv-flexos.toml")).unwrap();
+    let e = enumerate(&kv, true);
+    // FlexOS: 144 permutations, 80 distinct configurations.
+    assert_eq!((e.labeled, e.duplicates, e.candidates.len()), (144, 64, 80));
+    assert!(e.invalid.is_empty(), "{:?}", e.invalid);
+    let sqlite = space::load(&root().join("spaces/sqlite-small.toml")).unwrap();
+    let e = enumerate(&sqlite, true);
+    assert_eq!(e.candidates.len(), 22, "11 placements x 2 hardening choices");
+    assert!((12..=40).contains(&e.candidates.len()));
+}
+
+#[test]
+fn symmetric_duplicates_and_invalid_configurations_are_counted() {
+    // Three movable groups, up to 4 compartments, 2 mechanisms: the
+    // placements are the set partitions of {default, net, sched, time}
+    // (15), each extra block with either mechanism: 1 + 7*2 + 6*4 + 1*8 = 47.
+    // netdev cannot run in a VM: the 18 with the network stack in a kvm
+    // compartment are invalid (half of the 36 that move it).
+    let s = parse(
+        "app = \"kv\"\n[workload]\nkind = \"synthetic\"\n[budget]\nmetric = \"ops/s\"\nat-least = 1\n\
+         [placement]\nmovable = [\"net\", \"sched\", \"time\"]\nmax-compartments = 4\nmechanisms = [\"proc\", \"kvm\"]\n",
+    );
+    let e = enumerate(&s, true);
+    assert_eq!(e.labeled, 4usize.pow(3) * 2usize.pow(3));
+    assert_eq!(e.candidates.len() + e.invalid.values().sum::<usize>(), 47);
+    assert_eq!(e.invalid.values().sum::<usize>(), 18, "{:?}", e.invalid);
+    assert!(e.invalid.keys().all(|k| k.contains("kvm")), "{:?}", e.invalid);
+    // Every candidate is a configuration the checker accepts, and no two are the same.
+    let mut texts: Vec<&str> = e.candidates.iter().map(|c| c.toml.as_str()).collect();
+    texts.sort();
+    texts.dedup();
+    assert_eq!(texts.len(), 29);
+    // Each option alone: 2 options for one component give 4 choices.
+    let each = parse(
+        "app = \"kv\"\n[workload]\nkind = \"synthetic\"\n[budget]\nmetric = \"ops/s\"\nat-least = 1\n\
+         [hardening]\ncomponents = [\"kv\"]\nbundle = false\noptions = [\"overflow-checks\", \"debug-assertions\"]\n",
+    );
+    assert_eq!(enumerate(&each, true).candidates.len(), 4);
+}
+
+#[test]
+fn the_order_of_the_kv_space_is_the_one_worked_out_by_hand() {
+    let kv = space::load(&root().join("spaces/kv-flexos.toml")).unwrap();
+    let e = enumerate(&kv, true);
+    let order = Order::new(&e.candidates);
+    // Placements (unhardened): one < net alone, sched alone, together < apart;
+    // net alone and together are incomparable (each separates a pair the other does not).
+    let find = |net: usize, sched: usize| {
+        e.candidates.iter().position(|c| c.slot == vec![net, sched] && c.harden.iter().all(Vec::is_empty)).unwrap()
+    };
+    let (one, net, sched, together, apart) = (find(0, 0), find(1, 0), find(0, 1), find(1, 1), find(1, 2));
+    let edges = order.hasse();
+    for (lo, up) in [(one, net), (one, sched), (one, together), (net, apart), (sched, apart), (together, apart)] {
+        assert!(edges.contains(&(lo, up)), "{lo} -> {up} is an edge");
+    }
+    assert!(!edges.contains(&(one, apart)), "not a cover");
+    assert!(!order.geq(net, together) && !order.geq(together, net));
+    // 6 placement edges x 16 hardening subsets + 5 placements x 32 edges of the 4-cube.
+    assert_eq!(edges.len(), 6 * 16 + 5 * 32);
+    // More hardening is safer; less is not.
+    let hardened = e
+        .candidates
+        .iter()
+        .position(|c| c.slot == vec![0, 0] && c.harden[0].len() == 2 && c.harden[1..].iter().all(Vec::is_empty))
+        .unwrap();
+    assert!(order.above(hardened, one) && !order.geq(one, hardened));
+}
+
+#[test]
+fn proc_and_kvm_are_incomparable_and_shared_stacks_are_weaker() {
+    let base = "app = \"sqlite\"\n[workload]\nkind = \"synthetic\"\n[budget]\nmetric = \"ops/s\"\nat-least = 1\n[placement]\nmovable = [\"time\"]\n";
+    let s = parse(&format!("{base}mechanisms = [\"proc\", \"kvm\"]\n"));
+    let e = enumerate(&s, true);
+    assert_eq!(e.candidates.len(), 3);
+    let o = Order::new(&e.candidates);
+    assert_eq!(o.hasse().len(), 2, "one -> proc, one -> kvm");
+    assert!(!o.geq(1, 2) && !o.geq(2, 1));
+    let s =
+        parse(&format!("{base}mechanisms = [\"mpk/shared-stack\", \"mpk/dss\"]\ndefault-mechanism = \"mpk/dss\"\n"));
+    let e = enumerate(&s, false);
+    let o = Order::new(&e.candidates);
+    assert_eq!(o.hasse(), vec![(0, 1), (1, 2)], "one < shared-stack < dss");
+    // Without protection keys the mpk configurations are listed as not runnable, not dropped.
+    assert_eq!(e.unrunnable(), 3);
+}
+
+#[test]
+fn the_search_finds_the_exhaustive_maximal_set_on_a_monotone_cost_and_measures_less() {
+    for budget in [300_000.0, 450_000.0, 550_000.0, 650_000.0, 800_000.0, 950_000.0] {
+        let s = synthetic(budget, 0.0);
+        let (x, measured) = run(&s, &Settings::default(), &mut Memory::default(), None);
+        let (all, all_measured) =
+            run(&s, &Settings { exhaustive: true, ..Settings::default() }, &mut Memory::default(), None);
+        assert_eq!(all_measured, 80);
+        assert_eq!(ids(&x, &x.maximal), ids(&all, &all.maximal), "budget {budget}");
+        assert!(measured * 2 <= 80, "budget {budget}: measured {measured}");
+        assert!(all.non_monotone.is_empty());
+        // Sound: every configuration the search did not measure is below one
+        // it measured to meet the budget, or fails the budget in truth.
+        let order = Order::new(&x.enumeration.candidates);
+        for i in (0..80).filter(|&i| x.value(i).is_none()) {
+            let below_a_pass = (0..80).any(|j| x.value(j).is_some() && x.meets(j) && order.above(j, i));
+            assert!(
+                below_a_pass || !all.meets(i),
+                "budget {budget}: {} skipped but meets it",
+                all.enumeration.candidates[i].id
+            );
+        }
+    }
+}
+
+#[test]
+fn non_monotone_edges_are_reported() {
+    let s = synthetic(500_000.0, 0.3);
+    let (all, _) = run(&s, &Settings { exhaustive: true, ..Settings::default() }, &mut Memory::default(), None);
+    assert!(!all.non_monotone.is_empty(), "a 30% jitter breaks some edges");
+    for &(lo, up) in &all.non_monotone {
+        assert!(all.value(up).unwrap() > all.value(lo).unwrap() * 1.02, "{lo} -> {up}");
+        assert!(all.edges.contains(&(lo, up)));
+    }
+    // On the monotone function no edge is reported, whatever the budget.
+    let (mono, _) = run(
+        &synthetic(500_000.0, 0.0),
+        &Settings { exhaustive: true, ..Settings::default() },
+        &mut Memory::default(),
+        None,
+    );
+    assert!(mono.non_monotone.is_empty());
+    // And the search reports only edges that really broke.
+    let (x, _) = run(&s, &Settings::default(), &mut Memory::default(), None);
+    assert!(x.non_monotone.iter().all(|e| all.non_monotone.contains(e)));
+}
+
+#[test]
+fn an_interrupted_exploration_resumes_from_the_database() {
+    let dir = Scratch::new("resume");
+    let s = synthetic(500_000.0, 0.0);
+    let settings = Settings { exhaustive: true, batch: 1, ..Settings::default() };
+    let db_path = dir.0.join("results.db");
+    let interrupted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut db = Db::open(&db_path, &s).unwrap();
+        run(&s, &settings, &mut db, Some(30))
+    }));
+    assert!(interrupted.is_err(), "the first run stops after 30 configurations");
+    let mut db = Db::open(&db_path, &s).unwrap();
+    assert_eq!(db.len(), 30, "what was measured before the interruption is kept");
+    let (x, measured) = run(&s, &settings, &mut db, None);
+    assert_eq!(measured, 50, "only the rest is measured");
+    assert_eq!(x.reused, 30);
+    let (fresh, _) = run(&s, &settings, &mut Memory::default(), None);
+    assert_eq!(ids(&x, &x.maximal), ids(&fresh, &fresh.maximal));
+    for i in 0..80 {
+        assert_eq!(x.value(i), fresh.value(i));
+    }
+    // A second exploration of the same space (another budget) measures nothing.
+    let other = synthetic(700_000.0, 0.0);
+    let mut db = Db::open(&db_path, &other).unwrap();
+    let (_, measured) = run(&other, &Settings::default(), &mut db, None);
+    assert_eq!(measured, 0);
+}
+
+fn flexos(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_flexos")).args(args).envs(envs.iter().copied()).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn two_workers_and_a_merge_give_the_report_of_one_process() {
+    let dir = Scratch::new("shards");
+    let space = root().join("tools/flexos/tests/spaces/synthetic-kv.toml");
+    let plan = dir.0.join("plan");
+    let p = |x: &Path| x.to_str().unwrap().to_string();
+    let (code, out, err) = flexos(&["explore", "plan", &p(&space), "--out", &p(&plan)], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("81 jobs"), "{out}");
+    // Two workers at once: one told its shard, one reading Slurm's variables.
+    let bin = env!("CARGO_BIN_EXE_flexos");
+    let w0 = Command::new(bin).args(["explore", "worker", &p(&plan), "--shard", "0/2", "-q"]).spawn().unwrap();
+    let w1 = Command::new(bin)
+        .args(["explore", "worker", &p(&plan), "-q"])
+        .env("SLURM_ARRAY_TASK_ID", "1")
+        .env("SLURM_ARRAY_TASK_COUNT", "2")
+        .output()
+        .unwrap();
+    assert!(w1.status.success(), "{}", String::from_utf8_lossy(&w1.stderr));
+    assert!(
+        String::from_utf8_lossy(&w1.stdout).contains("shard 1/2: measured 40"),
+        "{}",
+        String::from_utf8_lossy(&w1.stdout)
+    );
+    assert!(w0.wait_with_output().unwrap().status.success());
+    let merged = dir.0.join("merged.json");
+    let (code, out, err) = flexos(&["explore", "merge", &p(&plan), "--json", &p(&merged), "-q"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let one = dir.0.join("one.json");
+    let db = dir.0.join("one.db");
+    let (code, out, err) =
+        flexos(&["explore", &p(&space), "--exhaustive", "--db", &p(&db), "--json", &p(&one), "-q"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (a, b) = (json(&merged), json(&one));
+    for key in ["total", "measured", "maximal", "edges", "non_monotone_edges", "model_mape", "configurations"] {
+        assert_eq!(a[key], b[key], "{key}");
+    }
+    assert_eq!(a["measured"], 80);
+}
+
+#[test]
+fn the_report_has_every_field_and_every_configuration_can_be_written_and_checked() {
+    let dir = Scratch::new("report");
+    let p = |x: &Path| x.to_str().unwrap().to_string();
+    let space = root().join("tools/flexos/tests/spaces/synthetic-kv.toml");
+    let (j, svg, configs, db) = (dir.0.join("r.json"), dir.0.join("r.svg"), dir.0.join("configs"), dir.0.join("r.db"));
+    let (code, out, err) = flexos(
+        &[
+            "explore",
+            &p(&space),
+            "--db",
+            &p(&db),
+            "--json",
+            &p(&j),
+            "--svg",
+            &p(&svg),
+            "--write-configs",
+            &p(&configs),
+            "-q",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("the safest configurations that meet the budget"), "{out}");
+    let r = json(&j);
+    assert_eq!(r["total"], 80);
+    assert!(r["measured"].as_u64().unwrap() <= 40);
+    assert!(r["model_mape"].as_f64().unwrap() < 1e-6, "the synthetic cost is the model's form");
+    let configs_json = r["configurations"].as_array().unwrap();
+    assert_eq!(configs_json.len(), 80);
+    for c in configs_json {
+        for key in ["id", "config", "predicted", "measured", "meets_budget", "above"] {
+            assert!(c.get(key).is_some(), "{key} in {c}");
+        }
+    }
+    let maximal = r["maximal"].as_array().unwrap();
+    assert!(!maximal.is_empty());
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("budget") && svg.matches("<circle").count() >= 80);
+    // Written configurations are ordinary ones.
+    for m in maximal {
+        let file = configs.join(format!("{}.toml", m.as_str().unwrap()));
+        let (code, out, err) = flexos(&["check", &p(&file)], &[]);
+        assert_eq!(code, 0, "{out}{err}");
+    }
+    assert_eq!(std::fs::read_dir(&configs).unwrap().count(), 80);
+}
+
+#[test]
+fn a_bad_space_is_rejected_with_location_and_fix() {
+    let dir = Scratch::new("bad");
+    let bad = dir.0.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "app = \"kv\"\n[workload]\nkind = \"redis-benchmark\"\n[budget]\nmetric = \"GET requests/s\"\nat-least = 1\n[placement]\nmovable = [\"nett\"]\nmechanisms = [\"prc\"]\n",
+    )
+    .unwrap();
+    let (code, _, err) = flexos(&["explore", bad.to_str().unwrap()], &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("bad.toml:8:12: error: \"nett\" is not a component of the kv image"), "{err}");
+    assert!(err.contains("bad.toml:9:15: error: unknown mechanism \"prc\""), "{err}");
+    assert!(err.contains("fix: "), "{err}");
+}
+
+/// A real exploration: SQLite images built and measured, twice (the second
+/// time everything comes from the database).
+#[test]
+fn a_small_sqlite_space_is_built_measured_and_reused() {
+    let dir = Scratch::new("sqlite");
+    let space = dir.0.join("space.toml");
+    std::fs::write(
+        &space,
+        format!(
+            "app = \"sqlite\"\nfiles = {:?}\n[workload]\nkind = \"sqlite-insert\"\nrows = 500\nruns = 1\n\
+             [budget]\nmetric = \"seconds\"\nat-most = 30\n[placement]\nmovable = [\"time\"]\nmechanisms = [\"proc\"]\n",
+            root().join("apps/sqlite/files").display().to_string()
+        ),
+    )
+    .unwrap();
+    let p = |x: &Path| x.to_str().unwrap().to_string();
+    let (j, db) = (dir.0.join("r.json"), dir.0.join("r.db"));
+    let args = ["explore", &p(&space), "--db", &p(&db), "--json", &p(&j), "-q"];
+    let (code, out, err) = flexos(&args, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let r = json(&j);
+    assert_eq!(r["total"], 2);
+    assert_eq!(r["measured"], 2);
+    assert_eq!(r["maximal"], serde_json::json!(["c001"]), "time in a process of its own is safer and within 30 s");
+    let c1 = &r["configurations"][1];
+    assert!(c1["config"].as_str().unwrap().contains("mechanism = \"proc\""));
+    assert!(c1["measured"].as_f64().unwrap() > 0.0);
+    let (code, out, err) = flexos(&args, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(json(&j)["reused"], 2, "{out}");
+}
