@@ -141,6 +141,22 @@ fn seed_target(root: &Path, layout: &Layout, options: &BuildOptions, cargo_dir: 
     }
 }
 
+/// Removes the cargo target folder of `layout`'s image (keeping the image),
+/// unless it is the seed of its family: for tools that build many
+/// configurations once (`flexos explore`), so they do not keep a target
+/// folder per configuration. A later build of the configuration starts
+/// again from the seed.
+pub fn drop_build_folder(root: &Path, layout: &Layout, options: &BuildOptions) {
+    let cargo_dir = output_dir(root, layout, options).join("cargo");
+    let seed = std::fs::read_to_string(seed_file(root, layout, options)).ok().map(PathBuf::from);
+    if seed.as_deref() == Some(cargo_dir.as_path()) || !cargo_dir.is_dir() {
+        return;
+    }
+    if let Ok(_lock) = lock_target(&cargo_dir) {
+        let _ = std::fs::remove_dir_all(&cargo_dir);
+    }
+}
+
 /// The cargo profile settings that implement each component's Rust hardening.
 pub fn profile_overrides(layout: &Layout, release: bool) -> Vec<String> {
     let profile = if release { "release" } else { "dev" };

@@ -422,3 +422,64 @@ fn a_small_sqlite_space_is_built_measured_and_reused() {
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(json(&j)["reused"], 2, "{out}");
 }
+
+/// Fast builds: a new configuration starts from the target folder of the
+/// last one built (its dependencies are not compiled again), and two new
+/// configurations built at once by two processes both come out right.
+#[test]
+fn new_configurations_reuse_what_was_built_and_build_side_by_side() {
+    let dir = Scratch::new("builds");
+    let files = root().join("apps/sqlite/files");
+    let config = |name: &str, mechanism: &str| {
+        let path = dir.0.join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "app = \"sqlite\"\nfiles = {:?}\n[[compartment]]\nname = \"main\"\nmechanism = \"fcall\"\ndefault = true\n\
+                 [[compartment]]\nname = \"clock\"\nmechanism = \"{mechanism}\"\n[component.time]\ncompartment = \"clock\"\n\
+                 # {name} {}\n",
+                files.display().to_string(),
+                std::process::id()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let bin = env!("CARGO_BIN_EXE_flexos");
+    // Something to start from.
+    assert!(
+        Command::new(bin)
+            .args(["build", "-q", "--gate-stats", "configs/sqlite.toml"])
+            .current_dir(root())
+            .status()
+            .unwrap()
+            .success()
+    );
+    let started = std::time::SystemTime::now();
+    std::thread::sleep(std::time::Duration::from_millis(1100)); // coarse file times
+    let (a, b) = (config("a", "fcall"), config("b", "proc"));
+    let spawn = |c: &Path| Command::new(bin).args(["build", "-q", "--gate-stats"]).arg(c).output().unwrap();
+    let (ra, rb) = std::thread::scope(|s| {
+        let ta = s.spawn(|| spawn(&a));
+        let tb = s.spawn(|| spawn(&b));
+        (ta.join().unwrap(), tb.join().unwrap())
+    });
+    for (c, r) in [(&a, &ra), (&b, &rb)] {
+        assert!(r.status.success(), "{}: {}", c.display(), String::from_utf8_lossy(&r.stderr));
+        let image = PathBuf::from(String::from_utf8_lossy(&r.stdout).lines().last().unwrap().trim());
+        let out = Command::new(&image).args(["--flexos-gate-stats", "--rows", "100"]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("layout {}", c.canonicalize().unwrap().display())), "{err}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("rows: 100"));
+        // The bundled SQLite library of the dependency was copied, not compiled again.
+        let build = image.parent().unwrap().join("cargo/release/build");
+        let sys = std::fs::read_dir(&build)
+            .unwrap()
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().starts_with("libsqlite3-sys-"))
+            .expect("libsqlite3-sys built");
+        let modified = std::fs::metadata(sys.path().join("out")).unwrap().modified().unwrap();
+        assert!(modified < started, "{}: libsqlite3-sys was compiled again", c.display());
+    }
+}

@@ -80,18 +80,29 @@ pub struct ImageMeasurer {
 }
 
 impl ImageMeasurer {
-    /// Writes `c`'s configuration file (named by its content) and builds its image.
-    fn build(&self, c: &Candidate, gate_stats: bool) -> Result<PathBuf, String> {
+    /// Writes `c`'s configuration file (named by its content) and returns its layout.
+    fn layout(&self, c: &Candidate) -> Result<flexos_config::Layout, String> {
         let dir = self.root.join("target/flexos/explore/configs");
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let file = dir.join(format!("{}.toml", &super::db::key("config", &c.toml)[..16]));
         if std::fs::read_to_string(&file).ok().as_deref() != Some(c.toml.as_str()) {
             std::fs::write(&file, &c.toml).map_err(|e| format!("{}: {e}", file.display()))?;
         }
-        let layout = flexos_config::load(&file)
-            .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))?;
-        let options = BuildOptions { release: true, gate_stats, progress: false, static_link: false };
-        build_image(&self.root, &layout, &options)
+        flexos_config::load(&file)
+            .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
+    }
+
+    /// Builds `c`'s image.
+    fn build(&self, c: &Candidate, gate_stats: bool) -> Result<PathBuf, String> {
+        build_image(&self.root, &self.layout(c)?, &options(gate_stats))
+    }
+
+    /// Removes `c`'s build folder (the image stays): explorations build many
+    /// configurations once, and each folder takes hundreds of megabytes.
+    fn tidy(&self, c: &Candidate, gate_stats: bool) {
+        if let Ok(layout) = self.layout(c) {
+            crate::build::drop_build_folder(&self.root, &layout, &options(gate_stats));
+        }
     }
 
     /// One run of the workload on `image`: metric → value.
@@ -154,6 +165,7 @@ impl Measurer for ImageMeasurer {
             }
             Workload::Synthetic(_) => unreachable!("synthetic spaces use SyntheticMeasurer"),
         };
+        self.tidy(baseline, true);
         let calls = parse_calls(&lines);
         if calls.is_empty() {
             return Err(format!("{}: no gate calls counted:\n{}", image.display(), lines.join("\n")));
@@ -192,8 +204,15 @@ impl Measurer for ImageMeasurer {
                 }
             }
         }
+        for c in batch {
+            self.tidy(c, false);
+        }
         outcomes
     }
+}
+
+fn options(gate_stats: bool) -> BuildOptions {
+    BuildOptions { release: true, gate_stats, progress: false, static_link: false }
 }
 
 /// Parses `gate-calls: A -> B: N` lines.

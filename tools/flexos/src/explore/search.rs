@@ -19,6 +19,15 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// The median absolute deviation of `metric`'s runs (0 without runs).
+    pub fn spread(&self, metric: &str) -> f64 {
+        let Some(m) = self.median(metric) else { return 0.0 };
+        let deviations: Vec<f64> = self.metrics[metric].iter().map(|v| (v - m).abs()).collect();
+        Outcome { metrics: BTreeMap::from([(metric.to_string(), deviations)]), error: None }
+            .median(metric)
+            .unwrap_or(0.0)
+    }
+
     /// The median of `metric`'s runs, if measured.
     pub fn median(&self, metric: &str) -> Option<f64> {
         let mut v = self.metrics.get(metric)?.clone();
@@ -60,7 +69,8 @@ pub struct Settings {
     /// error so far, times two, if larger) are measured.
     pub margin: f64,
     /// An edge is non-monotone when the safer configuration performs better
-    /// by more than this fraction (measurement noise).
+    /// by more than this fraction and by more than the sum of both
+    /// configurations' median absolute deviations (measurement noise).
     pub tolerance: f64,
     /// Most configurations per batch (built together, then measured in alternation).
     pub batch: usize,
@@ -213,9 +223,13 @@ pub fn explore(
             break;
         }
         (io.progress)(Progress::Planned { total: st.measured.len() + todo.len() });
-        // The safest undecided first: their results decide the ones below.
-        let frontier: Vec<usize> = todo.iter().copied().filter(|&i| !todo.iter().any(|&j| order.above(j, i))).collect();
-        let batch: Vec<usize> = frontier.into_iter().take(settings.batch.max(1)).collect();
+        let batch = if settings.exhaustive {
+            // The safest first.
+            let frontier = todo.iter().copied().filter(|&i| !todo.iter().any(|&j| order.above(j, i)));
+            frontier.take(settings.batch.max(1)).collect()
+        } else {
+            most_telling(&todo, &order, &budget, &preds, margin, settings.batch.max(1))
+        };
         io.measure(&mut st, &batch, Some(&preds))?;
     }
 
@@ -228,7 +242,11 @@ pub fn explore(
         .iter()
         .copied()
         .filter(|&(lo, up)| match (value(&st.outcomes, lo), value(&st.outcomes, up)) {
-            (Some(l), Some(u)) => budget.better(u, l, settings.tolerance),
+            (Some(l), Some(u)) => {
+                // Better by more than the tolerance and than the spread of either's runs.
+                let spread = |i: usize| st.outcomes[i].as_ref().map_or(0.0, |o| o.spread(&budget.metric));
+                budget.better(u, l, settings.tolerance) && (u - l).abs() > spread(lo) + spread(up)
+            }
             _ => false,
         })
         .collect();
@@ -330,6 +348,50 @@ pub enum Progress {
         /// How many.
         measured: usize,
     },
+}
+
+/// The configurations of `todo` whose measurement is expected to decide the
+/// most others, pairwise incomparable, at most `count`: one that meets the
+/// budget decides every configuration below it (not maximal), one that
+/// fails decides the undecided ones above it (taken to fail); each outcome
+/// is weighted by how likely the prediction makes it.
+fn most_telling(
+    todo: &[usize],
+    order: &Order,
+    budget: &Budget,
+    preds: &[f64],
+    margin: f64,
+    count: usize,
+) -> Vec<usize> {
+    let likely_pass = |i: usize| {
+        let r = match budget.goal {
+            super::space::Goal::AtLeast => preds[i] / budget.bound - 1.0,
+            super::space::Goal::AtMost => 1.0 - preds[i] / budget.bound,
+        };
+        (0.5 + r / (2.0 * margin.max(1e-9))).clamp(0.0, 1.0)
+    };
+    let clear_pass = |i: usize| decide(budget, preds[i], margin).0;
+    let mut scored: Vec<(f64, usize)> = todo
+        .iter()
+        .map(|&i| {
+            let below = todo.iter().filter(|&&j| order.above(i, j)).count() as f64;
+            let above = todo.iter().filter(|&&j| order.above(j, i) && !clear_pass(j)).count() as f64;
+            let p = likely_pass(i);
+            (p * below + (1.0 - p) * above, i)
+        })
+        .collect();
+    // Best first; ties in enumeration order.
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    let mut picked: Vec<usize> = Vec::new();
+    for (_, i) in scored {
+        if picked.len() == count {
+            break;
+        }
+        if picked.iter().all(|&j| !order.above(i, j) && !order.above(j, i)) {
+            picked.push(i);
+        }
+    }
+    picked
 }
 
 /// Whether a prediction clearly passes or clearly fails the budget (by more than `margin`).
