@@ -283,15 +283,24 @@ pub fn stop_forwarding_signals() {
 }
 
 /// Makes the process that `cmd` starts die (SIGKILL) when the thread that
-/// starts it ends, so an image never outlives the tool that runs it.
+/// starts it ends, so an image never outlives the tool that runs it; and
+/// gives it the default dispositions of the signals [`forward_signals`]
+/// passes on (SIGINT, SIGQUIT, SIGTERM, SIGHUP): "ignore" is inherited
+/// through exec, so a tool started in the background (where the shell
+/// ignores SIGINT and SIGQUIT) or under `nohup` would otherwise start an
+/// image that ignores the very signals it forwards to stop it.
 pub fn die_with_parent(cmd: &mut std::process::Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: the hook runs in the child between fork and exec and only
-    // makes one async-signal-safe system call (prctl).
+    // makes async-signal-safe system calls (prctl, signal with SIG_DFL,
+    // which installs no handler code).
     unsafe {
         cmd.pre_exec(|| {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(io::Error::last_os_error());
+            }
+            for signal in FORWARDED_SIGNALS {
+                libc::signal(signal, libc::SIG_DFL);
             }
             Ok(())
         });
