@@ -29,28 +29,42 @@ pub struct Candidate {
 }
 
 impl Candidate {
-    /// The protection of the compartment of movable group `g`.
-    pub fn protection_of(&self, g: usize) -> Protection {
-        match self.slot[g] {
-            0 => self.default,
-            s => self.compartments[s - 1],
-        }
+    /// The compartment slot of unit `u`: 0 (the default compartment) for
+    /// unit 0, the image's fixed components; movable group g is unit g+1.
+    pub fn slot_of_unit(&self, u: usize) -> usize {
+        if u == 0 { 0 } else { self.slot[u - 1] }
+    }
+
+    /// The protection of compartment slot `s` (0: the default compartment).
+    pub fn protection_of_slot(&self, s: usize) -> Protection {
+        if s == 0 { self.default } else { self.compartments[s - 1] }
+    }
+
+    /// The calls of `calls` (caller, callee, count) that cross a compartment
+    /// boundary in this configuration, with the kind of boundary crossed.
+    pub fn crossings<'a>(
+        &'a self,
+        space: &'a Space,
+        calls: &'a [(String, String, f64)],
+    ) -> impl Iterator<Item = (Protection, f64)> + 'a {
+        calls.iter().filter_map(move |(from, to, n)| {
+            let (a, b) = (self.slot_of_unit(space.unit_of(from)), self.slot_of_unit(space.unit_of(to)));
+            (a != b).then(|| (super::model::crossing_kind(self.protection_of_slot(a), self.protection_of_slot(b)), *n))
+        })
+    }
+
+    /// The names of the movable groups in compartment slot `s`.
+    pub fn members<'s>(&self, space: &'s Space, s: usize) -> Vec<&'s str> {
+        space.movable.iter().zip(&self.slot).filter(|(_, slot)| **slot == s).map(|(g, _)| g[0]).collect()
     }
 
     /// A short description: `main+net | sched:proc ; hardened: kv net`.
     pub fn label(&self, space: &Space) -> String {
-        let mut parts = vec![];
-        let mut main = vec!["main".to_string()];
-        for (g, group) in space.movable.iter().enumerate() {
-            if self.slot[g] == 0 {
-                main.push(group[0].to_string());
-            }
-        }
-        parts.push(main.join("+"));
+        let mut main = vec!["main"];
+        main.extend(self.members(space, 0));
+        let mut parts = vec![main.join("+")];
         for (i, p) in self.compartments.iter().enumerate() {
-            let members: Vec<&str> =
-                space.movable.iter().enumerate().filter(|(g, _)| self.slot[*g] == i + 1).map(|(_, m)| m[0]).collect();
-            parts.push(format!("{}:{}", members.join("+"), p.name()));
+            parts.push(format!("{}:{}", self.members(space, i + 1).join("+"), p.name()));
         }
         let hardened: Vec<String> = space
             .harden_groups
@@ -200,13 +214,7 @@ pub fn config_text(space: &Space, c: &Candidate) -> String {
         }
     };
     compartment(&mut t, "main", c.default, true);
-    let names: Vec<String> = (0..c.compartments.len())
-        .map(|i| {
-            let members: Vec<&str> =
-                space.movable.iter().enumerate().filter(|(g, _)| c.slot[*g] == i + 1).map(|(_, m)| m[0]).collect();
-            members.join("-")
-        })
-        .collect();
+    let names: Vec<String> = (0..c.compartments.len()).map(|i| c.members(space, i + 1).join("-")).collect();
     for (name, p) in names.iter().zip(&c.compartments) {
         compartment(&mut t, name, *p, false);
     }

@@ -2,7 +2,7 @@
 //! `flexos bench`, and the synthetic cost function.
 
 use super::enumerate::Candidate;
-use super::model::{Calls, crossing_kind};
+use super::model::Calls;
 use super::search::{Measurer, Outcome};
 use super::space::{Space, Synthetic, Workload};
 use crate::build::{BuildOptions, build_image};
@@ -38,15 +38,9 @@ impl SyntheticMeasurer {
     /// The synthetic value of `c` (operations per second).
     pub fn value(&self, c: &Candidate) -> f64 {
         let s = &self.synthetic;
-        let unit = |name: &str| self.space.movable.iter().position(|g| g.contains(&name)).map_or(0, |g| g + 1);
-        let slot = |u: usize| if u == 0 { 0 } else { c.slot[u - 1] };
-        let prot = |s: usize| if s == 0 { c.default } else { c.compartments[s - 1] };
         let mut ns = 1e9 / s.base;
-        for (from, to, n) in &s.calls {
-            let (a, b) = (slot(unit(from)), slot(unit(to)));
-            if a != b {
-                ns += n * s.gate_ns.get(&crossing_kind(prot(a), prot(b)).name()).copied().unwrap_or(0.0);
-            }
+        for (kind, n) in c.crossings(&self.space, &s.calls) {
+            ns += n * s.gate_ns.get(&kind.name()).copied().unwrap_or(0.0);
         }
         for (group, options) in self.space.harden_groups.iter().zip(&c.harden) {
             ns += options.len() as f64 * s.hardening_ns.get(group[0]).copied().unwrap_or(0.0);

@@ -35,22 +35,12 @@ pub fn crossing_kind(from: Protection, to: Protection) -> Protection {
     if rank(from) > rank(to) { from } else { to }
 }
 
-/// The unit of a component in `space`: g+1 for movable group g, else 0.
-fn unit_of(space: &Space, component: &str) -> usize {
-    space.movable.iter().position(|g| g.contains(&component)).map_or(0, |g| g + 1)
-}
-
 /// The features of candidate `c`.
 pub fn features(space: &Space, calls: &Calls, c: &Candidate) -> Features {
     let mut f = Features::new();
     f.insert("base".into(), 1.0);
-    let slot = |u: usize| if u == 0 { 0 } else { c.slot[u - 1] };
-    let prot = |s: usize| if s == 0 { c.default } else { c.compartments[s - 1] };
-    for (from, to, n) in calls {
-        let (a, b) = (slot(unit_of(space, from)), slot(unit_of(space, to)));
-        if a != b {
-            *f.entry(format!("gate {}", crossing_kind(prot(a), prot(b)).name())).or_default() += n;
-        }
+    for (kind, n) in c.crossings(space, calls) {
+        *f.entry(format!("gate {}", kind.name())).or_default() += n;
     }
     for (group, options) in space.harden_groups.iter().zip(&c.harden) {
         if space.bundle {

@@ -93,13 +93,15 @@ impl Separation {
 /// `pair_index(u, v)` for u < v.
 pub fn separations(c: &Candidate) -> Vec<Separation> {
     let units = c.slot.len() + 1;
-    let slot = |u: usize| if u == 0 { 0 } else { c.slot[u - 1] };
-    let prot = |s: usize| if s == 0 { c.default } else { c.compartments[s - 1] };
     let mut out = Vec::with_capacity(units * (units - 1) / 2);
     for u in 0..units {
         for v in u + 1..units {
-            let (a, b) = (slot(u), slot(v));
-            out.push(if a == b { Separation::None } else { Separation::between(prot(a), prot(b)) });
+            let (a, b) = (c.slot_of_unit(u), c.slot_of_unit(v));
+            out.push(if a == b {
+                Separation::None
+            } else {
+                Separation::between(c.protection_of_slot(a), c.protection_of_slot(b))
+            });
         }
     }
     out

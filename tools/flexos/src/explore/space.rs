@@ -525,6 +525,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Space, Vec<ConfigError>> {
     }
 }
 
+impl Space {
+    /// The unit of a component: g+1 for movable group g, else 0 (it stays
+    /// in the default compartment).
+    pub fn unit_of(&self, component: &str) -> usize {
+        self.movable.iter().position(|g| g.contains(&component)).map_or(0, |g| g + 1)
+    }
+}
+
 /// `component` and the components of `app` that must share its compartment with it.
 fn with_partners(component: &'static str, app: &str) -> Vec<&'static str> {
     let mut group = vec![component];
