@@ -34,6 +34,11 @@ const REQUIREMENTS: &[Requirement] = &[
     Requirement { program: "objcopy", package: "binutils", why: "the images' sections" },
     Requirement { program: "objdump", package: "binutils", why: "the gate tests read the generated code" },
     Requirement { program: "strip", package: "binutils", why: "the mpk guest test packs stripped images" },
+    Requirement {
+        program: "cp",
+        package: "coreutils",
+        why: "a new configuration's build folder starts as a copy of a built one",
+    },
     Requirement { program: "redis-server", package: "redis-server", why: "the kv tests compare replies with Redis" },
     Requirement { program: "redis-cli", package: "redis-tools", why: "drives the kv images" },
     Requirement { program: "redis-benchmark", package: "redis-tools", why: "drives the kv images" },
