@@ -15,6 +15,7 @@ use std::path::Path;
 pub struct Db {
     conn: Connection,
     workload: String,
+    app: String,
 }
 
 /// The workload as a stable text (part of every key): what is run and how often.
@@ -70,7 +71,7 @@ impl Db {
              );",
         )
         .map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok(Db { conn, workload: workload_key(space) })
+        Ok(Db { conn, workload: workload_key(space), app: space.app.clone() })
     }
 
     /// Copies every row of the database at `other` that this one lacks.
@@ -114,13 +115,12 @@ impl Store for Db {
 
     fn keep(&mut self, c: &Candidate, o: &Outcome) -> Result<(), String> {
         let k = key(&self.workload, &c.toml);
-        let app = c.toml.lines().find_map(|l| l.strip_prefix("app = ")).unwrap_or("").trim_matches('"').to_string();
         self.conn
             .execute(
                 "INSERT OR REPLACE INTO measurement VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, datetime('now'))",
                 params![
                     k,
-                    app,
+                    self.app,
                     self.workload,
                     c.toml,
                     serde_json::to_string(&o.metrics).expect("metrics serialize"),

@@ -117,11 +117,7 @@ pub fn worker(dir: &Path, shard: Shard, root: &Path, note: &mut dyn FnMut(&str))
     let mut mine = Vec::new();
     for (k, job) in plan.jobs.iter().enumerate().filter(|(k, _)| k % shard.count == shard.index) {
         if k == 0 {
-            let baseline = e
-                .candidates
-                .iter()
-                .find(|c| c.slot.iter().all(|&s| s == 0) && c.harden.iter().all(Vec::is_empty))
-                .ok_or("no baseline")?;
+            let baseline = e.baseline().ok_or("the space has no one-compartment configuration")?;
             if db.calls(baseline).is_none() {
                 note("counting gate calls");
                 let calls = measurer.calls(baseline)?;

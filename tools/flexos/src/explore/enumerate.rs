@@ -29,6 +29,16 @@ pub struct Candidate {
 }
 
 impl Candidate {
+    /// Whether every movable group stays in the default compartment.
+    pub fn is_one_compartment(&self) -> bool {
+        self.slot.iter().all(|&s| s == 0)
+    }
+
+    /// Whether no component is hardened.
+    pub fn is_unhardened(&self) -> bool {
+        self.harden.iter().all(Vec::is_empty)
+    }
+
     /// The compartment slot of unit `u`: 0 (the default compartment) for
     /// unit 0, the image's fixed components; movable group g is unit g+1.
     pub fn slot_of_unit(&self, u: usize) -> usize {
@@ -98,6 +108,11 @@ pub struct Enumeration {
 }
 
 impl Enumeration {
+    /// The one-compartment configuration without hardening (every space has it).
+    pub fn baseline(&self) -> Option<&Candidate> {
+        self.candidates.iter().find(|c| c.is_one_compartment() && c.is_unhardened())
+    }
+
     /// How many candidates this machine cannot run.
     pub fn unrunnable(&self) -> usize {
         self.candidates.iter().filter(|c| c.unrunnable.is_some()).count()

@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 
 /// The measurer of a space's workload.
 pub fn for_space(space: &Space, root: &Path) -> Box<dyn Measurer> {
-    match &space.workload {
-        Workload::Synthetic(s) => Box::new(SyntheticMeasurer { space: space.clone(), synthetic: s.clone() }),
-        _ => Box::new(ImageMeasurer { space: space.clone(), root: root.to_owned() }),
+    match SyntheticMeasurer::new(space) {
+        Some(m) => Box::new(m),
+        None => Box::new(ImageMeasurer { space: space.clone(), root: root.to_owned() }),
     }
 }
 

@@ -141,8 +141,8 @@ pub fn calibration(space: &Space, calls: &Calls, candidates: &[Candidate]) -> Ve
     let feats: Vec<Features> = candidates.iter().map(|c| features(space, calls, c)).collect();
     let runnable = |i: &usize| candidates[*i].unrunnable.is_none();
     let mut out = Vec::new();
-    let unhardened = |i: usize| candidates[i].harden.iter().all(Vec::is_empty);
-    let one = |i: usize| candidates[i].slot.iter().all(|&s| s == 0);
+    let unhardened = |i: usize| candidates[i].is_unhardened();
+    let one = |i: usize| candidates[i].is_one_compartment();
     if let Some(b) = (0..candidates.len()).filter(runnable).find(|&i| unhardened(i) && one(i)) {
         out.push(b);
     }

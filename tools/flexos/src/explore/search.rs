@@ -91,8 +91,6 @@ pub struct Exploration {
     pub enumeration: Enumeration,
     /// The budget.
     pub budget: Budget,
-    /// Gate calls of the one-compartment image.
-    pub calls: Calls,
     /// The final model.
     pub model: Model,
     /// Per candidate: the final model's prediction of the metric.
@@ -149,9 +147,8 @@ pub fn explore(
     let budget = space.budget.clone();
     let order = Order::new(cands);
     let edges = order.hasse();
-    let baseline = cands
-        .iter()
-        .find(|c| c.slot.iter().all(|&s| s == 0) && c.harden.iter().all(Vec::is_empty))
+    let baseline = enumeration
+        .baseline()
         .ok_or("the space has no one-compartment configuration without hardening (is it invalid?)")?;
     let calls = match store.calls(baseline) {
         Some(c) => c,
@@ -255,7 +252,6 @@ pub fn explore(
     Ok(Exploration {
         enumeration,
         budget,
-        calls,
         model,
         predicted,
         predicted_before: st.predicted_before,

@@ -60,7 +60,7 @@ pub enum Workload {
 /// The synthetic workload's cost function: time per operation in ns is
 /// `1e9 / base + Σ calls(a→b) × gate_ns[crossing mechanism] + Σ hardening_ns[component] × options`,
 /// times `1 + jitter × u` with `u` in [-1, 1] fixed per configuration.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Synthetic {
     /// Operations per second of the one-compartment image without hardening.
     pub base: f64,
@@ -327,13 +327,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Space, Vec<ConfigError>> {
                 format!("unknown workload {other:?}"),
                 "use redis-benchmark (kv), sqlite-insert (sqlite) or synthetic".into(),
             );
-            Workload::Synthetic(Synthetic {
-                base: 1.0,
-                calls: vec![],
-                gate_ns: BTreeMap::new(),
-                hardening_ns: BTreeMap::new(),
-                jitter: 0.0,
-            })
+            Workload::Synthetic(Synthetic::default()) // the space is refused: any value does
         }
     };
     let fits = match (&workload, app.as_str()) {
