@@ -46,6 +46,9 @@ const ATTACKS: &[&str] = &[
     "syscall",
     "invalid-instruction",
     "gadget",
+    "scribble-shared",
+    "disturb-others",
+    "double-fetch",
 ];
 
 fn main() {
@@ -303,6 +306,9 @@ fn attack(name: &str) {
             let fd = gate!(flexos_probe::attack_syscall());
             breached(format!("opened a host file (descriptor {fd})"))
         }
+        "scribble-shared" => scribble_shared(),
+        "disturb-others" => disturb_others(),
+        "double-fetch" => double_fetch(),
         "gadget" => {
             let mechanism = layout::COMPARTMENTS[PROBE.compartment].mechanism;
             eprintln!(
@@ -314,6 +320,173 @@ fn attack(name: &str) {
         }
         _ => usage(),
     }
+}
+
+/// How long the concurrent attacks run.
+const ATTACK_MS: u64 = 1000;
+
+/// Calls from main to the clock compartment, on a host thread of their
+/// own, until `stop`: each answer must lie between the clock readings
+/// taken before and after the call. Each round also allocates and frees
+/// shared and private memory (the allocators' metadata must stay intact).
+/// Returns (calls, wrong answers).
+fn clock_calls_until(stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<(u64, u64)> {
+    std::thread::spawn(move || {
+        let (mut calls, mut wrong) = (0u64, 0u64);
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let before = clock::monotonic_ns();
+            let t = gate!(flexos_time::monotonic_ns());
+            let after = clock::monotonic_ns();
+            if t < before || t > after {
+                wrong += 1;
+                if wrong == 1 {
+                    println!("clock answered {t:#x}, not between {before:#x} and {after:#x}");
+                }
+            }
+            let shared = SharedBuf::zeroed(16 + (calls as usize % 64) * 64);
+            let private = vec![calls; 1 + calls as usize % 32];
+            assert!(private.iter().all(|&v| v == calls), "main's heap changed under it");
+            drop((shared, private));
+            calls += 1;
+        }
+        (calls, wrong)
+    })
+}
+
+/// What the host checks after an attack on shared memory: main's heap
+/// canary and its component state, and the calls between main and clock.
+struct Witness {
+    canary: Box<u64>,
+    value: u64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    clock: Option<std::thread::JoinHandle<(u64, u64)>>,
+}
+
+impl Witness {
+    fn start() -> Witness {
+        let value = clock::monotonic_ns() ^ 0x5ec2_e7c0_ffee;
+        with_state(FLEXOS_COMPONENT, |s: &mut u64| *s = value);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Let the clock's chain exist before the attack starts.
+        gate!(flexos_time::monotonic_ns());
+        let clock = Some(clock_calls_until(stop.clone()));
+        Witness { canary: Box::new(value), value, stop, clock }
+    }
+
+    /// Stops the clock calls; returns what changed that must not have, and the number of correct calls.
+    fn finish(mut self) -> (Vec<String>, u64) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut changed = Vec::new();
+        let mut good = 0;
+        match self.clock.take().expect("started").join() {
+            Ok((calls, 0)) => good = calls,
+            Ok((calls, wrong)) => {
+                changed.push(format!("{wrong} of {calls} calls from main to clock got a wrong answer"))
+            }
+            Err(_) => changed.push("a call from main to clock failed".into()),
+        }
+        if *self.canary != self.value {
+            changed.push(format!("main's heap canary is now {:#x}", *self.canary));
+        }
+        let state = with_state(FLEXOS_COMPONENT, |s: &mut u64| *s);
+        if state != self.value {
+            changed.push(format!("main's component state is now {state:#x}"));
+        }
+        (changed, good)
+    }
+}
+
+/// Prints the attack's one-line verdict and ends the image (status 1 if it escaped).
+fn verdict(name: &str, changed: Vec<String>, how: String) -> ! {
+    if changed.is_empty() {
+        println!("attack {name}: stopped ({how})");
+        std::process::exit(0)
+    }
+    println!("attack {name}: ESCAPED ({})", changed.join("; "));
+    std::process::exit(1)
+}
+
+/// `scribble-shared`: the attacker overwrites all shared memory it can
+/// write, repeatedly, while main keeps calling clock and allocating.
+fn scribble_shared() {
+    let witness = Witness::start();
+    let attacker = std::thread::spawn(|| gate!(flexos_probe::attack_scribble(12)));
+    let attack = attacker.join();
+    let (changed, good) = witness.finish();
+    let outcome = match attack {
+        Ok(bytes) => format!("it wrote {} MiB", bytes >> 20),
+        Err(_) => "its call failed".into(),
+    };
+    verdict(
+        "scribble-shared",
+        changed,
+        format!("{outcome}; main's heap canary and state intact; {good} calls from main to clock answered correctly"),
+    )
+}
+
+/// `disturb-others`: the attacker answers, in clock's place, every call to
+/// clock it can find in the control area, while main keeps calling clock.
+fn disturb_others() {
+    let witness = Witness::start();
+    let victim = layout::component::TIME.compartment as u32;
+    let forged = gate!(flexos_probe::attack_disturb(victim, ATTACK_MS));
+    let (changed, good) = witness.finish();
+    verdict(
+        "disturb-others",
+        changed,
+        format!("it answered {forged} frames it could reach; {good} calls from main to clock answered correctly"),
+    )
+}
+
+/// `double-fetch`: main asks ramfs to create the file named by a shared
+/// buffer ("ab") while the attacker flips the name to "a/", which ramfs
+/// refuses; ramfs must never create an entry named "a/" (a name it checked
+/// and then read again).
+fn double_fetch() {
+    use flexos_gate::abi::{Errno, FileKind};
+    let (tx, rx) = std::sync::mpsc::channel();
+    let victim = std::thread::spawn(move || {
+        let root = gate!(flexos_ramfs::root());
+        let name = SharedBuf::from_slice(b"ab");
+        let stable = SharedBuf::from_slice(b"ab");
+        let slash = SharedBuf::from_slice(b"a/");
+        tx.send(name.as_ptr() as u64).expect("main waits");
+        let deadline = clock::monotonic_ns() + ATTACK_MS * 1_000_000;
+        let (mut created, mut refused, mut fooled) = (0u64, 0u64, 0u64);
+        while clock::monotonic_ns() < deadline {
+            match gate!(flexos_ramfs::create(root, name.shared(), FileKind::File)) {
+                Ok(_) => created += 1,
+                Err(Errno::EINVAL) => refused += 1,
+                Err(e) => panic!("ramfs::create: {e:?}"),
+            }
+            if gate!(flexos_ramfs::lookup(root, slash.shared())).is_ok() {
+                // The entry cannot be removed (remove refuses the name): the first one ends the attack.
+                fooled += 1;
+                created -= 1;
+                break;
+            }
+            let _ = gate!(flexos_ramfs::remove(root, stable.shared(), FileKind::File));
+        }
+        (created, refused, fooled)
+    });
+    let addr = rx.recv().expect("the victim starts");
+    let flips = gate!(flexos_probe::attack_flip(addr, 2, u64::from(u16::from_le_bytes(*b"a/")), ATTACK_MS));
+    let mut changed = Vec::new();
+    let (created, refused, fooled) = victim.join().unwrap_or_else(|_| {
+        changed.push("ramfs failed".into());
+        (0, 0, 0)
+    });
+    if fooled > 0 {
+        changed.push(format!("ramfs created {fooled} entries named \"a/\", a name it refuses"));
+    }
+    verdict(
+        "double-fetch",
+        changed,
+        format!(
+            "{flips} flips of the name during {} creates: {created} created \"ab\", {refused} refused \"a/\", none created \"a/\"",
+            created + refused
+        ),
+    )
 }
 
 /// Whether the attacker is an `mpk` compartment (in this address space:

@@ -356,6 +356,16 @@ pub fn control_area() -> (usize, usize) {
     (start, start + CONTROL_LEN)
 }
 
+/// The pieces `(start, len, in the control area)` of the shared span that
+/// this domain has mapped writable: what a compromised compartment of this
+/// domain can scribble on (the attack tests write every byte of them).
+pub fn writable_shared_pieces() -> impl Iterator<Item = (usize, usize, bool)> {
+    let (control, _) = control_area();
+    let (heap, _) = shared_range();
+    core::iter::once((control, CONTROL_LEN, true))
+        .chain((0..MAX_COMPARTMENTS).map(move |d| (heap + d * SHARED_PART, SHARED_PART, false)))
+}
+
 /// Whether `[addr, addr + len)` lies entirely inside the shared heap.
 pub fn is_shared(addr: usize, len: usize) -> bool {
     shared_region().contains(addr, len)

@@ -27,7 +27,10 @@ flexos_gate::exports!(
     shared_local_trip(),
     attack_call(_, _),
     attack_forged_write(_, _, _),
-    attack_gadget(_)
+    attack_gadget(_),
+    attack_scribble(_),
+    attack_disturb(_, _),
+    attack_flip(_, _, _, _)
 );
 
 /// Does nothing: the empty call of the gate benchmark.
@@ -254,6 +257,127 @@ mod gadget {
             }
         }
     }
+}
+
+/// How much of each piece of shared memory the scribbling attacks write
+/// (everything the gates and the allocator keep there lies in the first
+/// megabytes; writing the whole 4 GiB span would only cost memory).
+const SCRIBBLE_CAP: usize = 8 << 20;
+
+/// What the attacker hopes another domain will call: it reports the
+/// escape (naming the compartment that ran it) and ends the image.
+extern "C" fn hijacked() -> ! {
+    let who = flexos_gate::layout::COMPARTMENTS.get(flexos_platform::compartment::current()).map_or("?", |c| c.name);
+    let report = format!("attack scribble-shared: ESCAPED (compartment {who:?} ran the attacker's code)\n");
+    flexos_platform::console::write_out(report.as_bytes());
+    flexos_platform::console::write_err(report.as_bytes());
+    std::process::exit(1)
+}
+
+/// Attack `scribble-shared`: for `rounds` rounds, overwrites every byte of
+/// shared memory this domain can write (the gates' control area, every
+/// domain's part of the shared heap with whatever allocator metadata and
+/// state tables lie there) with values chosen to hijack whoever trusts
+/// them: the address of a "spray" page full of pointers to [`hijacked`]
+/// (so a pointer loaded from shared memory leads to a vtable that calls
+/// the attacker's code), those pointers themselves, and small integers
+/// that look like call states and lengths. Returns the bytes written.
+pub fn attack_scribble(rounds: u32) -> u64 {
+    let pieces: Vec<(usize, usize, bool)> = flexos_alloc::writable_shared_pieces()
+        .map(|(start, len, control)| (start, len.min(SCRIBBLE_CAP), control))
+        .collect();
+    let &(spray, _, _) = pieces.last().expect("shared memory exists");
+    let code = hijacked as extern "C" fn() -> ! as usize as u64;
+    let mut written = 0u64;
+    for round in 0..rounds {
+        // The spray page, written again each round (another domain may have changed it).
+        for w in 0..4096 / 8 {
+            // SAFETY: none; this is the attack (on shared memory this domain maps writable).
+            unsafe { core::ptr::write_volatile((spray + w * 8) as *mut u64, code) };
+        }
+        let value = match round % 3 {
+            0 => spray as u64,
+            1 => code,
+            _ => 0x0000_0001_0000_0003,
+        };
+        for &(start, len, _) in &pieces {
+            let from = if start == spray { start + 4096 } else { start };
+            for addr in (from..start + len).step_by(8) {
+                // SAFETY: none; this is the attack.
+                unsafe { core::ptr::write_volatile(addr as *mut u64, value) };
+            }
+            written += (start + len - from) as u64;
+        }
+    }
+    written
+}
+
+/// Attack `disturb-others`: for `ms` milliseconds, looks through every
+/// part of the gates' control area this domain can write for call frames
+/// (a 64-byte line whose header says "request" for compartment `victim`
+/// from a compartment other than this one) and answers them itself with
+/// the value 0xbad, as if the victim had. Returns how many it forged.
+pub fn attack_disturb(victim: u32, ms: u64) -> u64 {
+    use flexos_platform::clock;
+    const REQUEST: u32 = 1;
+    const DONE: u32 = 3;
+    let me = FLEXOS_COMPONENT.compartment as u32;
+    let pieces: Vec<(usize, usize)> =
+        flexos_alloc::writable_shared_pieces().filter(|p| p.2).map(|(s, l, _)| (s, l.min(SCRIBBLE_CAP))).collect();
+    let deadline = clock::monotonic_ns() + ms * 1_000_000;
+    let mut forged = 0;
+    let word = |a: usize| a as *mut u32;
+    while clock::monotonic_ns() < deadline {
+        for &(start, len) in &pieces {
+            for line in (start..start + len).step_by(64) {
+                // SAFETY: none; this is the attack: reads and writes of the
+                // control area, laid out as the gates lay out a frame
+                // (state, to, from, component, entry, len, refusal, caller; data at 32).
+                unsafe {
+                    if core::ptr::read_volatile(word(line)) == REQUEST
+                        && core::ptr::read_volatile(word(line + 4)) == victim
+                        && core::ptr::read_volatile(word(line + 8)) != me
+                    {
+                        core::ptr::write_volatile((line + 32) as *mut u64, 0xbad);
+                        core::ptr::write_volatile(word(line + 20), 8);
+                        core::ptr::write_volatile(word(line), DONE);
+                        forged += 1;
+                    }
+                }
+            }
+        }
+    }
+    forged
+}
+
+/// Attack `double-fetch`: for `ms` milliseconds, flips the `len` (at most
+/// 8) bytes at `addr` (a shared buffer another compartment is using)
+/// between what they held and `other`, as fast as it can. Returns the flips.
+pub fn attack_flip(addr: u64, len: u32, other: u64, ms: u64) -> u64 {
+    let len = (len as usize).min(8);
+    let read = |a: usize| {
+        let mut v = [0u8; 8];
+        for (i, b) in v.iter_mut().enumerate().take(len) {
+            // SAFETY: none; this is the attack.
+            *b = unsafe { core::ptr::read_volatile((a + i) as *const u8) };
+        }
+        v
+    };
+    let original = read(addr as usize);
+    let other = other.to_le_bytes();
+    let deadline = flexos_platform::clock::monotonic_ns() + ms * 1_000_000;
+    let mut flips = 0u64;
+    while flexos_platform::clock::monotonic_ns() < deadline {
+        for _ in 0..256 {
+            let v = if flips % 2 == 0 { &other } else { &original };
+            for (i, &b) in v.iter().enumerate().take(len) {
+                // SAFETY: none; this is the attack.
+                unsafe { core::ptr::write_volatile((addr as usize + i) as *mut u8, b) };
+            }
+            flips += 1;
+        }
+    }
+    flips
 }
 
 /// The refusal codes, for the image's reports.
