@@ -369,7 +369,7 @@ pub fn attack_flip(addr: u64, len: u32, other: u64, ms: u64) -> u64 {
     let mut flips = 0u64;
     while flexos_platform::clock::monotonic_ns() < deadline {
         for _ in 0..256 {
-            let v = if flips % 2 == 0 { &other } else { &original };
+            let v = if flips.is_multiple_of(2) { &other } else { &original };
             for (i, &b) in v.iter().enumerate().take(len) {
                 // SAFETY: none; this is the attack.
                 unsafe { core::ptr::write_volatile((addr as usize + i) as *mut u8, b) };
