@@ -7,9 +7,15 @@
 //!
 //! In images with `proc` or `kvm` compartments the shared span is a
 //! shared-memory object mapped at the same address in every domain. Each
-//! domain allocates shared buffers from its own part of it, with allocator
-//! metadata in its private memory, so no domain can corrupt another's
-//! allocator; the span also holds the control area of the remote gates. The global
+//! domain allocates shared buffers from its own part of it. Shared memory
+//! holds plain bytes only: `talc` keeps its free lists and chunk tags
+//! inside the memory it manages, so for a part of the shared heap it
+//! manages a *shadow* instead, an equally long range of the domain's
+//! private span that is never handed out, and every address it returns is
+//! moved by the same offset into the part. The metadata therefore lives in
+//! private memory, where no other domain can corrupt it; only the pages of
+//! the shadow that hold metadata are ever touched. The span also holds the
+//! control area of the remote gates. The global
 //! allocator ([`CompartmentAllocator`]) serves the heap of the compartment
 //! that is running (`flexos_platform::compartment::current`) and frees into
 //! whichever heap owns the pointer.
@@ -38,8 +44,19 @@ pub const HEAP_SPAN: usize = 1 << 30;
 pub const EXEC_STACKS_LEN: usize = 64 << 20;
 /// The part of the shared heap from which one domain allocates.
 pub const SHARED_PART: usize = 256 << 20;
+/// A compartment's private heap: its span less the shadow of its
+/// domain's part of the shared heap and the execution stacks above it.
+pub const PRIVATE_HEAP_LEN: usize = HEAP_SPAN - SHARED_PART - EXEC_STACKS_LEN;
 /// The shared control area at the start of the shared span (remote gates' call frames).
 pub const CONTROL_LEN: usize = SHARED_PART;
+/// The start of the control area that every domain maps: the words that
+/// wake domains up.
+pub const CONTROL_COMMON_LEN: usize = 2 << 20;
+/// The part of the control area that holds the call frames between one
+/// pair of domains; only those two domains map it.
+pub const CONTROL_PAIR_LEN: usize = 2 << 20;
+const _: () =
+    assert!(CONTROL_COMMON_LEN + MAX_COMPARTMENTS * (MAX_COMPARTMENTS - 1) / 2 * CONTROL_PAIR_LEN <= CONTROL_LEN);
 /// The shared span: the control area, then one part per compartment.
 pub const SHARED_SPAN: usize = CONTROL_LEN + MAX_COMPARTMENTS * SHARED_PART;
 /// The whole reservation: every private heap, then the shared span.
@@ -93,13 +110,19 @@ fn setup() -> &'static Setup {
                 fail(b"flexos-alloc: cannot reserve the heaps at the host's address\n")
             };
             // SAFETY: the reservation is fresh; nothing is stored in it yet.
+            // Of the shared span only the pieces this domain takes part in
+            // are mapped; the shared-memory object is then closed, so that
+            // nothing in this process can map the rest of it.
             unsafe {
                 region.set_access(role.compartment * HEAP_SPAN, HEAP_SPAN, true);
-                if !region.map_shared(MAX_COMPARTMENTS * HEAP_SPAN, SHARED_SPAN, role.shm_fd) {
-                    fail(b"flexos-alloc: cannot map the shared memory\n")
+                for (offset, len) in shared_pieces_of(role.compartment) {
+                    if !region.map_shared(MAX_COMPARTMENTS * HEAP_SPAN + offset, len, role.shm_fd, offset) {
+                        fail(b"flexos-alloc: cannot map the shared memory\n")
+                    }
                 }
+                memory::close_shared_memory(role.shm_fd);
             }
-            return Setup { region, shm_fd: Some(role.shm_fd) };
+            return Setup { region, shm_fd: None };
         }
         if !has_remote_domains() {
             let Some(region) = Region::reserve(REGION_LEN) else {
@@ -117,7 +140,7 @@ fn setup() -> &'static Setup {
         // spans of compartments that do not exist) stay inaccessible here;
         // a `kvm` compartment's span backs its VM's memory, which needs it mapped.
         unsafe {
-            if !region.map_shared(MAX_COMPARTMENTS * HEAP_SPAN, SHARED_SPAN, fd) {
+            if !region.map_shared(MAX_COMPARTMENTS * HEAP_SPAN, SHARED_SPAN, fd, 0) {
                 fail(b"flexos-alloc: cannot map the shared memory\n")
             }
             for (i, c) in COMPARTMENTS.iter().enumerate() {
@@ -181,6 +204,12 @@ fn protect_with_keys(region: &Region) {
         }
         if pkey::protect(base + MAX_COMPARTMENTS * HEAP_SPAN, SHARED_SPAN, SHARED_PKEY, true).is_err() {
             fail(b"flexos-alloc: pkey_mprotect of the shared memory failed\n")
+        }
+        // The host's shadow of its part of the shared heap: every compartment
+        // of the host allocates shared buffers, so it has the key every one
+        // of them may write (key 0, like the rest of the trusted core's data).
+        if PKEYS[0] != 0 && pkey::protect(base + PRIVATE_HEAP_LEN, SHARED_PART, 0, true).is_err() {
+            fail(b"flexos-alloc: pkey_mprotect of the shared heap's shadow failed\n")
         }
     }
     // The main thread runs the default compartment on the stack the kernel
@@ -308,16 +337,35 @@ pub fn shared_memory_fd() -> Option<i32> {
     setup().shm_fd
 }
 
-/// The start of heap `heap`'s span: a compartment's private heap, or for
-/// [`SHARED`] this domain's part of the shared heap.
+/// The start and length of heap `heap`'s span: a compartment's private
+/// heap, or for [`SHARED`] this domain's part of the shared heap.
 fn span_of(heap: usize) -> (usize, usize) {
     let base = setup().region.base.as_ptr() as usize;
     if heap == SHARED {
         let part = compartment::home();
         (base + MAX_COMPARTMENTS * HEAP_SPAN + CONTROL_LEN + part * SHARED_PART, SHARED_PART)
     } else {
-        (base + heap * HEAP_SPAN, HEAP_SPAN - EXEC_STACKS_LEN)
+        (base + heap * HEAP_SPAN, PRIVATE_HEAP_LEN)
     }
+}
+
+/// The range whose allocator metadata `talc` keeps for heap `heap`: the
+/// heap itself for a private heap; for [`SHARED`] the shadow of this
+/// domain's part in its home compartment's private span (between the
+/// private heap and the execution stacks).
+fn managed_span(heap: usize) -> (usize, usize) {
+    if heap == SHARED { (shadow_of(compartment::home()), SHARED_PART) } else { span_of(heap) }
+}
+
+/// Where the shadow of compartment `c`'s part of the shared heap starts.
+fn shadow_of(c: usize) -> usize {
+    setup().region.base.as_ptr() as usize + c * HEAP_SPAN + PRIVATE_HEAP_LEN
+}
+
+/// What is added to an address `talc` hands out for heap `heap` to get the
+/// address of the memory (non-zero only for the shared heap's shadow).
+fn handed_out_offset(heap: usize) -> usize {
+    span_of(heap).0.wrapping_sub(managed_span(heap).0)
 }
 
 /// The execution-stack area `[start, end)` at the top of compartment `compartment`'s private span.
@@ -356,14 +404,40 @@ pub fn control_area() -> (usize, usize) {
     (start, start + CONTROL_LEN)
 }
 
+/// The offset in the control area of the call frames between domains `a`
+/// and `b` (two different domains: 0 for the host, else the compartment
+/// that is the domain).
+pub fn control_pair_offset(a: usize, b: usize) -> usize {
+    let (i, j) = (a.min(b), a.max(b));
+    assert!(i != j && j < MAX_COMPARTMENTS, "no pair of domains {a} and {b}");
+    CONTROL_COMMON_LEN + (i * (2 * MAX_COMPARTMENTS - i - 1) / 2 + (j - i - 1)) * CONTROL_PAIR_LEN
+}
+
+/// The pieces `(offset, len)` of the shared span that domain `domain`
+/// maps: the host all of it; any other domain the control area's common
+/// part, the frames of the pairs of domains it belongs to, and the shared heap.
+pub fn shared_pieces_of(domain: usize) -> impl Iterator<Item = (usize, usize)> {
+    let host = domain == 0;
+    let control: &[(usize, usize)] = if host { &[(0, CONTROL_LEN)] } else { &[(0, CONTROL_COMMON_LEN)] };
+    let pairs = (0..MAX_COMPARTMENTS)
+        .filter(move |&x| !host && x != domain)
+        .map(move |x| (control_pair_offset(domain, x), CONTROL_PAIR_LEN));
+    control.iter().copied().chain(pairs).chain(core::iter::once((CONTROL_LEN, MAX_COMPARTMENTS * SHARED_PART)))
+}
+
 /// The pieces `(start, len, in the control area)` of the shared span that
 /// this domain has mapped writable: what a compromised compartment of this
 /// domain can scribble on (the attack tests write every byte of them).
+/// The shared heap is one piece per domain's part.
 pub fn writable_shared_pieces() -> impl Iterator<Item = (usize, usize, bool)> {
-    let (control, _) = control_area();
-    let (heap, _) = shared_range();
-    core::iter::once((control, CONTROL_LEN, true))
-        .chain((0..MAX_COMPARTMENTS).map(move |d| (heap + d * SHARED_PART, SHARED_PART, false)))
+    let span = setup().region.base.as_ptr() as usize + MAX_COMPARTMENTS * HEAP_SPAN;
+    shared_pieces_of(compartment::home()).flat_map(move |(offset, len)| {
+        let parts = if offset == CONTROL_LEN { MAX_COMPARTMENTS } else { 1 };
+        (0..parts).map(move |i| {
+            let piece_len = len / parts;
+            (span + offset + i * piece_len, piece_len, offset < CONTROL_LEN)
+        })
+    })
 }
 
 /// Whether `[addr, addr + len)` lies entirely inside the shared heap.
@@ -377,10 +451,11 @@ pub fn alloc_in(heap: usize, layout: Layout) -> *mut u8 {
     let h = heap_state(heap);
     let mut talc = h.talc.lock();
     let talc = talc.get_or_insert_with(|| {
-        let (base, len) = span_of(heap);
+        let (base, len) = managed_span(heap);
         let mut t = Talc::new(ErrOnOom);
-        // SAFETY: the span is this heap's part of a reservation that is
-        // readable, writable, never unmapped and used by no one else.
+        // SAFETY: the span is this heap's part (or its shadow) of a
+        // reservation that is readable, writable, never unmapped and used
+        // by no one else.
         unsafe { t.claim(Span::from_base_size(base as *mut u8, len)) }.ok();
         t
     });
@@ -390,7 +465,9 @@ pub fn alloc_in(heap: usize, layout: Layout) -> *mut u8 {
         Ok(p) => {
             h.in_use.fetch_add(layout.size(), Ordering::Relaxed);
             h.allocations.fetch_add(1, Ordering::Relaxed);
-            p.as_ptr()
+            // A shadow allocation becomes the same place in the shared part
+            // (both spans are aligned to 64 MiB, so alignment is kept).
+            p.as_ptr().wrapping_add(handed_out_offset(heap))
         }
         Err(()) => null_mut(),
     }
@@ -407,7 +484,7 @@ pub unsafe fn free(ptr: *mut u8, layout: Layout) {
     }
     let h = heap_state(heap);
     let mut talc = h.talc.lock();
-    if let (Some(talc), Some(p)) = (talc.as_mut(), NonNull::new(ptr)) {
+    if let (Some(talc), Some(p)) = (talc.as_mut(), NonNull::new(ptr.wrapping_sub(handed_out_offset(heap)))) {
         // SAFETY: by this function's contract the pointer came from this heap
         // (the owner is found by address) with `layout`.
         unsafe { talc.free(p, layout) };
@@ -437,7 +514,7 @@ pub fn stats(heap: usize) -> HeapStats {
 
 /// The bytes heap `heap` can hold (a compartment's private heap, or this domain's part of the shared heap).
 pub fn capacity(heap: usize) -> usize {
-    if heap == SHARED { SHARED_PART } else { HEAP_SPAN - EXEC_STACKS_LEN }
+    if heap == SHARED { SHARED_PART } else { PRIVATE_HEAP_LEN }
 }
 
 /// Bytes of a heap that [`has_room`] keeps free for the small allocations
@@ -533,6 +610,29 @@ mod tests {
         let q = alloc_in(3, layout);
         assert_eq!(p, q, "freed memory is reused");
         unsafe { free(q, layout) };
+    }
+
+    #[test]
+    fn scribbling_over_the_shared_heap_leaves_its_allocator_intact() {
+        let small = Layout::from_size_align(48, 16).unwrap();
+        let big = Layout::from_size_align(70_000, 64).unwrap();
+        let kept: [*mut u8; 8] = core::array::from_fn(|i| alloc_in(SHARED, if i % 2 == 0 { small } else { big }));
+        let (part, _) = span_of(SHARED);
+        // What another domain may do: overwrite every byte of this domain's
+        // part in use (and beyond), here with pointers back into it.
+        for w in (part..part + (4 << 20)).step_by(8) {
+            unsafe { core::ptr::write_volatile(w as *mut usize, part + 64) };
+        }
+        for round in 0..100 {
+            let p = alloc_in(SHARED, if round % 2 == 0 { small } else { big });
+            assert!(is_shared(p as usize, 48) && !kept.contains(&p), "a fresh allocation, round {round}");
+            unsafe { free(p, if round % 2 == 0 { small } else { big }) };
+        }
+        for (i, p) in kept.into_iter().enumerate() {
+            unsafe { free(p, if i % 2 == 0 { small } else { big }) };
+        }
+        let (shadow, _) = managed_span(SHARED);
+        assert_eq!(owner_of(shadow), Some(compartment::home()), "the metadata lies in private memory");
     }
 
     #[test]

@@ -522,7 +522,21 @@ pub fn recv(fd: i32, mut buf: SharedMut<'_>) -> Result<usize, Errno> {
         }
         let s = n.stack()?.tcp(handle);
         if s.can_recv() {
-            return s.recv_slice(buf.bytes_mut()).map_err(|_| Errno::ECONNRESET);
+            // Straight from the socket's buffer into shared memory (in two
+            // steps when the data wraps around the end of the ring buffer).
+            let mut done = 0;
+            while done < buf.len() && s.can_recv() {
+                let room = buf.len() - done;
+                let target = &mut buf;
+                done += s
+                    .recv(|bytes| {
+                        let n = bytes.len().min(room);
+                        target.write_at(done, &bytes[..n]);
+                        (n, n)
+                    })
+                    .map_err(|_| Errno::ECONNRESET)?;
+            }
+            return Ok(done);
         }
         if !s.may_recv() && s.state() != State::SynSent {
             return Ok(0);
@@ -543,11 +557,20 @@ pub fn send(fd: i32, data: SharedRef<'_>) -> Result<usize, Errno> {
         if !s.may_send() {
             return Err(if s.state() == State::SynSent { Errno::EAGAIN } else { Errno::EPIPE });
         }
-        match s.send_slice(data.bytes()) {
-            Ok(0) => Err(Errno::EAGAIN),
-            Ok(k) => Ok(k),
-            Err(_) => Err(Errno::EPIPE),
+        // Each byte is copied once, from shared memory into the socket's
+        // ring buffer (in two steps when free space wraps around its end).
+        let mut done = 0;
+        while done < data.len() && s.can_send() {
+            let rest = data.slice(done..data.len());
+            done += s
+                .send(|space| {
+                    let n = space.len().min(rest.len());
+                    rest.slice(0..n).copy_to_slice(&mut space[..n]);
+                    (n, n)
+                })
+                .map_err(|_| Errno::EPIPE)?;
         }
+        if done == 0 { Err(Errno::EAGAIN) } else { Ok(done) }
     })
 }
 
@@ -631,14 +654,14 @@ pub fn poll(mut entries: SharedMut<'_>, timeout_ms: i64) -> Result<usize, Errno>
     loop {
         let (ready, delay) = with(|n| {
             n.drive()?;
-            let buf = entries.bytes_mut();
             let mut ready = 0;
-            for i in 0..buf.len() / POLL_ENTRY {
-                let e = &buf[i * POLL_ENTRY..];
+            for i in 0..entries.len() / POLL_ENTRY {
+                let mut e = [0u8; 6];
+                entries.read_at(i * POLL_ENTRY, &mut e);
                 let fd = i32::from_le_bytes([e[0], e[1], e[2], e[3]]);
                 let events = u16::from_le_bytes([e[4], e[5]]);
                 let revents = if fd < 0 { 0 } else { n.readiness(fd, events) };
-                buf[i * POLL_ENTRY + 6..i * POLL_ENTRY + 8].copy_from_slice(&revents.to_le_bytes());
+                entries.write_at(i * POLL_ENTRY + 6, &revents.to_le_bytes());
                 ready += usize::from(revents != 0);
             }
             let delay = n.stack.as_mut().and_then(Stack::delay);

@@ -67,7 +67,7 @@ pub fn attack_write(addr: u64, value: u64) {
 pub fn attack_frame(to: u32, component: u32, entry: u32, len: u32, args: SharedRef<'_>) -> u32 {
     let header = Header { from: FLEXOS_COMPONENT.compartment as u32, to, component, entry, len };
     let mut result = [core::mem::MaybeUninit::uninit(); FRAME_DATA];
-    match remote::call_frame(header, args.bytes(), &mut result) {
+    match remote::call_frame(header, &args.to_vec(), &mut result) {
         Ok(_) => 0,
         Err(r) => r as u32,
     }

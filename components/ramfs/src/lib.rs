@@ -167,6 +167,16 @@ fn with<R>(f: impl FnOnce(&mut RamFs) -> Result<R, Errno>) -> Result<R, Errno> {
     flexos_gate::with_state(FLEXOS_COMPONENT, f)
 }
 
+/// A name passed in shared memory, copied into private memory once, so
+/// that what is checked is what is used (`ENAMETOOLONG` beyond `NAME_MAX`,
+/// before anything is copied).
+fn private_name(name: SharedRef<'_>) -> Result<Vec<u8>, Errno> {
+    if name.len() > NAME_MAX {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    Ok(name.to_vec())
+}
+
 fn check_name(name: &[u8]) -> Result<(), Errno> {
     if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
         return Err(Errno::EINVAL);
@@ -195,29 +205,29 @@ pub fn root() -> u64 {
 
 /// Looks `name` up in directory `dir` (`.` and `..` included).
 pub fn lookup(dir: u64, name: SharedRef<'_>) -> Result<u64, Errno> {
-    let name = name.bytes();
+    let name = private_name(name)?;
     with(|fs| {
         let d = fs.dir(dir)?;
-        match name {
+        match &name[..] {
             b"." | b"" => Ok(dir),
             b".." => Ok(d.parent),
-            _ => d.entries.get(name).copied().ok_or(Errno::ENOENT),
+            _ => d.entries.get(&name).copied().ok_or(Errno::ENOENT),
         }
     })
 }
 
 /// Creates `name` in `dir` as a file or directory; `EEXIST` if the name is taken.
 pub fn create(dir: u64, name: SharedRef<'_>, kind: FileKind) -> Result<u64, Errno> {
-    let name = name.bytes();
-    check_name(name)?;
+    let name = private_name(name)?;
+    check_name(&name)?;
     with(|fs| {
         let now = clock::wall_ns();
         let ino = fs.next;
         let d = fs.dir(dir)?;
-        if d.entries.contains_key(name) {
+        if d.entries.contains_key(&name) {
             return Err(Errno::EEXIST);
         }
-        d.entries.insert(name.to_vec(), ino);
+        d.entries.insert(name, ino);
         d.mtime_ns = now;
         let node =
             Inode { kind, data: Vec::new(), entries: BTreeMap::new(), parent: dir, nlink: 1, opens: 0, mtime_ns: now };
@@ -237,7 +247,7 @@ pub fn read(ino: u64, offset: u64, mut buf: SharedMut<'_>) -> Result<usize, Errn
         }
         let n = (len - offset).min(buf.len() as u64) as usize;
         let start = offset as usize;
-        buf.bytes_mut()[..n].copy_from_slice(&f.data[start..start + n]);
+        buf.write_at(0, &f.data[start..start + n]);
         Ok(n)
     })
 }
@@ -246,12 +256,12 @@ pub fn read(ino: u64, offset: u64, mut buf: SharedMut<'_>) -> Result<usize, Errn
 /// needed: `EFBIG` past the largest file, `ENOSPC` when the file system
 /// (or the heap) is full.
 pub fn write(ino: u64, offset: u64, data: SharedRef<'_>) -> Result<usize, Errno> {
-    let data = data.bytes();
     with(|fs| {
         let end = offset.checked_add(data.len() as u64).ok_or(Errno::EFBIG)?;
         let grow_to = end.max(fs.file(ino)?.data.len() as u64);
         let f = fs.resize_file(ino, grow_to)?;
-        f.data[offset as usize..end as usize].copy_from_slice(data);
+        // One copy straight from shared memory into the file.
+        data.copy_to_slice(&mut f.data[offset as usize..end as usize]);
         f.mtime_ns = clock::wall_ns();
         Ok(data.len())
     })
@@ -296,19 +306,20 @@ pub fn stat(ino: u64) -> Result<Stat, Errno> {
 
 /// Removes entry `name` of `dir`, which must be of `kind`; a directory must be empty.
 pub fn remove(dir: u64, name: SharedRef<'_>, kind: FileKind) -> Result<(), Errno> {
-    let name = name.bytes();
-    check_name(name)?;
+    let name = private_name(name)?;
+    check_name(&name)?;
     with(|fs| {
-        let ino = *fs.dir(dir)?.entries.get(name).ok_or(Errno::ENOENT)?;
+        let ino = *fs.dir(dir)?.entries.get(&name).ok_or(Errno::ENOENT)?;
         check_replaceable(kind, fs.node(ino)?)?;
-        fs.detach(dir, name).map(|_| ())
+        fs.detach(dir, &name).map(|_| ())
     })
 }
 
 /// Moves `src_dir/src_name` to `dst_dir/dst_name`, replacing a file or an
 /// empty directory of the same kind there.
 pub fn rename(src_dir: u64, src_name: SharedRef<'_>, dst_dir: u64, dst_name: SharedRef<'_>) -> Result<(), Errno> {
-    let (src_name, dst_name) = (src_name.bytes(), dst_name.bytes());
+    let (src_name, dst_name) = (private_name(src_name)?, private_name(dst_name)?);
+    let (src_name, dst_name) = (&src_name[..], &dst_name[..]);
     check_name(src_name)?;
     check_name(dst_name)?;
     with(|fs| {

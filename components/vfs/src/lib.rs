@@ -88,7 +88,8 @@ fn components(path: &[u8]) -> impl Iterator<Item = core::ops::Range<usize>> + '_
 /// Resolves every component of `path`.
 fn resolve(path: SharedRef<'_>) -> Result<u64, Errno> {
     let mut ino = gate!(flexos_ramfs::root());
-    for r in components(path.bytes()) {
+    // The components are found in a private copy (ramfs checks each name it is given on its own copy).
+    for r in components(&path.to_vec()) {
         ino = gate!(flexos_ramfs::lookup(ino, path.slice(r)))?;
     }
     Ok(ino)
@@ -96,9 +97,10 @@ fn resolve(path: SharedRef<'_>) -> Result<u64, Errno> {
 
 /// Resolves all but the last component: the parent directory and the last name.
 fn resolve_parent(path: SharedRef<'_>) -> Result<(u64, SharedRef<'_>), Errno> {
-    let parts: Vec<_> = components(path.bytes()).collect();
+    let private = path.to_vec();
+    let parts: Vec<_> = components(&private).collect();
     let (last, dirs) = parts.split_last().ok_or(Errno::EINVAL)?;
-    if &path.bytes()[last.clone()] == b".." {
+    if &private[last.clone()] == b".." {
         return Err(Errno::EINVAL);
     }
     let mut ino = gate!(flexos_ramfs::root());

@@ -5,15 +5,18 @@
 //! # Protocol
 //!
 //! The control area at the start of the shared span (same address in every
-//! domain) holds *chains*, one per host thread that makes remote calls. A
-//! chain is a stack of call frames: the caller fills the next frame with
-//! the callee compartment, the callee component's id, the entry's index in
-//! that component's export table (never a code address) and the encoded
-//! arguments, marks it `REQUEST` and waits. In each domain one *partner*
-//! thread serves each chain; it checks that the entry is exported by a
-//! component of a compartment it runs, copies the arguments out of shared
-//! memory, decodes and validates them, runs the entry, and writes the
-//! result (`DONE`) or a refusal (`REFUSED`).
+//! domain) holds call frames. Each host thread that makes remote calls has
+//! a *chain* (an index), and a call at nesting depth `k` of chain `c`
+//! between domains `a` and `b` uses frame `[c][k]` of the pair `{a, b}`'s
+//! part of the control area. That part is mapped only in `a` and `b` (and
+//! the host), so no other domain can read or change the call. The caller
+//! fills the frame with the callee compartment, the callee component's id,
+//! the entry's index in that component's export table (never a code
+//! address) and the encoded arguments, marks it `REQUEST` and waits. In
+//! each domain one *partner* thread serves each chain; it checks that the
+//! entry is exported by a component of a compartment it runs, copies the
+//! arguments out of shared memory, decodes and validates them, runs the
+//! entry, and writes the result (`DONE`) or a refusal (`REFUSED`).
 //!
 //! A domain that waits on a chain also serves the chain's deeper frames
 //! addressed to it, so nested calls and callbacks (A calls B, B calls back
@@ -24,23 +27,30 @@
 //!
 //! Waiting spins for [`SPIN_NS`], then sleeps on this domain's futex word of
 //! the chain (a notifier wakes only the domain that must act), so that
-//! several domains on a two-core machine do not starve each other.
+//! several domains on a two-core machine do not starve each other. The
+//! futex words, a hint of which depths hold requests, and each domain's
+//! doorbell lie in the control area's common part, which every domain maps.
 //!
 //! # Trust
 //!
-//! Every domain can write the whole control area. A serving domain
-//! therefore treats frames as untrusted input: indices are bounds-checked,
-//! lengths are checked, the argument bytes are copied to private memory
-//! before they are decoded, and shared handles are validated. A callee can
-//! still answer with wrong (but well-formed) results, and a compromised
-//! domain can disturb calls between two others; DESIGN accepts both.
+//! Shared memory holds plain bytes only; nothing another domain can write
+//! is trusted. A serving domain treats a frame of its pair as untrusted
+//! input: indices are bounds-checked, lengths are checked, the argument
+//! bytes are copied to private memory before they are decoded, and shared
+//! handles are validated; the domain to answer is the pair's other member,
+//! never a field of the frame. Which chains a domain serves and which host
+//! thread owns which chain is kept in private memory. A domain can write
+//! the common part: that can delay another pair's wake-ups (a sleeper also
+//! wakes on a timeout and then looks at every frame it may serve, so no
+//! request is lost) but not change a call. A callee can still answer
+//! its own calls with wrong (but well-formed) results.
 
 use crate::export::{Export, Refusal};
 use crate::wire::{Reader, Writer};
 use crate::{Crossing, layout};
 use core::cell::{Cell, UnsafeCell};
 use core::mem::MaybeUninit;
-use core::sync::atomic::{AtomicU32, Ordering::*};
+use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering::*};
 use flexos_layout::{COMPARTMENTS, Component, domain_of};
 use flexos_platform::compartment::{self, MAX_COMPARTMENTS};
 use flexos_platform::{clock, console, futex};
@@ -55,13 +65,12 @@ pub const FRAME_DATA: usize = 960;
 /// How long a waiter spins before it sleeps.
 pub const SPIN_NS: u64 = 100_000;
 
-// A frame's state. A frame is in use from REQUEST until DONE or REFUSED;
-// the frames in use on a chain are always 1..=k (calls end in LIFO order).
+// A frame's state. A frame is in use from REQUEST until DONE or REFUSED.
 const REQUEST: u32 = 1;
 const DONE: u32 = 3;
 const REFUSED: u32 = 4;
 
-/// One call on a chain.
+/// One call between a pair of domains.
 #[repr(C, align(64))]
 struct Frame {
     state: AtomicU32,
@@ -71,58 +80,82 @@ struct Frame {
     entry: AtomicU32,
     len: AtomicU32,
     refusal: AtomicU32,
-    /// The domain of the caller, to be woken when the call is answered.
-    caller: AtomicU32,
+    /// Unused; keeps the data 8-byte aligned.
+    _reserved: AtomicU32,
     data: UnsafeCell<[u8; FRAME_DATA]>,
 }
 
-/// The call stack of one host thread's remote calls.
-#[repr(C, align(64))]
-struct Chain {
-    /// 0 while free, else the claiming domain + 1.
-    owner: AtomicU32,
-    /// Bit d: domain d has a partner thread serving this chain.
-    partners: AtomicU32,
-    /// Where each domain's thread on this chain sleeps.
-    wakers: [Waker; MAX_COMPARTMENTS],
-    /// Frames 1..=MAX_DEPTH (frame 0 is never used).
-    frames: [Frame; MAX_DEPTH + 1],
+/// The frames of the calls between one pair of domains: per chain, per
+/// depth (depth 0 is never used).
+#[repr(C)]
+struct PairFrames {
+    frames: [[Frame; MAX_DEPTH + 1]; MAX_CHAINS],
 }
 
-/// A futex word that one domain's thread sleeps on, and whether anyone does.
+/// A futex word that one domain's thread sleeps on, whether anyone does,
+/// and which depths of the chain hold a request for that domain (a hint:
+/// a sleeper also looks at every frame when it wakes up).
 #[repr(C, align(64))]
 struct Waker {
     seq: AtomicU32,
     sleepers: AtomicU32,
+    pending: AtomicU32,
 }
 
+/// The control area's common part, mapped in every domain.
 #[repr(C)]
-struct Control {
+struct Common {
     /// Per domain: rung when a chain needs a partner thread there.
     doorbells: [Waker; MAX_COMPARTMENTS],
-    chains: [Chain; MAX_CHAINS],
+    /// Per chain, per domain: where that domain's thread on the chain sleeps.
+    wakers: [[Waker; MAX_COMPARTMENTS]; MAX_CHAINS],
 }
 
 // SAFETY: the control area is shared memory by design; every field is an
 // atomic except frame data, which is only copied with raw copies (below).
-unsafe impl Sync for Control {}
+unsafe impl Sync for Common {}
+// SAFETY: as for `Common`.
+unsafe impl Sync for PairFrames {}
 
-fn control() -> &'static Control {
-    let (start, end) = flexos_alloc::control_area();
-    assert!(size_of::<Control>() <= end - start, "the control area is too small");
-    // SAFETY: the control area is mapped readable and writable for the
-    // image's whole life (and never used for anything else); it starts
-    // zero-filled, and all-zero bytes are a valid `Control` (atomics and
-    // byte arrays). Other domains write it concurrently, which is why every
-    // field is atomic and frame data is accessed only by raw byte copies.
-    unsafe { &*(start as *const Control) }
+const _: () = assert!(size_of::<Common>() <= flexos_alloc::CONTROL_COMMON_LEN);
+const _: () = assert!(size_of::<PairFrames>() <= flexos_alloc::CONTROL_PAIR_LEN);
+
+fn common() -> &'static Common {
+    let (start, _) = flexos_alloc::control_area();
+    // SAFETY: the common part is mapped readable and writable in every
+    // domain for the image's whole life (and used for nothing else); it
+    // starts zero-filled, and all-zero bytes are a valid `Common` (atomics
+    // only). Other domains write it concurrently, which is why every field is atomic.
+    unsafe { &*(start as *const Common) }
+}
+
+/// The frames between domains `a` and `b`; only call it for a pair this
+/// domain belongs to (or in the host, which maps every pair).
+fn pair(a: usize, b: usize) -> &'static PairFrames {
+    let (start, _) = flexos_alloc::control_area();
+    let at = start + flexos_alloc::control_pair_offset(a, b);
+    // SAFETY: the pair's part is mapped in both its domains and the host for
+    // the image's whole life, zero-filled at first (a valid `PairFrames`:
+    // atomics and byte arrays); the other domain writes it concurrently,
+    // which is why every field is atomic and frame data is accessed only
+    // by raw byte copies.
+    unsafe { &*(at as *const PairFrames) }
+}
+
+fn frame(a: usize, b: usize, chain: usize, depth: usize) -> &'static Frame {
+    &pair(a, b).frames[chain][depth]
+}
+
+/// The domains of the image: the host (0) and every compartment that is a domain of its own.
+fn domains() -> impl Iterator<Item = usize> {
+    (0..COMPARTMENTS.len()).filter(|&c| domain_of(c) == c)
 }
 
 impl Frame {
     fn write_data(&self, bytes: &[u8]) {
         let n = bytes.len().min(FRAME_DATA);
         // SAFETY: the frame's data is FRAME_DATA bytes of shared memory; a
-        // byte copy of at most that many is in bounds. Another domain may
+        // byte copy of at most that many is in bounds. The other domain may
         // write it concurrently; bytes are plain data, so the worst outcome
         // is garbage that the reader rejects.
         unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), self.data.get().cast::<u8>(), n) }
@@ -174,15 +207,6 @@ impl Waker {
             futex::wait(&self.seq, seen, timeout_ns);
         }
         self.sleepers.fetch_sub(1, SeqCst);
-    }
-}
-
-impl Chain {
-    /// Wakes domain `domain`'s thread on this chain if it sleeps.
-    fn notify(&self, domain: Option<usize>) {
-        if let Some(waker) = domain.and_then(|d| self.wakers.get(d)) {
-            waker.notify();
-        }
     }
 }
 
@@ -242,20 +266,24 @@ thread_local! {
     static CHAIN: Cell<Option<usize>> = const { Cell::new(None) };
     /// The frame this thread is serving (0: none); its next call goes one deeper.
     static DEPTH: Cell<usize> = const { Cell::new(0) };
+    /// Bit d: this thread has rung domain d's doorbell for its chain.
+    static RUNG: Cell<u32> = const { Cell::new(0) };
 }
 
-fn my_chain() -> &'static Chain {
-    let index = CHAIN.with(|c| {
+/// The chains handed to host threads so far (private to the host).
+static CHAINS_CLAIMED: AtomicUsize = AtomicUsize::new(0);
+
+fn my_chain() -> usize {
+    CHAIN.with(|c| {
         c.get().unwrap_or_else(|| {
-            let me = this_domain() as u32 + 1;
-            let i = (0..MAX_CHAINS)
-                .find(|&i| control().chains[i].owner.compare_exchange(0, me, AcqRel, Relaxed).is_ok())
-                .unwrap_or_else(|| panic!("more than {MAX_CHAINS} threads made remote calls"));
+            // Partner threads are given their chain; a new chain belongs to a host thread.
+            assert!(this_domain() == 0, "only the host's threads start chains of remote calls");
+            let i = CHAINS_CLAIMED.fetch_add(1, Relaxed);
+            assert!(i < MAX_CHAINS, "more than {MAX_CHAINS} threads made remote calls");
             c.set(Some(i));
             i
         })
-    });
-    &control().chains[index]
+    })
 }
 
 /// Where a frame goes: compartment, component, entry, and the length field.
@@ -280,28 +308,33 @@ pub fn call_frame<'r>(
     args: &[u8],
     result: &'r mut [MaybeUninit<u8>; FRAME_DATA],
 ) -> Result<&'r [u8], Refusal> {
+    let me = this_domain();
+    let target = match domain_of_untrusted(header.to) {
+        Some(t) if t != me => t,
+        _ => return Err(Refusal::NotExported),
+    };
     let chain = my_chain();
     let depth = DEPTH.with(Cell::get) + 1;
     assert!(depth <= MAX_DEPTH, "remote calls nested deeper than {MAX_DEPTH}");
-    let frame = &chain.frames[depth];
+    let frame = frame(me, target, chain, depth);
     frame.write_data(args);
     frame.to.store(header.to, Relaxed);
     frame.from.store(header.from, Relaxed);
     frame.component.store(header.component, Relaxed);
     frame.entry.store(header.entry, Relaxed);
     frame.len.store(header.len, Relaxed);
-    frame.caller.store(this_domain() as u32, Relaxed);
     frame.state.store(REQUEST, Release);
-    let target = domain_of_untrusted(header.to);
-    chain.notify(target);
-    if let Some(target) = target
-        && chain.partners.load(Acquire) & (1 << target) == 0
-    {
-        let bell = &control().doorbells[target];
+    let waker = &common().wakers[chain][target];
+    waker.pending.fetch_or(1 << depth, Release);
+    waker.notify();
+    if target != 0 && RUNG.with(|r| r.get() & (1 << target) == 0) {
+        // The first call of this chain into the domain: its dispatcher starts a partner.
+        RUNG.with(|r| r.set(r.get() | 1 << target));
+        let bell = &common().doorbells[target];
         bell.seq.fetch_add(1, SeqCst);
         bell.notify();
     }
-    wait(chain, depth);
+    wait(chain, depth, Some(frame));
     let state = frame.state.load(Acquire);
     if state == DONE {
         Ok(frame.read_data(frame.len.load(Relaxed) as usize, result))
@@ -348,23 +381,44 @@ pub fn call<A: Crossing, R: Crossing>(from: Component, to: Component, entry: u32
 
 // ---- waiting and serving ----
 
-/// Waits until frame `depth` of `chain` is answered, serving deeper frames
-/// addressed to this domain meanwhile. With `depth` 0 it never returns
-/// (a partner thread's loop).
-fn wait(chain: &Chain, depth: usize) {
+/// A request for domain `me` on `chain` deeper than `depth`: the calling
+/// domain and the depth. Looks only at the depths the hint names, or at
+/// every frame this domain may serve when `everything`.
+fn request_for(me: usize, chain: usize, depth: usize, everything: bool) -> Option<(usize, usize)> {
+    let hint = if everything { u32::MAX } else { common().wakers[chain][me].pending.load(Acquire) };
+    if hint >> (depth + 1) == 0 {
+        return None;
+    }
+    (depth + 1..=MAX_DEPTH).rev().filter(|k| hint & (1 << k) != 0).find_map(|k| {
+        domains()
+            .filter(|&x| x != me)
+            .find(|&x| {
+                let f = frame(x, me, chain, k);
+                f.state.load(Acquire) == REQUEST && domain_of_untrusted(f.to.load(Relaxed)) == Some(me)
+            })
+            .map(|x| (x, k))
+    })
+}
+
+/// Waits until `mine` (this thread's call at `depth` on `chain`) is
+/// answered, serving deeper frames addressed to this domain meanwhile.
+/// Without a call of its own (`depth` 0) it never returns (a partner thread's loop).
+fn wait(chain: usize, depth: usize, mine: Option<&Frame>) {
     let me = this_domain();
-    let request_for_me = || deepest_request(chain, depth + 1).filter(|&k| addressed_to(&chain.frames[k], me));
-    let answered = || depth > 0 && matches!(chain.frames[depth].state.load(Acquire), DONE | REFUSED);
+    let answered = || mine.is_some_and(|f| matches!(f.state.load(Acquire), DONE | REFUSED));
     let mut spins = 0u32;
     let mut spin_start = 0;
     let in_vm = flexos_platform::guest::in_guest();
+    let waker = &common().wakers[chain][me];
     loop {
         if answered() {
             return;
         }
-        if let Some(k) = request_for_me() {
+        // The hint is another domain's word: every 1024 spins, look at every frame.
+        if let Some((caller, k)) = request_for(me, chain, depth, spins % 1024 == 1023) {
+            waker.pending.fetch_and(!(1 << k), AcqRel);
             let outer = DEPTH.with(|d| d.replace(k));
-            serve(chain, &chain.frames[k]);
+            serve(chain, caller, k);
             DEPTH.with(|d| d.set(outer));
             spins = 0;
             continue;
@@ -377,7 +431,7 @@ fn wait(chain: &Chain, depth: usize) {
             if spins == 1024 {
                 spin_start = now;
             } else if now - spin_start > SPIN_NS {
-                chain.wakers[me].park(20_000_000, || answered() || request_for_me().is_some());
+                waker.park(20_000_000, || answered() || request_for(me, chain, depth, true).is_some());
                 spins = 0;
                 continue;
             }
@@ -388,10 +442,14 @@ fn wait(chain: &Chain, depth: usize) {
     }
 }
 
-/// Runs the request in `frame` (addressed to this domain), answering it.
-fn serve(chain: &Chain, frame: &Frame) {
+/// Runs the request in frame `depth` of `chain` from domain `caller`
+/// (addressed to this domain), answering it.
+fn serve(chain: usize, caller: usize, depth: usize) {
+    let frame = frame(caller, this_domain(), chain, depth);
     let (to, from) = (frame.to.load(Relaxed), frame.from.load(Relaxed));
     let (component, entry, len) = (frame.component.load(Relaxed), frame.entry.load(Relaxed), frame.len.load(Relaxed));
+    // The caller's claim of its compartment is believed only if it lies in the caller's domain.
+    let from = if domain_of_untrusted(from) == Some(caller) { from } else { caller as u32 };
     let mut args = [MaybeUninit::uninit(); FRAME_DATA];
     let outcome = match lookup(to, component, entry) {
         None => Err(Refusal::NotExported),
@@ -422,24 +480,24 @@ fn serve(chain: &Chain, frame: &Frame) {
             frame.state.store(REFUSED, Release);
         }
     }
-    chain.notify(Some(frame.caller.load(Relaxed) as usize));
+    common().wakers[chain][caller].notify();
 }
 
 /// The main loop of domain `me`'s dispatcher: calls `start_partner(chain)`
-/// for every chain that reaches the domain (once per chain), then sleeps
-/// until the doorbell rings. A compartment process runs it on its main
-/// thread (starting partner threads); the host runs one per `kvm`
-/// compartment (starting vCPUs).
+/// for every chain that reaches the domain (once per chain, remembered in
+/// private memory), then sleeps until the doorbell rings. A compartment
+/// process runs it on its main thread (starting partner threads); the
+/// host runs one per `kvm` compartment (starting vCPUs).
 pub fn dispatch_forever(me: usize, mut start_partner: impl FnMut(usize)) -> ! {
-    let bell = &control().doorbells[me];
+    let bell = &common().doorbells[me];
+    let mut started = [false; MAX_CHAINS];
     loop {
         let seen = bell.seq.load(SeqCst);
-        for (index, chain) in control().chains.iter().enumerate() {
-            if chain.partners.load(Acquire) & (1 << me) != 0 || !wants(chain, me) {
-                continue;
+        for (chain, started) in started.iter_mut().enumerate() {
+            if !*started && request_for(me, chain, 0, true).is_some() {
+                *started = true;
+                start_partner(chain);
             }
-            chain.partners.fetch_or(1 << me, AcqRel);
-            start_partner(index);
         }
         bell.park(100_000_000, || bell.seq.load(SeqCst) != seen);
     }
@@ -455,26 +513,11 @@ pub fn start_partner_thread(chain: usize) {
 /// A partner's life: serves the requests for this domain on `chain`, forever.
 pub fn serve_chain(chain: usize) -> ! {
     CHAIN.with(|c| c.set(Some(chain)));
-    wait(&control().chains[chain], 0);
+    wait(chain, 0, None);
     unreachable!("a partner's wait never returns")
 }
 
 /// The entry point of a partner vCPU in a `kvm` compartment's VM.
 pub extern "C" fn guest_partner_entry(chain: usize) -> ! {
     serve_chain(chain)
-}
-
-/// Whether `chain`'s deepest frame is a request for domain `me`.
-fn wants(chain: &Chain, me: usize) -> bool {
-    deepest_request(chain, 1).is_some_and(|k| addressed_to(&chain.frames[k], me))
-}
-
-/// The deepest frame in use on `chain`, looking from frame `from` on
-/// (frames in use are contiguous from 1); `None` if frame `from` is not in use.
-fn deepest_request(chain: &Chain, from: usize) -> Option<usize> {
-    (from..=MAX_DEPTH).take_while(|&k| chain.frames[k].state.load(Acquire) == REQUEST).last()
-}
-
-fn addressed_to(frame: &Frame, me: usize) -> bool {
-    domain_of_untrusted(frame.to.load(Relaxed)) == Some(me)
 }

@@ -167,12 +167,26 @@ impl<'a> SharedRef<'a> {
         SharedRef { ptr: NonNull::new(ptr.cast_mut()).expect("a non-null address"), len, _lent: PhantomData }
     }
 
-    /// The bytes.
-    pub fn bytes(&self) -> &'a [u8] {
+    /// Copies the bytes into `out`, which must be exactly as long (panics
+    /// otherwise). Another domain may be changing them meanwhile: each byte
+    /// is read once, so whatever the callee decides, it decides on `out`,
+    /// which nobody else can change. There is deliberately no way to look
+    /// at shared bytes in place: a check and a later use of the same
+    /// shared byte could see two different values.
+    pub fn copy_to_slice(&self, out: &mut [u8]) {
+        assert_eq!(out.len(), self.len, "copy of a shared view into a slice of another length");
         // SAFETY: made from a SharedBuf (or a sub-range of a handle made from
-        // one) that stays borrowed for 'a, so the bytes are live and not
-        // written through any &mut meanwhile.
-        unsafe { core::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+        // one, or validated by the gate to lie in the shared heap) that is
+        // live for 'a; `out` is private memory of the same length. The
+        // shared bytes may change during the copy (plain bytes, any value valid).
+        unsafe { core::ptr::copy_nonoverlapping(self.ptr.as_ptr(), out.as_mut_ptr(), self.len) }
+    }
+
+    /// The bytes, copied into private memory (see [`SharedRef::copy_to_slice`]).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = vec![0; self.len];
+        self.copy_to_slice(&mut v);
+        v
     }
 
     /// Its length in bytes.
@@ -202,11 +216,19 @@ pub struct SharedMut<'a> {
 }
 
 impl<'a> SharedMut<'a> {
-    /// The bytes, for writing.
-    pub fn bytes_mut(&mut self) -> &mut [u8] {
-        // SAFETY: made from an exclusively borrowed SharedBuf (or a disjoint
-        // sub-range of such a handle), live for 'a.
-        unsafe { core::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    /// Writes `src` at byte `offset` (panics if it does not fit).
+    pub fn write_at(&mut self, offset: usize, src: &[u8]) {
+        assert!(offset <= self.len && src.len() <= self.len - offset, "shared write out of bounds");
+        // SAFETY: in bounds (checked) of shared memory live for 'a.
+        unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.as_ptr().add(offset), src.len()) }
+    }
+
+    /// Copies the bytes at `offset` into `out` (panics if out of bounds);
+    /// each byte is read once, as with [`SharedRef::copy_to_slice`].
+    pub fn read_at(&self, offset: usize, out: &mut [u8]) {
+        assert!(offset <= self.len && out.len() <= self.len - offset, "shared read out of bounds");
+        // SAFETY: in bounds (checked) of shared memory live for 'a; `out` is private.
+        unsafe { core::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(offset), out.as_mut_ptr(), out.len()) }
     }
 
     /// Its length in bytes.
@@ -287,9 +309,12 @@ mod tests {
         let mut b = SharedBuf::from_slice(b"hello world");
         assert_eq!(&b[..], b"hello world");
         assert!(b.shared().validate());
-        assert_eq!(b.shared().slice(6..11).bytes(), b"world");
+        assert_eq!(b.shared().slice(6..11).to_vec(), b"world");
         let mut m = b.shared_mut().slice_mut(0..5);
-        m.bytes_mut().copy_from_slice(b"HELLO");
+        m.write_at(0, b"HELLO");
+        let mut back = [0; 4];
+        m.read_at(1, &mut back);
+        assert_eq!(&back, b"ELLO");
         assert!(m.validate());
         assert_eq!(&b[..], b"HELLO world");
         assert_eq!(flexos_alloc::owner_of(b.as_ptr() as usize), Some(SHARED));

@@ -1,6 +1,7 @@
 //! Component state kept in the heap of the component's compartment.
 
 use flexos_layout::Component;
+use flexos_platform::compartment::MAX_COMPARTMENTS;
 use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -12,12 +13,14 @@ const MAX_COMPONENTS: usize = 64;
 type Table = RefCell<[Option<Rc<dyn Any>>; MAX_COMPONENTS]>;
 
 thread_local! {
-    /// The table of this host thread: each host thread is a separate machine
-    /// running its own instance of every component. The table is created on
-    /// first use and lives as long as the process (a type without `Drop` here
-    /// needs no destructor registration with the C library, which a VM does
-    /// not have).
-    static STATES: Cell<Option<&'static Table>> = const { Cell::new(None) };
+    /// The tables of this host thread, one per compartment: each host
+    /// thread is a separate machine running its own instance of every
+    /// component. A compartment's table lies in that compartment's private
+    /// heap (never in shared memory, where another domain could rewrite
+    /// the `Rc`s and their vtable pointers), is created on first use and
+    /// lives as long as the process (a type without `Drop` here needs no
+    /// destructor registration with the C library, which a VM does not have).
+    static STATES: Cell<[Option<&'static Table>; MAX_COMPARTMENTS]> = const { Cell::new([None; MAX_COMPARTMENTS]) };
 }
 
 /// Runs `f` on the state of component `owner`, creating it with
@@ -26,24 +29,18 @@ thread_local! {
 /// A component must not re-enter itself while it holds its state (for
 /// instance by blocking inside `f`); doing so panics naming the component.
 pub fn with_state<S: Default + 'static, R>(owner: Component, f: impl FnOnce(&mut S) -> R) -> R {
+    assert!(owner.id < MAX_COMPONENTS, "component id {} out of range", owner.id);
+    assert!(owner.compartment < MAX_COMPARTMENTS, "compartment {} out of range", owner.compartment);
     let cell: Rc<dyn Any> = STATES.with(|slot| {
-        let table = slot.get().unwrap_or_else(|| {
-            // In the shared heap: every compartment of this host thread
-            // reaches its own component's slot through it.
-            let layout = core::alloc::Layout::new::<Table>();
-            let p = flexos_alloc::alloc_in(flexos_alloc::SHARED, layout).cast::<Table>();
-            assert!(!p.is_null(), "the shared heap is exhausted");
-            // SAFETY: fresh memory for one Table, initialized here and never
-            // freed (it lives as long as the host thread, like a static).
-            let table: &'static Table = unsafe {
-                p.write(RefCell::new([const { None }; MAX_COMPONENTS]));
-                &*p
-            };
-            slot.set(Some(table));
+        let mut tables = slot.get();
+        let table = *tables[owner.compartment].get_or_insert_with(|| {
+            let table: &'static Table = crate::switch_to(owner.compartment, || {
+                Box::leak(Box::new(RefCell::new([const { None }; MAX_COMPONENTS])))
+            });
             table
         });
+        slot.set(tables);
         let mut states = table.borrow_mut();
-        assert!(owner.id < MAX_COMPONENTS, "component id {} out of range", owner.id);
         states[owner.id]
             .get_or_insert_with(|| {
                 crate::switch_to(owner.compartment, || Rc::new(RefCell::new(S::default())) as Rc<dyn Any>)

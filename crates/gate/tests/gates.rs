@@ -23,7 +23,7 @@ fn heap_of_new_allocation() -> usize {
 }
 
 fn sum(buf: SharedRef<'_>) -> u64 {
-    buf.bytes().iter().map(|&b| b as u64).sum()
+    buf.to_vec().iter().map(|&b| b as u64).sum()
 }
 
 #[test]

@@ -201,13 +201,16 @@ impl Vm {
         }
         mappings.push(Mapping { va: private, len: flexos_alloc::HEAP_SPAN, host: private });
 
-        // The shared span.
+        // The pieces of the shared span this domain takes part in (the
+        // frames of calls between two other domains are not mapped).
         let shared = region + flexos_platform::compartment::MAX_COMPARTMENTS * flexos_alloc::HEAP_SPAN;
         add_slot(SHARED_GPA, flexos_alloc::SHARED_SPAN, shared, false)?;
-        for offset in (0..flexos_alloc::SHARED_SPAN).step_by(2 * MIB) {
-            tables.map_2m(shared + offset, SHARED_GPA + offset as u64, US | RW | NX);
+        for (piece, len) in flexos_alloc::shared_pieces_of(compartment) {
+            for offset in (piece..piece + len).step_by(2 * MIB) {
+                tables.map_2m(shared + offset, SHARED_GPA + offset as u64, US | RW | NX);
+            }
+            mappings.push(Mapping { va: shared + piece, len, host: shared + piece });
         }
-        mappings.push(Mapping { va: shared, len: flexos_alloc::SHARED_SPAN, host: shared });
 
         let vm = Vm {
             compartment,
@@ -420,9 +423,11 @@ impl Vm {
         }
     }
 
-    /// The futex word at guest address `va`: it must be an aligned word in the shared span.
+    /// The futex word at guest address `va`: it must be an aligned word in
+    /// the control area's common part (where the gates' wake-up words are).
     fn futex_word(&self, va: usize) -> Result<&'static AtomicU32, String> {
-        let (start, end) = flexos_alloc::control_area();
+        let (start, _) = flexos_alloc::control_area();
+        let end = start + flexos_alloc::CONTROL_COMMON_LEN;
         if !va.is_multiple_of(4) || va < start || va + 4 > end {
             return Err(format!("a futex hypercall on {va:#x}, outside the gates' control area"));
         }

@@ -85,13 +85,13 @@ impl Region {
         assert_eq!(rc, 0, "mprotect of a reserved region failed");
     }
 
-    /// Replaces `[base + offset, base + offset + len)` with the first `len`
-    /// bytes of the shared memory object `fd`, readable and writable, at the
-    /// same address. Returns false if the kernel refuses.
+    /// Replaces `[base + offset, base + offset + len)` with the `len` bytes
+    /// at `fd_offset` of the shared memory object `fd`, readable and
+    /// writable. Returns false if the kernel refuses.
     ///
     /// # Safety
     /// Nothing may be stored in that range yet: its old contents disappear.
-    pub unsafe fn map_shared(&self, offset: usize, len: usize, fd: i32) -> bool {
+    pub unsafe fn map_shared(&self, offset: usize, len: usize, fd: i32, fd_offset: usize) -> bool {
         let addr = self.base.as_ptr() as usize + offset;
         assert!(self.contains(addr, len), "shared mapping outside the region");
         // SAFETY: MAP_FIXED replaces only pages of this reservation, which by
@@ -103,7 +103,7 @@ impl Region {
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED | libc::MAP_FIXED,
                 fd,
-                0,
+                fd_offset as libc::off_t,
             )
         };
         p as usize == addr
@@ -114,6 +114,13 @@ impl Region {
         let base = self.base.as_ptr() as usize;
         addr >= base && len <= self.len && addr - base <= self.len - len
     }
+}
+
+/// Closes this process's descriptor of a shared memory object (its
+/// mappings stay): afterwards nothing in the process can map more of it.
+pub fn close_shared_memory(fd: i32) {
+    // SAFETY: close(2) has no memory effects; the descriptor is the caller's.
+    unsafe { libc::close(fd) };
 }
 
 /// Creates an anonymous shared memory object of `len` bytes (a `memfd`,

@@ -209,6 +209,40 @@ fn a_corrupted_call_frame_is_refused() {
     }
 }
 
+/// An attack on shared memory: the host (not the attacker) prints one
+/// verdict line, and nothing may be reported of a compartment other than
+/// the attacker; the worst allowed outcome is that a call involving the
+/// attacker fails and names it.
+fn assert_stopped(mechanism: &str, attack: &str, r: &Run) {
+    let verdict = format!("attack {attack}: stopped (");
+    assert!(
+        r.code == 0 && r.stdout.contains(&verdict) && !r.stdout.contains("ESCAPED"),
+        "{mechanism} {attack}: status {}\n{}\n{}",
+        r.code,
+        r.stdout,
+        r.stderr
+    );
+    for line in r.stderr.lines() {
+        let about_others = line.contains("\"clock\"")
+            || line.contains("-> time")
+            || line.contains("compartment \"main\"") && !line.contains("from compartment \"attacker\"");
+        assert!(!about_others, "{mechanism} {attack}: a compartment other than the attacker suffered: {line}");
+    }
+}
+
+#[test]
+fn attacks_on_shared_memory_are_stopped() {
+    // Each fails against a control area and a shared-heap allocator that
+    // every domain can write, and a file system that reads a name twice
+    // (docs/isolation.md, "Negative controls").
+    for (mechanism, config) in MECHANISMS {
+        for attack in ["scribble-shared", "disturb-others", "double-fetch"] {
+            let r = run(config, &["attack", attack]);
+            assert_stopped(mechanism, attack, &r);
+        }
+    }
+}
+
 #[test]
 fn the_round_trip_benchmark_runs() {
     for (mechanism, config) in MECHANISMS {
