@@ -407,9 +407,10 @@ pub fn control_area() -> (usize, usize) {
 /// The offset in the control area of the call frames between domains `a`
 /// and `b` (two different domains: 0 for the host, else the compartment
 /// that is the domain).
-pub fn control_pair_offset(a: usize, b: usize) -> usize {
-    let (i, j) = (a.min(b), a.max(b));
-    assert!(i != j && j < MAX_COMPARTMENTS, "no pair of domains {a} and {b}");
+#[inline]
+pub const fn control_pair_offset(a: usize, b: usize) -> usize {
+    let (i, j) = if a < b { (a, b) } else { (b, a) };
+    assert!(i != j && j < MAX_COMPARTMENTS, "no pair of two different domains");
     CONTROL_COMMON_LEN + (i * (2 * MAX_COMPARTMENTS - i - 1) / 2 + (j - i - 1)) * CONTROL_PAIR_LEN
 }
 

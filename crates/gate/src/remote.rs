@@ -120,8 +120,22 @@ unsafe impl Sync for PairFrames {}
 const _: () = assert!(size_of::<Common>() <= flexos_alloc::CONTROL_COMMON_LEN);
 const _: () = assert!(size_of::<PairFrames>() <= flexos_alloc::CONTROL_PAIR_LEN);
 
+/// Where the control area starts (the same in every domain; looked up once).
+#[inline]
+fn control_start() -> usize {
+    static START: AtomicUsize = AtomicUsize::new(0);
+    match START.load(Relaxed) {
+        0 => {
+            let (start, _) = flexos_alloc::control_area();
+            START.store(start, Relaxed);
+            start
+        }
+        start => start,
+    }
+}
+
 fn common() -> &'static Common {
-    let (start, _) = flexos_alloc::control_area();
+    let start = control_start();
     // SAFETY: the common part is mapped readable and writable in every
     // domain for the image's whole life (and used for nothing else); it
     // starts zero-filled, and all-zero bytes are a valid `Common` (atomics
@@ -132,8 +146,7 @@ fn common() -> &'static Common {
 /// The frames between domains `a` and `b`; only call it for a pair this
 /// domain belongs to (or in the host, which maps every pair).
 fn pair(a: usize, b: usize) -> &'static PairFrames {
-    let (start, _) = flexos_alloc::control_area();
-    let at = start + flexos_alloc::control_pair_offset(a, b);
+    let at = control_start() + flexos_alloc::control_pair_offset(a, b);
     // SAFETY: the pair's part is mapped in both its domains and the host for
     // the image's whole life, zero-filled at first (a valid `PairFrames`:
     // atomics and byte arrays); the other domain writes it concurrently,
@@ -146,9 +159,29 @@ fn frame(a: usize, b: usize, chain: usize, depth: usize) -> &'static Frame {
     &pair(a, b).frames[chain][depth]
 }
 
-/// The domains of the image: the host (0) and every compartment that is a domain of its own.
-fn domains() -> impl Iterator<Item = usize> {
-    (0..COMPARTMENTS.len()).filter(|&c| domain_of(c) == c)
+/// Bit d: domain d exists (the host, 0, and every compartment that is a domain of its own).
+const DOMAINS: u32 = {
+    let mut mask = 0;
+    let mut c = 0;
+    while c < COMPARTMENTS.len() {
+        if domain_of(c) == c {
+            mask |= 1 << c;
+        }
+        c += 1;
+    }
+    mask
+};
+
+/// The domains of the image other than `me`.
+fn other_domains(me: usize) -> impl Iterator<Item = usize> {
+    let mut rest = DOMAINS & !(1 << me);
+    core::iter::from_fn(move || {
+        let d = rest.trailing_zeros() as usize;
+        (rest != 0).then(|| {
+            rest &= rest - 1;
+            d
+        })
+    })
 }
 
 impl Frame {
@@ -325,7 +358,10 @@ pub fn call_frame<'r>(
     frame.len.store(header.len, Relaxed);
     frame.state.store(REQUEST, Release);
     let waker = &common().wakers[chain][target];
-    waker.pending.fetch_or(1 << depth, Release);
+    if depth > 1 {
+        // The callee may be waiting at any depth above: tell it where to look.
+        waker.pending.fetch_or(1 << depth, Release);
+    }
     waker.notify();
     if target != 0 && RUNG.with(|r| r.get() & (1 << target) == 0) {
         // The first call of this chain into the domain: its dispatcher starts a partner.
@@ -381,23 +417,52 @@ pub fn call<A: Crossing, R: Crossing>(from: Component, to: Component, entry: u32
 
 // ---- waiting and serving ----
 
-/// A request for domain `me` on `chain` deeper than `depth`: the calling
-/// domain and the depth. Looks only at the depths the hint names, or at
-/// every frame this domain may serve when `everything`.
-fn request_for(me: usize, chain: usize, depth: usize, everything: bool) -> Option<(usize, usize)> {
-    let hint = if everything { u32::MAX } else { common().wakers[chain][me].pending.load(Acquire) };
-    if hint >> (depth + 1) == 0 {
-        return None;
+/// Where requests for domain `me` on `chain` deeper than `depth` can
+/// appear: the next depth (where a callback comes) in every pair, looked at
+/// on every spin; deeper only where the hint says (a request that passed
+/// through domains this one cannot see), or everywhere when asked.
+struct Inbox {
+    me: usize,
+    chain: usize,
+    depth: usize,
+    /// The frames at `depth + 1` of every pair with `me`, and the other domain.
+    next: [(usize, Option<&'static Frame>); MAX_COMPARTMENTS],
+    waker: &'static Waker,
+}
+
+impl Inbox {
+    fn new(me: usize, chain: usize, depth: usize) -> Inbox {
+        let mut next = [(0, None); MAX_COMPARTMENTS];
+        if depth < MAX_DEPTH {
+            for (slot, x) in next.iter_mut().zip(other_domains(me)) {
+                *slot = (x, Some(frame(x, me, chain, depth + 1)));
+            }
+        }
+        Inbox { me, chain, depth, next, waker: &common().wakers[chain][me] }
     }
-    (depth + 1..=MAX_DEPTH).rev().filter(|k| hint & (1 << k) != 0).find_map(|k| {
-        domains()
-            .filter(|&x| x != me)
-            .find(|&x| {
-                let f = frame(x, me, chain, k);
-                f.state.load(Acquire) == REQUEST && domain_of_untrusted(f.to.load(Relaxed)) == Some(me)
-            })
-            .map(|x| (x, k))
-    })
+
+    /// Whether frame `f` holds a request for this domain.
+    fn is_request(&self, f: &Frame) -> bool {
+        f.state.load(Acquire) == REQUEST && domain_of_untrusted(f.to.load(Relaxed)) == Some(self.me)
+    }
+
+    /// A request for this domain: the calling domain and the depth.
+    fn find(&self, everything: bool) -> Option<(usize, usize)> {
+        for &(x, f) in &self.next {
+            match f {
+                Some(f) if self.is_request(f) => return Some((x, self.depth + 1)),
+                Some(_) => {}
+                None => break,
+            }
+        }
+        let deeper = if everything { u32::MAX } else { self.waker.pending.load(Acquire) };
+        if (deeper as u64) >> (self.depth + 2) == 0 {
+            return None;
+        }
+        (self.depth + 2..=MAX_DEPTH).rev().filter(|k| deeper & (1 << k) != 0).find_map(|k| {
+            other_domains(self.me).find(|&x| self.is_request(frame(x, self.me, self.chain, k))).map(|x| (x, k))
+        })
+    }
 }
 
 /// Waits until `mine` (this thread's call at `depth` on `chain`) is
@@ -409,14 +474,17 @@ fn wait(chain: usize, depth: usize, mine: Option<&Frame>) {
     let mut spins = 0u32;
     let mut spin_start = 0;
     let in_vm = flexos_platform::guest::in_guest();
-    let waker = &common().wakers[chain][me];
+    let inbox = Inbox::new(me, chain, depth);
+    let waker = inbox.waker;
     loop {
         if answered() {
             return;
         }
         // The hint is another domain's word: every 1024 spins, look at every frame.
-        if let Some((caller, k)) = request_for(me, chain, depth, spins % 1024 == 1023) {
-            waker.pending.fetch_and(!(1 << k), AcqRel);
+        if let Some((caller, k)) = inbox.find(spins % 1024 == 1023) {
+            if waker.pending.load(Relaxed) & (1 << k) != 0 {
+                waker.pending.fetch_and(!(1 << k), AcqRel);
+            }
             let outer = DEPTH.with(|d| d.replace(k));
             serve(chain, caller, k);
             DEPTH.with(|d| d.set(outer));
@@ -431,7 +499,7 @@ fn wait(chain: usize, depth: usize, mine: Option<&Frame>) {
             if spins == 1024 {
                 spin_start = now;
             } else if now - spin_start > SPIN_NS {
-                waker.park(20_000_000, || answered() || request_for(me, chain, depth, true).is_some());
+                waker.park(20_000_000, || answered() || inbox.find(true).is_some());
                 spins = 0;
                 continue;
             }
@@ -494,7 +562,7 @@ pub fn dispatch_forever(me: usize, mut start_partner: impl FnMut(usize)) -> ! {
     loop {
         let seen = bell.seq.load(SeqCst);
         for (chain, started) in started.iter_mut().enumerate() {
-            if !*started && request_for(me, chain, 0, true).is_some() {
+            if !*started && Inbox::new(me, chain, 0).find(true).is_some() {
                 *started = true;
                 start_partner(chain);
             }
