@@ -63,7 +63,8 @@ pub const SHARED_SPAN: usize = CONTROL_LEN + MAX_COMPARTMENTS * SHARED_PART;
 pub const REGION_LEN: usize = MAX_COMPARTMENTS * HEAP_SPAN + SHARED_SPAN;
 
 struct Heap {
-    talc: spin::Mutex<Option<Talc<ErrOnOom>>>,
+    /// The allocator, and what to add to its addresses (see [`handed_out_offset`]).
+    talc: spin::Mutex<Option<(Talc<ErrOnOom>, usize)>>,
     in_use: AtomicUsize,
     allocations: AtomicUsize,
 }
@@ -451,14 +452,14 @@ pub fn alloc_in(heap: usize, layout: Layout) -> *mut u8 {
     assert!(heap < HEAPS, "heap index {heap} out of range");
     let h = heap_state(heap);
     let mut talc = h.talc.lock();
-    let talc = talc.get_or_insert_with(|| {
+    let (talc, offset) = talc.get_or_insert_with(|| {
         let (base, len) = managed_span(heap);
         let mut t = Talc::new(ErrOnOom);
         // SAFETY: the span is this heap's part (or its shadow) of a
         // reservation that is readable, writable, never unmapped and used
         // by no one else.
         unsafe { t.claim(Span::from_base_size(base as *mut u8, len)) }.ok();
-        t
+        (t, handed_out_offset(heap))
     });
     // SAFETY: talc was given memory above; layout sizes may be zero-sized
     // only through GlobalAlloc, whose callers never pass size 0.
@@ -468,7 +469,7 @@ pub fn alloc_in(heap: usize, layout: Layout) -> *mut u8 {
             h.allocations.fetch_add(1, Ordering::Relaxed);
             // A shadow allocation becomes the same place in the shared part
             // (both spans are aligned to 64 MiB, so alignment is kept).
-            p.as_ptr().wrapping_add(handed_out_offset(heap))
+            p.as_ptr().wrapping_add(*offset)
         }
         Err(()) => null_mut(),
     }
@@ -485,7 +486,9 @@ pub unsafe fn free(ptr: *mut u8, layout: Layout) {
     }
     let h = heap_state(heap);
     let mut talc = h.talc.lock();
-    if let (Some(talc), Some(p)) = (talc.as_mut(), NonNull::new(ptr.wrapping_sub(handed_out_offset(heap)))) {
+    if let Some((talc, offset)) = talc.as_mut()
+        && let Some(p) = NonNull::new(ptr.wrapping_sub(*offset))
+    {
         // SAFETY: by this function's contract the pointer came from this heap
         // (the owner is found by address) with `layout`.
         unsafe { talc.free(p, layout) };

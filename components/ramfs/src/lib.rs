@@ -167,14 +167,14 @@ fn with<R>(f: impl FnOnce(&mut RamFs) -> Result<R, Errno>) -> Result<R, Errno> {
     flexos_gate::with_state(FLEXOS_COMPONENT, f)
 }
 
-/// A name passed in shared memory, copied into private memory once, so
-/// that what is checked is what is used (`ENAMETOOLONG` beyond `NAME_MAX`,
-/// before anything is copied).
-fn private_name(name: SharedRef<'_>) -> Result<Vec<u8>, Errno> {
+/// Runs `f` on a name passed in shared memory, copied into private memory
+/// once (on the stack), so that what is checked is what is used;
+/// `ENAMETOOLONG` beyond `NAME_MAX`, before anything is copied.
+fn with_name<R>(name: SharedRef<'_>, f: impl FnOnce(&[u8]) -> Result<R, Errno>) -> Result<R, Errno> {
     if name.len() > NAME_MAX {
         return Err(Errno::ENAMETOOLONG);
     }
-    Ok(name.to_vec())
+    name.with_copy(f)
 }
 
 fn check_name(name: &[u8]) -> Result<(), Errno> {
@@ -205,29 +205,34 @@ pub fn root() -> u64 {
 
 /// Looks `name` up in directory `dir` (`.` and `..` included).
 pub fn lookup(dir: u64, name: SharedRef<'_>) -> Result<u64, Errno> {
-    let name = private_name(name)?;
-    with(|fs| {
-        let d = fs.dir(dir)?;
-        match &name[..] {
-            b"." | b"" => Ok(dir),
-            b".." => Ok(d.parent),
-            _ => d.entries.get(&name).copied().ok_or(Errno::ENOENT),
-        }
+    with_name(name, |name| {
+        with(|fs| {
+            let d = fs.dir(dir)?;
+            match name {
+                b"." | b"" => Ok(dir),
+                b".." => Ok(d.parent),
+                _ => d.entries.get(name).copied().ok_or(Errno::ENOENT),
+            }
+        })
     })
 }
 
 /// Creates `name` in `dir` as a file or directory; `EEXIST` if the name is taken.
 pub fn create(dir: u64, name: SharedRef<'_>, kind: FileKind) -> Result<u64, Errno> {
-    let name = private_name(name)?;
-    check_name(&name)?;
+    with_name(name, |name| create_checked(dir, name, kind))
+}
+
+/// [`create`] with its name in private memory.
+fn create_checked(dir: u64, name: &[u8], kind: FileKind) -> Result<u64, Errno> {
+    check_name(name)?;
     with(|fs| {
         let now = clock::wall_ns();
         let ino = fs.next;
         let d = fs.dir(dir)?;
-        if d.entries.contains_key(&name) {
+        if d.entries.contains_key(name) {
             return Err(Errno::EEXIST);
         }
-        d.entries.insert(name, ino);
+        d.entries.insert(name.to_vec(), ino);
         d.mtime_ns = now;
         let node =
             Inode { kind, data: Vec::new(), entries: BTreeMap::new(), parent: dir, nlink: 1, opens: 0, mtime_ns: now };
@@ -306,20 +311,24 @@ pub fn stat(ino: u64) -> Result<Stat, Errno> {
 
 /// Removes entry `name` of `dir`, which must be of `kind`; a directory must be empty.
 pub fn remove(dir: u64, name: SharedRef<'_>, kind: FileKind) -> Result<(), Errno> {
-    let name = private_name(name)?;
-    check_name(&name)?;
-    with(|fs| {
-        let ino = *fs.dir(dir)?.entries.get(&name).ok_or(Errno::ENOENT)?;
-        check_replaceable(kind, fs.node(ino)?)?;
-        fs.detach(dir, &name).map(|_| ())
+    with_name(name, |name| {
+        check_name(name)?;
+        with(|fs| {
+            let ino = *fs.dir(dir)?.entries.get(name).ok_or(Errno::ENOENT)?;
+            check_replaceable(kind, fs.node(ino)?)?;
+            fs.detach(dir, name).map(|_| ())
+        })
     })
 }
 
 /// Moves `src_dir/src_name` to `dst_dir/dst_name`, replacing a file or an
 /// empty directory of the same kind there.
 pub fn rename(src_dir: u64, src_name: SharedRef<'_>, dst_dir: u64, dst_name: SharedRef<'_>) -> Result<(), Errno> {
-    let (src_name, dst_name) = (private_name(src_name)?, private_name(dst_name)?);
-    let (src_name, dst_name) = (&src_name[..], &dst_name[..]);
+    with_name(src_name, |src_name| with_name(dst_name, |dst_name| rename_checked(src_dir, src_name, dst_dir, dst_name)))
+}
+
+/// [`rename`] with both names in private memory.
+fn rename_checked(src_dir: u64, src_name: &[u8], dst_dir: u64, dst_name: &[u8]) -> Result<(), Errno> {
     check_name(src_name)?;
     check_name(dst_name)?;
     with(|fs| {

@@ -89,18 +89,23 @@ fn components(path: &[u8]) -> impl Iterator<Item = core::ops::Range<usize>> + '_
 fn resolve(path: SharedRef<'_>) -> Result<u64, Errno> {
     let mut ino = gate!(flexos_ramfs::root());
     // The components are found in a private copy (ramfs checks each name it is given on its own copy).
-    for r in components(&path.to_vec()) {
-        ino = gate!(flexos_ramfs::lookup(ino, path.slice(r)))?;
-    }
-    Ok(ino)
+    path.with_copy(|p| {
+        for r in components(p) {
+            ino = gate!(flexos_ramfs::lookup(ino, path.slice(r)))?;
+        }
+        Ok(ino)
+    })
 }
 
 /// Resolves all but the last component: the parent directory and the last name.
 fn resolve_parent(path: SharedRef<'_>) -> Result<(u64, SharedRef<'_>), Errno> {
-    let private = path.to_vec();
-    let parts: Vec<_> = components(&private).collect();
+    let (parts, dotdot) = path.with_copy(|p| {
+        let parts: Vec<_> = components(p).collect();
+        let dotdot = parts.last().is_some_and(|last| &p[last.clone()] == b"..");
+        (parts, dotdot)
+    });
     let (last, dirs) = parts.split_last().ok_or(Errno::EINVAL)?;
-    if &private[last.clone()] == b".." {
+    if dotdot {
         return Err(Errno::EINVAL);
     }
     let mut ino = gate!(flexos_ramfs::root());

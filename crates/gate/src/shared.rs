@@ -182,6 +182,20 @@ impl<'a> SharedRef<'a> {
         unsafe { core::ptr::copy_nonoverlapping(self.ptr.as_ptr(), out.as_mut_ptr(), self.len) }
     }
 
+    /// Runs `f` on a private copy of the bytes (see
+    /// [`SharedRef::copy_to_slice`]), on the stack when they are short
+    /// (256 bytes or fewer: names, paths), else on the heap.
+    pub fn with_copy<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
+        const SHORT: usize = 256;
+        if self.len <= SHORT {
+            let mut buf = [0u8; SHORT];
+            self.copy_to_slice(&mut buf[..self.len]);
+            f(&buf[..self.len])
+        } else {
+            f(&self.to_vec())
+        }
+    }
+
     /// The bytes, copied into private memory (see [`SharedRef::copy_to_slice`]).
     pub fn to_vec(&self) -> Vec<u8> {
         let mut v = vec![0; self.len];

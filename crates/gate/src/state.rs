@@ -20,7 +20,7 @@ thread_local! {
     /// the `Rc`s and their vtable pointers), is created on first use and
     /// lives as long as the process (a type without `Drop` here needs no
     /// destructor registration with the C library, which a VM does not have).
-    static STATES: Cell<[Option<&'static Table>; MAX_COMPARTMENTS]> = const { Cell::new([None; MAX_COMPARTMENTS]) };
+    static STATES: [Cell<Option<&'static Table>>; MAX_COMPARTMENTS] = const { [const { Cell::new(None) }; MAX_COMPARTMENTS] };
 }
 
 /// Runs `f` on the state of component `owner`, creating it with
@@ -31,15 +31,15 @@ thread_local! {
 pub fn with_state<S: Default + 'static, R>(owner: Component, f: impl FnOnce(&mut S) -> R) -> R {
     assert!(owner.id < MAX_COMPONENTS, "component id {} out of range", owner.id);
     assert!(owner.compartment < MAX_COMPARTMENTS, "compartment {} out of range", owner.compartment);
-    let cell: Rc<dyn Any> = STATES.with(|slot| {
-        let mut tables = slot.get();
-        let table = *tables[owner.compartment].get_or_insert_with(|| {
+    let cell: Rc<dyn Any> = STATES.with(|tables| {
+        let slot = &tables[owner.compartment];
+        let table = slot.get().unwrap_or_else(|| {
             let table: &'static Table = crate::switch_to(owner.compartment, || {
                 Box::leak(Box::new(RefCell::new([const { None }; MAX_COMPONENTS])))
             });
+            slot.set(Some(table));
             table
         });
-        slot.set(tables);
         let mut states = table.borrow_mut();
         states[owner.id]
             .get_or_insert_with(|| {

@@ -10,7 +10,9 @@
 //!   made, with the platform's statics patched to say "in a VM";
 //! * the compartment's private span (its heap and, at the top, one stack
 //!   and thread-local block per vCPU, each above an unmapped guard page);
-//! * the shared span (shared heap and the gates' control area);
+//! * of the shared span, the shared heap, the control area's common part
+//!   and the call frames of the pairs of domains this one belongs to (not
+//!   the frames of calls between two other domains);
 //! * supervisor-only: the GDT, IDT, TSSs and small kernel stacks, used only
 //!   when an exception stops the guest.
 //!
