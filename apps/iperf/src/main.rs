@@ -16,7 +16,7 @@
 //! connects (a blocking `connect`) to an iperf 2 server, sends zeros with
 //! blocking `send`s for SECONDS (default 1), closes, and prints
 //! `sent: BYTES bytes in SECONDS s = RATE Mbit/s`.
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 use flexos_netapp::{Context, Flow, Protocol};
 

@@ -15,7 +15,7 @@
 //!   the mechanism stops either kills the attacker's domain (the image
 //!   reports it and exits with status 70) or is refused (the image prints
 //!   `refused: REASON` and goes on serving).
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 use flexos_gate::abi::{Whence, open_flags};
 use flexos_gate::layout::component::{PROBE, SCHED, VFS};

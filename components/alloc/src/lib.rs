@@ -595,6 +595,7 @@ mod tests {
         let (control, _) = control_area();
         assert_eq!(owner_of(control), None, "the control area is no heap");
         assert!(!is_shared(control, 8));
+        // SAFETY: memory this test allocated (100 bytes each), freed once with its layout.
         unsafe {
             core::ptr::write_bytes(a, 0xaa, 100);
             free(a, layout);
@@ -609,10 +610,12 @@ mod tests {
         let before = stats(3);
         let p = alloc_in(3, layout);
         assert_eq!(stats(3).in_use, before.in_use + 4096);
+        // SAFETY: memory this test allocated, freed once with its layout.
         unsafe { free(p, layout) };
         assert_eq!(stats(3).in_use, before.in_use);
         let q = alloc_in(3, layout);
         assert_eq!(p, q, "freed memory is reused");
+        // SAFETY: memory this test allocated, freed once with its layout.
         unsafe { free(q, layout) };
     }
 
@@ -625,14 +628,18 @@ mod tests {
         // What another domain may do: overwrite every byte of this domain's
         // part in use (and beyond), here with pointers back into it.
         for w in (part..part + (4 << 20)).step_by(8) {
+            // SAFETY: this domain's part of the shared heap, mapped and
+            // writable; the test overwrites it on purpose (plain bytes).
             unsafe { core::ptr::write_volatile(w as *mut usize, part + 64) };
         }
         for round in 0..100 {
             let p = alloc_in(SHARED, if round % 2 == 0 { small } else { big });
             assert!(is_shared(p as usize, 48) && !kept.contains(&p), "a fresh allocation, round {round}");
+            // SAFETY: memory this test allocated, freed once with its layout.
             unsafe { free(p, if round % 2 == 0 { small } else { big }) };
         }
         for (i, p) in kept.into_iter().enumerate() {
+            // SAFETY: memory this test allocated, freed once with its layout.
             unsafe { free(p, if i % 2 == 0 { small } else { big }) };
         }
         let (shadow, _) = managed_span(SHARED);

@@ -283,6 +283,7 @@ mod tests {
     #[test]
     fn c_file_calls_reach_vfs() {
         install_file("/etc/app/config.txt", b"k=v\n").unwrap();
+        // SAFETY: NUL-terminated literals and buffers of the lengths passed, as the C calls require.
         unsafe {
             assert_eq!(flexos_libc_access(c"/etc/app".as_ptr()), 2);
             assert_eq!(flexos_libc_access(c"/etc/app/config.txt".as_ptr()), 1);
@@ -314,6 +315,7 @@ mod tests {
         use crate::memory::*;
         let p = flexos_libc_malloc(100).cast::<u8>();
         assert!(!p.is_null() && (p as usize).is_multiple_of(16));
+        // SAFETY: within the 100 bytes malloc returned, then the blocks the calls return.
         unsafe {
             for i in 0..100 {
                 *p.add(i) = i as u8;

@@ -185,6 +185,7 @@ mod tests {
 
     #[test]
     fn string_functions_match_c_semantics() {
+        // SAFETY: NUL-terminated literals and buffers of the lengths passed.
         unsafe {
             assert_eq!(flexos_libc_strlen(c(b"hello\0")), 5);
             assert!(flexos_libc_strcmp(c(b"abc\0"), c(b"abd\0")) < 0);

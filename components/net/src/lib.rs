@@ -18,7 +18,7 @@
 //! is reached no endpoint is listening, and further connection attempts
 //! are refused (the peer gets a reset) until connections close.
 #![no_std]
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 extern crate alloc;
 

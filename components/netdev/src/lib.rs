@@ -8,7 +8,7 @@
 //! pending frame, up to [`RX_BATCH`], per refill); frames sent during one
 //! poll of the stack leave together at [`NetDevice::flush`].
 #![no_std]
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 extern crate alloc;
 

@@ -6,7 +6,7 @@
 //! names it or an open file refers to it ([`open_ref`]/[`close_ref`]), as
 //! in POSIX.
 #![no_std]
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 extern crate alloc;
 

@@ -10,7 +10,7 @@
 //! gates; handles are plain integers. The scheduler's state lives in its
 //! compartment's heap (`flexos_gate::with_state`), never in a static.
 #![no_std]
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 extern crate alloc;
 

@@ -3,7 +3,7 @@
 //! The clocks come from the platform; sleeping blocks only the calling
 //! LibOS thread, through a gate into the scheduler.
 #![no_std]
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 use flexos_gate::gate;
 use flexos_platform::clock;

@@ -6,7 +6,7 @@
 //! understood. Paths and data arrive as shared-memory handles and are passed
 //! on to `ramfs` without copies.
 #![no_std]
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 extern crate alloc;
 

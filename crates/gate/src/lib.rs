@@ -13,7 +13,7 @@
 //! Only values whose type implements [`Crossing`] may be passed or returned:
 //! plain values and handles to shared memory ([`SharedRef`], [`SharedMut`]),
 //! never a reference into a compartment's private memory. `Crossing` is an
-//! `unsafe` trait, and components are `#![deny(unsafe_code)]`, so only this
+//! `unsafe` trait, and components are `#![forbid(unsafe_code)]`, so only this
 //! crate (the trusted core) can declare a type fit to cross.
 //!
 //! This crate also keeps each component's state ([`with_state`]) in the heap

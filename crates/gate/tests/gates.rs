@@ -67,7 +67,8 @@ fn a_forged_private_handle_is_stopped_at_the_gate() {
     let private = [9u8; 64];
     let real = SharedBuf::from_slice(&[0; 64]);
     let mut handle = real.shared();
-    // SAFETY (test only): simulates memory corruption by an attacker.
+    // SAFETY: test only: simulates memory corruption by an attacker; the
+    // handle is never read through (the gate must refuse it first).
     unsafe {
         let words = &mut handle as *mut SharedRef<'_> as *mut usize;
         *words = private.as_ptr() as usize;

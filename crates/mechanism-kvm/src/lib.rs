@@ -284,11 +284,11 @@ impl Vm {
         let tp = (top - 256) & !63;
         if let Some(tls) = self.tls {
             let block = tp - tls.memsz.next_multiple_of(tls.align);
+            assert!(top - block + 64 <= TLS_AREA, "the thread-local block does not fit its area");
             // SAFETY: the block lies in this vCPU's slot of the compartment's
             // execution-stack area (TLS_AREA bytes below the slot's top, checked
             // by the assertion), which is mapped in the host and used by no one
             // else; the template is the executable's readable PT_TLS data.
-            assert!(top - block + 64 <= TLS_AREA, "the thread-local block does not fit its area");
             unsafe {
                 core::ptr::write_bytes(block as *mut u8, 0, tls.memsz);
                 core::ptr::copy_nonoverlapping(tls.template as *const u8, block as *mut u8, tls.filesz);

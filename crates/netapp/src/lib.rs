@@ -17,7 +17,7 @@
 //! large: `--output-limit`, like Redis's `client-output-buffer-limit`), when
 //! its unconsumed input grows beyond [`MAX_PENDING`], or when the heap has
 //! no room for its input; none of this disturbs the other connections.
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 use flexos_gate::abi::Errno;
 use flexos_gate::abi::poll::{ENTRY as POLL_ENTRY, POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT, put_entry, revents};

@@ -211,6 +211,7 @@ mod tests {
     #[test]
     fn copies_fills_and_compares_like_the_c_library() {
         let mut buf: Vec<u8> = (0..100).collect();
+        // SAFETY: every pointer and length below stays inside its buffer.
         unsafe {
             memmove(buf.as_mut_ptr().add(10), buf.as_ptr(), 50);
             assert_eq!(&buf[10..60], &(0..50).collect::<Vec<u8>>()[..]);
@@ -236,6 +237,7 @@ mod tests {
             for shift in [0usize, 1, 3, 8, 17] {
                 let src: Vec<u8> = (0..128).map(|i| i as u8).collect();
                 let mut dst = vec![0xeeu8; 128];
+                // SAFETY: shift + n <= 97 of 128 bytes, in both buffers.
                 unsafe { memcpy(dst.as_mut_ptr().add(shift), src.as_ptr(), n) };
                 assert_eq!(&dst[shift..shift + n], &src[..n], "memcpy {n} {shift}");
                 assert!(
@@ -243,12 +245,15 @@ mod tests {
                     "memcpy {n} {shift} wrote outside"
                 );
                 let mut buf: Vec<u8> = (0..128).map(|i| i as u8).collect();
+                // SAFETY: as above, inside one buffer (memmove allows overlap).
                 unsafe { memmove(buf.as_mut_ptr().add(shift), buf.as_ptr(), n) };
                 assert_eq!(&buf[shift..shift + n], &src[..n], "memmove up {n} {shift}");
                 let mut buf: Vec<u8> = (0..128).map(|i| i as u8).collect();
+                // SAFETY: as above.
                 unsafe { memmove(buf.as_mut_ptr(), buf.as_ptr().add(shift), n) };
                 assert_eq!(&buf[..n], &src[shift..shift + n], "memmove down {n} {shift}");
                 let mut buf = vec![0u8; 128];
+                // SAFETY: as above.
                 unsafe { memset(buf.as_mut_ptr().add(shift), 0x5a, n) };
                 assert!(buf[shift..shift + n].iter().all(|&b| b == 0x5a) && buf[shift + n..].iter().all(|&b| b == 0));
             }
