@@ -51,7 +51,7 @@ fn main() {
     };
     let options = flexos_netapp::options("flexos-httpd", defaults);
     for (path, data) in PACKED_FILES {
-        if let Err(e) = flexos_libc::install_file(path, data) {
+        if let Err(e) = flexos_netapp::install_file::<{ FLEXOS_COMPONENT.compartment }>(FLEXOS_COMPONENT, path, data) {
             eprintln!("flexos-httpd: cannot unpack {path} into the image's file system: errno {}", e.0);
             std::process::exit(70);
         }

@@ -53,7 +53,9 @@ macro_rules! component {
 }
 
 /// Calls `callee_crate::function(args...)` through a gate:
-/// `gate!(flexos_vfs::open(path, flags))`.
+/// `gate!(flexos_vfs::open(path, flags))`. A library that runs as its
+/// caller (it has no component of its own) names the caller:
+/// `gate!(as app, in C => flexos_net::recv(fd, buf))`.
 ///
 /// Every argument and the result must implement [`Crossing`], and the
 /// function must be one of the callee's exported entry points
@@ -62,6 +64,17 @@ macro_rules! component {
 #[allow(clippy::crate_in_macro_def)]
 #[macro_export]
 macro_rules! gate {
+    // For a library that runs in its caller's compartment (the network
+    // applications' loop): the calling component and its compartment are given.
+    (as $from:expr, in $compartment:expr => $callee:ident :: $func:ident ( $($arg:expr),* $(,)? )) => {
+        $crate::call::<{ $compartment }, { $callee::FLEXOS_COMPONENT.compartment }, _, _, _>(
+            $from,
+            $callee::FLEXOS_COMPONENT,
+            ($($arg,)*),
+            $callee::$func,
+            $callee::$func::INDEX,
+        )
+    };
     ($callee:ident :: $func:ident ( $($arg:expr),* $(,)? )) => {
         $crate::call::<{ crate::FLEXOS_COMPONENT.compartment }, { $callee::FLEXOS_COMPONENT.compartment }, _, _, _>(
             crate::FLEXOS_COMPONENT,

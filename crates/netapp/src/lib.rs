@@ -22,7 +22,7 @@
 use flexos_gate::abi::Errno;
 use flexos_gate::abi::poll::{ENTRY as POLL_ENTRY, POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT, put_entry, revents};
 use flexos_gate::layout::Component;
-use flexos_gate::{SharedBuf, call};
+use flexos_gate::{SharedBuf, gate};
 
 /// A connection whose unconsumed input grows beyond this is closed.
 pub const MAX_PENDING: usize = 256 * 1024 * 1024;
@@ -34,9 +34,7 @@ pub const OUTPUT_HIGH_WATER: usize = 1 << 20;
 /// Calls `flexos_net::f(args)` through a gate from compartment `C`.
 macro_rules! net {
     ($app:expr, $f:ident ( $($a:expr),* )) => {
-        call::<C, { flexos_net::FLEXOS_COMPONENT.compartment }, _, _, _>(
-            $app, flexos_net::FLEXOS_COMPONENT, ($($a,)*), flexos_net::$f, flexos_net::$f::INDEX,
-        )
+        gate!(as $app, in C => flexos_net::$f($($a),*))
     };
 }
 
@@ -164,6 +162,44 @@ impl<S> Conn<S> {
     }
 }
 
+/// Writes `data` to the image's file system as `path`, making the folders
+/// on the way (an image unpacks the files it was built with), as component
+/// `app` in its compartment `C` (called from the image's `main`).
+pub fn install_file<const C: usize>(app: Component, path: &str, data: &[u8]) -> Result<(), Errno> {
+    flexos_gate::fcall(C, || install_here::<C>(app, path, data))
+}
+
+/// [`install_file`], running in compartment `C`.
+fn install_here<const C: usize>(app: Component, path: &str, data: &[u8]) -> Result<(), Errno> {
+    use flexos_gate::abi::open_flags::{O_CREAT, O_TRUNC, O_WRONLY};
+    let mut at = 0;
+    while let Some(i) = path[at + 1..].find('/') {
+        at += i + 1;
+        let dir = SharedBuf::from_slice(&path.as_bytes()[..at]);
+        match gate!(as app, in C => flexos_vfs::mkdir(dir.shared(), 0o755)) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let p = SharedBuf::from_slice(path.as_bytes());
+    let fd = gate!(as app, in C => flexos_vfs::open(p.shared(), O_WRONLY | O_CREAT | O_TRUNC, 0o644))?;
+    let body = SharedBuf::from_slice(data);
+    let mut written = 0;
+    let mut result = Ok(());
+    while written < data.len() {
+        match gate!(as app, in C => flexos_vfs::write(fd, body.shared().slice(written..data.len()))) {
+            Ok(0) => result = Err(Errno::EIO),
+            Ok(n) => written += n,
+            Err(e) => result = Err(e),
+        }
+        if result.is_err() {
+            break;
+        }
+    }
+    gate!(as app, in C => flexos_vfs::close(fd))?;
+    result
+}
+
 /// Boots a network image: installs the fault reporter, raises the limit
 /// of open descriptors (one per client relayed from 127.0.0.1), and starts the
 /// domains with the export tables of every component a network image has
@@ -264,15 +300,7 @@ pub fn serve<const C: usize, P: Protocol>(app: Component, options: Options, prot
     net!(app, listen(listener, 511)).map_err(errno("listen"))?;
     net!(app, set_nonblocking(listener, true)).map_err(errno("set_nonblocking"))?;
 
-    let clock = || {
-        call::<C, { flexos_time::FLEXOS_COMPONENT.compartment }, _, _, _>(
-            app,
-            flexos_time::FLEXOS_COMPONENT,
-            (),
-            flexos_time::monotonic_ns,
-            flexos_time::monotonic_ns::INDEX,
-        ) / 1_000_000
-    };
+    let clock = || gate!(as app, in C => flexos_time::monotonic_ns()) / 1_000_000;
     let start_ms = clock();
     let mut cx = Context { output_limit: options.output_limit, ..Context::default() };
     let mut conns: Vec<Conn<P::Conn>> = Vec::new();

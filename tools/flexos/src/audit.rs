@@ -11,9 +11,28 @@ use object::{Object, ObjectSection, ObjectSymbol, SectionKind};
 use proc_macro2::{TokenStream, TokenTree};
 use std::path::{Path, PathBuf};
 
-/// The Rust crates that are components, by crate name (not the trusted core:
-/// platform, gate, alloc, layout).
-pub const COMPONENT_CRATES: &[&str] = &["flexos_sched", "flexos_time", "flexos_vfs", "flexos_ramfs", "flexos_libc"];
+/// The Rust crates that are components, by crate name: every component of
+/// the configuration catalog, each application's binary, and the library
+/// the network applications share. Not the trusted core (platform, gate,
+/// alloc, layout, the mechanisms), and not the `probe` test fixture, which
+/// plays a compromised compartment on purpose.
+pub fn component_crates() -> Vec<String> {
+    let mut crates: Vec<String> = flexos_config::COMPONENTS
+        .iter()
+        .flat_map(|c| {
+            let library = c.package.replace('-', "_");
+            // An application's binary is `flexos-NAME` (its crate `flexos_NAME`).
+            let binary = c.package.starts_with("flexos-app-").then(|| format!("flexos_{}", c.name));
+            [Some(library), binary]
+        })
+        .flatten()
+        .chain([String::from("flexos_netapp")])
+        .filter(|c| c != "flexos_probe")
+        .collect();
+    crates.sort();
+    crates.dedup();
+    crates
+}
 
 /// A mutable static found in a component.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,13 +53,14 @@ pub fn crate_of(demangled: &str) -> &str {
 
 /// The component statics among `(symbol, section)` pairs of writable data.
 pub fn component_statics<'a>(symbols: impl IntoIterator<Item = (&'a str, &'a str)>) -> Vec<MutableStatic> {
+    let components = component_crates();
     let mut out = Vec::new();
     for (raw, section) in symbols {
         // Only Rust symbols belong to Rust crates (a C static may be called anything).
         let Ok(demangled) = rustc_demangle::try_demangle(raw) else { continue };
         let demangled = format!("{demangled:#}");
         let krate = crate_of(&demangled);
-        if COMPONENT_CRATES.contains(&krate) {
+        if components.iter().any(|c| c == krate) {
             out.push(MutableStatic { krate: krate.to_string(), symbol: demangled, section: section.to_string() });
         }
     }
@@ -110,11 +130,47 @@ pub struct Bypass {
 pub fn bypasses_in(file: &Path, own: &str, source: &str) -> Result<Vec<Bypass>, String> {
     let tokens: TokenStream = source.parse().map_err(|e| format!("{}: {e:?}", file.display()))?;
     let mut out = Vec::new();
-    scan(tokens, own, file, &mut out);
+    // The network applications' library runs as its caller: calling it is no crossing.
+    let allowed = colocated_with(own);
+    let callees: Vec<String> =
+        component_crates().into_iter().filter(|c| c != "flexos_netapp" && !allowed.contains(c)).collect();
+    scan(tokens, own, &callees, file, &mut out);
     Ok(out)
 }
 
-fn scan(tokens: TokenStream, own: &str, file: &Path, out: &mut Vec<Bypass>) {
+/// Whether the tokens from `i` on are `:: CONSTANT` (all capitals: a
+/// constant such as a limit, or `FLEXOS_EXPORTS`, which an image's boot
+/// list registers): naming it calls no code of the other component.
+fn names_constant(tokens: &[TokenTree], i: usize) -> bool {
+    matches!((tokens.get(i), tokens.get(i + 1), tokens.get(i + 2)),
+        (Some(TokenTree::Punct(a)), Some(TokenTree::Punct(b)), Some(TokenTree::Ident(t)))
+            if a.as_char() == ':' && b.as_char() == ':'
+                && t.to_string().chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+}
+
+/// The crates a component may call directly: those the configuration
+/// makes share its compartment (`libc` with the C application, `netdev`
+/// with `net`), in either direction.
+fn colocated_with(own: &str) -> Vec<String> {
+    let krate =
+        |name: &str| flexos_config::COMPONENTS.iter().find(|c| c.name == name).map(|c| c.package.replace('-', "_"));
+    let own_name = flexos_config::COMPONENTS
+        .iter()
+        .find(|c| c.package.replace('-', "_") == own || format!("flexos_{}", c.name) == own);
+    flexos_config::COMPONENTS
+        .iter()
+        .filter_map(|c| {
+            let partner = c.colocated_with?.0;
+            match own_name {
+                Some(me) if me.name == c.name => krate(partner),
+                Some(me) if me.name == partner => krate(c.name),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+fn scan(tokens: TokenStream, own: &str, components: &[String], file: &Path, out: &mut Vec<Bypass>) {
     let tokens: Vec<TokenTree> = tokens.into_iter().collect();
     let mut i = 0;
     while i < tokens.len() {
@@ -143,31 +199,36 @@ fn scan(tokens: TokenStream, own: &str, file: &Path, out: &mut Vec<Bypass>) {
             }
             TokenTree::Ident(id) => {
                 let name = id.to_string();
-                if name != own && COMPONENT_CRATES.contains(&name.as_str()) {
+                if name != own && components.contains(&name) && !names_constant(&tokens, i + 1) {
                     out.push(Bypass { file: file.to_owned(), line: id.span().start().line, callee: name });
                 }
             }
-            TokenTree::Group(g) => scan(g.stream(), own, file, out),
+            TokenTree::Group(g) => scan(g.stream(), own, components, file, out),
             _ => {}
         }
         i += 1;
     }
 }
 
-/// The gate bypasses in every component crate under `root/components`
-/// (their `src` folders, without `#[cfg(test)]` items: tests may call
-/// components directly).
+/// The gate bypasses in every crate that is component code: the crates
+/// under `root/components` and `root/apps`, and the network applications'
+/// library (their `src` folders, without `#[cfg(test)]` items: tests may
+/// call components directly). The trusted allocator and the `probe` test
+/// fixture (a compromised compartment on purpose) are not component code.
 pub fn gate_bypasses(root: &Path) -> Result<Vec<Bypass>, String> {
     let mut out = Vec::new();
-    let components = root.join("components");
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&components)
-        .map_err(|e| format!("{}: {e}", components.display()))?
-        .flatten()
-        .map(|e| e.path())
-        .collect();
+    let mut dirs = vec![root.join("crates/netapp")];
+    for group in ["components", "apps"] {
+        let parent = root.join(group);
+        let found = std::fs::read_dir(&parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+        dirs.extend(found.flatten().map(|e| e.path()));
+    }
     dirs.sort();
     for dir in dirs {
-        let own = format!("flexos_{}", dir.file_name().unwrap_or_default().to_string_lossy());
+        let Some(own) = crate_name(&dir) else { continue };
+        if own == "flexos_alloc" || own == "flexos_probe" {
+            continue;
+        }
         let mut stack = vec![dir.join("src")];
         while let Some(d) = stack.pop() {
             let Ok(entries) = std::fs::read_dir(&d) else { continue };
@@ -183,6 +244,15 @@ pub fn gate_bypasses(root: &Path) -> Result<Vec<Bypass>, String> {
         }
     }
     Ok(out)
+}
+
+/// The crate name of the package in `dir` (its binary's, for an
+/// application: `flexos-kv` is `flexos_kv`), from its `Cargo.toml`.
+fn crate_name(dir: &Path) -> Option<String> {
+    let manifest: toml::Table = std::fs::read_to_string(dir.join("Cargo.toml")).ok()?.parse().ok()?;
+    let bin = manifest.get("bin").and_then(|b| b.as_array()).and_then(|b| b.first()).and_then(|b| b.get("name"));
+    let name = bin.or_else(|| manifest.get("package")?.get("name"))?.as_str()?;
+    Some(name.replace('-', "_"))
 }
 
 #[cfg(test)]
@@ -227,6 +297,35 @@ mod tests {
         let found = bypasses_in(Path::new("x.rs"), "flexos_time", with_tests).unwrap();
         assert_eq!(found.len(), 1, "unit tests are skipped, code after them is not: {found:?}");
         assert_eq!(found[0].line, 3);
+    }
+
+    #[test]
+    fn applications_and_the_network_library_are_audited_too() {
+        // Before it went through its own gates, httpd unpacked its files by
+        // calling into libc directly (libc then made vfs calls as libc).
+        let old_httpd = "fn main() { flexos_libc::install_file(path, data); }";
+        let found = bypasses_in(Path::new("main.rs"), "flexos_httpd", old_httpd).unwrap();
+        assert_eq!(found.iter().map(|b| b.callee.as_str()).collect::<Vec<_>>(), ["flexos_libc"]);
+        // The network library called net without gate! (with the gate function itself).
+        let old_netapp =
+            "fn f() { call::<C, 1, _, _, _>(app, flexos_net::FLEXOS_COMPONENT, (), flexos_net::socket, 0) }";
+        let found = bypasses_in(Path::new("lib.rs"), "flexos_netapp", old_netapp).unwrap();
+        assert_eq!(found.len(), 1, "the function named outside gate! (its identity constant is no call): {found:?}");
+        let fine = r#"
+            fn a() { gate!(as app, in C => flexos_net::socket()); }
+            fn b() { flexos_netapp::boot(); let t = [flexos_net::FLEXOS_EXPORTS]; }
+            const M: u64 = flexos_ramfs::MAX_FILE_SIZE;
+        "#;
+        assert_eq!(bypasses_in(Path::new("main.rs"), "flexos_kv", fine).unwrap(), []);
+        // Components the configuration keeps in one compartment call each other directly.
+        assert_eq!(bypasses_in(Path::new("main.rs"), "flexos_sqlite", old_httpd).unwrap(), []);
+        assert_eq!(bypasses_in(Path::new("lib.rs"), "flexos_net", "use flexos_netdev::NetDevice;").unwrap(), []);
+        assert_eq!(bypasses_in(Path::new("lib.rs"), "flexos_kv", "use flexos_netdev::NetDevice;").unwrap().len(), 1);
+        let crates = component_crates();
+        for c in ["flexos_net", "flexos_netdev", "flexos_kv", "flexos_app_kv", "flexos_netapp", "flexos_libc"] {
+            assert!(crates.iter().any(|k| k == c), "{c} is audited: {crates:?}");
+        }
+        assert!(!crates.iter().any(|k| k == "flexos_probe" || k == "flexos_alloc"));
     }
 }
 

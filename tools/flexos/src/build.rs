@@ -218,6 +218,19 @@ pub fn build_image(root: &Path, layout: &Layout, options: &BuildOptions) -> Resu
         }
         std::fs::write(&pad_file, pad.to_string()).map_err(|e| format!("{}: {e}", pad_file.display()))?;
     }
+    // Every image, of every configuration and application: components keep
+    // their state with `with_state`, never in a mutable static (DESIGN 3).
+    let statics = crate::audit::writable_statics(&built)?;
+    if let Some(s) = statics.first() {
+        return Err(format!(
+            "{}: component crate {} keeps a mutable static, {} (in {}); {} in all. Keep component state with flexos_gate::with_state",
+            built.display(),
+            s.krate,
+            s.symbol,
+            s.section,
+            statics.len()
+        ));
+    }
     let seed = seed_file(root, layout, options);
     if let Some(d) = seed.parent() {
         let _ = std::fs::create_dir_all(d);
