@@ -22,14 +22,16 @@
 //! on the same stack. Into or out of an `mpk` compartment with `dss` or
 //! `heap` sharing, the gate switches to this context's stack for the callee's
 //! domain ([`flexos_platform::gatestack`]), which carries the callee's key;
-//! the call's arguments and result then travel through a scratch area in
-//! shared memory, since neither side can read the other's stack.
+//! the call's closure (its arguments) and result then travel in the XMM
+//! registers, from the caller's stack to the callee's and back, since
+//! neither side can read the other's stack; never through shared memory,
+//! which a third compartment could change while the call runs.
 
 use core::mem::{ManuallyDrop, MaybeUninit};
 use flexos_alloc::{SHARED, alloc_in, free};
 use flexos_layout::{COMPARTMENTS, PKEYS, PKRU, SHARED_PKEY, SHARED_STACKS, stack_domain};
 use flexos_platform::compartment;
-use flexos_platform::gatestack::{self, Block, GateStacks};
+use flexos_platform::gatestack::{self, Block};
 
 /// The closure a gate runs and the room for its result.
 struct Slot<F, R> {
@@ -40,8 +42,8 @@ struct Slot<F, R> {
 /// Runs the closure of `slot`, storing its result. The only function a gate
 /// calls after switching rights.
 extern "C" fn trampoline<F: FnOnce() -> R, R>(slot: *mut Slot<F, R>) {
-    // SAFETY: the gate passes the slot it filled with a closure, in memory
-    // that both sides can reach, and calls this once; the closure is taken
+    // SAFETY: the gate passes the slot it filled with a closure, on the
+    // stack this code runs on, and calls this once; the closure is taken
     // out exactly once and the result written into the slot's room.
     unsafe {
         let f = ManuallyDrop::take(&mut (*slot).f);
@@ -127,9 +129,29 @@ fn light<const FROM: usize, const TO: usize, F: FnOnce() -> R, R>(f: F) -> R {
     }
 }
 
+/// What a stack-switching gate carries across at a time: the sixteen XMM registers.
+const CHUNK: usize = 256;
+
+/// A call's [`Slot`] with room to read it in whole [`CHUNK`]s.
+#[repr(C, align(16))]
+struct Carry<F, R> {
+    slot: Slot<F, R>,
+    _room: [u8; CHUNK],
+}
+
 /// The gate into or out of a domain with private stacks.
+///
+/// The call travels in registers, never through memory a third
+/// compartment can write: the gate loads the caller's slot (the closure
+/// with the arguments, and room for the result; on the caller's stack)
+/// into XMM0-15 with the caller's rights, switches, stores it on the
+/// callee's stack, and calls the trampoline there; on the way back it
+/// loads the slot with the callee's rights, switches back, and stores it
+/// into the caller's slot. A slot of more than 256 bytes goes in several
+/// such trips. Neither side ever holds both sides' rights.
 #[inline(always)]
 fn switching<const FROM: usize, const TO: usize, F: FnOnce() -> R, R>(f: F) -> R {
+    let chunks = size_of::<Slot<F, R>>().div_ceil(CHUNK).max(1);
     let (d_from, d_to) = (stack_domain(FROM), stack_domain(TO));
     let table = gatestack::active();
     // SAFETY: the table belongs to the running context and lives as long as
@@ -137,24 +159,41 @@ fn switching<const FROM: usize, const TO: usize, F: FnOnce() -> R, R>(f: F) -> R
     let t = unsafe { &mut *table };
     let (left_from, left_to) = (t.left_at[d_from], t.left_at[d_to]);
     // Resume the callee's stack below the frames it holds in this context,
-    // or start at the top of its stack (with 128 bytes for a red zone).
+    // or start at the top of its stack (with 128 bytes for a red zone); the
+    // callee's copy of the slot lies just below.
     let target = if left_to != 0 { (left_to - 128) & !15 } else { t.stack_top(d_to, domain_key(d_to)) };
-    let mark = t.scratch_used;
-    let slot = scratch_push::<Slot<F, R>>(t);
-    // SAFETY: `slot` is fresh, aligned scratch memory for one Slot.
-    unsafe { slot.write(Slot { f: ManuallyDrop::new(f), result: MaybeUninit::uninit() }) };
+    let callee_slot = target - chunks * CHUNK;
+    let mut carry = MaybeUninit::<Carry<F, R>>::uninit();
+    let caller_slot = carry.as_mut_ptr();
+    // SAFETY: the slot is the first field of the fresh carry.
+    unsafe { (&raw mut (*caller_slot).slot).write(Slot { f: ManuallyDrop::new(f), result: MaybeUninit::uninit() }) };
     let left_at: *mut usize = &raw mut t.left_at[d_from];
     // SAFETY: the caller's stack pointer is saved in the context's table
-    // (after RBX and RBP are pushed) and the callee runs on its own stack
-    // `target`, which nothing else uses below that point in this context.
-    // The trampoline takes its closure from the shared scratch slot. After
-    // the call, PKRU is the caller's again (checked) and RSP is restored
-    // from the table through R12, which the callee must preserve.
+    // (after RBX, RBP and the slot's address are pushed) and the callee runs
+    // on its own stack below `callee_slot`, which nothing else uses below
+    // `target` in this context. The chunks read and written lie within
+    // `carry` (a slot and one more chunk, 16-aligned; the bytes past the
+    // slot are carried but never used) and within the `chunks` chunks at
+    // `callee_slot` (16-aligned, below `target`). After the call, PKRU is
+    // the caller's again (checked), RSP is restored from the table through
+    // R12, which the callee must preserve, as it must R13 (where it left the
+    // result); the caller's slot address is read back from the caller's stack.
     unsafe {
         core::arch::asm!(
             "push rbx",
             "push rbp",
+            "push rdi",
+            "push r8",
             "mov [r12], rsp",
+            "mov r9, rdi",
+            "mov r10, r13",
+            "mov r11, r8",
+            // There: a chunk from the caller's stack, into the callee's.
+            "6:",
+            "movdqa xmm0, [r9 + 0]", "movdqa xmm1, [r9 + 16]", "movdqa xmm2, [r9 + 32]", "movdqa xmm3, [r9 + 48]",
+            "movdqa xmm4, [r9 + 64]", "movdqa xmm5, [r9 + 80]", "movdqa xmm6, [r9 + 96]", "movdqa xmm7, [r9 + 112]",
+            "movdqa xmm8, [r9 + 128]", "movdqa xmm9, [r9 + 144]", "movdqa xmm10, [r9 + 160]", "movdqa xmm11, [r9 + 176]",
+            "movdqa xmm12, [r9 + 192]", "movdqa xmm13, [r9 + 208]", "movdqa xmm14, [r9 + 224]", "movdqa xmm15, [r9 + 240]",
             "2:",
             "mov eax, {to}",
             "xor ecx, ecx",
@@ -168,11 +207,34 @@ fn switching<const FROM: usize, const TO: usize, F: FnOnce() -> R, R>(f: F) -> R
             ".long 3b - .",
             ".long {to}",
             ".popsection",
+            "movdqa [r10 + 0], xmm0", "movdqa [r10 + 16], xmm1", "movdqa [r10 + 32], xmm2", "movdqa [r10 + 48], xmm3",
+            "movdqa [r10 + 64], xmm4", "movdqa [r10 + 80], xmm5", "movdqa [r10 + 96], xmm6", "movdqa [r10 + 112], xmm7",
+            "movdqa [r10 + 128], xmm8", "movdqa [r10 + 144], xmm9", "movdqa [r10 + 160], xmm10", "movdqa [r10 + 176], xmm11",
+            "movdqa [r10 + 192], xmm12", "movdqa [r10 + 208], xmm13", "movdqa [r10 + 224], xmm14", "movdqa [r10 + 240], xmm15",
+            "dec r11",
+            "jz 7f",
+            "add r9, 256",
+            "add r10, 256",
+            "8:",
+            "mov eax, {from}",
+            "xor ecx, ecx",
+            "xor edx, edx",
+            "9:",
+            "wrpkru",
+            "cmp eax, {from}",
+            "jne 8b",
+            ".pushsection flexos_wrpkru,\"aR\"",
+            ".balign 4",
+            ".long 9b - .",
+            ".long {from}",
+            ".popsection",
+            "jmp 6b",
+            "7:",
             "mov rsp, r13",
+            "mov rdi, rsp",
             "xor ebx, ebx",
             "xor ebp, ebp",
             "xor esi, esi",
-            "xor r8d, r8d",
             "xor r9d, r9d",
             "xor r10d, r10d",
             "xor r11d, r11d",
@@ -182,9 +244,20 @@ fn switching<const FROM: usize, const TO: usize, F: FnOnce() -> R, R>(f: F) -> R
             "pxor xmm4, xmm4", "pxor xmm5, xmm5", "pxor xmm6, xmm6", "pxor xmm7, xmm7",
             "pxor xmm8, xmm8", "pxor xmm9, xmm9", "pxor xmm10, xmm10", "pxor xmm11, xmm11",
             "pxor xmm12, xmm12", "pxor xmm13, xmm13", "pxor xmm14, xmm14", "pxor xmm15, xmm15",
+            "xor r8d, r8d",
             "cld",
             "call {trampoline}",
             "cld",
+            // Back: a chunk from the callee's stack into the caller's slot.
+            // The slot's address and the number of chunks are read from the
+            // caller's stack, with the caller's rights, never from the callee.
+            "mov r9, r13",
+            "xor r10d, r10d",
+            "20:",
+            "movdqa xmm0, [r9 + 0]", "movdqa xmm1, [r9 + 16]", "movdqa xmm2, [r9 + 32]", "movdqa xmm3, [r9 + 48]",
+            "movdqa xmm4, [r9 + 64]", "movdqa xmm5, [r9 + 80]", "movdqa xmm6, [r9 + 96]", "movdqa xmm7, [r9 + 112]",
+            "movdqa xmm8, [r9 + 128]", "movdqa xmm9, [r9 + 144]", "movdqa xmm10, [r9 + 160]", "movdqa xmm11, [r9 + 176]",
+            "movdqa xmm12, [r9 + 192]", "movdqa xmm13, [r9 + 208]", "movdqa xmm14, [r9 + 224]", "movdqa xmm15, [r9 + 240]",
             "4:",
             "mov eax, {from}",
             "xor ecx, ecx",
@@ -199,14 +272,46 @@ fn switching<const FROM: usize, const TO: usize, F: FnOnce() -> R, R>(f: F) -> R
             ".long {from}",
             ".popsection",
             "mov rsp, [r12]",
+            "mov rdi, [rsp + 8]",
+            "test r10, r10",
+            "jnz 21f",
+            "mov r11, [rsp]",
+            "21:",
+            "add rdi, r10",
+            "movdqa [rdi + 0], xmm0", "movdqa [rdi + 16], xmm1", "movdqa [rdi + 32], xmm2", "movdqa [rdi + 48], xmm3",
+            "movdqa [rdi + 64], xmm4", "movdqa [rdi + 80], xmm5", "movdqa [rdi + 96], xmm6", "movdqa [rdi + 112], xmm7",
+            "movdqa [rdi + 128], xmm8", "movdqa [rdi + 144], xmm9", "movdqa [rdi + 160], xmm10", "movdqa [rdi + 176], xmm11",
+            "movdqa [rdi + 192], xmm12", "movdqa [rdi + 208], xmm13", "movdqa [rdi + 224], xmm14", "movdqa [rdi + 240], xmm15",
+            "dec r11",
+            "jz 22f",
+            "add r9, 256",
+            "add r10, 256",
+            "12:",
+            "mov eax, {to}",
+            "xor ecx, ecx",
+            "xor edx, edx",
+            "13:",
+            "wrpkru",
+            "cmp eax, {to}",
+            "jne 12b",
+            ".pushsection flexos_wrpkru,\"aR\"",
+            ".balign 4",
+            ".long 13b - .",
+            ".long {to}",
+            ".popsection",
+            "jmp 20b",
+            "22:",
+            "pop r8",
+            "pop rdi",
             "pop rbp",
             "pop rbx",
             to = const pkru_of(TO),
             from = const pkru_of(FROM),
             trampoline = sym trampoline::<F, R>,
             in("r12") left_at,
-            in("r13") target,
-            inout("rdi") slot => _,
+            in("r13") callee_slot,
+            inout("r8") chunks => _,
+            inout("rdi") caller_slot => _,
             out("r14") _,
             out("r15") _,
             clobber_abi("C"),
@@ -216,31 +321,15 @@ fn switching<const FROM: usize, const TO: usize, F: FnOnce() -> R, R>(f: F) -> R
     let t = unsafe { &mut *table };
     t.left_at[d_from] = left_from;
     t.left_at[d_to] = left_to;
-    // SAFETY: the trampoline wrote the result; the slot is read once and
-    // its scratch space released (LIFO: nested gates released theirs).
-    let result = unsafe { (*slot).result.assume_init_read() };
-    t.scratch_used = mark;
-    result
+    // SAFETY: the trampoline wrote the result into the callee's copy, which
+    // the gate carried back into `carry`; the closure was taken out there,
+    // so only the result is read (once).
+    unsafe { (*caller_slot).slot.result.assume_init_read() }
 }
 
 /// The key of stack domain `domain`'s stacks.
 fn domain_key(domain: usize) -> u32 {
     if domain == SHARED_STACKS { SHARED_PKEY } else { PKEYS[domain] }
-}
-
-/// Size of each context's scratch area for gate arguments and results.
-const SCRATCH_LEN: usize = 64 * 1024;
-
-/// Reserves room for one `T` in the context's scratch area (shared memory).
-fn scratch_push<T>(t: &mut GateStacks) -> *mut T {
-    if t.scratch.base == 0 {
-        t.scratch = allocate_shared(SCRATCH_LEN);
-    }
-    let start = (t.scratch.base + t.scratch_used).next_multiple_of(align_of::<T>());
-    let end = start + size_of::<T>();
-    assert!(end <= t.scratch.base + t.scratch.len, "mpk gate: calls nested too deeply for the argument scratch area");
-    t.scratch_used = end - t.scratch.base;
-    start as *mut T
 }
 
 /// Page-aligned memory from the shared heap, freed with the context.

@@ -6,7 +6,9 @@
 //! judges the [`Outcome`]: the attacks of the isolation tests against an
 //! `mpk` attacker compartment for every sharing strategy (foreign heap and
 //! stack, read and write; main's code that is no entry point; a handle into
-//! private memory; a jump into a gate's `wrpkru`), the positive test per
+//! private memory; a jump into a gate's `wrpkru`; the attacks on shared
+//! memory: scribbling over it, answering others' calls, flipping bytes a
+//! callee checks), the positive test per
 //! strategy, and SQLite in the three-compartment layout against one
 //! compartment. On a CPU without protection keys every `mpk` check must
 //! fail, and [`REFUSES_WITHOUT_PKU`] must pass (the negative control).
@@ -61,6 +63,9 @@ enum Expect {
     Refused,
     /// The gate's check loop leaves the attacker its own rights only.
     Gadget,
+    /// The host judges an attack on shared memory stopped (`attack NAME:
+    /// stopped (...)`), and nothing is reported of another compartment.
+    Stopped { attack: &'static str },
     /// The SQLite workload completes with a sound database.
     Workload,
     /// Exit 0; the output is a reference for another check.
@@ -149,6 +154,16 @@ impl Check {
                 require(!line.ends_with("PKRU 0x00000000"), "the gate's wrpkru gave every key", o)?;
                 key_fault("read")
             }
+            Expect::Stopped { attack } => {
+                require(o.code == Some(0), "the image did not end normally", o)?;
+                require(o.stdout.contains(&format!("attack {attack}: stopped (")), "no 'stopped' verdict", o)?;
+                require(!o.stdout.contains("ESCAPED"), "ESCAPED", o)?;
+                let others = o
+                    .stderr
+                    .lines()
+                    .any(|l| l.contains("\"clock\"") || l.contains("-> time") || l.contains("compartment \"main\""));
+                require(!others, "a compartment other than the attacker was reported", o)
+            }
             Expect::Workload => {
                 require(o.code == Some(0), "the workload failed", o)?;
                 require(
@@ -222,6 +237,9 @@ pub fn checks() -> Vec<Check> {
         ));
         all.push(check(format!("{sharing}-private-pointer"), image, &["attack", "private-pointer"], Expect::Refused));
         all.push(check(format!("{sharing}-gadget"), image, &["attack", "gadget"], Expect::Gadget));
+        for attack in ["scribble-shared", "disturb-others", "double-fetch"] {
+            all.push(check(format!("{sharing}-{attack}"), image, &["attack", attack], Expect::Stopped { attack }));
+        }
     }
     all.push(check("sqlite-mpk-workload".into(), "sqlite-mpk", &[], Expect::Workload));
     all.push(check("sqlite-one-compartment-query".into(), "sqlite", &["--sql", QUERY], Expect::Reference));

@@ -24,8 +24,8 @@ pub const DOMAINS: usize = crate::compartment::MAX_COMPARTMENTS + 1;
 /// The usable size of a stack that a gate creates.
 pub const STACK_SIZE: usize = 256 * 1024;
 
-/// Memory that the gate layer allocated for a context (a data shadow stack,
-/// the argument scratch area): its address and length, freed through the
+/// Memory that the gate layer allocated for a context (a data shadow
+/// stack): its address and length, freed through the
 /// function registered with [`set_release`].
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Block {
@@ -44,11 +44,6 @@ pub struct GateStacks {
     stacks: [Option<Stack>; DOMAINS],
     /// Each domain's data shadow stack (mirror of its stack), if made.
     pub mirrors: [Block; DOMAINS],
-    /// Shared memory where gates put the arguments and results that cross
-    /// into a domain with private stacks, used like a stack.
-    pub scratch: Block,
-    /// The part of `scratch` in use.
-    pub scratch_used: usize,
 }
 
 thread_local! {
@@ -80,8 +75,6 @@ impl GateStacks {
             left_at: [0; DOMAINS],
             stacks: [const { None }; DOMAINS],
             mirrors: [Block::default(); DOMAINS],
-            scratch: Block::default(),
-            scratch_used: 0,
         };
         // SAFETY: malloc returns memory suitably aligned for any type or
         // null; the table is moved into it and owned by the raw pointer.
@@ -106,7 +99,7 @@ impl GateStacks {
         let t = unsafe { table.read() };
         // SAFETY: allocated by malloc in `create`.
         unsafe { libc::free(table.cast()) };
-        t.mirrors.iter().copied().chain([t.scratch]).for_each(release);
+        t.mirrors.iter().copied().for_each(release);
         drop(t.stacks);
     }
 
