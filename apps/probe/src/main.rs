@@ -98,6 +98,8 @@ fn behave() {
     let mut back = SharedBuf::zeroed(7);
     gate!(flexos_vfs::read(fd, back.shared_mut())).expect("read");
     println!("read back: {}", String::from_utf8_lossy(&back));
+    let listed = gate!(flexos_probe::list_root());
+    println!("root entries: {}, hello among them: {}", listed / 10, if listed % 10 == 1 { "yes" } else { "no" });
     // A callee that blocks stalls only its own chain of calls: while one
     // host thread sleeps inside a call (probe -> time -> sched), another
     // host thread is served by the same compartments.

@@ -30,7 +30,8 @@ flexos_gate::exports!(
     attack_gadget(_),
     attack_scribble(_),
     attack_disturb(_, _),
-    attack_flip(_, _, _, _)
+    attack_flip(_, _, _, _),
+    list_root()
 );
 
 /// Does nothing: the empty call of the gate benchmark.
@@ -138,6 +139,24 @@ pub fn shared_local_trip() -> u32 {
         return 2;
     }
     u32::from(out.is_mirror() && back.is_mirror() && path.is_mirror())
+}
+
+/// Lists the root directory through `vfs` (a result of more than 256
+/// bytes per call: under `mpk`, two trips of a stack-switching gate) and
+/// returns how many entries it has and whether "hello" is among them:
+/// `count * 10 + found`.
+pub fn list_root() -> u64 {
+    use flexos_gate::abi::open_flags::{O_DIRECTORY, O_RDONLY};
+    use flexos_gate::gate;
+    let root = flexos_gate::SharedBuf::from_slice(b"/");
+    let fd = gate!(flexos_vfs::open(root.shared(), O_RDONLY | O_DIRECTORY, 0)).expect("open /");
+    let (mut count, mut found) = (0u64, 0u64);
+    while let Some(entry) = gate!(flexos_vfs::readdir(fd, count)).expect("readdir") {
+        count += 1;
+        found |= u64::from(entry.name() == b"hello");
+    }
+    gate!(flexos_vfs::close(fd)).expect("close");
+    count * 10 + found
 }
 
 /// Attack (`mpk`): calls the code at `code`, a function of another

@@ -129,56 +129,14 @@ fn light<const FROM: usize, const TO: usize, F: FnOnce() -> R, R>(f: F) -> R {
     }
 }
 
-/// What a stack-switching gate carries across at a time: the sixteen XMM registers.
-const CHUNK: usize = 256;
-
-/// A call's [`Slot`] with room to read it in whole [`CHUNK`]s.
-#[repr(C, align(16))]
-struct Carry<F, R> {
-    slot: Slot<F, R>,
-    _room: [u8; CHUNK],
-}
-
-/// The gate into or out of a domain with private stacks.
-///
-/// The call travels in registers, never through memory a third
-/// compartment can write: the gate loads the caller's slot (the closure
-/// with the arguments, and room for the result; on the caller's stack)
-/// into XMM0-15 with the caller's rights, switches, stores it on the
-/// callee's stack, and calls the trampoline there; on the way back it
-/// loads the slot with the callee's rights, switches back, and stores it
-/// into the caller's slot. A slot of more than 256 bytes goes in several
-/// such trips. Neither side ever holds both sides' rights.
-#[inline(always)]
-fn switching<const FROM: usize, const TO: usize, F: FnOnce() -> R, R>(f: F) -> R {
-    let chunks = size_of::<Slot<F, R>>().div_ceil(CHUNK).max(1);
-    let (d_from, d_to) = (stack_domain(FROM), stack_domain(TO));
-    let table = gatestack::active();
-    // SAFETY: the table belongs to the running context and lives as long as
-    // it; nothing else on this host thread uses it while this code runs.
-    let t = unsafe { &mut *table };
-    let (left_from, left_to) = (t.left_at[d_from], t.left_at[d_to]);
-    // Resume the callee's stack below the frames it holds in this context,
-    // or start at the top of its stack (with 128 bytes for a red zone); the
-    // callee's copy of the slot lies just below.
-    let target = if left_to != 0 { (left_to - 128) & !15 } else { t.stack_top(d_to, domain_key(d_to)) };
-    let callee_slot = target - chunks * CHUNK;
-    let mut carry = MaybeUninit::<Carry<F, R>>::uninit();
-    let caller_slot = carry.as_mut_ptr();
-    // SAFETY: the slot is the first field of the fresh carry.
-    unsafe { (&raw mut (*caller_slot).slot).write(Slot { f: ManuallyDrop::new(f), result: MaybeUninit::uninit() }) };
-    let left_at: *mut usize = &raw mut t.left_at[d_from];
-    // SAFETY: the caller's stack pointer is saved in the context's table
-    // (after RBX, RBP and the slot's address are pushed) and the callee runs
-    // on its own stack below `callee_slot`, which nothing else uses below
-    // `target` in this context. The chunks read and written lie within
-    // `carry` (a slot and one more chunk, 16-aligned; the bytes past the
-    // slot are carried but never used) and within the `chunks` chunks at
-    // `callee_slot` (16-aligned, below `target`). After the call, PKRU is
-    // the caller's again (checked), RSP is restored from the table through
-    // R12, which the callee must preserve, as it must R13 (where it left the
-    // result); the caller's slot address is read back from the caller's stack.
-    unsafe {
+/// The stack-switching gate's code, carrying `$chunk` bytes a trip in the
+/// XMM registers that `$load` (from `[r9]`), `$there` (to `[r10]`) and
+/// `$back` (to `[rdi]`) name. Inputs: RDI the caller's slot, R8 the number
+/// of trips, R12 where the caller's stack pointer is saved, R13 the callee's
+/// slot (its new stack pointer).
+macro_rules! switching_gate {
+    ($chunk:expr, $from:expr, $to:expr, $trampoline:path, $left_at:expr, $callee_slot:expr, $trips:expr, $caller_slot:expr;
+     [$($load:literal),*], [$($there:literal),*], [$($back:literal),*]) => {
         core::arch::asm!(
             "push rbx",
             "push rbp",
@@ -188,12 +146,9 @@ fn switching<const FROM: usize, const TO: usize, F: FnOnce() -> R, R>(f: F) -> R
             "mov r9, rdi",
             "mov r10, r13",
             "mov r11, r8",
-            // There: a chunk from the caller's stack, into the callee's.
+            // There: a trip from the caller's stack to the callee's.
             "6:",
-            "movdqa xmm0, [r9 + 0]", "movdqa xmm1, [r9 + 16]", "movdqa xmm2, [r9 + 32]", "movdqa xmm3, [r9 + 48]",
-            "movdqa xmm4, [r9 + 64]", "movdqa xmm5, [r9 + 80]", "movdqa xmm6, [r9 + 96]", "movdqa xmm7, [r9 + 112]",
-            "movdqa xmm8, [r9 + 128]", "movdqa xmm9, [r9 + 144]", "movdqa xmm10, [r9 + 160]", "movdqa xmm11, [r9 + 176]",
-            "movdqa xmm12, [r9 + 192]", "movdqa xmm13, [r9 + 208]", "movdqa xmm14, [r9 + 224]", "movdqa xmm15, [r9 + 240]",
+            $($load,)*
             "2:",
             "mov eax, {to}",
             "xor ecx, ecx",
@@ -207,14 +162,11 @@ fn switching<const FROM: usize, const TO: usize, F: FnOnce() -> R, R>(f: F) -> R
             ".long 3b - .",
             ".long {to}",
             ".popsection",
-            "movdqa [r10 + 0], xmm0", "movdqa [r10 + 16], xmm1", "movdqa [r10 + 32], xmm2", "movdqa [r10 + 48], xmm3",
-            "movdqa [r10 + 64], xmm4", "movdqa [r10 + 80], xmm5", "movdqa [r10 + 96], xmm6", "movdqa [r10 + 112], xmm7",
-            "movdqa [r10 + 128], xmm8", "movdqa [r10 + 144], xmm9", "movdqa [r10 + 160], xmm10", "movdqa [r10 + 176], xmm11",
-            "movdqa [r10 + 192], xmm12", "movdqa [r10 + 208], xmm13", "movdqa [r10 + 224], xmm14", "movdqa [r10 + 240], xmm15",
+            $($there,)*
             "dec r11",
             "jz 7f",
-            "add r9, 256",
-            "add r10, 256",
+            "add r9, {chunk}",
+            "add r10, {chunk}",
             "8:",
             "mov eax, {from}",
             "xor ecx, ecx",
@@ -235,6 +187,7 @@ fn switching<const FROM: usize, const TO: usize, F: FnOnce() -> R, R>(f: F) -> R
             "xor ebx, ebx",
             "xor ebp, ebp",
             "xor esi, esi",
+            "xor r8d, r8d",
             "xor r9d, r9d",
             "xor r10d, r10d",
             "xor r11d, r11d",
@@ -244,20 +197,16 @@ fn switching<const FROM: usize, const TO: usize, F: FnOnce() -> R, R>(f: F) -> R
             "pxor xmm4, xmm4", "pxor xmm5, xmm5", "pxor xmm6, xmm6", "pxor xmm7, xmm7",
             "pxor xmm8, xmm8", "pxor xmm9, xmm9", "pxor xmm10, xmm10", "pxor xmm11, xmm11",
             "pxor xmm12, xmm12", "pxor xmm13, xmm13", "pxor xmm14, xmm14", "pxor xmm15, xmm15",
-            "xor r8d, r8d",
             "cld",
             "call {trampoline}",
             "cld",
-            // Back: a chunk from the callee's stack into the caller's slot.
-            // The slot's address and the number of chunks are read from the
+            // Back: a trip from the callee's stack into the caller's slot.
+            // The slot's address and the number of trips are read from the
             // caller's stack, with the caller's rights, never from the callee.
             "mov r9, r13",
             "xor r10d, r10d",
             "20:",
-            "movdqa xmm0, [r9 + 0]", "movdqa xmm1, [r9 + 16]", "movdqa xmm2, [r9 + 32]", "movdqa xmm3, [r9 + 48]",
-            "movdqa xmm4, [r9 + 64]", "movdqa xmm5, [r9 + 80]", "movdqa xmm6, [r9 + 96]", "movdqa xmm7, [r9 + 112]",
-            "movdqa xmm8, [r9 + 128]", "movdqa xmm9, [r9 + 144]", "movdqa xmm10, [r9 + 160]", "movdqa xmm11, [r9 + 176]",
-            "movdqa xmm12, [r9 + 192]", "movdqa xmm13, [r9 + 208]", "movdqa xmm14, [r9 + 224]", "movdqa xmm15, [r9 + 240]",
+            $($load,)*
             "4:",
             "mov eax, {from}",
             "xor ecx, ecx",
@@ -278,14 +227,11 @@ fn switching<const FROM: usize, const TO: usize, F: FnOnce() -> R, R>(f: F) -> R
             "mov r11, [rsp]",
             "21:",
             "add rdi, r10",
-            "movdqa [rdi + 0], xmm0", "movdqa [rdi + 16], xmm1", "movdqa [rdi + 32], xmm2", "movdqa [rdi + 48], xmm3",
-            "movdqa [rdi + 64], xmm4", "movdqa [rdi + 80], xmm5", "movdqa [rdi + 96], xmm6", "movdqa [rdi + 112], xmm7",
-            "movdqa [rdi + 128], xmm8", "movdqa [rdi + 144], xmm9", "movdqa [rdi + 160], xmm10", "movdqa [rdi + 176], xmm11",
-            "movdqa [rdi + 192], xmm12", "movdqa [rdi + 208], xmm13", "movdqa [rdi + 224], xmm14", "movdqa [rdi + 240], xmm15",
+            $($back,)*
             "dec r11",
             "jz 22f",
-            "add r9, 256",
-            "add r10, 256",
+            "add r9, {chunk}",
+            "add r10, {chunk}",
             "12:",
             "mov eax, {to}",
             "xor ecx, ecx",
@@ -305,17 +251,97 @@ fn switching<const FROM: usize, const TO: usize, F: FnOnce() -> R, R>(f: F) -> R
             "pop rdi",
             "pop rbp",
             "pop rbx",
-            to = const pkru_of(TO),
-            from = const pkru_of(FROM),
-            trampoline = sym trampoline::<F, R>,
-            in("r12") left_at,
-            in("r13") callee_slot,
-            inout("r8") chunks => _,
-            inout("rdi") caller_slot => _,
+            chunk = const $chunk,
+            to = const $to,
+            from = const $from,
+            trampoline = sym $trampoline,
+            in("r12") $left_at,
+            in("r13") $callee_slot,
+            inout("r8") $trips => _,
+            inout("rdi") $caller_slot => _,
             out("r14") _,
             out("r15") _,
             clobber_abi("C"),
-        );
+        )
+    };
+}
+
+/// The most a stack-switching gate carries a trip: the sixteen XMM registers.
+const CHUNK: usize = 256;
+
+/// A call's [`Slot`] with room to read it in whole trips.
+#[repr(C, align(16))]
+struct Carry<F, R> {
+    slot: Slot<F, R>,
+    _room: [u8; CHUNK],
+}
+
+/// The gate into or out of a domain with private stacks.
+///
+/// The call travels in registers, never through memory a third
+/// compartment can write: the gate loads the caller's slot (the closure
+/// with the arguments, and room for the result; on the caller's stack)
+/// into XMM registers with the caller's rights, switches, stores it on the
+/// callee's stack, and calls the trampoline there; on the way back it
+/// loads the slot with the callee's rights, switches back, and stores it
+/// into the caller's slot. One register carries a slot of up to 16 bytes,
+/// four up to 64, all sixteen up to 256 a trip; a larger slot takes several
+/// trips. Neither side ever holds both sides' rights.
+#[inline(always)]
+fn switching<const FROM: usize, const TO: usize, F: FnOnce() -> R, R>(f: F) -> R {
+    let size = size_of::<Slot<F, R>>();
+    let chunk = if size <= 16 {
+        16
+    } else if size <= 64 {
+        64
+    } else {
+        CHUNK
+    };
+    let trips = size.div_ceil(chunk).max(1);
+    let (d_from, d_to) = (stack_domain(FROM), stack_domain(TO));
+    let table = gatestack::active();
+    // SAFETY: the table belongs to the running context and lives as long as
+    // it; nothing else on this host thread uses it while this code runs.
+    let t = unsafe { &mut *table };
+    let (left_from, left_to) = (t.left_at[d_from], t.left_at[d_to]);
+    // Resume the callee's stack below the frames it holds in this context,
+    // or start at the top of its stack (with 128 bytes for a red zone); the
+    // callee's copy of the slot lies just below.
+    let target = if left_to != 0 { (left_to - 128) & !15 } else { t.stack_top(d_to, domain_key(d_to)) };
+    let callee_slot = target - trips * chunk;
+    let mut carry = MaybeUninit::<Carry<F, R>>::uninit();
+    let caller_slot = carry.as_mut_ptr();
+    // SAFETY: the slot is the first field of the fresh carry.
+    unsafe { (&raw mut (*caller_slot).slot).write(Slot { f: ManuallyDrop::new(f), result: MaybeUninit::uninit() }) };
+    let left_at: *mut usize = &raw mut t.left_at[d_from];
+    // SAFETY: the caller's stack pointer is saved in the context's table
+    // (after RBX, RBP, the slot's address and the number of trips are
+    // pushed) and the callee runs on its own stack below `callee_slot`,
+    // which nothing else uses below `target` in this context. The trips
+    // read and write within `carry` (a slot and one more CHUNK, 16-aligned;
+    // the bytes past the slot are carried but never used) and within the
+    // `trips * chunk` bytes at `callee_slot` (16-aligned, below `target`).
+    // After the call, PKRU is the caller's again (checked), RSP is restored
+    // from the table through R12, which the callee must preserve, as it
+    // must R13 (where it left the result); the caller's slot address and
+    // the number of trips are read back from the caller's stack.
+    unsafe {
+        if size <= 16 {
+            switching_gate!(16, pkru_of(FROM), pkru_of(TO), trampoline::<F, R>, left_at, callee_slot, trips, caller_slot;
+                ["movdqa xmm0, [r9 + 0]"],
+                ["movdqa [r10 + 0], xmm0"],
+                ["movdqa [rdi + 0], xmm0"]);
+        } else if size <= 64 {
+            switching_gate!(64, pkru_of(FROM), pkru_of(TO), trampoline::<F, R>, left_at, callee_slot, trips, caller_slot;
+                ["movdqa xmm0, [r9 + 0]", "movdqa xmm1, [r9 + 16]", "movdqa xmm2, [r9 + 32]", "movdqa xmm3, [r9 + 48]"],
+                ["movdqa [r10 + 0], xmm0", "movdqa [r10 + 16], xmm1", "movdqa [r10 + 32], xmm2", "movdqa [r10 + 48], xmm3"],
+                ["movdqa [rdi + 0], xmm0", "movdqa [rdi + 16], xmm1", "movdqa [rdi + 32], xmm2", "movdqa [rdi + 48], xmm3"]);
+        } else {
+            switching_gate!(CHUNK, pkru_of(FROM), pkru_of(TO), trampoline::<F, R>, left_at, callee_slot, trips, caller_slot;
+                ["movdqa xmm0, [r9 + 0]", "movdqa xmm1, [r9 + 16]", "movdqa xmm2, [r9 + 32]", "movdqa xmm3, [r9 + 48]", "movdqa xmm4, [r9 + 64]", "movdqa xmm5, [r9 + 80]", "movdqa xmm6, [r9 + 96]", "movdqa xmm7, [r9 + 112]", "movdqa xmm8, [r9 + 128]", "movdqa xmm9, [r9 + 144]", "movdqa xmm10, [r9 + 160]", "movdqa xmm11, [r9 + 176]", "movdqa xmm12, [r9 + 192]", "movdqa xmm13, [r9 + 208]", "movdqa xmm14, [r9 + 224]", "movdqa xmm15, [r9 + 240]"],
+                ["movdqa [r10 + 0], xmm0", "movdqa [r10 + 16], xmm1", "movdqa [r10 + 32], xmm2", "movdqa [r10 + 48], xmm3", "movdqa [r10 + 64], xmm4", "movdqa [r10 + 80], xmm5", "movdqa [r10 + 96], xmm6", "movdqa [r10 + 112], xmm7", "movdqa [r10 + 128], xmm8", "movdqa [r10 + 144], xmm9", "movdqa [r10 + 160], xmm10", "movdqa [r10 + 176], xmm11", "movdqa [r10 + 192], xmm12", "movdqa [r10 + 208], xmm13", "movdqa [r10 + 224], xmm14", "movdqa [r10 + 240], xmm15"],
+                ["movdqa [rdi + 0], xmm0", "movdqa [rdi + 16], xmm1", "movdqa [rdi + 32], xmm2", "movdqa [rdi + 48], xmm3", "movdqa [rdi + 64], xmm4", "movdqa [rdi + 80], xmm5", "movdqa [rdi + 96], xmm6", "movdqa [rdi + 112], xmm7", "movdqa [rdi + 128], xmm8", "movdqa [rdi + 144], xmm9", "movdqa [rdi + 160], xmm10", "movdqa [rdi + 176], xmm11", "movdqa [rdi + 192], xmm12", "movdqa [rdi + 208], xmm13", "movdqa [rdi + 224], xmm14", "movdqa [rdi + 240], xmm15"]);
+        }
     }
     // SAFETY: the table is still this context's (contexts carry their own).
     let t = unsafe { &mut *table };

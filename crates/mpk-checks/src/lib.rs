@@ -135,6 +135,8 @@ impl Check {
             Expect::Behaves { locals } => {
                 require(o.code == Some(0), "the positive test failed", o)?;
                 require(o.stdout.contains("behaved: ok"), "no 'behaved: ok'", o)?;
+                // readdir's result takes two trips through a stack-switching gate.
+                require(o.stdout.contains("root entries: 1, hello among them: yes"), "readdir across the gate", o)?;
                 require(o.stdout.contains(&format!("shared locals across a gate: {locals}")), "shared locals", o)
             }
             Expect::KeyFault { access } => key_fault(access),
