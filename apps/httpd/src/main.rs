@@ -115,7 +115,9 @@ impl Httpd {
             Ok((len, content_type)) => {
                 http::head(out, 200, "OK", content_type, len, req.keep_alive);
                 if !head_only {
-                    out.extend_from_slice(&self.file[..len]);
+                    let start = out.len();
+                    out.resize(start + len, 0);
+                    self.file.read_at(0, &mut out[start..]);
                 }
             }
             Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ENAMETOOLONG) => {

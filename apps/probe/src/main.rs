@@ -97,7 +97,7 @@ fn behave() {
     gate!(flexos_vfs::lseek(fd, 0, Whence::Set)).expect("lseek");
     let mut back = SharedBuf::zeroed(7);
     gate!(flexos_vfs::read(fd, back.shared_mut())).expect("read");
-    println!("read back: {}", String::from_utf8_lossy(&back));
+    println!("read back: {}", String::from_utf8_lossy(&back.to_vec(7)));
     let listed = gate!(flexos_probe::list_root());
     println!("root entries: {}, hello among them: {}", listed / 10, if listed % 10 == 1 { "yes" } else { "no" });
     // A callee that blocks stalls only its own chain of calls: while one
@@ -455,10 +455,10 @@ fn double_fetch() {
     let (tx, rx) = std::sync::mpsc::channel();
     let victim = std::thread::spawn(move || {
         let root = gate!(flexos_ramfs::root());
-        let name = SharedBuf::from_slice(b"ab");
+        let mut name = SharedBuf::from_slice(b"ab");
         let stable = SharedBuf::from_slice(b"ab");
         let slash = SharedBuf::from_slice(b"a/");
-        tx.send(name.as_ptr() as u64).expect("main waits");
+        tx.send(name.as_mut_ptr() as u64).expect("main waits");
         let deadline = clock::monotonic_ns() + ATTACK_MS * 1_000_000;
         let (mut created, mut refused, mut fooled) = (0u64, 0u64, 0u64);
         while clock::monotonic_ns() < deadline {

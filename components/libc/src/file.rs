@@ -54,7 +54,7 @@ unsafe fn with_path<R>(path: *const c_char, f: impl FnOnce(flexos_gate::SharedRe
     // SAFETY: the caller's contract.
     let bytes = unsafe { core::ffi::CStr::from_ptr(path) }.to_bytes();
     with_scratch(bytes.len(), |shared| {
-        shared[..bytes.len()].copy_from_slice(bytes);
+        shared.write_at(0, bytes);
         f(shared.shared().slice(0..bytes.len()))
     })
 }
@@ -104,7 +104,8 @@ pub unsafe extern "C" fn flexos_libc_pread(fd: c_int, buf: *mut u8, n: usize, of
         };
         if let Ok(got) = r {
             // SAFETY: `buf` has `n` >= `got` writable bytes (caller's contract).
-            unsafe { core::ptr::copy_nonoverlapping(shared.as_ptr(), buf, got.min(n)) };
+            let out = unsafe { core::slice::from_raw_parts_mut(buf, got.min(n)) };
+            shared.read_at(0, out);
         }
         r
     }))
@@ -130,7 +131,7 @@ pub unsafe extern "C" fn flexos_libc_pwrite(fd: c_int, buf: *const u8, n: usize,
     let n = n.min(MAX_SCRATCH);
     ret_len(with_scratch(n, |shared| {
         // SAFETY: the caller's contract.
-        shared[..n].copy_from_slice(unsafe { core::slice::from_raw_parts(buf, n) });
+        shared.write_at(0, unsafe { core::slice::from_raw_parts(buf, n) });
         let data = shared.shared().slice(0..n);
         if offset < 0 { gate!(flexos_vfs::write(fd, data)) } else { gate!(flexos_vfs::pwrite(fd, data, offset as u64)) }
     }))

@@ -128,14 +128,14 @@ pub fn shared_local_trip() -> u32 {
     use flexos_gate::abi::{Whence, open_flags};
     use flexos_gate::gate;
     flexos_gate::shared_local!(path: 6, out: 16, back: 16);
-    path.copy_from_slice(b"/local");
-    out.copy_from_slice(b"shadow-stack-ok!");
+    path.write_at(0, b"/local");
+    out.write_at(0, b"shadow-stack-ok!");
     let fd = gate!(flexos_vfs::open(path.shared(), open_flags::O_CREAT | open_flags::O_RDWR, 0o644)).expect("open");
     gate!(flexos_vfs::write(fd, out.shared())).expect("write");
     gate!(flexos_vfs::lseek(fd, 0, Whence::Set)).expect("lseek");
     gate!(flexos_vfs::read(fd, back.shared_mut())).expect("read");
     gate!(flexos_vfs::close(fd)).expect("close");
-    if *back != *out {
+    if back.to_vec() != out.to_vec() {
         return 2;
     }
     u32::from(out.is_mirror() && back.is_mirror() && path.is_mirror())

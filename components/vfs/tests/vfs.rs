@@ -20,7 +20,7 @@ fn write(fd: i32, data: &[u8]) -> usize {
 fn read(fd: i32, n: usize) -> Vec<u8> {
     let mut b = SharedBuf::zeroed(n);
     let got = vfs::read(fd, b.shared_mut()).unwrap();
-    b[..got].to_vec()
+    b.to_vec(got)
 }
 
 fn names(dir: &str) -> Vec<String> {
@@ -43,7 +43,7 @@ fn write_read_seek_and_positional_io() {
     assert_eq!(read(fd, 100), b"", "end of file");
     let mut b = SharedBuf::zeroed(5);
     assert_eq!(vfs::pread(fd, b.shared_mut(), 6), Ok(5));
-    assert_eq!(&b[..], b"world");
+    assert_eq!(b.to_vec(b.len()), b"world");
     assert_eq!(vfs::pwrite(fd, SharedBuf::from_slice(b"!").shared(), 20), Ok(1));
     let st = vfs::fstat(fd).unwrap();
     assert_eq!((st.kind, st.size, st.nlink), (FileKind::File, 21, 1));
@@ -51,7 +51,7 @@ fn write_read_seek_and_positional_io() {
     assert_eq!(vfs::lseek(fd, -100, Whence::Cur), Err(Errno::EINVAL));
     let mut b = SharedBuf::zeroed(21);
     vfs::pread(fd, b.shared_mut(), 0).unwrap();
-    assert_eq!(&b[..], b"hello world\0\0\0\0\0\0\0\0\0!", "the gap reads as zeros");
+    assert_eq!(b.to_vec(b.len()), b"hello world\0\0\0\0\0\0\0\0\0!", "the gap reads as zeros");
     vfs::ftruncate(fd, 5).unwrap();
     assert_eq!(vfs::stat(p("/data.bin").shared()).unwrap().size, 5);
     vfs::fsync(fd).unwrap();
@@ -192,7 +192,7 @@ fn random_positional_io_matches_a_model() {
                 let mut b = SharedBuf::zeroed(len);
                 let n = vfs::pread(fd, b.shared_mut(), off).unwrap();
                 let expect = model.get(off as usize..).map_or(&[][..], |t| &t[..t.len().min(len)]);
-                assert_eq!(&b[..n], expect, "round {round}");
+                assert_eq!(b.to_vec(n), expect, "round {round}");
             }
             _ => {
                 vfs::ftruncate(fd, off).unwrap();

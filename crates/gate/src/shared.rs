@@ -4,7 +4,7 @@ use crate::Crossing;
 use crate::wire::{Reader, Writer};
 use core::alloc::Layout;
 use core::marker::PhantomData;
-use core::ops::{Deref, DerefMut, Range};
+use core::ops::Range;
 use core::ptr::NonNull;
 use flexos_alloc::{SHARED, alloc_in, free, is_shared};
 
@@ -37,7 +37,7 @@ impl SharedBuf {
     /// A shared buffer holding a copy of `bytes`.
     pub fn from_slice(bytes: &[u8]) -> SharedBuf {
         let mut b = SharedBuf::zeroed(bytes.len());
-        b.copy_from_slice(bytes);
+        b.write_at(0, bytes);
         b
     }
 
@@ -50,20 +50,33 @@ impl SharedBuf {
     pub fn shared_mut(&mut self) -> SharedMut<'_> {
         SharedMut { ptr: self.ptr, len: self.len, _lent: PhantomData }
     }
-}
 
-impl Deref for SharedBuf {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        // SAFETY: the buffer owns `len` initialized bytes at `ptr`.
-        unsafe { core::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
     }
-}
 
-impl DerefMut for SharedBuf {
-    fn deref_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as in `deref`, and `&mut self` is exclusive.
-        unsafe { core::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Writes `src` at byte `offset` (panics if it does not fit).
+    pub fn write_at(&mut self, offset: usize, src: &[u8]) {
+        self.shared_mut().write_at(offset, src)
+    }
+
+    /// Copies the bytes at `offset` into `out` (panics if out of bounds).
+    /// Like every read of shared memory, a copy: another domain may change
+    /// the buffer at any time, so what the owner decides on must be a copy
+    /// it read once (there is no in-place view).
+    pub fn read_at(&self, offset: usize, out: &mut [u8]) {
+        self.shared().slice(offset..offset + out.len()).copy_to_slice(out)
+    }
+
+    /// The first `len` bytes, copied into private memory.
+    pub fn to_vec(&self, len: usize) -> Vec<u8> {
+        self.shared().slice(0..len).to_vec()
     }
 }
 
@@ -129,20 +142,15 @@ impl<'a> SharedLocal<'a> {
     pub fn shared_mut(&mut self) -> SharedMut<'_> {
         SharedMut { ptr: self.ptr, len: self.len, _lent: PhantomData }
     }
-}
 
-impl Deref for SharedLocal<'_> {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        // SAFETY: `len` initialized (zeroed) bytes, live while the slot is borrowed.
-        unsafe { core::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    /// Writes `src` at byte `offset` (panics if it does not fit).
+    pub fn write_at(&mut self, offset: usize, src: &[u8]) {
+        self.shared_mut().write_at(offset, src)
     }
-}
 
-impl DerefMut for SharedLocal<'_> {
-    fn deref_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as in `deref`, and `&mut self` is exclusive.
-        unsafe { core::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    /// The bytes, copied into private memory (see [`SharedBuf::read_at`]).
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.shared().to_vec()
     }
 }
 
@@ -321,7 +329,7 @@ mod tests {
     #[test]
     fn buffers_live_in_the_shared_heap() {
         let mut b = SharedBuf::from_slice(b"hello world");
-        assert_eq!(&b[..], b"hello world");
+        assert_eq!(b.to_vec(11), b"hello world");
         assert!(b.shared().validate());
         assert_eq!(b.shared().slice(6..11).to_vec(), b"world");
         let mut m = b.shared_mut().slice_mut(0..5);
@@ -330,8 +338,11 @@ mod tests {
         m.read_at(1, &mut back);
         assert_eq!(&back, b"ELLO");
         assert!(m.validate());
-        assert_eq!(&b[..], b"HELLO world");
-        assert_eq!(flexos_alloc::owner_of(b.as_ptr() as usize), Some(SHARED));
+        assert_eq!(b.to_vec(11), b"HELLO world");
+        let mut whole = [0; 11];
+        b.read_at(0, &mut whole);
+        assert_eq!(&whole, b"HELLO world");
+        assert_eq!(flexos_alloc::owner_of(b.as_mut_ptr() as usize), Some(SHARED));
         assert!(SharedBuf::zeroed(0).shared().validate());
     }
 

@@ -311,7 +311,9 @@ pub fn serve<const C: usize, P: Protocol>(app: Component, options: Options, prot
         if entries.len() < needed {
             entries = SharedBuf::zeroed(needed * 2);
         }
-        put_entry(&mut entries, 0, listener, POLLIN);
+        // The entries are made and read back in private memory, each copied once.
+        let mut table = vec![0u8; needed];
+        put_entry(&mut table, 0, listener, POLLIN);
         for (i, c) in conns.iter().enumerate() {
             let events = if c.output.is_empty() {
                 POLLIN
@@ -320,14 +322,16 @@ pub fn serve<const C: usize, P: Protocol>(app: Component, options: Options, prot
             } else {
                 POLLIN | POLLOUT
             };
-            put_entry(&mut entries, i + 1, c.fd, events);
+            put_entry(&mut table, i + 1, c.fd, events);
         }
+        entries.write_at(0, &table);
         let wait_ms = next_deadline(&conns, cx.now_ms, &options);
         net!(app, poll(entries.shared_mut().slice_mut(0..needed), wait_ms)).map_err(errno("poll"))?;
         cx.now_ms = clock();
         cx.uptime_ms = cx.now_ms - start_ms;
 
-        let ready_events: Vec<u16> = (0..=conns.len()).map(|i| revents(&entries, i)).collect();
+        entries.read_at(0, &mut table);
+        let ready_events: Vec<u16> = (0..=conns.len()).map(|i| revents(&table, i)).collect();
         for (i, c) in conns.iter_mut().enumerate() {
             let ev = ready_events[i + 1];
             if ev & POLLNVAL != 0 {
@@ -466,7 +470,9 @@ fn read_input<const C: usize, P: Protocol>(
                     c.output.clear();
                     return;
                 }
-                c.input.extend_from_slice(&io[..n]);
+                let start = c.input.len();
+                c.input.resize(start + n, 0);
+                io.read_at(0, &mut c.input[start..]);
                 if n < io.len() || c.input.len() > MAX_PENDING {
                     break;
                 }
@@ -521,7 +527,7 @@ fn write_output<const C: usize, S>(app: Component, c: &mut Conn<S>, io: &mut Sha
     let mut sent = 0;
     while sent < c.output.len() {
         let n = (c.output.len() - sent).min(io.len());
-        io[..n].copy_from_slice(&c.output[sent..sent + n]);
+        io.write_at(0, &c.output[sent..sent + n]);
         match net!(app, send(c.fd, io.shared().slice(0..n))) {
             Ok(k) => sent += k,
             Err(Errno::EAGAIN) => break,
