@@ -51,6 +51,7 @@ use crate::{Crossing, layout};
 use core::cell::{Cell, UnsafeCell};
 use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering::*};
+use flexos_layout::MAX_COMPONENTS;
 use flexos_layout::{COMPARTMENTS, Component, domain_of};
 use flexos_platform::compartment::{self, MAX_COMPARTMENTS};
 use flexos_platform::{clock, console, futex};
@@ -258,9 +259,6 @@ fn compartment_name(c: u32) -> &'static str {
 }
 
 // ---- export registry ----
-
-/// The most components an image may have.
-const MAX_COMPONENTS: usize = 32;
 
 /// Export tables by component id. A fixed array (not a `Vec` on the host's
 /// heap), so that a VM's copy of the image's data can read it.

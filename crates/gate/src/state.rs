@@ -1,13 +1,11 @@
 //! Component state kept in the heap of the component's compartment.
 
 use flexos_layout::Component;
+use flexos_layout::MAX_COMPONENTS;
 use flexos_platform::compartment::MAX_COMPARTMENTS;
 use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-
-/// The most component ids the state table holds.
-const MAX_COMPONENTS: usize = 64;
 
 /// One slot per component id.
 type Table = RefCell<[Option<Rc<dyn Any>>; MAX_COMPONENTS]>;

@@ -9,8 +9,8 @@
 use flexos_layout::Component;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// The most component ids the counters cover.
-pub const MAX_COMPONENTS: usize = 32;
+/// The most component ids the counters cover (the layout's limit).
+pub use flexos_layout::MAX_COMPONENTS;
 
 #[allow(clippy::declare_interior_mutable_const)]
 const ZERO: AtomicU64 = AtomicU64::new(0);

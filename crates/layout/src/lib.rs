@@ -47,6 +47,12 @@ pub struct Component {
 
 include!(concat!(env!("OUT_DIR"), "/layout.rs"));
 
+/// The most component ids an image has (its placeable components, then
+/// the application's own code and test components): the size of the
+/// gates' export registry, state tables and counters.
+pub const MAX_COMPONENTS: usize = 32;
+const _: () = assert!(component::ALL.len() < MAX_COMPONENTS, "more components than MAX_COMPONENTS");
+
 impl Mechanism {
     /// Whether compartments with this mechanism run in a domain of their own
     /// (another process or a VM), reached by remote calls.
