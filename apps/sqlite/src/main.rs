@@ -25,7 +25,7 @@ include!(concat!(env!("OUT_DIR"), "/packed_files.rs"));
 fn main() {
     flexos_platform::fault::install(layout::COMPARTMENT_NAMES);
     // In a compartment's own process this serves calls and never returns.
-    flexos_gate::boot(&[
+    flexos_boot::boot(&[
         flexos_sched::FLEXOS_EXPORTS,
         flexos_time::FLEXOS_EXPORTS,
         flexos_vfs::FLEXOS_EXPORTS,

@@ -37,8 +37,8 @@ pub use flexos_layout as layout;
 pub use shared::{SharedBuf, SharedLocal, SharedMut, SharedRef};
 pub use state::with_state;
 
-use flexos_layout::{COMPARTMENTS, Component, Mechanism, domain_of, has_remote_domains};
-use flexos_platform::{compartment, domain, process};
+use flexos_layout::{COMPARTMENTS, Component, Mechanism, domain_of};
+use flexos_platform::compartment;
 
 /// Declares the component that the crate defining it implements; required at
 /// the root of every component crate, since [`gate!`] reads it at both ends.
@@ -173,81 +173,6 @@ where
         return remote::call(from, to, entry, &args);
     }
     cross_with(COMPARTMENTS[to.compartment].mechanism, from, to, args, f)
-}
-
-/// Starts the image's domains; every image calls it first thing in `main`,
-/// with every component's export table (`FLEXOS_EXPORTS`).
-///
-/// In the host process it starts one process per `proc` compartment and
-/// one VM per `kvm` compartment (with a dispatcher thread that gives every
-/// chain of calls reaching it a vCPU), and returns. In a compartment's own process it confines the process with
-/// its seccomp filter and serves remote calls until the host ends: it
-/// never returns.
-pub fn boot(exports: &[&'static [Export]]) {
-    remote::register(exports);
-    if flexos_layout::has_mpk() {
-        mpk::init();
-        // Every compartment may print: std's stdout buffer goes to the shared heap.
-        flexos_alloc::in_shared_heap(|| drop(std::io::stdout()));
-        // Trusted platform code (starting a host thread) may switch compartments through the gates.
-        compartment::set_switcher(|to, f| mpk::run_in(to, f));
-        // A panic must not unwind: unwinding walks up through the gates
-        // into the stacks of other compartments, which the keys deny. The
-        // report names the compartment and touches nothing but this
-        // compartment's memory (std's default report reads the thread's
-        // name, which lives in the default compartment's heap).
-        std::panic::set_hook(Box::new(|info| {
-            let report =
-                format!("flexos: compartment {:?} panicked: {info}\n", COMPARTMENTS[compartment::current()].name);
-            flexos_platform::console::write_err(report.as_bytes());
-            flexos_platform::process_abort()
-        }));
-    }
-    if !has_remote_domains() {
-        return;
-    }
-    if domain::child_role().is_some() {
-        // The compartment of the network device drives it (tap or forwarder).
-        let netdev_here = domain_of(crate::layout::component::NETDEV.compartment) == remote::this_domain()
-            && crate::layout::APP_USES_NETWORK;
-        let extra = if netdev_here { process::NETWORK_DEVICE } else { &[] };
-        if let Err(e) = process::confine(extra) {
-            eprintln!(
-                "flexos: compartment {:?} cannot confine its process: {e}",
-                COMPARTMENTS[compartment::home()].name
-            );
-            std::process::exit(process::COMPARTMENT_DIED);
-        }
-        remote::dispatch_forever(compartment::home(), remote::start_partner_thread);
-    }
-    let base = flexos_alloc::region().base.as_ptr() as usize;
-    let fd = flexos_alloc::shared_memory_fd().expect("images with remote compartments have shared memory");
-    for (i, c) in COMPARTMENTS.iter().enumerate() {
-        match c.mechanism {
-            Mechanism::Proc => {
-                if let Err(e) = process::spawn_compartment(i, c.name, base, fd) {
-                    eprintln!("flexos: cannot start the process of compartment {:?}: {e}", c.name);
-                    process::kill_all();
-                    std::process::exit(process::COMPARTMENT_DIED);
-                }
-            }
-            Mechanism::Kvm => match flexos_kvm::Vm::create(i, c.name, remote::guest_partner_entry) {
-                Ok(vm) => {
-                    let vm: &'static flexos_kvm::Vm = Box::leak(Box::new(vm));
-                    std::thread::Builder::new()
-                        .name(format!("flexos-{}-dispatch", c.name))
-                        .spawn(move || remote::dispatch_forever(i, |chain| vm.start_partner(chain)))
-                        .expect("cannot start a VM's dispatcher");
-                }
-                Err(e) => {
-                    eprintln!("flexos: cannot start the VM of compartment {:?}: {e}", c.name);
-                    process::kill_all();
-                    std::process::exit(process::COMPARTMENT_DIED);
-                }
-            },
-            Mechanism::Fcall | Mechanism::Mpk => {}
-        }
-    }
 }
 
 /// [`cross`] inside one domain, with the callee's mechanism given explicitly.

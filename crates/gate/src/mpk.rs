@@ -374,9 +374,24 @@ fn release(block: Block) {
     unsafe { free(block.base as *mut u8, layout) }
 }
 
-/// Registers how gate memory is freed; called once at boot in `mpk` images.
-pub(crate) fn init() {
+/// Readies an image with `mpk` compartments, once, before anything crosses:
+/// registers how gate memory is freed, puts std's stdout buffer in the
+/// shared heap (every compartment may print), lets trusted platform code
+/// (starting a host thread) switch compartments through the gates, and
+/// makes a panic abort with a report instead of unwinding (unwinding
+/// walks up through the gates into the stacks of other compartments,
+/// which the keys deny; the report names the compartment and touches
+/// nothing but this compartment's memory, whereas std's default report
+/// reads the thread's name in the default compartment's heap).
+pub fn prepare() {
     gatestack::set_release(release);
+    flexos_alloc::in_shared_heap(|| drop(std::io::stdout()));
+    compartment::set_switcher(|to, f| run_in(to, f));
+    std::panic::set_hook(Box::new(|info| {
+        let report = format!("flexos: compartment {:?} panicked: {info}\n", COMPARTMENTS[compartment::current()].name);
+        flexos_platform::console::write_err(report.as_bytes());
+        flexos_platform::process_abort()
+    }));
 }
 
 /// The address of the data shadow stack's mirror of `[addr, addr + len)`,

@@ -207,7 +207,7 @@ fn install_here<const C: usize>(app: Component, path: &str, data: &[u8]) -> Resu
 pub fn boot() {
     flexos_platform::fault::install(flexos_gate::layout::COMPARTMENT_NAMES);
     flexos_platform::process::raise_descriptor_limit();
-    flexos_gate::boot(&[
+    flexos_boot::boot(&[
         flexos_sched::FLEXOS_EXPORTS,
         flexos_time::FLEXOS_EXPORTS,
         flexos_vfs::FLEXOS_EXPORTS,
