@@ -306,13 +306,16 @@ pub fn serve<const C: usize, P: Protocol>(app: Component, options: Options, prot
     let mut conns: Vec<Conn<P::Conn>> = Vec::new();
     let mut io = SharedBuf::zeroed(options.recv_size.max(1));
     let mut entries = SharedBuf::zeroed(POLL_ENTRY * 64);
+    // The poll table is made and read back here, in private memory, each
+    // copied once to or from `entries` (kept across rounds).
+    let mut table: Vec<u8> = Vec::new();
     loop {
         let needed = (conns.len() + 1) * POLL_ENTRY;
         if entries.len() < needed {
             entries = SharedBuf::zeroed(needed * 2);
         }
-        // The entries are made and read back in private memory, each copied once.
-        let mut table = vec![0u8; needed];
+        table.clear();
+        table.resize(needed, 0);
         put_entry(&mut table, 0, listener, POLLIN);
         for (i, c) in conns.iter().enumerate() {
             let events = if c.output.is_empty() {
