@@ -10,6 +10,8 @@ fn main() {
     let mut out = String::new();
     writeln!(out, "/// The configuration file this image was built from.").unwrap();
     writeln!(out, "pub const SOURCE: &str = {:?};", layout.source.display().to_string()).unwrap();
+    writeln!(out, "/// Whether the image is built from a configuration file (`FLEXOS_CONFIG`).").unwrap();
+    writeln!(out, "pub const CONFIGURED: bool = {};", std::env::var_os("FLEXOS_CONFIG").is_some()).unwrap();
     writeln!(out, "/// The application.").unwrap();
     writeln!(out, "pub const APP: &str = {:?};", layout.app).unwrap();
     writeln!(out, "/// Whether the application uses the network stack (and so the network device).").unwrap();
@@ -75,9 +77,10 @@ fn main() {
         writeln!(out, "    /// The `{}` component.", info.name).unwrap();
         writeln!(
             out,
-            "    pub const {}: Component = Component {{ id: {id}, name: {:?}, compartment: {compartment}, hardening: &{hardening:?} }};",
+            "    pub const {}: Component = Component {{ id: {id}, name: {:?}, compartment: {compartment}, hardening: &{hardening:?}, package: {:?} }};",
             info.name.to_uppercase(),
-            info.name
+            info.name,
+            info.package
         )
         .unwrap();
     }

@@ -51,13 +51,15 @@ fn main() {
     };
     let options = flexos_netapp::options("flexos-httpd", defaults);
     for (path, data) in PACKED_FILES {
-        if let Err(e) = flexos_netapp::install_file::<{ FLEXOS_COMPONENT.compartment }>(FLEXOS_COMPONENT, path, data) {
+        if let Err(e) =
+            flexos_netapp::install_file::<{ FLEXOS_COMPONENT.compartment }, _>(flexos_gate::me!(), path, data)
+        {
             eprintln!("flexos-httpd: cannot unpack {path} into the image's file system: errno {}", e.0);
             std::process::exit(70);
         }
     }
     let server = || Httpd { file: SharedBuf::zeroed(0) };
-    flexos_netapp::run::<{ FLEXOS_COMPONENT.compartment }, _>(FLEXOS_COMPONENT, "flexos-httpd", options, server)
+    flexos_netapp::run::<{ FLEXOS_COMPONENT.compartment }, _, _>(flexos_gate::me!(), "flexos-httpd", options, server)
 }
 
 /// The server; `file` is the shared buffer that file contents are read into.

@@ -72,7 +72,7 @@ fn main() {
         gate_stats: false,
     };
     let options = flexos_netapp::options("flexos-iperf", defaults);
-    flexos_netapp::run::<{ FLEXOS_COMPONENT.compartment }, _>(FLEXOS_COMPONENT, "flexos-iperf", options, || Iperf)
+    flexos_netapp::run::<{ FLEXOS_COMPONENT.compartment }, _, _>(flexos_gate::me!(), "flexos-iperf", options, || Iperf)
 }
 
 /// The receive server.

@@ -39,7 +39,7 @@ fn main() {
     let options = flexos_netapp::options("flexos-kv", defaults);
     let port = options.port;
     let kv = move || Kv { store: Store::default(), commands: 0, port };
-    flexos_netapp::run::<{ FLEXOS_COMPONENT.compartment }, _>(FLEXOS_COMPONENT, "flexos-kv", options, kv)
+    flexos_netapp::run::<{ FLEXOS_COMPONENT.compartment }, _, _>(flexos_gate::me!(), "flexos-kv", options, kv)
 }
 
 /// The server: the data set.

@@ -34,14 +34,14 @@ struct Scratch {
 
 /// Runs `f` with a shared buffer of at least `n` bytes.
 fn with_scratch<R>(n: usize, f: impl FnOnce(&mut SharedBuf) -> R) -> R {
-    let cached = flexos_gate::with_state(crate::FLEXOS_COMPONENT, |s: &mut Scratch| s.buf.take());
+    let cached = flexos_gate::with_state(flexos_gate::me!(), |s: &mut Scratch| s.buf.take());
     let mut buf = match cached {
         Some(b) if b.len() >= n => b,
         _ => SharedBuf::zeroed(n.next_power_of_two().max(4096)),
     };
     let result = f(&mut buf);
     if buf.len() <= MAX_SCRATCH {
-        flexos_gate::with_state(crate::FLEXOS_COMPONENT, |s: &mut Scratch| s.buf = Some(buf));
+        flexos_gate::with_state(flexos_gate::me!(), |s: &mut Scratch| s.buf = Some(buf));
     }
     result
 }

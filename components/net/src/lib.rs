@@ -38,20 +38,20 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Add
 
 flexos_gate::component!(NET);
 flexos_gate::exports!(
-    configure(_, _),
-    socket(),
-    bind(_, _),
-    listen(_, _),
-    accept(_),
-    connect(_, _, _),
-    recv(_, _),
-    send(_, _),
-    shutdown(_, _),
-    close(_),
-    reset(_),
-    set_nonblocking(_, _),
-    poll(_, _),
-    open_sockets()
+    configure(u32, u32) -> Result<(), Errno>,
+    socket() -> Result<i32, Errno>,
+    bind(i32, u16) -> Result<(), Errno>,
+    listen(i32, u32) -> Result<(), Errno>,
+    accept(i32) -> Result<(i32, [u8; 4], u16), Errno>,
+    connect(i32, [u8; 4], u16) -> Result<(), Errno>,
+    recv(i32, SharedMut<'_>) -> Result<usize, Errno>,
+    send(i32, SharedRef<'_>) -> Result<usize, Errno>,
+    shutdown(i32, u32) -> Result<(), Errno>,
+    close(i32) -> Result<(), Errno>,
+    reset(i32) -> Result<(), Errno>,
+    set_nonblocking(i32, bool) -> Result<(), Errno>,
+    poll(SharedMut<'_>, i64) -> Result<usize, Errno>,
+    open_sockets() -> (usize, usize),
 );
 
 /// The first socket number handed out.
@@ -144,7 +144,7 @@ impl Default for Net {
 }
 
 fn with<R>(f: impl FnOnce(&mut Net) -> R) -> R {
-    flexos_gate::with_state(FLEXOS_COMPONENT, f)
+    flexos_gate::with_state(flexos_gate::me!(), f)
 }
 
 impl Net {
@@ -381,7 +381,7 @@ fn blocking<R>(fd: i32, mut attempt: impl FnMut(&mut Net) -> Result<R, Errno>) -
 /// Sets the limits for sockets created afterwards: the most TCP endpoints
 /// at once and the receive and send buffer size of each. Fails with
 /// `EINVAL` for zero connections or a buffer outside 512 B–16 MiB.
-pub fn configure(max_connections: u32, buffer_size: u32) -> Result<(), Errno> {
+pub(crate) fn configure(max_connections: u32, buffer_size: u32) -> Result<(), Errno> {
     if max_connections == 0 || !(512..=16 << 20).contains(&buffer_size) {
         return Err(Errno::EINVAL);
     }
@@ -393,7 +393,7 @@ pub fn configure(max_connections: u32, buffer_size: u32) -> Result<(), Errno> {
 }
 
 /// A new TCP socket.
-pub fn socket() -> Result<i32, Errno> {
+pub(crate) fn socket() -> Result<i32, Errno> {
     with(|n| {
         n.stack()?;
         Ok(n.new_fd(Sock::Fresh { port: 0 }))
@@ -401,7 +401,7 @@ pub fn socket() -> Result<i32, Errno> {
 }
 
 /// Binds `fd` to local `port` (any of the image's addresses).
-pub fn bind(fd: i32, port: u16) -> Result<(), Errno> {
+pub(crate) fn bind(fd: i32, port: u16) -> Result<(), Errno> {
     with(|n| {
         let taken =
             n.table.iter().flatten().any(
@@ -423,7 +423,7 @@ pub fn bind(fd: i32, port: u16) -> Result<(), Errno> {
 /// Makes the bound socket `fd` accept connections, keeping up to `backlog`
 /// (1 to [`MAX_LISTENING`]) waiting; prints `listening: HOST:PORT`, how a client on
 /// this machine reaches it.
-pub fn listen(fd: i32, backlog: u32) -> Result<(), Errno> {
+pub(crate) fn listen(fd: i32, backlog: u32) -> Result<(), Errno> {
     with(|n| {
         let port = match n.entry(fd)?.sock {
             Sock::Fresh { port } if port != 0 => port,
@@ -450,7 +450,7 @@ pub fn listen(fd: i32, backlog: u32) -> Result<(), Errno> {
 
 /// Takes an established connection from listener `fd`; returns its socket
 /// and the peer's address and port.
-pub fn accept(fd: i32) -> Result<(i32, [u8; 4], u16), Errno> {
+pub(crate) fn accept(fd: i32) -> Result<(i32, [u8; 4], u16), Errno> {
     blocking(fd, |n| {
         let Sock::Listener { queue, .. } = &n.entry(fd)?.sock else { return Err(Errno::EINVAL) };
         let queue = queue.clone();
@@ -476,7 +476,7 @@ pub fn accept(fd: i32) -> Result<(i32, [u8; 4], u16), Errno> {
 
 /// Connects `fd` to `ip`:`port`; a blocking socket waits until the
 /// connection is established (`ECONNREFUSED` if it is not).
-pub fn connect(fd: i32, ip: [u8; 4], port: u16) -> Result<(), Errno> {
+pub(crate) fn connect(fd: i32, ip: [u8; 4], port: u16) -> Result<(), Errno> {
     with(|n| {
         if !matches!(n.entry(fd)?.sock, Sock::Fresh { .. }) {
             return Err(Errno::EISCONN);
@@ -514,7 +514,7 @@ fn stream(n: &mut Net, fd: i32) -> Result<(SocketHandle, bool), Errno> {
 }
 
 /// Receives into `buf`; returns the byte count, 0 at the end of the stream.
-pub fn recv(fd: i32, mut buf: SharedMut<'_>) -> Result<usize, Errno> {
+pub(crate) fn recv(fd: i32, mut buf: SharedMut<'_>) -> Result<usize, Errno> {
     blocking(fd, |n| {
         let (handle, shut_rd) = stream(n, fd)?;
         if shut_rd {
@@ -547,7 +547,7 @@ pub fn recv(fd: i32, mut buf: SharedMut<'_>) -> Result<usize, Errno> {
 
 /// Sends from `data`; returns how many bytes the stack took (at least one,
 /// unless `data` is empty). The bytes leave at the next poll of the stack.
-pub fn send(fd: i32, data: SharedRef<'_>) -> Result<usize, Errno> {
+pub(crate) fn send(fd: i32, data: SharedRef<'_>) -> Result<usize, Errno> {
     if data.is_empty() {
         return Ok(0);
     }
@@ -576,7 +576,7 @@ pub fn send(fd: i32, data: SharedRef<'_>) -> Result<usize, Errno> {
 
 /// Shuts down receiving ([`SHUT_RD`]), sending ([`SHUT_WR`]: sends FIN
 /// after the queued bytes) or both.
-pub fn shutdown(fd: i32, how: u32) -> Result<(), Errno> {
+pub(crate) fn shutdown(fd: i32, how: u32) -> Result<(), Errno> {
     if how > SHUT_RDWR {
         return Err(Errno::EINVAL);
     }
@@ -597,14 +597,14 @@ pub fn shutdown(fd: i32, how: u32) -> Result<(), Errno> {
 /// Closes `fd`. A connection finishes sending and closes gracefully (or is
 /// reset if received bytes were never read); a listener drops the
 /// connections not yet accepted.
-pub fn close(fd: i32) -> Result<(), Errno> {
+pub(crate) fn close(fd: i32) -> Result<(), Errno> {
     close_socket(fd, false)
 }
 
 /// Closes `fd` at once: a connection is reset and its endpoint freed
 /// without the TCP close handshake (for clients the application gives up
 /// on, such as one that kept it waiting too long).
-pub fn reset(fd: i32) -> Result<(), Errno> {
+pub(crate) fn reset(fd: i32) -> Result<(), Errno> {
     close_socket(fd, true)
 }
 
@@ -635,7 +635,7 @@ fn close_socket(fd: i32, reset: bool) -> Result<(), Errno> {
 }
 
 /// Makes calls on `fd` fail with `EAGAIN` instead of blocking (or block again).
-pub fn set_nonblocking(fd: i32, nonblocking: bool) -> Result<(), Errno> {
+pub(crate) fn set_nonblocking(fd: i32, nonblocking: bool) -> Result<(), Errno> {
     with(|n| {
         n.entry(fd)?.nonblocking = nonblocking;
         Ok(())
@@ -646,7 +646,7 @@ pub fn set_nonblocking(fd: i32, nonblocking: bool) -> Result<(), Errno> {
 /// `flexos_gate::abi::poll`) is ready for its requested events, or `timeout_ms`
 /// passes (negative: no limit); fills in the returned events and returns
 /// how many entries have some.
-pub fn poll(mut entries: SharedMut<'_>, timeout_ms: i64) -> Result<usize, Errno> {
+pub(crate) fn poll(mut entries: SharedMut<'_>, timeout_ms: i64) -> Result<usize, Errno> {
     if entries.len() % POLL_ENTRY != 0 {
         return Err(Errno::EINVAL);
     }
@@ -681,6 +681,6 @@ pub fn poll(mut entries: SharedMut<'_>, timeout_ms: i64) -> Result<usize, Errno>
 }
 
 /// How many sockets are open and how many TCP endpoints exist.
-pub fn open_sockets() -> (usize, usize) {
+pub(crate) fn open_sockets() -> (usize, usize) {
     with(|n| (n.table.iter().flatten().count(), n.endpoints))
 }

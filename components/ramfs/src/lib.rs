@@ -18,20 +18,20 @@ use flexos_platform::clock;
 
 flexos_gate::component!(RAMFS);
 flexos_gate::exports!(
-    root(),
-    lookup(_, _),
-    create(_, _, _),
-    read(_, _, _),
-    write(_, _, _),
-    truncate(_, _),
-    stat(_),
-    remove(_, _, _),
-    rename(_, _, _, _),
-    readdir(_, _),
-    open_ref(_),
-    close_ref(_),
-    node_count(),
-    set_limits(_, _)
+    root() -> u64,
+    lookup(u64, SharedRef<'_>) -> Result<u64, Errno>,
+    create(u64, SharedRef<'_>, FileKind) -> Result<u64, Errno>,
+    read(u64, u64, SharedMut<'_>) -> Result<usize, Errno>,
+    write(u64, u64, SharedRef<'_>) -> Result<usize, Errno>,
+    truncate(u64, u64) -> Result<(), Errno>,
+    stat(u64) -> Result<Stat, Errno>,
+    remove(u64, SharedRef<'_>, FileKind) -> Result<(), Errno>,
+    rename(u64, SharedRef<'_>, u64, SharedRef<'_>) -> Result<(), Errno>,
+    readdir(u64, u64) -> Result<Option<DirEntry>, Errno>,
+    open_ref(u64) -> Result<(), Errno>,
+    close_ref(u64) -> Result<(), Errno>,
+    node_count() -> usize,
+    set_limits(u64, u64) -> Result<(), Errno>,
 );
 
 /// The inode number of the root directory.
@@ -164,7 +164,7 @@ impl RamFs {
 }
 
 fn with<R>(f: impl FnOnce(&mut RamFs) -> Result<R, Errno>) -> Result<R, Errno> {
-    flexos_gate::with_state(FLEXOS_COMPONENT, f)
+    flexos_gate::with_state(flexos_gate::me!(), f)
 }
 
 /// Runs `f` on a name passed in shared memory, copied into private memory
@@ -199,12 +199,12 @@ fn check_replaceable(kind: FileKind, node: &Inode) -> Result<(), Errno> {
 }
 
 /// The root directory's inode number.
-pub fn root() -> u64 {
+pub(crate) fn root() -> u64 {
     ROOT
 }
 
 /// Looks `name` up in directory `dir` (`.` and `..` included).
-pub fn lookup(dir: u64, name: SharedRef<'_>) -> Result<u64, Errno> {
+pub(crate) fn lookup(dir: u64, name: SharedRef<'_>) -> Result<u64, Errno> {
     with_name(name, |name| {
         with(|fs| {
             let d = fs.dir(dir)?;
@@ -218,7 +218,7 @@ pub fn lookup(dir: u64, name: SharedRef<'_>) -> Result<u64, Errno> {
 }
 
 /// Creates `name` in `dir` as a file or directory; `EEXIST` if the name is taken.
-pub fn create(dir: u64, name: SharedRef<'_>, kind: FileKind) -> Result<u64, Errno> {
+pub(crate) fn create(dir: u64, name: SharedRef<'_>, kind: FileKind) -> Result<u64, Errno> {
     with_name(name, |name| create_checked(dir, name, kind))
 }
 
@@ -243,7 +243,7 @@ fn create_checked(dir: u64, name: &[u8], kind: FileKind) -> Result<u64, Errno> {
 }
 
 /// Reads from file `ino` at `offset` into `buf`; returns the bytes read (0 at the end).
-pub fn read(ino: u64, offset: u64, mut buf: SharedMut<'_>) -> Result<usize, Errno> {
+pub(crate) fn read(ino: u64, offset: u64, mut buf: SharedMut<'_>) -> Result<usize, Errno> {
     with(|fs| {
         let f = fs.file(ino)?;
         let len = f.data.len() as u64;
@@ -260,7 +260,7 @@ pub fn read(ino: u64, offset: u64, mut buf: SharedMut<'_>) -> Result<usize, Errn
 /// Writes `data` into file `ino` at `offset`, growing it (with zeros) as
 /// needed: `EFBIG` past the largest file, `ENOSPC` when the file system
 /// (or the heap) is full.
-pub fn write(ino: u64, offset: u64, data: SharedRef<'_>) -> Result<usize, Errno> {
+pub(crate) fn write(ino: u64, offset: u64, data: SharedRef<'_>) -> Result<usize, Errno> {
     with(|fs| {
         let end = offset.checked_add(data.len() as u64).ok_or(Errno::EFBIG)?;
         let grow_to = end.max(fs.file(ino)?.data.len() as u64);
@@ -273,7 +273,7 @@ pub fn write(ino: u64, offset: u64, data: SharedRef<'_>) -> Result<usize, Errno>
 }
 
 /// Sets the size of file `ino` (`EFBIG`, `ENOSPC` as for [`write`]).
-pub fn truncate(ino: u64, size: u64) -> Result<(), Errno> {
+pub(crate) fn truncate(ino: u64, size: u64) -> Result<(), Errno> {
     with(|fs| {
         let f = fs.resize_file(ino, size)?;
         f.data.shrink_to(size as usize * 2);
@@ -285,7 +285,7 @@ pub fn truncate(ino: u64, size: u64) -> Result<(), Errno> {
 /// Sets the largest file (`max_file_size`, bytes; 0 keeps the current
 /// limit) and the most file data in all (`capacity`, bytes; 0 keeps it).
 /// Limits below what is stored already apply to later writes only.
-pub fn set_limits(max_file_size: u64, capacity: u64) -> Result<(), Errno> {
+pub(crate) fn set_limits(max_file_size: u64, capacity: u64) -> Result<(), Errno> {
     with(|fs| {
         if max_file_size > 0 {
             fs.max_file_size = max_file_size;
@@ -298,7 +298,7 @@ pub fn set_limits(max_file_size: u64, capacity: u64) -> Result<(), Errno> {
 }
 
 /// The attributes of `ino`.
-pub fn stat(ino: u64) -> Result<Stat, Errno> {
+pub(crate) fn stat(ino: u64) -> Result<Stat, Errno> {
     with(|fs| {
         let n = fs.node(ino)?;
         let size = match n.kind {
@@ -310,7 +310,7 @@ pub fn stat(ino: u64) -> Result<Stat, Errno> {
 }
 
 /// Removes entry `name` of `dir`, which must be of `kind`; a directory must be empty.
-pub fn remove(dir: u64, name: SharedRef<'_>, kind: FileKind) -> Result<(), Errno> {
+pub(crate) fn remove(dir: u64, name: SharedRef<'_>, kind: FileKind) -> Result<(), Errno> {
     with_name(name, |name| {
         check_name(name)?;
         with(|fs| {
@@ -323,7 +323,12 @@ pub fn remove(dir: u64, name: SharedRef<'_>, kind: FileKind) -> Result<(), Errno
 
 /// Moves `src_dir/src_name` to `dst_dir/dst_name`, replacing a file or an
 /// empty directory of the same kind there.
-pub fn rename(src_dir: u64, src_name: SharedRef<'_>, dst_dir: u64, dst_name: SharedRef<'_>) -> Result<(), Errno> {
+pub(crate) fn rename(
+    src_dir: u64,
+    src_name: SharedRef<'_>,
+    dst_dir: u64,
+    dst_name: SharedRef<'_>,
+) -> Result<(), Errno> {
     with_name(src_name, |src_name| with_name(dst_name, |dst_name| rename_checked(src_dir, src_name, dst_dir, dst_name)))
 }
 
@@ -368,7 +373,7 @@ fn rename_checked(src_dir: u64, src_name: &[u8], dst_dir: u64, dst_name: &[u8]) 
 }
 
 /// The `index`-th entry of directory `dir` in name order, `None` past the last.
-pub fn readdir(dir: u64, index: u64) -> Result<Option<DirEntry>, Errno> {
+pub(crate) fn readdir(dir: u64, index: u64) -> Result<Option<DirEntry>, Errno> {
     with(|fs| {
         let d = fs.dir(dir)?;
         let Some((name, &ino)) = d.entries.iter().nth(index as usize) else { return Ok(None) };
@@ -379,7 +384,7 @@ pub fn readdir(dir: u64, index: u64) -> Result<Option<DirEntry>, Errno> {
 }
 
 /// Notes that an open file refers to `ino` (it outlives its last name until [`close_ref`]).
-pub fn open_ref(ino: u64) -> Result<(), Errno> {
+pub(crate) fn open_ref(ino: u64) -> Result<(), Errno> {
     with(|fs| {
         fs.node(ino)?.opens += 1;
         Ok(())
@@ -387,7 +392,7 @@ pub fn open_ref(ino: u64) -> Result<(), Errno> {
 }
 
 /// Drops a reference taken by [`open_ref`].
-pub fn close_ref(ino: u64) -> Result<(), Errno> {
+pub(crate) fn close_ref(ino: u64) -> Result<(), Errno> {
     with(|fs| {
         let n = fs.node(ino)?;
         n.opens = n.opens.checked_sub(1).ok_or(Errno::EINVAL)?;
@@ -397,7 +402,7 @@ pub fn close_ref(ino: u64) -> Result<(), Errno> {
 }
 
 /// How many nodes exist (the root included).
-pub fn node_count() -> usize {
+pub(crate) fn node_count() -> usize {
     with(|fs| {
         fs.node(ROOT)?;
         Ok(fs.inodes.len())

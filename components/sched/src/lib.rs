@@ -25,21 +25,21 @@ use flexos_platform::context::{self, Context};
 
 flexos_gate::component!(SCHED);
 flexos_gate::exports!(
-    spawn(_),
-    current(),
+    spawn(Callback) -> ThreadId,
+    current() -> ThreadId,
     yield_now(),
-    join(_),
-    sleep_until(_),
-    thread_count(),
-    switch_count(),
-    wait_queue_create(),
-    wait(_),
-    wake_one(_),
-    wake_all(_),
-    wait_queue_destroy(_),
-    mutex_create(),
-    mutex_lock(_),
-    mutex_unlock(_)
+    join(ThreadId) -> Result<(), Errno>,
+    sleep_until(u64),
+    thread_count() -> usize,
+    switch_count() -> u64,
+    wait_queue_create() -> u64,
+    wait(u64) -> Result<(), Errno>,
+    wake_one(u64) -> Result<bool, Errno>,
+    wake_all(u64) -> Result<u32, Errno>,
+    wait_queue_destroy(u64) -> Result<(), Errno>,
+    mutex_create() -> u64,
+    mutex_lock(u64) -> Result<(), Errno>,
+    mutex_unlock(u64) -> Result<(), Errno>,
 );
 
 /// Stack size of a new thread.
@@ -114,7 +114,7 @@ impl Scheduler {
 }
 
 fn with<R>(f: impl FnOnce(&mut Scheduler) -> R) -> R {
-    flexos_gate::with_state(FLEXOS_COMPONENT, |s: &mut Scheduler| {
+    flexos_gate::with_state(flexos_gate::me!(), |s: &mut Scheduler| {
         s.start();
         f(s)
     })
@@ -159,7 +159,7 @@ fn exit_current() -> ! {
 
 /// Creates a thread that runs `body` (in the compartment that made the
 /// callback) and returns its id. It starts when the creator yields or blocks.
-pub fn spawn(body: Callback) -> ThreadId {
+pub(crate) fn spawn(body: Callback) -> ThreadId {
     let id = with(|s| s.new_id());
     let ctx = Context::spawn(STACK_SIZE, move || {
         body.call();
@@ -173,12 +173,12 @@ pub fn spawn(body: Callback) -> ThreadId {
 }
 
 /// The running thread's id.
-pub fn current() -> ThreadId {
+pub(crate) fn current() -> ThreadId {
     with(|s| s.current)
 }
 
 /// Lets every other ready thread run once before this one continues.
-pub fn yield_now() {
+pub(crate) fn yield_now() {
     with(|s| {
         let me = s.current;
         s.ready.push_back(me);
@@ -187,7 +187,7 @@ pub fn yield_now() {
 }
 
 /// Waits until thread `id` has finished. `EINVAL` for an unknown thread or oneself.
-pub fn join(id: ThreadId) -> Result<(), Errno> {
+pub(crate) fn join(id: ThreadId) -> Result<(), Errno> {
     let wait = with(|s| {
         let me = s.current;
         match s.threads.get_mut(&id) {
@@ -208,7 +208,7 @@ pub fn join(id: ThreadId) -> Result<(), Errno> {
 }
 
 /// Blocks the running thread until the monotonic clock reaches `deadline_ns`.
-pub fn sleep_until(deadline_ns: u64) {
+pub(crate) fn sleep_until(deadline_ns: u64) {
     with(|s| {
         let me = s.current;
         s.sleeping.insert((deadline_ns, me));
@@ -217,17 +217,17 @@ pub fn sleep_until(deadline_ns: u64) {
 }
 
 /// How many threads exist and have not been joined (including finished ones).
-pub fn thread_count() -> usize {
+pub(crate) fn thread_count() -> usize {
     with(|s| s.threads.len())
 }
 
 /// How many context switches happened so far.
-pub fn switch_count() -> u64 {
+pub(crate) fn switch_count() -> u64 {
     with(|s| s.switches)
 }
 
 /// Creates a wait queue.
-pub fn wait_queue_create() -> u64 {
+pub(crate) fn wait_queue_create() -> u64 {
     with(|s| {
         let id = s.new_id();
         s.wait_queues.insert(id, VecDeque::new());
@@ -236,7 +236,7 @@ pub fn wait_queue_create() -> u64 {
 }
 
 /// Blocks the running thread on wait queue `wq` until woken.
-pub fn wait(wq: u64) -> Result<(), Errno> {
+pub(crate) fn wait(wq: u64) -> Result<(), Errno> {
     with(|s| {
         let me = s.current;
         s.wait_queues.get_mut(&wq).ok_or(Errno::EINVAL).map(|q| q.push_back(me))
@@ -246,7 +246,7 @@ pub fn wait(wq: u64) -> Result<(), Errno> {
 }
 
 /// Wakes the longest-waiting thread of `wq`; returns whether there was one.
-pub fn wake_one(wq: u64) -> Result<bool, Errno> {
+pub(crate) fn wake_one(wq: u64) -> Result<bool, Errno> {
     with(|s| {
         let q = s.wait_queues.get_mut(&wq).ok_or(Errno::EINVAL)?;
         Ok(q.pop_front().map(|id| s.ready.push_back(id)).is_some())
@@ -254,7 +254,7 @@ pub fn wake_one(wq: u64) -> Result<bool, Errno> {
 }
 
 /// Wakes every thread waiting on `wq`; returns how many.
-pub fn wake_all(wq: u64) -> Result<u32, Errno> {
+pub(crate) fn wake_all(wq: u64) -> Result<u32, Errno> {
     with(|s| {
         let q = core::mem::take(s.wait_queues.get_mut(&wq).ok_or(Errno::EINVAL)?);
         let n = q.len() as u32;
@@ -264,7 +264,7 @@ pub fn wake_all(wq: u64) -> Result<u32, Errno> {
 }
 
 /// Destroys wait queue `wq`; `EINVAL` if threads still wait on it.
-pub fn wait_queue_destroy(wq: u64) -> Result<(), Errno> {
+pub(crate) fn wait_queue_destroy(wq: u64) -> Result<(), Errno> {
     with(|s| match s.wait_queues.get(&wq) {
         Some(q) if q.is_empty() => {
             s.wait_queues.remove(&wq);
@@ -275,7 +275,7 @@ pub fn wait_queue_destroy(wq: u64) -> Result<(), Errno> {
 }
 
 /// Creates a mutex.
-pub fn mutex_create() -> u64 {
+pub(crate) fn mutex_create() -> u64 {
     with(|s| {
         let id = s.new_id();
         s.mutexes.insert(id, MutexState::default());
@@ -285,7 +285,7 @@ pub fn mutex_create() -> u64 {
 
 /// Locks mutex `m`, waiting while another thread holds it. `EINVAL` if the
 /// caller already holds it (no recursive locking) or it does not exist.
-pub fn mutex_lock(m: u64) -> Result<(), Errno> {
+pub(crate) fn mutex_lock(m: u64) -> Result<(), Errno> {
     let wait = with(|s| {
         let me = s.current;
         let mx = s.mutexes.get_mut(&m).ok_or(Errno::EINVAL)?;
@@ -309,7 +309,7 @@ pub fn mutex_lock(m: u64) -> Result<(), Errno> {
 }
 
 /// Unlocks mutex `m`, handing it to the longest waiter. `EPERM` if the caller does not hold it.
-pub fn mutex_unlock(m: u64) -> Result<(), Errno> {
+pub(crate) fn mutex_unlock(m: u64) -> Result<(), Errno> {
     with(|s| {
         let me = s.current;
         let mx = s.mutexes.get_mut(&m).ok_or(Errno::EINVAL)?;

@@ -1,5 +1,9 @@
 //! Scheduler behaviour: threads, yielding, sleeping, wait queues, mutexes.
 
+// The test's own code calls the component through gates, as an image would.
+flexos_gate::component!(image);
+use flexos_gate::gate;
+
 use flexos_gate::Callback;
 use flexos_gate::abi::Errno;
 use flexos_platform::{clock, compartment};
@@ -23,15 +27,15 @@ fn spawn_runs_threads_and_join_waits() {
     let ids: Vec<_> = (0..3)
         .map(|i| {
             let l = l.clone();
-            sched::spawn(Callback::new(move || push(&l, format!("t{i}"))))
+            gate!(sched::spawn(Callback::new(move || push(&l, format!("t{i}")))))
         })
         .collect();
     push(&l, "main");
     for id in ids {
-        sched::join(id).unwrap();
+        gate!(sched::join(id)).unwrap();
     }
     assert_eq!(*l.borrow(), ["main", "t0", "t1", "t2"]);
-    assert_eq!(sched::thread_count(), 1, "joined threads are gone");
+    assert_eq!(gate!(sched::thread_count()), 1, "joined threads are gone");
 }
 
 #[test]
@@ -41,16 +45,16 @@ fn yield_interleaves_threads() {
         Callback::new(move || {
             for i in 0..3 {
                 push(&l, format!("{name}{i}"));
-                sched::yield_now();
+                gate!(sched::yield_now());
             }
         })
     };
-    let a = sched::spawn(mk("a", l.clone()));
-    let b = sched::spawn(mk("b", l.clone()));
-    sched::join(a).unwrap();
-    sched::join(b).unwrap();
+    let a = gate!(sched::spawn(mk("a", l.clone())));
+    let b = gate!(sched::spawn(mk("b", l.clone())));
+    gate!(sched::join(a)).unwrap();
+    gate!(sched::join(b)).unwrap();
     assert_eq!(*l.borrow(), ["a0", "b0", "a1", "b1", "a2", "b2"]);
-    assert!(sched::switch_count() >= 6);
+    assert!(gate!(sched::switch_count()) >= 6);
 }
 
 #[test]
@@ -61,16 +65,16 @@ fn sleepers_wake_in_deadline_order_and_not_early() {
         .into_iter()
         .map(|ms| {
             let l = l.clone();
-            sched::spawn(Callback::new(move || {
+            gate!(sched::spawn(Callback::new(move || {
                 let deadline = start + ms * 1_000_000;
-                sched::sleep_until(deadline);
+                gate!(sched::sleep_until(deadline));
                 assert!(clock::monotonic_ns() >= deadline, "woke before its deadline");
                 push(&l, format!("{ms}ms"));
-            }))
+            })))
         })
         .collect();
     for id in ids {
-        sched::join(id).unwrap();
+        gate!(sched::join(id)).unwrap();
     }
     assert_eq!(*l.borrow(), ["10ms", "20ms", "30ms"]);
 }
@@ -78,71 +82,71 @@ fn sleepers_wake_in_deadline_order_and_not_early() {
 #[test]
 fn wait_queues_block_until_woken() {
     let l = log();
-    let wq = sched::wait_queue_create();
+    let wq = gate!(sched::wait_queue_create());
     let waiters: Vec<_> = (0..2)
         .map(|i| {
             let l = l.clone();
-            sched::spawn(Callback::new(move || {
-                sched::wait(wq).unwrap();
+            gate!(sched::spawn(Callback::new(move || {
+                gate!(sched::wait(wq)).unwrap();
                 push(&l, format!("woken{i}"));
-            }))
+            })))
         })
         .collect();
-    sched::yield_now();
+    gate!(sched::yield_now());
     assert!(l.borrow().is_empty(), "waiters block");
-    assert_eq!(sched::wait_queue_destroy(wq), Err(Errno::EINVAL), "cannot destroy a queue with waiters");
-    assert_eq!(sched::wake_one(wq), Ok(true));
-    sched::yield_now();
+    assert_eq!(gate!(sched::wait_queue_destroy(wq)), Err(Errno::EINVAL), "cannot destroy a queue with waiters");
+    assert_eq!(gate!(sched::wake_one(wq)), Ok(true));
+    gate!(sched::yield_now());
     assert_eq!(*l.borrow(), ["woken0"]);
-    assert_eq!(sched::wake_all(wq), Ok(1));
+    assert_eq!(gate!(sched::wake_all(wq)), Ok(1));
     for id in waiters {
-        sched::join(id).unwrap();
+        gate!(sched::join(id)).unwrap();
     }
     assert_eq!(*l.borrow(), ["woken0", "woken1"]);
-    assert_eq!(sched::wake_one(wq), Ok(false));
-    sched::wait_queue_destroy(wq).unwrap();
-    assert_eq!(sched::wait(wq), Err(Errno::EINVAL));
+    assert_eq!(gate!(sched::wake_one(wq)), Ok(false));
+    gate!(sched::wait_queue_destroy(wq)).unwrap();
+    assert_eq!(gate!(sched::wait(wq)), Err(Errno::EINVAL));
 }
 
 #[test]
 fn mutex_keeps_critical_sections_whole() {
     let counter = Rc::new(RefCell::new(0u32));
-    let m = sched::mutex_create();
+    let m = gate!(sched::mutex_create());
     let ids: Vec<_> = (0..4)
         .map(|_| {
             let c = counter.clone();
-            sched::spawn(Callback::new(move || {
+            gate!(sched::spawn(Callback::new(move || {
                 for _ in 0..10 {
-                    sched::mutex_lock(m).unwrap();
+                    gate!(sched::mutex_lock(m)).unwrap();
                     let v = *c.borrow();
-                    sched::yield_now(); // others run, but cannot enter
+                    gate!(sched::yield_now()); // others run, but cannot enter
                     *c.borrow_mut() = v + 1;
-                    sched::mutex_unlock(m).unwrap();
+                    gate!(sched::mutex_unlock(m)).unwrap();
                 }
-            }))
+            })))
         })
         .collect();
     for id in ids {
-        sched::join(id).unwrap();
+        gate!(sched::join(id)).unwrap();
     }
     assert_eq!(*counter.borrow(), 40, "no update was lost");
-    assert_eq!(sched::mutex_unlock(m), Err(Errno::EPERM));
-    sched::mutex_lock(m).unwrap();
-    assert_eq!(sched::mutex_lock(m), Err(Errno::EINVAL), "no recursive locking");
+    assert_eq!(gate!(sched::mutex_unlock(m)), Err(Errno::EPERM));
+    gate!(sched::mutex_lock(m)).unwrap();
+    assert_eq!(gate!(sched::mutex_lock(m)), Err(Errno::EINVAL), "no recursive locking");
 }
 
 #[test]
 fn each_thread_keeps_its_compartment() {
     let seen = log();
     let s = seen.clone();
-    let t = sched::spawn(Callback::new(move || {
+    let t = gate!(sched::spawn(Callback::new(move || {
         compartment::enter(4);
-        sched::yield_now();
+        gate!(sched::yield_now());
         push(&s, format!("thread {}", compartment::current()));
-    }));
-    sched::yield_now();
+    })));
+    gate!(sched::yield_now());
     push(&seen, format!("main {}", compartment::current()));
-    sched::join(t).unwrap();
+    gate!(sched::join(t)).unwrap();
     assert_eq!(*seen.borrow(), ["main 0", "thread 4"]);
 }
 
@@ -152,27 +156,27 @@ fn many_threads() {
     let ids: Vec<_> = (0..500u64)
         .map(|i| {
             let t = total.clone();
-            sched::spawn(Callback::new(move || {
-                sched::yield_now();
+            gate!(sched::spawn(Callback::new(move || {
+                gate!(sched::yield_now());
                 *t.borrow_mut() += i;
-            }))
+            })))
         })
         .collect();
     for id in ids {
-        sched::join(id).unwrap();
+        gate!(sched::join(id)).unwrap();
     }
     assert_eq!(*total.borrow(), 499 * 500 / 2);
 }
 
 #[test]
 fn join_rejects_unknown_and_self() {
-    assert_eq!(sched::join(12345), Err(Errno::EINVAL));
-    assert_eq!(sched::join(sched::current()), Err(Errno::EINVAL));
+    assert_eq!(gate!(sched::join(12345)), Err(Errno::EINVAL));
+    assert_eq!(gate!(sched::join(gate!(sched::current()))), Err(Errno::EINVAL));
 }
 
 #[test]
 #[should_panic(expected = "deadlock")]
 fn waiting_forever_is_reported_as_deadlock() {
-    let wq = sched::wait_queue_create();
-    let _ = sched::wait(wq);
+    let wq = gate!(sched::wait_queue_create());
+    let _ = gate!(sched::wait(wq));
 }

@@ -9,20 +9,24 @@ use flexos_gate::gate;
 use flexos_platform::clock;
 
 flexos_gate::component!(TIME);
-flexos_gate::exports!(monotonic_ns(), wall_ns(), sleep_ns(_));
+flexos_gate::exports!(
+    monotonic_ns() -> u64,
+    wall_ns() -> u64,
+    sleep_ns(u64),
+);
 
 /// Nanoseconds of the monotonic clock.
-pub fn monotonic_ns() -> u64 {
+pub(crate) fn monotonic_ns() -> u64 {
     clock::monotonic_ns()
 }
 
 /// Nanoseconds since the Unix epoch.
-pub fn wall_ns() -> u64 {
+pub(crate) fn wall_ns() -> u64 {
     clock::wall_ns()
 }
 
 /// Blocks the calling thread for at least `ns` nanoseconds; other threads run meanwhile.
-pub fn sleep_ns(ns: u64) {
+pub(crate) fn sleep_ns(ns: u64) {
     let deadline = clock::monotonic_ns().saturating_add(ns);
     gate!(flexos_sched::sleep_until(deadline));
 }
@@ -45,9 +49,9 @@ mod tests {
         use std::{cell::Cell, rc::Rc};
         let ran = Rc::new(Cell::new(false));
         let r = ran.clone();
-        let t = flexos_sched::spawn(flexos_gate::Callback::new(move || r.set(true)));
+        let t = gate!(flexos_sched::spawn(flexos_gate::Callback::new(move || r.set(true))));
         sleep_ns(1_000_000);
         assert!(ran.get(), "the other thread ran while this one slept");
-        flexos_sched::join(t).unwrap();
+        gate!(flexos_sched::join(t)).unwrap();
     }
 }

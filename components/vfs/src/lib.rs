@@ -17,24 +17,24 @@ use flexos_gate::{SharedMut, SharedRef, gate};
 
 flexos_gate::component!(VFS);
 flexos_gate::exports!(
-    open(_, _, _),
-    close(_),
-    read(_, _),
-    write(_, _),
-    pread(_, _, _),
-    pwrite(_, _, _),
-    lseek(_, _, _),
-    ftruncate(_, _),
-    fsync(_),
-    fstat(_),
-    stat(_),
-    unlink(_),
-    mkdir(_, _),
-    rmdir(_),
-    rename(_, _),
-    readdir(_, _),
-    open_count(),
-    set_fs_limits(_, _)
+    open(SharedRef<'_>, u32, u32) -> Result<i32, Errno>,
+    close(i32) -> Result<(), Errno>,
+    read(i32, SharedMut<'_>) -> Result<usize, Errno>,
+    write(i32, SharedRef<'_>) -> Result<usize, Errno>,
+    pread(i32, SharedMut<'_>, u64) -> Result<usize, Errno>,
+    pwrite(i32, SharedRef<'_>, u64) -> Result<usize, Errno>,
+    lseek(i32, i64, Whence) -> Result<u64, Errno>,
+    ftruncate(i32, u64) -> Result<(), Errno>,
+    fsync(i32) -> Result<(), Errno>,
+    fstat(i32) -> Result<Stat, Errno>,
+    stat(SharedRef<'_>) -> Result<Stat, Errno>,
+    unlink(SharedRef<'_>) -> Result<(), Errno>,
+    mkdir(SharedRef<'_>, u32) -> Result<(), Errno>,
+    rmdir(SharedRef<'_>) -> Result<(), Errno>,
+    rename(SharedRef<'_>, SharedRef<'_>) -> Result<(), Errno>,
+    readdir(i32, u64) -> Result<Option<DirEntry>, Errno>,
+    open_count() -> usize,
+    set_fs_limits(u64, u64) -> Result<(), Errno>,
 );
 
 /// The most file descriptors open at once.
@@ -54,7 +54,7 @@ struct Vfs {
 }
 
 fn with<R>(f: impl FnOnce(&mut Vfs) -> Result<R, Errno>) -> Result<R, Errno> {
-    flexos_gate::with_state(FLEXOS_COMPONENT, f)
+    flexos_gate::with_state(flexos_gate::me!(), f)
 }
 
 fn slot(v: &mut Vfs, fd: i32) -> Result<&mut OpenFile, Errno> {
@@ -116,7 +116,7 @@ fn resolve_parent(path: SharedRef<'_>) -> Result<(u64, SharedRef<'_>), Errno> {
 }
 
 /// Opens `path` with `O_*` flags and returns a file descriptor. `mode` is accepted and ignored.
-pub fn open(path: SharedRef<'_>, flags: u32, mode: u32) -> Result<i32, Errno> {
+pub(crate) fn open(path: SharedRef<'_>, flags: u32, mode: u32) -> Result<i32, Errno> {
     let _ = mode;
     let ino = match resolve(path) {
         Ok(_) if flags & O_CREAT != 0 && flags & O_EXCL != 0 => return Err(Errno::EEXIST),
@@ -155,7 +155,7 @@ pub fn open(path: SharedRef<'_>, flags: u32, mode: u32) -> Result<i32, Errno> {
 }
 
 /// Closes a file descriptor.
-pub fn close(fd: i32) -> Result<(), Errno> {
+pub(crate) fn close(fd: i32) -> Result<(), Errno> {
     let ino = with(|v| {
         let ino = slot(v, fd)?.ino;
         v.files[(fd - FIRST_FD) as usize] = None;
@@ -165,7 +165,7 @@ pub fn close(fd: i32) -> Result<(), Errno> {
 }
 
 /// Reads at the descriptor's offset and advances it.
-pub fn read(fd: i32, buf: SharedMut<'_>) -> Result<usize, Errno> {
+pub(crate) fn read(fd: i32, buf: SharedMut<'_>) -> Result<usize, Errno> {
     let (ino, offset, flags) = describe(fd)?;
     readable(flags)?;
     let n = gate!(flexos_ramfs::read(ino, offset, buf))?;
@@ -174,7 +174,7 @@ pub fn read(fd: i32, buf: SharedMut<'_>) -> Result<usize, Errno> {
 }
 
 /// Writes at the descriptor's offset (at the end with `O_APPEND`) and advances it.
-pub fn write(fd: i32, data: SharedRef<'_>) -> Result<usize, Errno> {
+pub(crate) fn write(fd: i32, data: SharedRef<'_>) -> Result<usize, Errno> {
     let (ino, mut offset, flags) = describe(fd)?;
     writable(flags)?;
     if flags & O_APPEND != 0 {
@@ -186,21 +186,21 @@ pub fn write(fd: i32, data: SharedRef<'_>) -> Result<usize, Errno> {
 }
 
 /// Reads at `offset` without moving the descriptor's offset.
-pub fn pread(fd: i32, buf: SharedMut<'_>, offset: u64) -> Result<usize, Errno> {
+pub(crate) fn pread(fd: i32, buf: SharedMut<'_>, offset: u64) -> Result<usize, Errno> {
     let (ino, _, flags) = describe(fd)?;
     readable(flags)?;
     gate!(flexos_ramfs::read(ino, offset, buf))
 }
 
 /// Writes at `offset` without moving the descriptor's offset.
-pub fn pwrite(fd: i32, data: SharedRef<'_>, offset: u64) -> Result<usize, Errno> {
+pub(crate) fn pwrite(fd: i32, data: SharedRef<'_>, offset: u64) -> Result<usize, Errno> {
     let (ino, _, flags) = describe(fd)?;
     writable(flags)?;
     gate!(flexos_ramfs::write(ino, offset, data))
 }
 
 /// Moves the descriptor's offset; returns the new offset.
-pub fn lseek(fd: i32, offset: i64, whence: Whence) -> Result<u64, Errno> {
+pub(crate) fn lseek(fd: i32, offset: i64, whence: Whence) -> Result<u64, Errno> {
     let (ino, current, _) = describe(fd)?;
     let base = match whence {
         Whence::Set => 0,
@@ -213,7 +213,7 @@ pub fn lseek(fd: i32, offset: i64, whence: Whence) -> Result<u64, Errno> {
 }
 
 /// Sets the size of the open file.
-pub fn ftruncate(fd: i32, size: u64) -> Result<(), Errno> {
+pub(crate) fn ftruncate(fd: i32, size: u64) -> Result<(), Errno> {
     let (ino, _, flags) = describe(fd)?;
     writable(flags).map_err(|_| Errno::EINVAL)?;
     gate!(flexos_ramfs::truncate(ino, size))
@@ -221,61 +221,61 @@ pub fn ftruncate(fd: i32, size: u64) -> Result<(), Errno> {
 
 /// Sets the file system's largest file and total capacity in bytes (0
 /// keeps a limit as it is); writes beyond fail with `EFBIG` and `ENOSPC`.
-pub fn set_fs_limits(max_file_size: u64, capacity: u64) -> Result<(), Errno> {
+pub(crate) fn set_fs_limits(max_file_size: u64, capacity: u64) -> Result<(), Errno> {
     gate!(flexos_ramfs::set_limits(max_file_size, capacity))
 }
 
 /// Makes the file durable. Memory is all the durability a ramfs has: this
 /// only checks the descriptor.
-pub fn fsync(fd: i32) -> Result<(), Errno> {
+pub(crate) fn fsync(fd: i32) -> Result<(), Errno> {
     describe(fd).map(|_| ())
 }
 
 /// Attributes of an open file.
-pub fn fstat(fd: i32) -> Result<Stat, Errno> {
+pub(crate) fn fstat(fd: i32) -> Result<Stat, Errno> {
     let (ino, ..) = describe(fd)?;
     gate!(flexos_ramfs::stat(ino))
 }
 
 /// Attributes of `path`.
-pub fn stat(path: SharedRef<'_>) -> Result<Stat, Errno> {
+pub(crate) fn stat(path: SharedRef<'_>) -> Result<Stat, Errno> {
     let ino = resolve(path)?;
     gate!(flexos_ramfs::stat(ino))
 }
 
 /// Removes the file `path` (it lives on while open).
-pub fn unlink(path: SharedRef<'_>) -> Result<(), Errno> {
+pub(crate) fn unlink(path: SharedRef<'_>) -> Result<(), Errno> {
     let (dir, name) = resolve_parent(path)?;
     gate!(flexos_ramfs::remove(dir, name, FileKind::File))
 }
 
 /// Creates directory `path`. `mode` is accepted and ignored.
-pub fn mkdir(path: SharedRef<'_>, mode: u32) -> Result<(), Errno> {
+pub(crate) fn mkdir(path: SharedRef<'_>, mode: u32) -> Result<(), Errno> {
     let _ = mode;
     let (dir, name) = resolve_parent(path)?;
     gate!(flexos_ramfs::create(dir, name, FileKind::Dir)).map(|_| ())
 }
 
 /// Removes the empty directory `path`.
-pub fn rmdir(path: SharedRef<'_>) -> Result<(), Errno> {
+pub(crate) fn rmdir(path: SharedRef<'_>) -> Result<(), Errno> {
     let (dir, name) = resolve_parent(path)?;
     gate!(flexos_ramfs::remove(dir, name, FileKind::Dir))
 }
 
 /// Renames `from` to `to`, replacing `to` if it exists.
-pub fn rename(from: SharedRef<'_>, to: SharedRef<'_>) -> Result<(), Errno> {
+pub(crate) fn rename(from: SharedRef<'_>, to: SharedRef<'_>) -> Result<(), Errno> {
     let (src_dir, src_name) = resolve_parent(from)?;
     let (dst_dir, dst_name) = resolve_parent(to)?;
     gate!(flexos_ramfs::rename(src_dir, src_name, dst_dir, dst_name))
 }
 
 /// The `index`-th entry of the directory open as `fd`; `None` past the last.
-pub fn readdir(fd: i32, index: u64) -> Result<Option<DirEntry>, Errno> {
+pub(crate) fn readdir(fd: i32, index: u64) -> Result<Option<DirEntry>, Errno> {
     let (ino, ..) = describe(fd)?;
     gate!(flexos_ramfs::readdir(ino, index))
 }
 
 /// How many descriptors are open.
-pub fn open_count() -> usize {
+pub(crate) fn open_count() -> usize {
     with(|v| Ok(v.files.iter().flatten().count())).unwrap_or(0)
 }

@@ -1,5 +1,9 @@
 //! vfs + ramfs behave like a POSIX file system.
 
+// The test's own code calls the component through gates, as an image would.
+flexos_gate::component!(image);
+use flexos_gate::gate;
+
 use flexos_gate::SharedBuf;
 use flexos_gate::abi::open_flags::*;
 use flexos_gate::abi::{Errno, FileKind, Whence};
@@ -10,26 +14,26 @@ fn p(path: &str) -> SharedBuf {
 }
 
 fn open(path: &str, flags: u32) -> Result<i32, Errno> {
-    vfs::open(p(path).shared(), flags, 0o644)
+    gate!(vfs::open(p(path).shared(), flags, 0o644))
 }
 
 fn write(fd: i32, data: &[u8]) -> usize {
-    vfs::write(fd, SharedBuf::from_slice(data).shared()).unwrap()
+    gate!(vfs::write(fd, SharedBuf::from_slice(data).shared())).unwrap()
 }
 
 fn read(fd: i32, n: usize) -> Vec<u8> {
     let mut b = SharedBuf::zeroed(n);
-    let got = vfs::read(fd, b.shared_mut()).unwrap();
+    let got = gate!(vfs::read(fd, b.shared_mut())).unwrap();
     b.to_vec(got)
 }
 
 fn names(dir: &str) -> Vec<String> {
     let fd = open(dir, O_RDONLY | O_DIRECTORY).unwrap();
     let mut out = Vec::new();
-    while let Some(e) = vfs::readdir(fd, out.len() as u64).unwrap() {
+    while let Some(e) = gate!(vfs::readdir(fd, out.len() as u64)).unwrap() {
         out.push(String::from_utf8(e.name().to_vec()).unwrap());
     }
-    vfs::close(fd).unwrap();
+    gate!(vfs::close(fd)).unwrap();
     out
 }
 
@@ -38,26 +42,26 @@ fn write_read_seek_and_positional_io() {
     let fd = open("/data.bin", O_RDWR | O_CREAT).unwrap();
     assert_eq!(write(fd, b"hello "), 6);
     assert_eq!(write(fd, b"world"), 5);
-    assert_eq!(vfs::lseek(fd, 0, Whence::Set), Ok(0));
+    assert_eq!(gate!(vfs::lseek(fd, 0, Whence::Set)), Ok(0));
     assert_eq!(read(fd, 100), b"hello world");
     assert_eq!(read(fd, 100), b"", "end of file");
     let mut b = SharedBuf::zeroed(5);
-    assert_eq!(vfs::pread(fd, b.shared_mut(), 6), Ok(5));
+    assert_eq!(gate!(vfs::pread(fd, b.shared_mut(), 6)), Ok(5));
     assert_eq!(b.to_vec(b.len()), b"world");
-    assert_eq!(vfs::pwrite(fd, SharedBuf::from_slice(b"!").shared(), 20), Ok(1));
-    let st = vfs::fstat(fd).unwrap();
+    assert_eq!(gate!(vfs::pwrite(fd, SharedBuf::from_slice(b"!").shared(), 20)), Ok(1));
+    let st = gate!(vfs::fstat(fd)).unwrap();
     assert_eq!((st.kind, st.size, st.nlink), (FileKind::File, 21, 1));
-    assert_eq!(vfs::lseek(fd, -1, Whence::End), Ok(20));
-    assert_eq!(vfs::lseek(fd, -100, Whence::Cur), Err(Errno::EINVAL));
+    assert_eq!(gate!(vfs::lseek(fd, -1, Whence::End)), Ok(20));
+    assert_eq!(gate!(vfs::lseek(fd, -100, Whence::Cur)), Err(Errno::EINVAL));
     let mut b = SharedBuf::zeroed(21);
-    vfs::pread(fd, b.shared_mut(), 0).unwrap();
+    gate!(vfs::pread(fd, b.shared_mut(), 0)).unwrap();
     assert_eq!(b.to_vec(b.len()), b"hello world\0\0\0\0\0\0\0\0\0!", "the gap reads as zeros");
-    vfs::ftruncate(fd, 5).unwrap();
-    assert_eq!(vfs::stat(p("/data.bin").shared()).unwrap().size, 5);
-    vfs::fsync(fd).unwrap();
-    vfs::close(fd).unwrap();
-    assert_eq!(vfs::close(fd), Err(Errno::EBADF));
-    assert_eq!(vfs::fsync(fd), Err(Errno::EBADF));
+    gate!(vfs::ftruncate(fd, 5)).unwrap();
+    assert_eq!(gate!(vfs::stat(p("/data.bin").shared())).unwrap().size, 5);
+    gate!(vfs::fsync(fd)).unwrap();
+    gate!(vfs::close(fd)).unwrap();
+    assert_eq!(gate!(vfs::close(fd)), Err(Errno::EBADF));
+    assert_eq!(gate!(vfs::fsync(fd)), Err(Errno::EBADF));
 }
 
 #[test]
@@ -65,22 +69,22 @@ fn open_flags() {
     assert_eq!(open("/missing", O_RDONLY), Err(Errno::ENOENT));
     let fd = open("/f", O_WRONLY | O_CREAT | O_EXCL).unwrap();
     write(fd, b"abc");
-    assert_eq!(vfs::read(fd, SharedBuf::zeroed(3).shared_mut()), Err(Errno::EBADF), "write-only");
-    vfs::close(fd).unwrap();
+    assert_eq!(gate!(vfs::read(fd, SharedBuf::zeroed(3).shared_mut())), Err(Errno::EBADF), "write-only");
+    gate!(vfs::close(fd)).unwrap();
     assert_eq!(open("/f", O_WRONLY | O_CREAT | O_EXCL), Err(Errno::EEXIST));
     let fd = open("/f", O_RDONLY).unwrap();
-    assert_eq!(vfs::write(fd, SharedBuf::from_slice(b"x").shared()), Err(Errno::EBADF), "read-only");
-    assert_eq!(vfs::ftruncate(fd, 0), Err(Errno::EINVAL));
-    vfs::close(fd).unwrap();
+    assert_eq!(gate!(vfs::write(fd, SharedBuf::from_slice(b"x").shared())), Err(Errno::EBADF), "read-only");
+    assert_eq!(gate!(vfs::ftruncate(fd, 0)), Err(Errno::EINVAL));
+    gate!(vfs::close(fd)).unwrap();
     let fd = open("/f", O_WRONLY | O_APPEND).unwrap();
     write(fd, b"def");
-    vfs::close(fd).unwrap();
+    gate!(vfs::close(fd)).unwrap();
     let fd = open("/f", O_RDONLY).unwrap();
     assert_eq!(read(fd, 10), b"abcdef");
-    vfs::close(fd).unwrap();
+    gate!(vfs::close(fd)).unwrap();
     let fd = open("/f", O_RDWR | O_TRUNC).unwrap();
-    assert_eq!(vfs::fstat(fd).unwrap().size, 0);
-    vfs::close(fd).unwrap();
+    assert_eq!(gate!(vfs::fstat(fd)).unwrap().size, 0);
+    gate!(vfs::close(fd)).unwrap();
     assert_eq!(open("/f", O_RDONLY | O_DIRECTORY), Err(Errno::ENOTDIR));
     assert_eq!(open("/", O_RDWR), Err(Errno::EISDIR));
     assert_eq!(open("/f/x", O_RDONLY | O_CREAT), Err(Errno::ENOTDIR));
@@ -88,20 +92,20 @@ fn open_flags() {
 
 #[test]
 fn directories() {
-    vfs::mkdir(p("/a").shared(), 0o755).unwrap();
-    vfs::mkdir(p("/a/b").shared(), 0o755).unwrap();
-    assert_eq!(vfs::mkdir(p("/a").shared(), 0o755), Err(Errno::EEXIST));
-    assert_eq!(vfs::mkdir(p("/nope/x").shared(), 0o755), Err(Errno::ENOENT));
+    gate!(vfs::mkdir(p("/a").shared(), 0o755)).unwrap();
+    gate!(vfs::mkdir(p("/a/b").shared(), 0o755)).unwrap();
+    assert_eq!(gate!(vfs::mkdir(p("/a").shared(), 0o755)), Err(Errno::EEXIST));
+    assert_eq!(gate!(vfs::mkdir(p("/nope/x").shared(), 0o755)), Err(Errno::ENOENT));
     let fd = open("/a/b/../file", O_CREAT | O_WRONLY).unwrap();
-    vfs::close(fd).unwrap();
+    gate!(vfs::close(fd)).unwrap();
     assert_eq!(names("/a"), ["b", "file"]);
-    assert_eq!(vfs::stat(p("/a/./b/..//file").shared()).unwrap().kind, FileKind::File);
-    assert_eq!(vfs::rmdir(p("/a").shared()), Err(Errno::ENOTEMPTY));
-    assert_eq!(vfs::rmdir(p("/a/file").shared()), Err(Errno::ENOTDIR));
-    assert_eq!(vfs::unlink(p("/a/b").shared()), Err(Errno::EISDIR));
-    vfs::rmdir(p("/a/b").shared()).unwrap();
-    vfs::unlink(p("/a/file").shared()).unwrap();
-    vfs::rmdir(p("/a").shared()).unwrap();
+    assert_eq!(gate!(vfs::stat(p("/a/./b/..//file").shared())).unwrap().kind, FileKind::File);
+    assert_eq!(gate!(vfs::rmdir(p("/a").shared())), Err(Errno::ENOTEMPTY));
+    assert_eq!(gate!(vfs::rmdir(p("/a/file").shared())), Err(Errno::ENOTDIR));
+    assert_eq!(gate!(vfs::unlink(p("/a/b").shared())), Err(Errno::EISDIR));
+    gate!(vfs::rmdir(p("/a/b").shared())).unwrap();
+    gate!(vfs::unlink(p("/a/file").shared())).unwrap();
+    gate!(vfs::rmdir(p("/a").shared())).unwrap();
     assert!(names("/").is_empty());
     let long = format!("/{}", "x".repeat(300));
     assert_eq!(open(&long, O_CREAT | O_RDWR), Err(Errno::ENAMETOOLONG));
@@ -109,37 +113,37 @@ fn directories() {
 
 #[test]
 fn rename_moves_and_replaces() {
-    vfs::mkdir(p("/d").shared(), 0).unwrap();
+    gate!(vfs::mkdir(p("/d").shared(), 0)).unwrap();
     for (name, body) in [("/x", b"xx"), ("/y", b"yy")] {
         let fd = open(name, O_CREAT | O_WRONLY).unwrap();
         write(fd, body);
-        vfs::close(fd).unwrap();
+        gate!(vfs::close(fd)).unwrap();
     }
-    vfs::rename(p("/x").shared(), p("/y").shared()).unwrap();
+    gate!(vfs::rename(p("/x").shared(), p("/y").shared())).unwrap();
     let fd = open("/y", O_RDONLY).unwrap();
     assert_eq!(read(fd, 10), b"xx", "the target was replaced");
-    vfs::close(fd).unwrap();
-    vfs::rename(p("/y").shared(), p("/d/z").shared()).unwrap();
+    gate!(vfs::close(fd)).unwrap();
+    gate!(vfs::rename(p("/y").shared(), p("/d/z").shared())).unwrap();
     assert_eq!(names("/"), ["d"]);
     assert_eq!(names("/d"), ["z"]);
-    vfs::mkdir(p("/d/sub").shared(), 0).unwrap();
-    assert_eq!(vfs::rename(p("/d").shared(), p("/d/sub/d").shared()), Err(Errno::EINVAL), "not below itself");
-    assert_eq!(vfs::rename(p("/d/z").shared(), p("/d/sub").shared()), Err(Errno::EISDIR));
-    assert_eq!(vfs::rename(p("/nope").shared(), p("/q").shared()), Err(Errno::ENOENT));
+    gate!(vfs::mkdir(p("/d/sub").shared(), 0)).unwrap();
+    assert_eq!(gate!(vfs::rename(p("/d").shared(), p("/d/sub/d").shared())), Err(Errno::EINVAL), "not below itself");
+    assert_eq!(gate!(vfs::rename(p("/d/z").shared(), p("/d/sub").shared())), Err(Errno::EISDIR));
+    assert_eq!(gate!(vfs::rename(p("/nope").shared(), p("/q").shared())), Err(Errno::ENOENT));
 }
 
 #[test]
 fn unlinked_open_file_lives_until_closed() {
-    let before = flexos_ramfs::node_count();
+    let before = gate!(flexos_ramfs::node_count());
     let fd = open("/journal", O_CREAT | O_RDWR).unwrap();
     write(fd, b"pending");
-    vfs::unlink(p("/journal").shared()).unwrap();
+    gate!(vfs::unlink(p("/journal").shared())).unwrap();
     assert_eq!(open("/journal", O_RDONLY), Err(Errno::ENOENT));
-    vfs::lseek(fd, 0, Whence::Set).unwrap();
+    gate!(vfs::lseek(fd, 0, Whence::Set)).unwrap();
     assert_eq!(read(fd, 20), b"pending");
-    assert_eq!(flexos_ramfs::node_count(), before + 1);
-    vfs::close(fd).unwrap();
-    assert_eq!(flexos_ramfs::node_count(), before, "the node is freed at last close");
+    assert_eq!(gate!(flexos_ramfs::node_count()), before + 1);
+    gate!(vfs::close(fd)).unwrap();
+    assert_eq!(gate!(flexos_ramfs::node_count()), before, "the node is freed at last close");
 }
 
 #[test]
@@ -156,12 +160,12 @@ fn descriptor_limit_is_enforced_and_recovers() {
         }
     }
     assert_eq!(fds.len(), vfs::MAX_FDS);
-    vfs::close(fds.pop().unwrap()).unwrap();
+    gate!(vfs::close(fds.pop().unwrap())).unwrap();
     fds.push(open("/many", O_RDONLY).unwrap());
     for fd in fds {
-        vfs::close(fd).unwrap();
+        gate!(vfs::close(fd)).unwrap();
     }
-    assert_eq!(vfs::open_count(), 0);
+    assert_eq!(gate!(vfs::open_count()), 0);
 }
 
 #[test]
@@ -181,7 +185,7 @@ fn random_positional_io_matches_a_model() {
         match next() % 4 {
             0 | 1 => {
                 let data: Vec<u8> = (0..len).map(|i| (i as u64 + round) as u8).collect();
-                vfs::pwrite(fd, SharedBuf::from_slice(&data).shared(), off).unwrap();
+                gate!(vfs::pwrite(fd, SharedBuf::from_slice(&data).shared(), off)).unwrap();
                 let end = off as usize + len;
                 if model.len() < end {
                     model.resize(end, 0);
@@ -190,16 +194,23 @@ fn random_positional_io_matches_a_model() {
             }
             2 => {
                 let mut b = SharedBuf::zeroed(len);
-                let n = vfs::pread(fd, b.shared_mut(), off).unwrap();
+                let n = gate!(vfs::pread(fd, b.shared_mut(), off)).unwrap();
                 let expect = model.get(off as usize..).map_or(&[][..], |t| &t[..t.len().min(len)]);
                 assert_eq!(b.to_vec(n), expect, "round {round}");
             }
             _ => {
-                vfs::ftruncate(fd, off).unwrap();
+                gate!(vfs::ftruncate(fd, off)).unwrap();
                 model.resize(off as usize, 0);
             }
         }
     }
-    assert_eq!(vfs::fstat(fd).unwrap().size, model.len() as u64);
-    vfs::close(fd).unwrap();
+    assert_eq!(gate!(vfs::fstat(fd)).unwrap().size, model.len() as u64);
+    gate!(vfs::close(fd)).unwrap();
+}
+
+#[test]
+fn gates_cannot_be_bypassed_or_forged() {
+    let t = trybuild::TestCases::new();
+    t.pass("tests/ui/pass_*.rs");
+    t.compile_fail("tests/ui/fail_*.rs");
 }

@@ -1,21 +1,25 @@
 //! Entry points: the functions a component lets other compartments call.
 //!
-//! A remote gate never sends a code address. It sends the callee
-//! component's id and the index of an entry in that component's export
-//! table, which the component declares once, at its crate root:
+//! A component declares them once, at its crate root, with their
+//! signatures:
 //!
 //! ```ignore
-//! flexos_gate::exports!(open(_, _, _), close(_), read(_, _));
+//! flexos_gate::exports!(
+//!     open(SharedRef<'_>, u32, u32) -> Result<i32, Errno>,
+//!     close(i32) -> Result<(), Errno>,
+//! );
 //! ```
 //!
-//! (one `_` per argument: the shape of the argument tuple, which the
-//! compiler cannot infer from a function by itself; a wrong count does not
-//! compile).
+//! (a signature that does not match the function does not compile).
 //!
-//! This makes `FLEXOS_EXPORTS` (the table) and, next to each function `f`,
-//! a module `f` holding `f::INDEX`, which [`gate!`](crate::gate) uses at the
-//! call site. A function without an entry cannot be named in a gate: the
-//! call does not compile.
+//! This makes, next to each function `f`, a module `f` holding the sealed
+//! type `f::Entry` (an [`Entry`]: the callee, the index, and the function
+//! itself), which [`gate!`](crate::gate) calls, and `FLEXOS_EXPORTS`, the
+//! table a remote gate's callee serves from. A remote gate never sends a
+//! code address, only the callee component's id and the entry's index.
+//! A function without an entry cannot be named in a gate, and since only
+//! this macro can implement [`Entry`], a gate cannot be pointed at any
+//! other code.
 
 use crate::wire::{Reader, Writer};
 use crate::{Args, Crossing};
@@ -62,14 +66,64 @@ impl Refusal {
 /// the function and encodes its result; returns the result's length.
 pub type EntryFn = fn(&mut Reader<'_>, &mut Writer<'_>) -> Result<usize, Refusal>;
 
-/// One function a component exports to other compartments.
+/// An exported entry point: a function of the component `Callee`.
+///
+/// # Safety
+/// Implemented only by [`exports!`](crate::exports), in the crate of the
+/// component whose identity is `Callee`, with `FUNCTION` that crate's
+/// function of the entry's name: a gate runs `FUNCTION` with `Callee`'s rights.
+pub unsafe trait Entry: 'static {
+    /// The component that exports it.
+    type Callee: crate::Identity;
+    /// Its index in the component's `FLEXOS_EXPORTS`.
+    const INDEX: u32;
+    /// The function's pointer type.
+    type Function: Copy;
+    /// The function.
+    const FUNCTION: Self::Function;
+    /// The callee's compartment.
+    const COMPARTMENT: usize = <Self::Callee as crate::Identity>::COMPONENT.compartment;
+}
+
+/// One function a component exports to other compartments, as a remote
+/// gate's callee runs it.
 pub struct Export {
+    component: Component,
+    index: u32,
+    name: &'static str,
+    run: EntryFn,
+}
+
+impl Export {
+    /// The row of entry `E`, run by `run`.
+    ///
+    /// # Safety
+    /// `run` must decode `E`'s arguments and call `E::FUNCTION` (what
+    /// [`exports!`](crate::exports) writes).
+    #[doc(hidden)]
+    pub const unsafe fn new<E: Entry>(name: &'static str, run: EntryFn) -> Export {
+        Export { component: <E::Callee as crate::Identity>::COMPONENT, index: E::INDEX, name, run }
+    }
+
     /// The component that implements it.
-    pub component: Component,
+    pub fn component(&self) -> Component {
+        self.component
+    }
+
+    /// Its index in its component's table.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
     /// The function's name.
-    pub name: &'static str,
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
     /// Runs it on encoded arguments.
-    pub run: EntryFn,
+    pub(crate) fn run(&self, r: &mut Reader<'_>, w: &mut Writer<'_>) -> Result<usize, Refusal> {
+        (self.run)(r, w)
+    }
 }
 
 /// The body of every entry: decode, check, call, encode.
@@ -91,32 +145,50 @@ where
 }
 
 /// Declares the functions of this component that other compartments may
-/// call; see the [module documentation](self).
+/// call, with their signatures; see the [module documentation](self).
+#[allow_internal_unsafe]
 #[macro_export]
 macro_rules! exports {
-    ($($f:ident ( $($arg:tt),* )),* $(,)?) => {
-        $crate::__export_indices!(0u32; $($f),*);
+    ($($f:ident ( $($arg:ty),* $(,)? ) $(-> $ret:ty)?),* $(,)?) => {
+        $crate::__export_entries!(0u32; $($f ( $($arg),* ) $(-> $ret)?),*);
         /// The entry points this component exports, in index order.
         pub static FLEXOS_EXPORTS: &[$crate::Export] = &[$(
-            $crate::Export {
-                component: FLEXOS_COMPONENT,
-                name: stringify!($f),
-                run: |r, w| $crate::serve_entry::<($($arg,)*), _, _>(r, w, $f),
+            // SAFETY: the runner decodes the entry's arguments and calls its function.
+            unsafe {
+                $crate::Export::new::<$f::Entry>(stringify!($f), |r, w| {
+                    $crate::serve_entry::<($($arg,)*), _, _>(r, w, <$f::Entry as $crate::Entry>::FUNCTION)
+                })
             }
         ),*];
     };
 }
 
 #[doc(hidden)]
+#[allow_internal_unsafe]
 #[macro_export]
-macro_rules! __export_indices {
+macro_rules! __export_entries {
     ($i:expr; ) => {};
-    ($i:expr; $f:ident $(, $rest:ident)*) => {
+    ($i:expr; $f:ident ( $($arg:ty),* ) $(-> $ret:ty)? $(, $($rest:tt)*)?) => {
+        /// The exported entry of the function of the same name.
         #[doc(hidden)]
         pub mod $f {
-            /// The entry's index in `FLEXOS_EXPORTS`.
-            pub const INDEX: u32 = $i;
+            /// The entry (a sealed [`Entry`](flexos_gate::Entry)).
+            pub struct Entry {
+                _sealed: (),
+            }
         }
-        $crate::__export_indices!($i + 1; $($rest),*);
+        const _: () = assert!(
+            $crate::layout::str_eq(<FlexosIdentity as $crate::Identity>::PACKAGE, ::core::env!("CARGO_PKG_NAME")),
+            "`FlexosIdentity` is not this package's own identity"
+        );
+        // SAFETY: made by `exports!` in the crate of `FlexosIdentity`'s
+        // component (checked above), for its function `$f`.
+        unsafe impl $crate::Entry for $f::Entry {
+            type Callee = FlexosIdentity;
+            const INDEX: u32 = $i;
+            type Function = fn($($arg),*) $(-> $ret)?;
+            const FUNCTION: Self::Function = $f;
+        }
+        $crate::__export_entries!($i + 1; $($($rest)*)?);
     };
 }

@@ -16,13 +16,28 @@
 //! `unsafe` trait, and components are `#![forbid(unsafe_code)]`, so only this
 //! crate (the trusted core) can declare a type fit to cross.
 //!
+//! Gates cannot be forged from safe code (docs/isolation.md, "Sealed
+//! gates"): a component's identity ([`Identity`]) and its exported entries
+//! ([`Entry`]) are types that only this crate's macros can make, since
+//! implementing either trait needs `unsafe` and components are
+//! `#![forbid(unsafe_code)]` (the macros may expand to `unsafe` through
+//! `allow_internal_unsafe`; the workspace forbids `#![feature]` in
+//! components, so no component can do the same). [`call`] runs nothing but
+//! an entry's own function, as the component whose [`Caller`] token
+//! ([`me!`]) it is given.
+//!
 //! This crate also keeps each component's state ([`with_state`]) in the heap
 //! of the component's compartment, so components need no mutable statics.
 
+#![feature(allow_internal_unsafe)]
+#![allow(internal_features)]
+
 pub mod abi;
 mod args;
+pub mod bench;
 mod crossing;
 pub mod export;
+mod identity;
 pub mod mpk;
 pub mod remote;
 pub mod shared;
@@ -32,8 +47,9 @@ pub mod wire;
 
 pub use args::Args;
 pub use crossing::{Callback, Crossing};
-pub use export::{Export, Refusal, serve_entry};
+pub use export::{Entry, Export, Refusal, serve_entry};
 pub use flexos_layout as layout;
+pub use identity::{Caller, Identity};
 pub use shared::{SharedBuf, SharedLocal, SharedMut, SharedRef};
 pub use state::with_state;
 
@@ -41,48 +57,109 @@ use flexos_layout::{COMPARTMENTS, Component, Mechanism, domain_of};
 use flexos_platform::compartment;
 
 /// Declares the component that the crate defining it implements; required at
-/// the root of every component crate, since [`gate!`] reads it at both ends.
-/// `NAME` is the component's constant in `flexos_layout::component`.
+/// the root of every component crate. `NAME` is the component's constant in
+/// `flexos_layout::component` (`component!(VFS)`); an image's own code that
+/// is no placeable component (a test image's `main`) writes
+/// `component!(image)`.
+///
+/// It makes the crate's sealed identity, `FlexosIdentity`, which only this
+/// macro can make (implementing [`Identity`] needs `unsafe`) and which
+/// records the package that made it, so no other crate can pass it off as
+/// its own ([`me!`] checks). In an image built from a configuration, the
+/// package must be the one the catalog names for `NAME`, so a crate cannot
+/// claim another component's identity either.
+#[allow_internal_unsafe]
 #[macro_export]
 macro_rules! component {
+    (image) => {
+        $crate::component!(@identity $crate::layout::IMAGE);
+        const _: () = assert!(
+            $crate::layout::package_may_be_image(
+                ::core::env!("CARGO_PKG_NAME"),
+                ::core::option_env!("CARGO_BIN_NAME").is_some()
+            ),
+            "only an image's binary that is no component may be `component!(image)`"
+        );
+    };
     ($name:ident) => {
-        /// This component's identity and placement, generated from the image configuration.
+        $crate::component!(@identity $crate::layout::component::$name);
+        const _: () = assert!(
+            $crate::layout::package_may_be($crate::layout::component::$name, ::core::env!("CARGO_PKG_NAME")),
+            concat!("this package is not the component `", stringify!($name), "` of the configuration's catalog")
+        );
+    };
+    (@identity $component:path) => {
+        /// This crate's sealed identity (see `flexos_gate::component!`).
         #[doc(hidden)]
-        pub const FLEXOS_COMPONENT: $crate::layout::Component = $crate::layout::component::$name;
+        pub struct FlexosIdentity {
+            _sealed: (),
+        }
+        // SAFETY: made by `component!` at the root of the crate it names,
+        // recording that crate's package.
+        unsafe impl $crate::Identity for FlexosIdentity {
+            const COMPONENT: $crate::layout::Component = $component;
+            const PACKAGE: &'static str = ::core::env!("CARGO_PKG_NAME");
+        }
+        /// This component's identity and placement, as a value.
+        #[doc(hidden)]
+        #[allow(dead_code)]
+        pub(crate) const FLEXOS_COMPONENT: $crate::layout::Component = $component;
     };
 }
 
-/// Calls `callee_crate::function(args...)` through a gate:
-/// `gate!(flexos_vfs::open(path, flags))`. A library that runs as its
-/// caller (it has no component of its own) names the caller:
-/// `gate!(as app, in C => flexos_net::recv(fd, buf))`.
+/// The calling crate's [`Caller`] token: proof, for gates and component
+/// state, that the code runs as the crate's own component. It checks at
+/// compile time that `crate::FlexosIdentity` was made by this package's
+/// [`component!`], so a crate that renames another component's identity
+/// does not build.
+// `crate::FlexosIdentity` deliberately names the *calling* crate's identity.
+#[allow(clippy::crate_in_macro_def)]
+#[allow_internal_unsafe]
+#[macro_export]
+macro_rules! me {
+    () => {{
+        const {
+            assert!(
+                $crate::layout::str_eq(
+                    <crate::FlexosIdentity as $crate::Identity>::PACKAGE,
+                    ::core::env!("CARGO_PKG_NAME")
+                ),
+                "`crate::FlexosIdentity` is not this package's own identity"
+            )
+        };
+        // SAFETY: the identity is this package's own (checked above).
+        unsafe { $crate::Caller::<crate::FlexosIdentity>::new() }
+    }};
+}
+
+/// Calls `callee_crate::function(arg, ...)` through a gate:
+/// `gate!(flexos_vfs::open(path, flags, mode))`. A library that runs as its
+/// caller (it has no component of its own) passes the caller's [`Caller`]
+/// token and compartment (a const generic): `gate!(as me, in C =>
+/// flexos_net::recv(fd, buf))`.
 ///
-/// Every argument and the result must implement [`Crossing`], and the
-/// function must be one of the callee's exported entry points
-/// ([`exports!`]).
-// `crate::FLEXOS_COMPONENT` deliberately names the *calling* crate's component.
+/// The function must be one of the callee's exported entries
+/// ([`exports!`]); every argument and the result must implement
+/// [`Crossing`].
+// `crate::FlexosIdentity` deliberately names the *calling* crate's identity.
 #[allow(clippy::crate_in_macro_def)]
 #[macro_export]
 macro_rules! gate {
-    // For a library that runs in its caller's compartment (the network
-    // applications' loop): the calling component and its compartment are given.
-    (as $from:expr, in $compartment:expr => $callee:ident :: $func:ident ( $($arg:expr),* $(,)? )) => {
-        $crate::call::<{ $compartment }, { $callee::FLEXOS_COMPONENT.compartment }, _, _, _>(
-            $from,
-            $callee::FLEXOS_COMPONENT,
+    (as $me:ident, in $compartment:ident => $callee:ident :: $func:ident ( $($arg:expr),* $(,)? )) => {
+        $crate::call::<{ $compartment }, { <$callee::$func::Entry as $crate::Entry>::COMPARTMENT }, _, $callee::$func::Entry, _, _>(
+            $me,
             ($($arg,)*),
-            $callee::$func,
-            $callee::$func::INDEX,
         )
     };
     ($callee:ident :: $func:ident ( $($arg:expr),* $(,)? )) => {
-        $crate::call::<{ crate::FLEXOS_COMPONENT.compartment }, { $callee::FLEXOS_COMPONENT.compartment }, _, _, _>(
-            crate::FLEXOS_COMPONENT,
-            $callee::FLEXOS_COMPONENT,
-            ($($arg,)*),
-            $callee::$func,
-            $callee::$func::INDEX,
-        )
+        $crate::call::<
+            { <crate::FlexosIdentity as $crate::Identity>::COMPONENT.compartment },
+            { <$callee::$func::Entry as $crate::Entry>::COMPARTMENT },
+            _,
+            $callee::$func::Entry,
+            _,
+            _,
+        >($crate::me!(), ($($arg,)*))
     };
 }
 
@@ -106,25 +183,38 @@ macro_rules! shared_local {
     };
 }
 
-/// The function behind [`gate!`]: calls `f` (entry `entry` of `to`'s
-/// exports) with `args`, switching from compartment `FROM` (of component
-/// `from`) to compartment `TO` (of `to`) when they differ.
+/// The function behind [`gate!`]: calls entry `E` with `args`, as the
+/// component `Me` whose [`Caller`] token is given, switching from
+/// compartment `FROM` (`Me`'s) to compartment `TO` (`E`'s callee's) when
+/// they differ.
+///
+/// It is safe: the token cannot be forged, an entry is always a function
+/// its own component exported, and the compartments are checked against
+/// both at compile time, so it runs only what `gate!` would run.
 #[inline(always)]
-pub fn call<const FROM: usize, const TO: usize, A, F, R>(from: Component, to: Component, args: A, f: F, entry: u32) -> R
+pub fn call<const FROM: usize, const TO: usize, Me: Identity, E: Entry, A, R>(me: Caller<Me>, args: A) -> R
 where
-    A: Crossing + Args<F, R>,
+    A: Crossing + Args<E::Function, R>,
     R: Crossing,
 {
+    const {
+        assert!(
+            FROM == Me::COMPONENT.compartment && TO == E::COMPARTMENT,
+            "a gate's compartments are its caller's and its callee's"
+        )
+    };
+    let _ = me;
+    let (from, to) = (Me::COMPONENT, <E::Callee as Identity>::COMPONENT);
     stats::count_call(from, to);
     if FROM == TO {
-        args.apply(f)
+        args.apply(E::FUNCTION)
     } else if flexos_layout::has_mpk()
         && !COMPARTMENTS[FROM].mechanism.is_remote()
         && !COMPARTMENTS[TO].mechanism.is_remote()
     {
-        cross_mpk::<FROM, TO, A, F, R>(from, to, args, f)
+        cross_mpk::<FROM, TO, A, E::Function, R>(from, to, args, E::FUNCTION)
     } else {
-        cross(from, to, args, f, entry)
+        cross(from, to, args, E::FUNCTION, E::INDEX)
     }
 }
 
@@ -163,7 +253,7 @@ fn refuse_handle(from: Component, to: Component, why: &str) -> ! {
 /// A call that leaves the caller's compartment: a remote call when the
 /// callee runs in another domain, else the mechanism's switch in this one.
 #[inline(never)]
-pub fn cross<A, F, R>(from: Component, to: Component, args: A, f: F, entry: u32) -> R
+fn cross<A, F, R>(from: Component, to: Component, args: A, f: F, entry: u32) -> R
 where
     A: Crossing + Args<F, R>,
     R: Crossing,
@@ -175,10 +265,27 @@ where
     cross_with(COMPARTMENTS[to.compartment].mechanism, from, to, args, f)
 }
 
-/// [`cross`] inside one domain, with the callee's mechanism given explicitly.
+/// An `fcall` crossing from `Me` into entry `E`, whatever the layout says
+/// of `E`'s compartment (which need not exist): for the gate's own tests
+/// and `flexos bench gates`.
+///
+/// # Safety
+/// Only for tests and benchmarks of images without `mpk` compartments: it
+/// switches the running compartment without switching rights.
 #[doc(hidden)]
 #[inline(always)]
-pub fn cross_with<A, F, R>(mechanism: Mechanism, from: Component, to: Component, args: A, f: F) -> R
+pub unsafe fn cross_fcall<Me: Identity, E: Entry, A, R>(me: Caller<Me>, args: A) -> R
+where
+    A: Crossing + Args<E::Function, R>,
+    R: Crossing,
+{
+    let (from, to) = (me.component(), <E::Callee as Identity>::COMPONENT);
+    cross_with(Mechanism::Fcall, from, to, args, E::FUNCTION)
+}
+
+/// [`cross`] inside one domain, with the callee's mechanism given explicitly.
+#[inline(always)]
+fn cross_with<A, F, R>(mechanism: Mechanism, from: Component, to: Component, args: A, f: F) -> R
 where
     A: Crossing + Args<F, R>,
     R: Crossing,

@@ -60,7 +60,7 @@ const fn pkru_of(c: usize) -> u32 {
 /// Runs `f` in compartment `TO`, called from compartment `FROM` (both in this
 /// address space), switching PKRU and, where the stack domains differ, the stack.
 #[inline(always)]
-pub fn gate<const FROM: usize, const TO: usize, F: FnOnce() -> R, R>(f: F) -> R {
+pub(crate) fn gate<const FROM: usize, const TO: usize, F: FnOnce() -> R, R>(f: F) -> R {
     let previous = compartment::enter(TO);
     let result = if const { stack_domain(FROM) == stack_domain(TO) } {
         light::<FROM, TO, F, R>(f)

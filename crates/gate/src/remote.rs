@@ -265,14 +265,20 @@ fn compartment_name(c: u32) -> &'static str {
 static REGISTRY: OnceLock<[Option<&'static [Export]>; MAX_COMPONENTS]> = OnceLock::new();
 
 /// Records the export tables of the image's components (each component's
-/// `FLEXOS_EXPORTS`); the first call wins.
+/// `FLEXOS_EXPORTS`); the first call wins. Only whole tables count: a table
+/// whose rows are not one component's entries 0, 1, 2, ... in order (a
+/// slice of a table, say) is ignored, so an index always means the entry
+/// that the component numbered so.
 pub fn register(tables: &[&'static [Export]]) {
     REGISTRY.get_or_init(|| {
         let mut by_id = [None; MAX_COMPONENTS];
         for table in tables {
-            if let Some(first) = table.first()
-                && let Some(slot) = by_id.get_mut(first.component.id)
-            {
+            let Some(first) = table.first() else { continue };
+            let whole = table
+                .iter()
+                .enumerate()
+                .all(|(i, e)| e.index() as usize == i && e.component().id == first.component().id);
+            if whole && let Some(slot) = by_id.get_mut(first.component().id) {
                 *slot = Some(*table);
             }
         }
@@ -525,7 +531,7 @@ fn serve(chain: usize, caller: usize, depth: usize) {
             let mut result = [MaybeUninit::uninit(); FRAME_DATA];
             let mut w = Writer::new(&mut result);
             // In the callee's compartment (through its gate where it is an `mpk` one).
-            let outcome = crate::switch_to(to as usize, || (export.run)(&mut Reader::new(args), &mut w));
+            let outcome = crate::switch_to(to as usize, || export.run(&mut Reader::new(args), &mut w));
             outcome.inspect(|_| frame.write_data(w.written()))
         }
     };

@@ -1,6 +1,6 @@
 //! Component state kept in the heap of the component's compartment.
 
-use flexos_layout::Component;
+use crate::{Caller, Identity};
 use flexos_layout::MAX_COMPONENTS;
 use flexos_platform::compartment::MAX_COMPARTMENTS;
 use std::any::Any;
@@ -21,12 +21,16 @@ thread_local! {
     static STATES: [Cell<Option<&'static Table>>; MAX_COMPARTMENTS] = const { [const { Cell::new(None) }; MAX_COMPARTMENTS] };
 }
 
-/// Runs `f` on the state of component `owner`, creating it with
-/// `Default` (in the heap of `owner`'s compartment) on first use.
+/// Runs `f` on the state of the component whose token `me` is
+/// (`with_state(flexos_gate::me!(), |s: &mut S| ...)`), creating it with
+/// `Default` (in the heap of its compartment, with its rights) on first use.
+/// The token makes sure that a component reaches only its own state, and
+/// that only its own `Default` runs with its rights.
 ///
 /// A component must not re-enter itself while it holds its state (for
 /// instance by blocking inside `f`); doing so panics naming the component.
-pub fn with_state<S: Default + 'static, R>(owner: Component, f: impl FnOnce(&mut S) -> R) -> R {
+pub fn with_state<I: Identity, S: Default + 'static, R>(me: Caller<I>, f: impl FnOnce(&mut S) -> R) -> R {
+    let owner = me.component();
     assert!(owner.id < MAX_COMPONENTS, "component id {} out of range", owner.id);
     assert!(owner.compartment < MAX_COMPARTMENTS, "compartment {} out of range", owner.compartment);
     let cell: Rc<dyn Any> = STATES.with(|tables| {

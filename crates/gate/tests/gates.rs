@@ -2,16 +2,52 @@
 //! callbacks and component state.
 
 use flexos_gate::layout::Component;
-use flexos_gate::layout::Mechanism;
-use flexos_gate::{Callback, SharedBuf, SharedRef, call, cross_with, stats, with_state};
+use flexos_gate::{Callback, Caller, Entry, Identity, SharedBuf, SharedRef, call, cross_fcall, stats, with_state};
 use flexos_platform::compartment;
 
 /// This test binary allocates like an image: from the running compartment's heap.
 #[global_allocator]
 static HEAP: flexos_alloc::CompartmentAllocator = flexos_alloc::CompartmentAllocator;
 
-const APP: Component = Component { id: 20, name: "test-app", compartment: 0, hardening: &[] };
-const FS: Component = Component { id: 21, name: "test-fs", compartment: 3, hardening: &[] };
+/// The test's caller, in the default compartment.
+struct App;
+/// The test's callee, in a compartment (3) that only `cross_fcall` reaches.
+struct Fs;
+
+// SAFETY: test identities, the trusted test code's own.
+unsafe impl Identity for App {
+    const COMPONENT: Component = Component { id: 20, name: "test-app", compartment: 0, hardening: &[], package: "" };
+    const PACKAGE: &'static str = "flexos-gate";
+}
+// SAFETY: as above.
+unsafe impl Identity for Fs {
+    const COMPONENT: Component = Component { id: 21, name: "test-fs", compartment: 3, hardening: &[], package: "" };
+    const PACKAGE: &'static str = "flexos-gate";
+}
+
+fn app() -> Caller<App> {
+    // SAFETY: the test's own identity.
+    unsafe { Caller::new() }
+}
+
+fn fs() -> Caller<Fs> {
+    // SAFETY: as above.
+    unsafe { Caller::new() }
+}
+
+/// Declares test entries: `entry!(Name: Callee, function: fn(..) -> ..)`.
+macro_rules! entry {
+    ($name:ident: $callee:ty, $f:ident: $ty:ty) => {
+        struct $name;
+        // SAFETY: a test entry whose function is this file's own.
+        unsafe impl Entry for $name {
+            type Callee = $callee;
+            const INDEX: u32 = 0;
+            type Function = $ty;
+            const FUNCTION: Self::Function = $f;
+        }
+    };
+}
 
 fn where_am_i(x: u32) -> (u32, usize) {
     (x + 1, compartment::current())
@@ -26,36 +62,51 @@ fn sum(buf: SharedRef<'_>) -> u64 {
     buf.to_vec().iter().map(|&b| b as u64).sum()
 }
 
+fn run(cb: Callback) -> usize {
+    let me = compartment::current();
+    cb.call();
+    me
+}
+
+entry!(AppWhere: App, where_am_i: fn(u32) -> (u32, usize));
+entry!(FsWhere: Fs, where_am_i: fn(u32) -> (u32, usize));
+entry!(FsHeap: Fs, heap_of_new_allocation: fn() -> usize);
+entry!(FsSum: Fs, sum: fn(SharedRef<'_>) -> u64);
+entry!(FsRun: Fs, run: fn(Callback) -> usize);
+
 #[test]
 fn same_compartment_is_a_plain_call() {
-    let before = stats::crossings(APP, APP);
-    let (r, c) = call::<0, 0, _, _, _>(APP, APP, (41u32,), where_am_i, 0);
+    let before = stats::crossings(App::COMPONENT, App::COMPONENT);
+    let (r, c) = call::<0, 0, App, AppWhere, _, _>(app(), (41u32,));
     assert_eq!((r, c), (42, 0));
-    assert_eq!(stats::crossings(APP, APP), before, "no crossing is counted");
+    assert_eq!(stats::crossings(App::COMPONENT, App::COMPONENT), before, "no crossing is counted");
 }
 
 #[test]
 fn crossing_switches_compartment_and_is_counted() {
-    let before = stats::crossings(APP, FS);
-    let (r, c) = cross_with(Mechanism::Fcall, APP, FS, (1u32,), where_am_i);
+    let before = stats::crossings(App::COMPONENT, Fs::COMPONENT);
+    // SAFETY: this test image has no `mpk` compartments.
+    let (r, c) = unsafe { cross_fcall::<App, FsWhere, _, _>(app(), (1u32,)) };
     assert_eq!((r, c), (2, 3), "the callee runs in its own compartment");
     assert_eq!(compartment::current(), 0, "the caller's compartment is restored");
     assert!(stats::enabled());
-    assert_eq!(stats::crossings(APP, FS), before + 1);
-    assert_eq!(stats::crossings(FS, APP), 0);
+    assert_eq!(stats::crossings(App::COMPONENT, Fs::COMPONENT), before + 1);
+    assert_eq!(stats::crossings(Fs::COMPONENT, App::COMPONENT), 0);
 }
 
 #[test]
 fn callee_allocations_come_from_the_callee_heap() {
     assert_eq!(heap_of_new_allocation(), 0);
-    assert_eq!(cross_with(Mechanism::Fcall, APP, FS, (), heap_of_new_allocation), 3);
+    // SAFETY: as above.
+    assert_eq!(unsafe { cross_fcall::<App, FsHeap, _, _>(app(), ()) }, 3);
     assert_eq!(heap_of_new_allocation(), 0);
 }
 
 #[test]
 fn shared_buffers_cross() {
     let buf = SharedBuf::from_slice(&[1, 2, 3, 4]);
-    let total = cross_with(Mechanism::Fcall, APP, FS, (buf.shared(),), sum);
+    // SAFETY: as above.
+    let total = unsafe { cross_fcall::<App, FsSum, _, _>(app(), (buf.shared(),)) };
     assert_eq!(total, 10);
 }
 
@@ -73,7 +124,8 @@ fn a_forged_private_handle_is_stopped_at_the_gate() {
         let words = &mut handle as *mut SharedRef<'_> as *mut usize;
         *words = private.as_ptr() as usize;
     }
-    cross_with(Mechanism::Fcall, APP, FS, (handle,), sum);
+    // SAFETY: this test image has no `mpk` compartments.
+    unsafe { cross_fcall::<App, FsSum, _, _>(app(), (handle,)) };
 }
 
 #[test]
@@ -82,12 +134,8 @@ fn callbacks_run_in_their_owner_compartment() {
     let callback = Callback::new(|| assert_eq!(compartment::current(), 5));
     compartment::enter(cb);
     assert_eq!(callback.owner(), 5);
-    fn run(cb: Callback) -> usize {
-        let me = compartment::current();
-        cb.call();
-        me
-    }
-    assert_eq!(cross_with(Mechanism::Fcall, APP, FS, (callback,), run), 3);
+    // SAFETY: as above.
+    assert_eq!(unsafe { cross_fcall::<App, FsRun, _, _>(app(), (callback,)) }, 3);
 }
 
 #[derive(Default)]
@@ -97,17 +145,17 @@ struct Counter {
 
 #[test]
 fn component_state_persists_and_is_per_component() {
-    with_state(FS, |c: &mut Counter| c.n += 1);
-    with_state(FS, |c: &mut Counter| c.n += 1);
-    with_state(APP, |c: &mut Counter| c.n += 10);
-    assert_eq!(with_state(FS, |c: &mut Counter| c.n), 2);
-    assert_eq!(with_state(APP, |c: &mut Counter| c.n), 10);
+    with_state(fs(), |c: &mut Counter| c.n += 1);
+    with_state(fs(), |c: &mut Counter| c.n += 1);
+    with_state(app(), |c: &mut Counter| c.n += 10);
+    assert_eq!(with_state(fs(), |c: &mut Counter| c.n), 2);
+    assert_eq!(with_state(app(), |c: &mut Counter| c.n), 10);
 }
 
 #[test]
 #[should_panic(expected = "re-entered")]
 fn re_entering_a_component_state_is_refused() {
-    with_state(FS, |_: &mut Counter| with_state(FS, |_: &mut Counter| ()));
+    with_state(fs(), |_: &mut Counter| with_state(fs(), |_: &mut Counter| ()));
 }
 
 #[test]

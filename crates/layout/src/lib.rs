@@ -43,6 +43,8 @@ pub struct Component {
     pub compartment: usize,
     /// Its hardening options' configuration names.
     pub hardening: &'static [&'static str],
+    /// The cargo package that implements it (empty for [`IMAGE`]).
+    pub package: &'static str,
 }
 
 include!(concat!(env!("OUT_DIR"), "/layout.rs"));
@@ -105,8 +107,41 @@ pub const fn stack_domain(compartment: usize) -> usize {
 /// The [`stack_domain`] of every compartment whose stacks are shared.
 pub const SHARED_STACKS: usize = 16;
 
+/// The identity of an image's own code that is no placeable component (a
+/// test image's `main`): the default compartment, an id past the table's.
+pub const IMAGE: Component =
+    Component { id: component::ALL.len(), name: "image", compartment: 0, hardening: &[], package: "" };
+
+/// Whether package `package` may declare itself component `c`: always
+/// without a configuration (one `fcall` compartment holds everything, so
+/// an identity grants nothing), else only the package the catalog names.
+pub const fn package_may_be(c: Component, package: &str) -> bool {
+    !CONFIGURED || str_eq(c.package, package)
+}
+
+/// Whether package `package`, a binary when `is_binary`, may declare itself
+/// the [`IMAGE`]: always without a configuration, else only a binary whose
+/// package is no component of the catalog (an application's binary is its
+/// component and nothing else).
+pub const fn package_may_be_image(package: &str, is_binary: bool) -> bool {
+    if !CONFIGURED {
+        return true;
+    }
+    if !is_binary {
+        return false;
+    }
+    let mut i = 0;
+    while i < component::ALL.len() {
+        if str_eq(component::ALL[i].package, package) {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
 /// String equality usable in constants.
-const fn str_eq(a: &str, b: &str) -> bool {
+pub const fn str_eq(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
     if a.len() != b.len() {
         return false;

@@ -21,8 +21,7 @@
 
 use flexos_gate::abi::Errno;
 use flexos_gate::abi::poll::{ENTRY as POLL_ENTRY, POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT, put_entry, revents};
-use flexos_gate::layout::Component;
-use flexos_gate::{SharedBuf, gate};
+use flexos_gate::{Caller, Identity, SharedBuf, gate};
 
 /// A connection whose unconsumed input grows beyond this is closed.
 pub const MAX_PENDING: usize = 256 * 1024 * 1024;
@@ -33,7 +32,7 @@ pub const OUTPUT_HIGH_WATER: usize = 1 << 20;
 
 /// Calls `flexos_net::f(args)` through a gate from compartment `C`.
 macro_rules! net {
-    ($app:expr, $f:ident ( $($a:expr),* )) => {
+    ($app:ident, $f:ident ( $($a:expr),* )) => {
         gate!(as $app, in C => flexos_net::$f($($a),*))
     };
 }
@@ -163,14 +162,14 @@ impl<S> Conn<S> {
 }
 
 /// Writes `data` to the image's file system as `path`, making the folders
-/// on the way (an image unpacks the files it was built with), as component
-/// `app` in its compartment `C` (called from the image's `main`).
-pub fn install_file<const C: usize>(app: Component, path: &str, data: &[u8]) -> Result<(), Errno> {
-    flexos_gate::fcall(C, || install_here::<C>(app, path, data))
+/// on the way (an image unpacks the files it was built with), as the
+/// component whose token `app` is, in its compartment `C` (called from the image's `main`).
+pub fn install_file<const C: usize, Me: Identity>(app: Caller<Me>, path: &str, data: &[u8]) -> Result<(), Errno> {
+    flexos_gate::fcall(C, || install_here::<C, Me>(app, path, data))
 }
 
 /// [`install_file`], running in compartment `C`.
-fn install_here<const C: usize>(app: Component, path: &str, data: &[u8]) -> Result<(), Errno> {
+fn install_here<const C: usize, Me: Identity>(app: Caller<Me>, path: &str, data: &[u8]) -> Result<(), Errno> {
     use flexos_gate::abi::open_flags::{O_CREAT, O_TRUNC, O_WRONLY};
     let mut at = 0;
     while let Some(i) = path[at + 1..].find('/') {
@@ -266,21 +265,21 @@ pub fn parse_options(args: &[String], defaults: Options) -> Result<Options, Stri
 }
 
 /// Runs the protocol that `make` builds in the application's compartment
-/// `C` (component `app`) with [`serve`]; a setup error is printed (as
+/// `C` (the component whose token `app` is) with [`serve`]; a setup error is printed (as
 /// `program: ...`) and ends the image with status 1.
 ///
 /// Everything the application's compartment needs crosses by value: the
 /// protocol is built there (in that compartment's heap) and the error is
 /// printed there, because under `mpk` another compartment's memory is out
 /// of reach.
-pub fn run<const C: usize, P: Protocol>(
-    app: Component,
+pub fn run<const C: usize, Me: Identity, P: Protocol>(
+    app: Caller<Me>,
     program: &'static str,
     options: Options,
     make: impl FnOnce() -> P,
 ) -> ! {
     flexos_gate::fcall(C, move || {
-        if let Err(e) = serve::<C, P>(app, options, &mut make()) {
+        if let Err(e) = serve::<C, Me, P>(app, options, &mut make()) {
             eprintln!("{program}: {e}");
         }
     });
@@ -292,8 +291,13 @@ fn errno(what: &'static str) -> impl Fn(Errno) -> String {
 }
 
 /// Serves `protocol` on `options.port` forever (returns only on a setup
-/// error), running as component `app` in compartment `C`.
-pub fn serve<const C: usize, P: Protocol>(app: Component, options: Options, protocol: &mut P) -> Result<(), String> {
+/// error), running as the component whose token `app` is, in its
+/// compartment `C`.
+pub fn serve<const C: usize, Me: Identity, P: Protocol>(
+    app: Caller<Me>,
+    options: Options,
+    protocol: &mut P,
+) -> Result<(), String> {
     net!(app, configure(options.max_connections, options.buffer_size)).map_err(errno("configure"))?;
     let listener = net!(app, socket()).map_err(errno("socket"))?;
     net!(app, bind(listener, options.port)).map_err(errno("bind"))?;
@@ -343,10 +347,10 @@ pub fn serve<const C: usize, P: Protocol>(app: Component, options: Options, prot
             }
             let backpressured = c.output.len() >= OUTPUT_HIGH_WATER;
             if !c.closing && (ev & (POLLHUP | POLLERR) != 0 || ev & POLLIN != 0 && !backpressured) {
-                read_input::<C, P>(app, c, &mut io, protocol, &cx);
+                read_input::<C, Me, P>(app, c, &mut io, protocol, &cx);
             }
             if !c.output.is_empty() {
-                write_output::<C, P::Conn>(app, c, &mut io);
+                write_output::<C, Me, P::Conn>(app, c, &mut io);
                 if c.stalled && c.output.len() < OUTPUT_HIGH_WATER && !c.closing {
                     // The peer took its replies: handle the input that waited.
                     handle_input(c, protocol, &cx);
@@ -452,8 +456,8 @@ fn close_waiting<S>(conns: &mut [Conn<S>], now: u64, options: &Options) {
 pub const EVICT_MARGIN: usize = 64;
 
 /// Reads what the connection has and hands it to the protocol.
-fn read_input<const C: usize, P: Protocol>(
-    app: Component,
+fn read_input<const C: usize, Me: Identity, P: Protocol>(
+    app: Caller<Me>,
     c: &mut Conn<P::Conn>,
     io: &mut SharedBuf,
     p: &mut P,
@@ -526,7 +530,7 @@ fn handle_input<P: Protocol>(c: &mut Conn<P::Conn>, p: &mut P, cx: &Context) {
 }
 
 /// Sends as much of the connection's output as the stack takes.
-fn write_output<const C: usize, S>(app: Component, c: &mut Conn<S>, io: &mut SharedBuf) {
+fn write_output<const C: usize, Me: Identity, S>(app: Caller<Me>, c: &mut Conn<S>, io: &mut SharedBuf) {
     let mut sent = 0;
     while sent < c.output.len() {
         let n = (c.output.len() - sent).min(io.len());

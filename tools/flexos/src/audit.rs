@@ -247,6 +247,63 @@ pub fn gate_bypasses(root: &Path) -> Result<Vec<Bypass>, String> {
     Ok(out)
 }
 
+/// The packages that hold the trusted core's `unsafe` code although they
+/// sit among the components: the allocator and the C library (the C ABI).
+const TRUSTED_PACKAGES: &[&str] = &["flexos-alloc", "flexos-libc"];
+
+/// The workspace lints that seal the gates: no `unsafe` in component code,
+/// and no `#![feature]` (which could turn on `allow_internal_unsafe`).
+const SEALING_LINTS: &[&str] = &["unsafe_code", "unstable_features"];
+
+/// What keeps component code from using `unsafe` (docs/isolation.md,
+/// "Sealed gates"): the workspace must forbid [`SEALING_LINTS`], and every
+/// package under `root/components` and `root/apps`, and the network
+/// applications' library, must take the workspace's lints (`[lints]
+/// workspace = true`), except the trusted [`TRUSTED_PACKAGES`]. Returns one
+/// line per problem, naming the file and the fix.
+pub fn unsealed_components(root: &Path) -> Result<Vec<String>, String> {
+    let read = |p: &Path| -> Result<toml::Table, String> {
+        std::fs::read_to_string(p)
+            .map_err(|e| format!("{}: {e}", p.display()))?
+            .parse()
+            .map_err(|e| format!("{}: {e}", p.display()))
+    };
+    let mut out = Vec::new();
+    let workspace = read(&root.join("Cargo.toml"))?;
+    let lints = workspace.get("workspace").and_then(|w| w.get("lints")).and_then(|l| l.get("rust"));
+    for lint in SEALING_LINTS {
+        if lints.and_then(|l| l.get(*lint)).and_then(|v| v.as_str()) != Some("forbid") {
+            out.push(format!(
+                "{}: [workspace.lints.rust] must say {lint} = \"forbid\"",
+                root.join("Cargo.toml").display()
+            ));
+        }
+    }
+    let mut dirs = vec![root.join("crates/netapp")];
+    for group in ["components", "apps"] {
+        let parent = root.join(group);
+        let found = std::fs::read_dir(&parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+        dirs.extend(found.flatten().map(|e| e.path()).filter(|p| p.join("Cargo.toml").is_file()));
+    }
+    dirs.sort();
+    for dir in dirs {
+        let manifest_path = dir.join("Cargo.toml");
+        let manifest = read(&manifest_path)?;
+        let package = manifest.get("package").and_then(|p| p.get("name")).and_then(|n| n.as_str()).unwrap_or("?");
+        if TRUSTED_PACKAGES.contains(&package) {
+            continue;
+        }
+        let inherits = manifest.get("lints").and_then(|l| l.get("workspace")).and_then(|w| w.as_bool()) == Some(true);
+        if !inherits {
+            out.push(format!(
+                "{}: component package {package} must take the workspace lints: add `[lints]` with `workspace = true`",
+                manifest_path.display()
+            ));
+        }
+    }
+    Ok(out)
+}
+
 /// The crate name of the package in `dir` (its binary's, for an
 /// application: `flexos-kv` is `flexos_kv`), from its `Cargo.toml`.
 fn crate_name(dir: &Path) -> Option<String> {
@@ -259,6 +316,33 @@ fn crate_name(dir: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_component_takes_the_sealing_lints() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        assert_eq!(unsealed_components(&root).unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_component_without_the_lints_is_found() {
+        let dir = std::env::temp_dir().join(format!("flexos-audit-lints-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for d in ["components/ok", "components/bad", "components/alloc", "apps", "crates/netapp"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        std::fs::write(dir.join("Cargo.toml"), "[workspace.lints.rust]\nunsafe_code = \"forbid\"\n").unwrap();
+        let lints = "[lints]\nworkspace = true\n";
+        std::fs::write(dir.join("components/ok/Cargo.toml"), format!("[package]\nname = \"ok\"\n{lints}")).unwrap();
+        std::fs::write(dir.join("crates/netapp/Cargo.toml"), format!("[package]\nname = \"n\"\n{lints}")).unwrap();
+        std::fs::write(dir.join("components/bad/Cargo.toml"), "[package]\nname = \"bad\"\n").unwrap();
+        std::fs::write(dir.join("components/alloc/Cargo.toml"), "[package]\nname = \"flexos-alloc\"\n").unwrap();
+        let found = unsealed_components(&dir);
+        let _ = std::fs::remove_dir_all(&dir);
+        let found = found.unwrap();
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0].contains("unstable_features"), "{found:?}");
+        assert!(found[1].contains("package bad") && found[1].contains("workspace = true"), "{found:?}");
+    }
 
     #[test]
     fn attributes_symbols_to_crates() {

@@ -218,8 +218,12 @@ pub fn build_image(root: &Path, layout: &Layout, options: &BuildOptions) -> Resu
         }
         std::fs::write(&pad_file, pad.to_string()).map_err(|e| format!("{}: {e}", pad_file.display()))?;
     }
-    // Every image, of every configuration and application: components keep
-    // their state with `with_state`, never in a mutable static (DESIGN 3).
+    // Every image, of every configuration and application: component code
+    // cannot use `unsafe` (the gates' seal), and components keep their state
+    // with `with_state`, never in a mutable static (DESIGN 3).
+    if let Some(problem) = crate::audit::unsealed_components(root)?.first() {
+        return Err(format!("{problem} (the gates are sealed only if component code cannot use unsafe)"));
+    }
     let statics = crate::audit::writable_statics(&built)?;
     if let Some(s) = statics.first() {
         return Err(format!(

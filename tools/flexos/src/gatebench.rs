@@ -8,7 +8,7 @@
 //! cycles and as nanoseconds (the counter's rate is calibrated against the
 //! monotonic clock).
 
-use flexos_gate::layout::{Component, Mechanism};
+use flexos_gate::layout::Component;
 use flexos_platform::clock::{cycles_per_second, min_median, sample_cycles, timer_overhead};
 use serde::Serialize;
 use std::hint::black_box;
@@ -18,8 +18,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub(crate) const CALLER: Component = Component { id: 30, name: "bench-caller", compartment: 0, hardening: &[] };
-const CALLEE: Component = Component { id: 31, name: "bench-callee", compartment: 1, hardening: &[] };
+/// The identity of the benchmark's shared locals (the default compartment).
+pub(crate) const CALLER: Component =
+    Component { id: 29, name: "bench-caller", compartment: 0, hardening: &[], package: "" };
 
 /// One row of the table.
 #[derive(Clone, Debug, Serialize)]
@@ -134,10 +135,10 @@ pub fn run(scale: f64, remote: &[RemoteGate], mpk: &[RemoteGate]) -> Result<Gate
         black_box(empty(i));
     });
     add("fcall gate, same compartment", n(10_000.0), &mut |i| {
-        black_box(flexos_gate::call::<0, 0, _, _, _>(CALLER, CALLER, (i,), empty, 0));
+        black_box(flexos_gate::bench::same_compartment(i));
     });
     add("fcall gate, other compartment", n(10_000.0), &mut |i| {
-        black_box(flexos_gate::cross_with(Mechanism::Fcall, CALLER, CALLEE, (i,), empty));
+        black_box(flexos_gate::bench::other_compartment(i));
     });
     add("linux syscall (getppid)", n(2_000.0), &mut |_| {
         black_box(std::os::unix::process::parent_id());

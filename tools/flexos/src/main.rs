@@ -636,12 +636,17 @@ fn main() {
                 Err(exit::AUDIT_FAILED)
             }
         },
-        Cmd::Audit { which: AuditCmd::Gates } => match audit::gate_bypasses(&workspace_root()) {
-            Ok(found) if found.is_empty() => {
-                say!("every call between components goes through gate!");
+        Cmd::Audit { which: AuditCmd::Gates } => match audit::unsealed_components(&workspace_root())
+            .and_then(|unsealed| Ok((unsealed, audit::gate_bypasses(&workspace_root())?)))
+        {
+            Ok((unsealed, found)) if unsealed.is_empty() && found.is_empty() => {
+                say!("every component forbids unsafe code, and every call between components goes through gate!");
                 Ok(())
             }
-            Ok(found) => {
+            Ok((unsealed, found)) => {
+                for u in unsealed {
+                    eprintln!("{u}");
+                }
                 for b in found {
                     eprintln!("{}:{}: calls into {} without gate!", b.file.display(), b.line, b.callee);
                 }

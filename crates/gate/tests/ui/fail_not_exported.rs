@@ -3,7 +3,7 @@ flexos_gate::component!(SQLITE);
 
 mod callee {
     flexos_gate::component!(VFS);
-    flexos_gate::exports!(open());
+    flexos_gate::exports!(open() -> i32);
     pub fn open() -> i32 {
         3
     }

@@ -3,7 +3,7 @@ flexos_gate::component!(SQLITE);
 
 mod callee {
     flexos_gate::component!(VFS);
-    flexos_gate::exports!(write(_, _));
+    flexos_gate::exports!(write(i32, &[u8]) -> usize);
     pub fn write(fd: i32, data: &[u8]) -> usize {
         let _ = fd;
         data.len()

@@ -3,7 +3,7 @@ flexos_gate::component!(SQLITE);
 
 mod callee {
     flexos_gate::component!(VFS);
-    flexos_gate::exports!(leak());
+    flexos_gate::exports!(leak() -> Box<[u8; 16]>);
     pub fn leak() -> Box<[u8; 16]> {
         Box::new([0; 16])
     }

@@ -3,7 +3,7 @@ flexos_gate::component!(SQLITE);
 
 mod callee {
     flexos_gate::component!(VFS);
-    flexos_gate::exports!(write(_, _));
+    flexos_gate::exports!(write(i32, flexos_gate::SharedRef<'_>) -> Result<usize, flexos_gate::abi::Errno>);
     pub fn write(fd: i32, data: flexos_gate::SharedRef<'_>) -> Result<usize, flexos_gate::abi::Errno> {
         let _ = fd;
         Ok(data.len())
