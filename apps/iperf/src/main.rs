@@ -136,7 +136,7 @@ fn threaded(port: u16) -> Result<(), String> {
     gate!(flexos_net::listen(fd, 16)).map_err(errno("listen"))?;
     loop {
         let (conn, _, _) = gate!(flexos_net::accept(fd)).map_err(errno("accept"))?;
-        gate!(flexos_sched::spawn(Callback::new(move || receive_stream(conn))));
+        gate!(flexos_sched::spawn(Callback::new(flexos_gate::me!(), move || receive_stream(conn))));
     }
 }
 

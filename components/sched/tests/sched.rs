@@ -27,7 +27,7 @@ fn spawn_runs_threads_and_join_waits() {
     let ids: Vec<_> = (0..3)
         .map(|i| {
             let l = l.clone();
-            gate!(sched::spawn(Callback::new(move || push(&l, format!("t{i}")))))
+            gate!(sched::spawn(Callback::new(flexos_gate::me!(), move || push(&l, format!("t{i}")))))
         })
         .collect();
     push(&l, "main");
@@ -42,7 +42,7 @@ fn spawn_runs_threads_and_join_waits() {
 fn yield_interleaves_threads() {
     let l = log();
     let mk = |name: &'static str, l: Log| {
-        Callback::new(move || {
+        Callback::new(flexos_gate::me!(), move || {
             for i in 0..3 {
                 push(&l, format!("{name}{i}"));
                 gate!(sched::yield_now());
@@ -65,7 +65,7 @@ fn sleepers_wake_in_deadline_order_and_not_early() {
         .into_iter()
         .map(|ms| {
             let l = l.clone();
-            gate!(sched::spawn(Callback::new(move || {
+            gate!(sched::spawn(Callback::new(flexos_gate::me!(), move || {
                 let deadline = start + ms * 1_000_000;
                 gate!(sched::sleep_until(deadline));
                 assert!(clock::monotonic_ns() >= deadline, "woke before its deadline");
@@ -86,7 +86,7 @@ fn wait_queues_block_until_woken() {
     let waiters: Vec<_> = (0..2)
         .map(|i| {
             let l = l.clone();
-            gate!(sched::spawn(Callback::new(move || {
+            gate!(sched::spawn(Callback::new(flexos_gate::me!(), move || {
                 gate!(sched::wait(wq)).unwrap();
                 push(&l, format!("woken{i}"));
             })))
@@ -115,7 +115,7 @@ fn mutex_keeps_critical_sections_whole() {
     let ids: Vec<_> = (0..4)
         .map(|_| {
             let c = counter.clone();
-            gate!(sched::spawn(Callback::new(move || {
+            gate!(sched::spawn(Callback::new(flexos_gate::me!(), move || {
                 for _ in 0..10 {
                     gate!(sched::mutex_lock(m)).unwrap();
                     let v = *c.borrow();
@@ -139,7 +139,7 @@ fn mutex_keeps_critical_sections_whole() {
 fn each_thread_keeps_its_compartment() {
     let seen = log();
     let s = seen.clone();
-    let t = gate!(sched::spawn(Callback::new(move || {
+    let t = gate!(sched::spawn(Callback::new(flexos_gate::me!(), move || {
         compartment::enter(4);
         gate!(sched::yield_now());
         push(&s, format!("thread {}", compartment::current()));
@@ -156,7 +156,7 @@ fn many_threads() {
     let ids: Vec<_> = (0..500u64)
         .map(|i| {
             let t = total.clone();
-            gate!(sched::spawn(Callback::new(move || {
+            gate!(sched::spawn(Callback::new(flexos_gate::me!(), move || {
                 gate!(sched::yield_now());
                 *t.borrow_mut() += i;
             })))

@@ -49,7 +49,7 @@ mod tests {
         use std::{cell::Cell, rc::Rc};
         let ran = Rc::new(Cell::new(false));
         let r = ran.clone();
-        let t = gate!(flexos_sched::spawn(flexos_gate::Callback::new(move || r.set(true))));
+        let t = gate!(flexos_sched::spawn(flexos_gate::Callback::new(flexos_gate::me!(), move || r.set(true))));
         sleep_ns(1_000_000);
         assert!(ran.get(), "the other thread ran while this one slept");
         gate!(flexos_sched::join(t)).unwrap();

@@ -6,7 +6,7 @@ use crate::{Caller, Entry, Identity, call, cross_fcall};
 use flexos_layout::Component;
 use std::hint::black_box;
 
-struct BenchCaller;
+pub(crate) struct BenchCaller;
 struct BenchCallee;
 struct BenchOther;
 
@@ -49,6 +49,13 @@ unsafe impl Entry for EmptyOther {
     const INDEX: u32 = 0;
     type Function = fn(u64) -> u64;
     const FUNCTION: Self::Function = empty;
+}
+
+/// The benchmark caller's token (for this crate's unit tests).
+#[cfg(test)]
+pub(crate) fn caller() -> Caller<BenchCaller> {
+    // SAFETY: the benchmark's own identity.
+    unsafe { Caller::new() }
 }
 
 /// An empty call through a gate inside one compartment.

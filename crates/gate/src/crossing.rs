@@ -1,7 +1,9 @@
 //! What may cross a gate.
 
 use crate::wire::{Reader, Writer};
+use crate::{Caller, Identity};
 use flexos_platform::compartment;
+use std::cell::{Cell, RefCell};
 
 /// A type whose values may be passed to or returned from another
 /// compartment: plain data, or handles to shared memory.
@@ -192,15 +194,80 @@ tuple!(A, B, C, D, E, G, H);
 /// Code handed to another compartment to be run later in the compartment
 /// that made it (e.g. a thread's body given to the scheduler). Calling it is
 /// a gate back into its owner.
+///
+/// The closure never leaves its owner: [`Callback::new`] registers it in a
+/// table in the owner's own heap, and the handle that crosses holds only the
+/// owner's compartment, the slot and a tag. A receiver that rewrites the
+/// handle (under `mpk` it lies in the receiver's memory) can therefore only
+/// name a closure the owner registered, and each runs at most once; a slot
+/// or tag that does not match is refused by the owner, which stops the image
+/// naming both compartments.
 pub struct Callback {
     owner: usize,
-    f: Box<dyn FnOnce()>,
+    slot: u32,
+    tag: u64,
+}
+
+/// A registered closure and the tag it was registered with.
+type Registered = (u64, Box<dyn FnOnce()>);
+
+/// One compartment's registered callbacks on this host thread.
+#[derive(Default)]
+struct Registry {
+    /// By slot: the tag it was registered with and the closure.
+    slots: Vec<Option<Registered>>,
+    /// Free slots.
+    free: Vec<u32>,
+    /// The next tag.
+    next_tag: u64,
+}
+
+type RegistryCell = RefCell<Registry>;
+
+thread_local! {
+    /// Per compartment, its registry (in that compartment's heap).
+    static REGISTRIES: [Cell<Option<&'static RegistryCell>>; compartment::MAX_COMPARTMENTS] =
+        const { [const { Cell::new(None) }; compartment::MAX_COMPARTMENTS] };
+}
+
+/// Runs `f` on compartment `owner`'s registry; call it in `owner`'s compartment.
+fn with_registry<R>(owner: usize, f: impl FnOnce(&mut Registry) -> R) -> R {
+    let cell = REGISTRIES.with(|r| {
+        let slot = &r[owner];
+        slot.get().unwrap_or_else(|| {
+            let table: &'static RegistryCell = Box::leak(Box::default());
+            slot.set(Some(table));
+            table
+        })
+    });
+    f(&mut cell.borrow_mut())
 }
 
 impl Callback {
-    /// Wraps `f`, to be run in the compartment that is running now.
-    pub fn new(f: impl FnOnce() + 'static) -> Callback {
-        Callback { owner: compartment::current(), f: Box::new(f) }
+    /// Registers `f`, to be run in the compartment of the component whose
+    /// token `me` is (`Callback::new(flexos_gate::me!(), move || ...)`).
+    pub fn new<I: Identity>(me: Caller<I>, f: impl FnOnce() + 'static) -> Callback {
+        let owner = me.component().compartment;
+        assert!(owner < compartment::MAX_COMPARTMENTS, "compartment {owner} out of range");
+        let (slot, tag) = crate::switch_to(owner, move || {
+            let f: Box<dyn FnOnce()> = Box::new(f);
+            with_registry(owner, |r| {
+                r.next_tag += 1;
+                let tag = r.next_tag;
+                let slot = match r.free.pop() {
+                    Some(i) => {
+                        r.slots[i as usize] = Some((tag, f));
+                        i
+                    }
+                    None => {
+                        r.slots.push(Some((tag, f)));
+                        (r.slots.len() - 1) as u32
+                    }
+                };
+                (slot, tag)
+            })
+        });
+        Callback { owner, slot, tag }
     }
 
     /// The compartment the code belongs to.
@@ -210,15 +277,62 @@ impl Callback {
 
     /// Runs the code in its owner's compartment.
     pub fn call(self) {
-        let Callback { owner, f } = self;
-        crate::switch_to(owner, f)
+        let this = core::mem::ManuallyDrop::new(self);
+        let (owner, slot, tag) = (this.owner, this.slot, this.tag);
+        let known =
+            if crate::layout::has_mpk() { crate::layout::COMPARTMENTS.len() } else { compartment::MAX_COMPARTMENTS };
+        if owner >= known {
+            refuse(owner, slot, tag);
+        }
+        crate::switch_to(owner, move || match take(owner, slot, tag) {
+            Some(f) => f(),
+            None => refuse(owner, slot, tag),
+        })
     }
 }
 
-// SAFETY: the closure is opaque to the receiver, which can only run it, and
-// running it switches back to the owner's compartment first. It cannot be
-// encoded: a closure is code and data of its owner's address space, so it
-// crosses only gates inside one domain (fcall); a remote gate refuses it.
+/// The closure in `owner`'s slot `slot` if it was registered with `tag`.
+fn take(owner: usize, slot: u32, tag: u64) -> Option<Box<dyn FnOnce()>> {
+    with_registry(owner, |r| {
+        let entry = r.slots.get_mut(slot as usize)?;
+        if entry.as_ref().is_none_or(|(t, _)| *t != tag) {
+            return None;
+        }
+        r.free.push(slot);
+        entry.take().map(|(_, f)| f)
+    })
+}
+
+/// Stops the image: a callback handle names a closure its owner never
+/// registered (or one that already ran): the compartment that held it
+/// rewrote it.
+fn refuse(owner: usize, slot: u32, tag: u64) -> ! {
+    let name = |c: usize| crate::layout::COMPARTMENTS.get(c).map_or("?", |c| c.name);
+    let report = format!(
+        "flexos: compartment {:?} refused a callback it did not register (slot {slot}, tag {tag}), called from compartment {:?}; stopping the image\n",
+        name(owner),
+        name(compartment::current())
+    );
+    flexos_platform::console::write_err(report.as_bytes());
+    flexos_platform::process_abort()
+}
+
+impl Drop for Callback {
+    /// A callback dropped without being called unregisters its closure (in
+    /// its owner's compartment, where the closure is dropped too).
+    fn drop(&mut self) {
+        let (owner, slot, tag) = (self.owner, self.slot, self.tag);
+        if owner < compartment::MAX_COMPARTMENTS {
+            drop(crate::switch_to(owner, move || take(owner, slot, tag)));
+        }
+    }
+}
+
+// SAFETY: the handle holds no pointer (the closure stays in its owner's
+// registry), and running it switches back to the owner's compartment
+// first. It cannot be encoded: a closure is code and data of its owner's
+// address space, so it crosses only gates inside one domain; a remote gate
+// refuses it.
 unsafe impl Crossing for Callback {
     fn encode(&self, w: &mut Writer) {
         w.unencodable("a Callback (a closure) cannot cross into another process or VM");
@@ -264,7 +378,7 @@ mod tests {
         assert!(Callback::decode(&mut Reader::new(&[])).is_none());
         let mut buf = [core::mem::MaybeUninit::uninit(); 8];
         let mut w = Writer::new(&mut buf);
-        Callback::new(|| {}).encode(&mut w);
+        Callback::new(crate::bench::caller(), || {}).encode(&mut w);
         assert!(w.finish().unwrap_err().contains("Callback"));
     }
 }

@@ -25,6 +25,20 @@ unsafe impl Identity for Fs {
     const PACKAGE: &'static str = "flexos-gate";
 }
 
+/// The owner of the tests' callbacks, in compartment 5.
+struct Owner;
+
+// SAFETY: as above.
+unsafe impl Identity for Owner {
+    const COMPONENT: Component = Component { id: 22, name: "test-owner", compartment: 5, hardening: &[], package: "" };
+    const PACKAGE: &'static str = "flexos-gate";
+}
+
+fn owner() -> Caller<Owner> {
+    // SAFETY: as above.
+    unsafe { Caller::new() }
+}
+
 fn app() -> Caller<App> {
     // SAFETY: the test's own identity.
     unsafe { Caller::new() }
@@ -130,12 +144,72 @@ fn a_forged_private_handle_is_stopped_at_the_gate() {
 
 #[test]
 fn callbacks_run_in_their_owner_compartment() {
-    let cb = compartment::enter(5);
-    let callback = Callback::new(|| assert_eq!(compartment::current(), 5));
-    compartment::enter(cb);
+    let callback = Callback::new(owner(), || assert_eq!(compartment::current(), 5));
     assert_eq!(callback.owner(), 5);
     // SAFETY: as above.
     assert_eq!(unsafe { cross_fcall::<App, FsRun, _, _>(app(), (callback,)) }, 3);
+}
+
+#[test]
+fn a_dropped_callback_never_runs_and_frees_its_closure() {
+    let captured = std::rc::Rc::new(std::cell::Cell::new(false));
+    let c = captured.clone();
+    let callback = Callback::new(owner(), move || c.set(true));
+    assert_eq!(std::rc::Rc::strong_count(&captured), 2);
+    drop(callback);
+    assert!(!captured.get());
+    assert_eq!(std::rc::Rc::strong_count(&captured), 1, "the owner dropped the closure");
+}
+
+/// Runs test `name` of this binary again, in a child with `FLEXOS_GATE_CHILD`
+/// set; returns its exit status and what it printed.
+fn in_child(name: &str) -> (std::process::ExitStatus, String) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env("FLEXOS_GATE_CHILD", "1")
+        .output()
+        .unwrap();
+    (out.status, format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// A compartment that holds a callback handle (the scheduler, under `mpk`
+/// in its own memory) and rewrites it: a copy of a handle that already ran,
+/// or garbage. The owner runs nothing it did not register, and each
+/// closure at most once; it stops the image naming itself.
+#[test]
+fn a_rewritten_callback_handle_is_refused_by_its_owner() {
+    if std::env::var_os("FLEXOS_GATE_CHILD").is_some() {
+        let mode = std::env::var("FLEXOS_GATE_FORGE").unwrap();
+        let real = Callback::new(owner(), || println!("ran the real callback"));
+        let forged: Callback = if mode == "copy" {
+            // SAFETY: test only: a bitwise copy of the handle, as a
+            // receiver that kept the bytes would make.
+            unsafe { std::ptr::read(&real) }
+        } else {
+            let mut bytes = [0u8; std::mem::size_of::<Callback>()];
+            for (i, b) in bytes.iter_mut().enumerate() {
+                *b = 0x5a ^ i as u8;
+            }
+            // SAFETY: test only: the handle's bytes overwritten; it holds
+            // plain integers, so any bytes are a value.
+            unsafe { std::mem::transmute::<[u8; std::mem::size_of::<Callback>()], Callback>(bytes) }
+        };
+        real.call();
+        println!("calling the forged handle");
+        forged.call();
+        println!("the forged handle ran");
+        return;
+    }
+    for mode in ["copy", "garbage"] {
+        // SAFETY: the variable is read by the child only.
+        unsafe { std::env::set_var("FLEXOS_GATE_FORGE", mode) };
+        let (status, out) = in_child("a_rewritten_callback_handle_is_refused_by_its_owner");
+        assert!(!status.success(), "{mode}: {out}");
+        assert_eq!(out.matches("ran the real callback").count(), 1, "{mode}: {out}");
+        assert!(out.contains("calling the forged handle"), "{mode}: {out}");
+        assert!(out.contains("refused a callback it did not register"), "{mode}: {out}");
+        assert!(!out.contains("the forged handle ran"), "{mode}: {out}");
+    }
 }
 
 #[derive(Default)]
