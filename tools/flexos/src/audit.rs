@@ -318,6 +318,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn xrstor_is_found_also_inside_other_instructions() {
+        let dir = std::env::temp_dir().join(format!("flexos-audit-xrstor-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let c = dir.join("x.c");
+        // One real xrstor, and one hidden in a constant (`0f ae 6c` = xrstor [rsp+..]).
+        std::fs::write(
+            &c,
+            "void f(void *p) { __asm__ volatile(\"xrstor (%0)\" :: \"r\"(p), \"a\"(-1), \"d\"(-1)); }\n\
+             long g(void) { long v; __asm__ volatile(\"movabs $0x246cae0f, %0\" : \"=r\"(v)); return v; }\n",
+        )
+        .unwrap();
+        let o = dir.join("x.o");
+        let status = std::process::Command::new("gcc").args(["-c", "-O1", "-o"]).arg(&o).arg(&c).status().unwrap();
+        assert!(status.success());
+        let found = xrstor_sites(&o).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(found.len(), 2, "{found:x?}");
+    }
+
+    #[test]
     fn every_component_takes_the_sealing_lints() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         assert_eq!(unsealed_components(&root).unwrap(), Vec::<String>::new());
@@ -485,6 +505,31 @@ pub fn wrpkru_sites(path: &Path) -> Result<WrpkruAudit, String> {
         }
     }
     Ok(audit)
+}
+
+/// Every `xrstor` byte sequence in the executable sections of the image at
+/// `path`, at any offset (so also inside other instructions), by address.
+///
+/// `xrstor` (`0F AE /5` with a memory operand, `xrstor64` with REX.W) loads
+/// PKRU from memory when bit 9 of EDX:EAX and of the area's header are set,
+/// and nothing after it checks the value the way each gate's `wrpkru` is
+/// checked; an attacker who can jump to one chooses both. So an `mpk` image
+/// may contain none (`flexos build` refuses one that does). `xrstors` is not
+/// searched: it is privileged and faults in user mode.
+pub fn xrstor_sites(path: &Path) -> Result<Vec<u64>, String> {
+    let data = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let file = object::File::parse(&*data).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut found = Vec::new();
+    for section in file.sections().filter(|s| s.kind() == SectionKind::Text) {
+        let code = section.data().map_err(|e| e.to_string())?;
+        for i in 0..code.len().saturating_sub(2) {
+            let modrm = code[i + 2];
+            if code[i] == 0x0f && code[i + 1] == 0xae && (modrm >> 3) & 7 == 5 && modrm >> 6 != 3 {
+                found.push(section.address() + i as u64);
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// What is wrong with the gate site whose `wrpkru` is at `code[i]`, if anything.

@@ -198,6 +198,12 @@ pub fn build_image(root: &Path, layout: &Layout, options: &BuildOptions) -> Resu
     let mut pad: usize = std::fs::read_to_string(&pad_file).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
     let mut built = cargo_build(root, layout, options, &dir, pad)?;
     if layout.compartments.iter().any(|c| c.mechanism == flexos_config::Mechanism::Mpk) {
+        if let Some(at) = crate::audit::xrstor_sites(&built)?.first() {
+            return Err(format!(
+                "{}: the code holds an xrstor at {at:#x}, which could load PKRU unchecked; an mpk image may hold none",
+                built.display()
+            ));
+        }
         for attempt in 1.. {
             let audit = crate::audit::wrpkru_sites(&built)?;
             if let Some(p) = audit.problems.iter().find(|p| p.problem != "not a registered gate site") {

@@ -615,27 +615,32 @@ fn main() {
                 Err(exit::AUDIT_FAILED)
             }
         },
-        Cmd::Audit { which: AuditCmd::Wrpkru { image } } => match audit::wrpkru_sites(&image) {
-            Ok(a) if a.problems.is_empty() => {
-                say!(
-                    "{}: {} wrpkru in the code, every one a checked gate site ({} registered)",
-                    image.display(),
-                    a.found,
-                    a.sites
-                );
-                Ok(())
-            }
-            Ok(a) => {
-                for p in a.problems {
-                    eprintln!("{}: wrpkru at {:#x}: {}", image.display(), p.address, p.problem);
+        Cmd::Audit { which: AuditCmd::Wrpkru { image } } => {
+            match audit::wrpkru_sites(&image).and_then(|a| Ok((a, audit::xrstor_sites(&image)?))) {
+                Ok((a, xrstors)) if a.problems.is_empty() && xrstors.is_empty() => {
+                    say!(
+                        "{}: {} wrpkru in the code, every one a checked gate site ({} registered); no xrstor",
+                        image.display(),
+                        a.found,
+                        a.sites
+                    );
+                    Ok(())
                 }
-                Err(exit::AUDIT_FAILED)
+                Ok((a, xrstors)) => {
+                    for at in xrstors {
+                        eprintln!("{}: xrstor at {at:#x}: could load PKRU unchecked", image.display());
+                    }
+                    for p in a.problems {
+                        eprintln!("{}: wrpkru at {:#x}: {}", image.display(), p.address, p.problem);
+                    }
+                    Err(exit::AUDIT_FAILED)
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    Err(exit::AUDIT_FAILED)
+                }
             }
-            Err(e) => {
-                eprintln!("error: {e}");
-                Err(exit::AUDIT_FAILED)
-            }
-        },
+        }
         Cmd::Audit { which: AuditCmd::Gates } => match audit::unsealed_components(&workspace_root())
             .and_then(|unsealed| Ok((unsealed, audit::gate_bypasses(&workspace_root())?)))
         {

@@ -92,6 +92,7 @@ fn every_wrpkru_in_an_mpk_image_is_a_checked_gate_site() {
         let audit = flexos::audit::wrpkru_sites(&img).unwrap();
         assert!(audit.sites > 0 && audit.found == audit.sites, "{config}: {audit:?}");
         assert!(audit.problems.is_empty(), "{config}: {:?}", audit.problems);
+        assert_eq!(flexos::audit::xrstor_sites(&img).unwrap(), [], "{config}: no xrstor");
     }
     let fcall = flexos::audit::wrpkru_sites(&common::image("configs/sqlite.toml", false)).unwrap();
     assert_eq!((fcall.sites, fcall.found), (0, 0), "an image without mpk has no wrpkru");
@@ -109,6 +110,14 @@ fn every_wrpkru_in_an_mpk_image_is_a_checked_gate_site() {
     std::fs::remove_file(&patched).unwrap();
     assert_eq!(audit.problems.len(), 1, "{:?}", audit.problems);
     assert!(audit.problems[0].problem.contains("no jne"), "{:?}", audit.problems);
+
+    // The dynamic loader's lazy binding restores registers with xrstor
+    // (mask 0xee, but a jump straight to it chooses the mask): the xrstor
+    // audit finds both, and a static mpk image has none (above).
+    let loader = std::path::Path::new("/lib64/ld-linux-x86-64.so.2");
+    if loader.exists() {
+        assert!(!flexos::audit::xrstor_sites(loader).unwrap().is_empty(), "the loader's xrstor is found");
+    }
 
     // The shared C library has an unchecked wrpkru (pkey_set): why mpk images link statically.
     let libc = std::path::Path::new("/lib/x86_64-linux-gnu/libc.so.6");
