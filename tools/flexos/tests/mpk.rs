@@ -92,7 +92,7 @@ fn every_wrpkru_in_an_mpk_image_is_a_checked_gate_site() {
         let audit = flexos::audit::wrpkru_sites(&img).unwrap();
         assert!(audit.sites > 0 && audit.found == audit.sites, "{config}: {audit:?}");
         assert!(audit.problems.is_empty(), "{config}: {:?}", audit.problems);
-        assert_eq!(flexos::audit::xrstor_sites(&img).unwrap(), [], "{config}: no xrstor");
+        assert_eq!(flexos::audit::xrstor_sites(&img).unwrap(), Vec::<u64>::new(), "{config}: no xrstor");
     }
     let fcall = flexos::audit::wrpkru_sites(&common::image("configs/sqlite.toml", false)).unwrap();
     assert_eq!((fcall.sites, fcall.found), (0, 0), "an image without mpk has no wrpkru");
