@@ -2,10 +2,24 @@
 //! export tables, readying the `mpk` gates, and starting the other
 //! domains, a process per `proc` compartment and a VM per `kvm` one. The
 //! gate crate is the gate; this is what an image does first in `main`.
+//!
+//! The `proc` and `kvm` mechanisms are features (`flexos build` turns on
+//! what the configuration uses), so an image links the code of its own
+//! mechanisms only; a configuration that needs a mechanism built without
+//! it does not compile.
 #![forbid(unsafe_code)]
 
-use flexos_layout::{COMPARTMENTS, Mechanism, domain_of, has_remote_domains};
-use flexos_platform::{compartment, domain, process};
+use flexos_layout::{COMPARTMENTS, Mechanism, has_mechanism, has_remote_domains};
+use flexos_platform::process;
+
+const _: () = assert!(
+    !has_mechanism(Mechanism::Proc) || cfg!(feature = "proc"),
+    "this configuration has `proc` compartments: build it with `flexos build` (feature flexos-boot/proc)"
+);
+const _: () = assert!(
+    !has_mechanism(Mechanism::Kvm) || cfg!(feature = "kvm"),
+    "this configuration has `kvm` compartments: build it with `flexos build` (feature flexos-boot/kvm)"
+);
 
 /// Starts the image's domains; every image calls it first thing in `main`,
 /// with every component's export table (`FLEXOS_EXPORTS`).
@@ -23,46 +37,76 @@ pub fn boot(exports: &[&'static [flexos_gate::Export]]) {
     if !has_remote_domains() {
         return;
     }
-    if domain::child_role().is_some() {
-        // The compartment of the network device drives it (tap or forwarder).
-        let netdev_here = domain_of(flexos_layout::component::NETDEV.compartment) == flexos_gate::remote::this_domain()
-            && flexos_layout::APP_USES_NETWORK;
-        let extra = if netdev_here { process::NETWORK_DEVICE } else { &[] };
-        if let Err(e) = process::confine(extra) {
-            eprintln!(
-                "flexos: compartment {:?} cannot confine its process: {e}",
-                COMPARTMENTS[compartment::home()].name
-            );
-            std::process::exit(process::COMPARTMENT_DIED);
-        }
-        flexos_gate::remote::dispatch_forever(compartment::home(), flexos_gate::remote::start_partner_thread);
+    #[cfg(feature = "proc")]
+    if flexos_platform::domain::child_role().is_some() {
+        serve_as_compartment_process();
     }
     let base = flexos_alloc::region().base.as_ptr() as usize;
     let fd = flexos_alloc::shared_memory_fd().expect("images with remote compartments have shared memory");
     for (i, c) in COMPARTMENTS.iter().enumerate() {
-        match c.mechanism {
-            Mechanism::Proc => {
-                if let Err(e) = process::spawn_compartment(i, c.name, base, fd) {
-                    eprintln!("flexos: cannot start the process of compartment {:?}: {e}", c.name);
-                    process::kill_all();
-                    std::process::exit(process::COMPARTMENT_DIED);
-                }
-            }
-            Mechanism::Kvm => match flexos_kvm::Vm::create(i, c.name, flexos_gate::remote::guest_partner_entry) {
-                Ok(vm) => {
-                    let vm: &'static flexos_kvm::Vm = Box::leak(Box::new(vm));
-                    std::thread::Builder::new()
-                        .name(format!("flexos-{}-dispatch", c.name))
-                        .spawn(move || flexos_gate::remote::dispatch_forever(i, |chain| vm.start_partner(chain)))
-                        .expect("cannot start a VM's dispatcher");
-                }
-                Err(e) => {
-                    eprintln!("flexos: cannot start the VM of compartment {:?}: {e}", c.name);
-                    process::kill_all();
-                    std::process::exit(process::COMPARTMENT_DIED);
-                }
-            },
-            Mechanism::Fcall | Mechanism::Mpk => {}
+        let started = match c.mechanism {
+            Mechanism::Proc => start_process(i, c.name, base, fd),
+            Mechanism::Kvm => start_vm(i, c.name),
+            Mechanism::Fcall | Mechanism::Mpk => Ok(()),
+        };
+        if let Err(e) = started {
+            eprintln!("flexos: cannot start compartment {:?}: {e}", c.name);
+            process::kill_all();
+            std::process::exit(process::COMPARTMENT_DIED);
         }
+    }
+}
+
+/// In a compartment's own process: confine it and serve remote calls until
+/// the host ends.
+#[cfg(feature = "proc")]
+fn serve_as_compartment_process() -> ! {
+    // The compartment of the network device drives it (tap or forwarder).
+    let netdev_here = flexos_layout::domain_of(flexos_layout::component::NETDEV.compartment)
+        == flexos_gate::remote::this_domain()
+        && flexos_layout::APP_USES_NETWORK;
+    let extra = if netdev_here { flexos_proc::NETWORK_DEVICE } else { &[] };
+    if let Err(e) = flexos_proc::confine(extra) {
+        eprintln!(
+            "flexos: compartment {:?} cannot confine its process: {e}",
+            COMPARTMENTS[flexos_platform::compartment::home()].name
+        );
+        std::process::exit(process::COMPARTMENT_DIED);
+    }
+    flexos_gate::remote::dispatch_forever(
+        flexos_platform::compartment::home(),
+        flexos_gate::remote::start_partner_thread,
+    )
+}
+
+/// Starts the process of `proc` compartment `i`.
+fn start_process(i: usize, name: &'static str, base: usize, fd: i32) -> Result<(), String> {
+    #[cfg(feature = "proc")]
+    return flexos_proc::spawn_compartment(i, name, base, fd).map_err(|e| format!("its process: {e}"));
+    #[cfg(not(feature = "proc"))]
+    {
+        let _ = (i, base, fd);
+        Err(format!("{name}: this image was built without the proc mechanism"))
+    }
+}
+
+/// Starts the VM of `kvm` compartment `i`, with a dispatcher thread that
+/// gives every chain of calls reaching it a vCPU.
+fn start_vm(i: usize, name: &'static str) -> Result<(), String> {
+    #[cfg(feature = "kvm")]
+    {
+        let vm = flexos_kvm::Vm::create(i, name, flexos_gate::remote::guest_partner_entry)
+            .map_err(|e| format!("its VM: {e}"))?;
+        let vm: &'static flexos_kvm::Vm = Box::leak(Box::new(vm));
+        std::thread::Builder::new()
+            .name(format!("flexos-{name}-dispatch"))
+            .spawn(move || flexos_gate::remote::dispatch_forever(i, |chain| vm.start_partner(chain)))
+            .map_err(|e| format!("its VM's dispatcher: {e}"))?;
+        Ok(())
+    }
+    #[cfg(not(feature = "kvm"))]
+    {
+        let _ = i;
+        Err(format!("{name}: this image was built without the kvm mechanism"))
     }
 }

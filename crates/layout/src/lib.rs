@@ -82,6 +82,18 @@ pub const fn has_remote_domains() -> bool {
     false
 }
 
+/// Whether any compartment has mechanism `m`.
+pub const fn has_mechanism(m: Mechanism) -> bool {
+    let mut i = 0;
+    while i < COMPARTMENTS.len() {
+        if COMPARTMENTS[i].mechanism as u8 == m as u8 {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
 /// Whether any compartment uses protection keys (the image then needs a CPU with PKU).
 pub const fn has_mpk() -> bool {
     SHARED_PKEY != 0

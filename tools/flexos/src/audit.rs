@@ -532,6 +532,44 @@ pub fn xrstor_sites(path: &Path) -> Result<Vec<u64>, String> {
     Ok(found)
 }
 
+/// The C library's functions that hold an `xrstor` and that a statically
+/// linked image never runs: the trampolines of lazy binding, which only
+/// objects loaded with `dlopen` use.
+const LOADER_XRSTOR_FUNCTIONS: &[&str] = &["_dl_runtime_resolve_xsave", "_dl_runtime_resolve_xsavec"];
+
+/// Replaces every `xrstor` inside [`LOADER_XRSTOR_FUNCTIONS`] of the image
+/// at `path` with `ud2` and `nop`s, in place (so a jump to one stops the
+/// image instead of loading PKRU); returns how many it replaced.
+pub fn disable_loader_xrstor(path: &Path) -> Result<usize, String> {
+    use object::{Object, ObjectSymbol};
+    let mut data = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut patches = Vec::new();
+    {
+        let file = object::File::parse(&*data).map_err(|e| format!("{}: {e}", path.display()))?;
+        let sites = xrstor_sites(path)?;
+        for sym in file.symbols().filter(|s| s.name().is_ok_and(|n| LOADER_XRSTOR_FUNCTIONS.contains(&n))) {
+            let (start, end) = (sym.address(), sym.address() + sym.size());
+            for &at in sites.iter().filter(|&&a| a >= start && a < end) {
+                let section = file
+                    .sections()
+                    .find(|s| at >= s.address() && at < s.address() + s.size())
+                    .ok_or_else(|| format!("{}: xrstor at {at:#x} outside every section", path.display()))?;
+                let (offset, _) = section.file_range().ok_or("an xrstor in a section without file bytes")?;
+                patches.push((offset + (at - section.address())) as usize);
+            }
+        }
+    }
+    for &at in &patches {
+        // The instruction is `0f ae /5` plus its memory operand (at least
+        // one more byte): ud2 (0f 0b) and a nop keep the bytes after it intact.
+        data[at..at + 3].copy_from_slice(&[0x0f, 0x0b, 0x90]);
+    }
+    if !patches.is_empty() {
+        std::fs::write(path, &data).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(patches.len())
+}
+
 /// What is wrong with the gate site whose `wrpkru` is at `code[i]`, if anything.
 fn site_problem(code: &[u8], i: usize, value: u32) -> Option<String> {
     let v = value.to_le_bytes();

@@ -10,7 +10,7 @@
 //! cache of C objects keyed by their flags and sources (`FLEXOS_C_CACHE`).
 //! A lock file per target folder keeps a build and a copy of it apart.
 
-use flexos_config::{Hardening, Language, Layout, component_info};
+use flexos_config::{Hardening, Language, Layout, Mechanism, component_info};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::{BufRead, BufReader};
@@ -198,12 +198,6 @@ pub fn build_image(root: &Path, layout: &Layout, options: &BuildOptions) -> Resu
     let mut pad: usize = std::fs::read_to_string(&pad_file).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
     let mut built = cargo_build(root, layout, options, &dir, pad)?;
     if layout.compartments.iter().any(|c| c.mechanism == flexos_config::Mechanism::Mpk) {
-        if let Some(at) = crate::audit::xrstor_sites(&built)?.first() {
-            return Err(format!(
-                "{}: the code holds an xrstor at {at:#x}, which could load PKRU unchecked; an mpk image may hold none",
-                built.display()
-            ));
-        }
         for attempt in 1.. {
             let audit = crate::audit::wrpkru_sites(&built)?;
             if let Some(p) = audit.problems.iter().find(|p| p.problem != "not a registered gate site") {
@@ -223,6 +217,15 @@ pub fn build_image(root: &Path, layout: &Layout, options: &BuildOptions) -> Resu
             built = cargo_build(root, layout, options, &dir, pad)?;
         }
         std::fs::write(&pad_file, pad.to_string()).map_err(|e| format!("{}: {e}", pad_file.display()))?;
+        // The C library's lazy-binding trampolines (never run in a static
+        // image) hold the only xrstor: they become ud2. Any other refuses the image.
+        crate::audit::disable_loader_xrstor(&built)?;
+        if let Some(at) = crate::audit::xrstor_sites(&built)?.first() {
+            return Err(format!(
+                "{}: the code holds an xrstor at {at:#x}, which could load PKRU unchecked; an mpk image may hold none",
+                built.display()
+            ));
+        }
     }
     // Every image, of every configuration and application: component code
     // cannot use `unsafe` (the gates' seal), and components keep their state
@@ -300,6 +303,12 @@ fn cargo_build(
     }
     if options.gate_stats {
         cmd.args(["--features", "flexos-gate/stats"]);
+    }
+    // The image links the code of the mechanisms it uses and no other.
+    for (mechanism, feature) in [(Mechanism::Proc, "flexos-boot/proc"), (Mechanism::Kvm, "flexos-boot/kvm")] {
+        if layout.compartments.iter().any(|c| c.mechanism == mechanism) {
+            cmd.args(["--features", feature]);
+        }
     }
     if links_statically(layout, options) {
         // With an explicit target, RUSTFLAGS reach the image but not the build scripts.

@@ -124,6 +124,30 @@ fn gates_inside_one_compartment_compile_to_plain_calls() {
     assert!(audit::cross_gate_instances(&image("configs/sqlite-fs.toml")).unwrap() > 0);
 }
 
+/// How many of the image's symbols (demangled, binutils' nm) contain each of `needles`.
+fn symbols_containing(image: &Path, needles: &[&str]) -> Vec<usize> {
+    let out = Command::new("nm").arg("-C").arg(image).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    needles.iter().map(|n| text.lines().filter(|l| l.contains(n)).count()).collect()
+}
+
+/// Each image links the code of the mechanisms its configuration uses and
+/// no other: KVM only with `kvm` compartments, seccomp only with `proc` ones.
+#[test]
+fn an_image_links_only_the_mechanisms_it_uses() {
+    let needles = ["flexos_kvm::", "seccompiler::"];
+    for (config, kvm, seccomp) in [
+        ("configs/sqlite.toml", false, false),
+        ("configs/sqlite-mpk.toml", false, false),
+        ("configs/sqlite-proc.toml", false, true),
+        ("configs/sqlite-kvm.toml", true, false),
+    ] {
+        let found = symbols_containing(&image(config), &needles);
+        assert_eq!((found[0] > 0, found[1] > 0), (kvm, seccomp), "{config}: {needles:?} {found:?}");
+    }
+}
+
 /// The image's disassembly (binutils' objdump).
 fn disassembly(image: &Path) -> String {
     let out = Command::new("objdump").args(["-d", "--no-show-raw-insn", "-C"]).arg(image).output().unwrap();
