@@ -38,7 +38,6 @@ pub mod bench;
 mod crossing;
 pub mod export;
 mod identity;
-pub mod mpk;
 pub mod remote;
 pub mod shared;
 mod state;
@@ -49,6 +48,9 @@ pub use args::Args;
 pub use crossing::{Callback, Crossing};
 pub use export::{Entry, Export, Refusal, serve_entry};
 pub use flexos_layout as layout;
+/// The `mpk` mechanism (its gates are `unsafe`: only this crate calls them).
+pub use flexos_mpk as mpk;
+pub use flexos_mpk::link_pad;
 pub use identity::{Caller, Identity};
 pub use shared::{SharedBuf, SharedLocal, SharedMut, SharedRef};
 pub use state::with_state;
@@ -231,7 +233,8 @@ where
     if !args.validate() {
         refuse_handle(from, to, "an argument handle points outside shared memory");
     }
-    let result = mpk::gate::<FROM, TO, _, R>(|| args.apply(f));
+    // SAFETY: `f` is the function of an entry of `to`'s component (`call`).
+    let result = unsafe { mpk::gate::<FROM, TO, _, R>(|| args.apply(f)) };
     if !result.validate() {
         refuse_handle(from, to, "a result handle points outside shared memory");
     }
@@ -338,7 +341,9 @@ pub fn fcall<R>(to_compartment: usize, f: impl FnOnce() -> R) -> R {
 #[inline(always)]
 pub(crate) fn switch_to<R>(to_compartment: usize, f: impl FnOnce() -> R) -> R {
     if flexos_layout::has_mpk() {
-        return mpk::run_in(to_compartment, f);
+        // SAFETY: the callers run entries' functions, callbacks' closures in
+        // their owners' compartments, or this crate's own code.
+        return unsafe { mpk::run_in(to_compartment, f) };
     }
     let previous = compartment::enter(to_compartment);
     let result = f();

@@ -1,9 +1,8 @@
-//! The functions behind `gate!` that take code to run in another
-//! compartment (the crossing, the `mpk` switch) are private to the gate
-//! crate: a component can only `call` a sealed entry.
+//! The crossing behind `gate!`, which takes the code to run in the other
+//! compartment, is private to the gate crate: a component can only `call`
+//! a sealed entry.
 #![forbid(unsafe_code)]
 
 fn main() {
     let _ = flexos_gate::cross::<(), fn() -> i32, i32>;
-    let _ = flexos_gate::mpk::gate::<0, 1, fn() -> i32, i32>;
 }

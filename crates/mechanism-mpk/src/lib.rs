@@ -1,4 +1,11 @@
-//! The `mpk` mechanism's gates (DESIGN section 5.4).
+//! The `mpk` mechanism (DESIGN section 5.4): its gates, their checked
+//! `wrpkru` sites, and its setup. (The protection-key system calls and the
+//! per-context stacks of each key live in the platform crate, whose
+//! contexts and allocator use them too.)
+//!
+//! Only the gate crate calls [`gate`] and [`run_in`], with an exported
+//! entry's function or its own trusted code: both are `unsafe` to call,
+//! since they run any closure with another compartment's rights.
 //!
 //! A gate from compartment `FROM` to `TO` writes `TO`'s rights into PKRU,
 //! runs the callee, and writes `FROM`'s rights back. Both values are
@@ -59,8 +66,12 @@ const fn pkru_of(c: usize) -> u32 {
 
 /// Runs `f` in compartment `TO`, called from compartment `FROM` (both in this
 /// address space), switching PKRU and, where the stack domains differ, the stack.
+///
+/// # Safety
+/// `f` must be code that compartment `TO` may run on its own behalf: an
+/// entry's function or the trusted core's (the gate crate's callers).
 #[inline(always)]
-pub(crate) fn gate<const FROM: usize, const TO: usize, F: FnOnce() -> R, R>(f: F) -> R {
+pub unsafe fn gate<const FROM: usize, const TO: usize, F: FnOnce() -> R, R>(f: F) -> R {
     let previous = compartment::enter(TO);
     let result = if const { stack_domain(FROM) == stack_domain(TO) } {
         light::<FROM, TO, F, R>(f)
@@ -386,7 +397,9 @@ fn release(block: Block) {
 pub fn prepare() {
     gatestack::set_release(release);
     flexos_alloc::in_shared_heap(|| drop(std::io::stdout()));
-    compartment::set_switcher(|to, f| run_in(to, f));
+    // SAFETY: the switcher is called only by trusted platform code (starting
+    // a host thread), with its own closures.
+    compartment::set_switcher(|to, f| unsafe { run_in(to, f) });
     std::panic::set_hook(Box::new(|info| {
         let report = format!("flexos: compartment {:?} panicked: {info}\n", COMPARTMENTS[compartment::current()].name);
         flexos_platform::console::write_err(report.as_bytes());
@@ -419,15 +432,19 @@ pub fn dss_mirror(addr: usize, len: usize) -> Option<usize> {
 /// gate at run time (for callbacks and for entering an application's
 /// compartment). Each pair of compartments gets its own gate with its own
 /// immediates.
+///
+/// # Safety
+/// As for [`gate`]: `f` must be code that compartment `to` may run.
 #[inline(never)]
-pub(crate) fn run_in<R>(to: usize, f: impl FnOnce() -> R) -> R {
+pub unsafe fn run_in<R>(to: usize, f: impl FnOnce() -> R) -> R {
     const N: usize = COMPARTMENTS.len();
     let from = compartment::current();
     assert!(to < N && from < N, "compartment index out of range");
     macro_rules! inner {
         ($to:literal; $($from:literal)*) => {
             match from {
-                $($from if $from < N && $from != $to => gate::<$from, $to, _, R>(f),)*
+                // SAFETY: passed on from this function's caller.
+                $($from if $from < N && $from != $to => unsafe { gate::<$from, $to, _, R>(f) },)*
                 _ => unreachable!(),
             }
         };
@@ -494,8 +511,8 @@ macro_rules! link_pad {
     () => {
         /// Read-only padding that the build sizes (see `flexos_gate::link_pad!`).
         #[used]
-        static FLEXOS_LINK_PAD: [u8; $crate::mpk::pad_len(option_env!("FLEXOS_LINK_PAD"))] =
-            [0x90; $crate::mpk::pad_len(option_env!("FLEXOS_LINK_PAD"))];
+        static FLEXOS_LINK_PAD: [u8; $crate::pad_len(option_env!("FLEXOS_LINK_PAD"))] =
+            [0x90; $crate::pad_len(option_env!("FLEXOS_LINK_PAD"))];
     };
 }
 
