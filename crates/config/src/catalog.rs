@@ -24,80 +24,30 @@ pub struct ComponentInfo {
     pub colocated_with: Option<(&'static str, &'static str)>,
 }
 
-/// Every component known to the build, core components first.
-///
-/// The allocator (`flexos-alloc`) is not listed: it is part of the trusted
-/// core and serves every compartment its own heap, so it has no placement of
-/// its own (see docs/architecture.md).
-pub const COMPONENTS: &[ComponentInfo] = &[
-    ComponentInfo { name: "sched", package: "flexos-sched", language: Language::Rust, apps: &[], colocated_with: None },
-    ComponentInfo { name: "time", package: "flexos-time", language: Language::Rust, apps: &[], colocated_with: None },
-    ComponentInfo { name: "vfs", package: "flexos-vfs", language: Language::Rust, apps: &[], colocated_with: None },
-    ComponentInfo { name: "ramfs", package: "flexos-ramfs", language: Language::Rust, apps: &[], colocated_with: None },
-    ComponentInfo {
-        name: "libc",
-        package: "flexos-libc",
-        language: Language::Rust,
-        apps: &[],
-        colocated_with: Some(("sqlite", "C code calls the C library directly, without gates")),
-    },
-    ComponentInfo {
-        name: "sqlite",
-        package: "flexos-app-sqlite",
-        language: Language::C,
-        apps: &["sqlite"],
-        colocated_with: None,
-    },
-    ComponentInfo {
-        name: "probe",
-        package: "flexos-probe",
-        language: Language::Rust,
-        apps: &["probe"],
-        colocated_with: None,
-    },
-    ComponentInfo {
-        name: "net",
-        package: "flexos-net",
-        language: Language::Rust,
-        apps: NETWORK_APPS,
-        colocated_with: None,
-    },
-    ComponentInfo {
-        name: "netdev",
-        package: "flexos-netdev",
-        language: Language::Rust,
-        apps: NETWORK_APPS,
-        colocated_with: Some(("net", "the stack drives the device frame by frame, without gates")),
-    },
-    ComponentInfo {
-        name: "kv",
-        package: "flexos-app-kv",
-        language: Language::Rust,
-        apps: &["kv"],
-        colocated_with: None,
-    },
-    ComponentInfo {
-        name: "httpd",
-        package: "flexos-app-httpd",
-        language: Language::Rust,
-        apps: &["httpd"],
-        colocated_with: None,
-    },
-    ComponentInfo {
-        name: "iperf",
-        package: "flexos-app-iperf",
-        language: Language::Rust,
-        apps: &["iperf"],
-        colocated_with: None,
-    },
-];
+/// An application's image: the package that builds it and its binary.
+#[derive(Clone, Copy, Debug)]
+pub struct ImageInfo {
+    /// The application (`app = "..."` in configurations).
+    pub app: &'static str,
+    /// The cargo package.
+    pub package: &'static str,
+    /// The binary (`cargo build --bin`).
+    pub binary: &'static str,
+}
 
-/// The applications that use the network stack.
-pub const NETWORK_APPS: &[&str] = &["kv", "httpd", "iperf"];
+// `COMPONENTS` (every component known to the build, in catalog order),
+// `APPS`, `NETWORK_APPS` and `IMAGES`, generated from the `flexos.toml`
+// manifest in each component's and image's folder (build.rs). The
+// allocator (`flexos-alloc`) has none: it is part of the trusted core and
+// serves every compartment its own heap, so it has no placement of its own
+// (see docs/architecture.md). `probe` is the test image of the gate
+// benchmark and the attack tests.
+include!(concat!(env!("OUT_DIR"), "/catalog.rs"));
 
-/// The applications an image can be built for (`probe` is the test image of
-/// the gate benchmark and the attack tests).
-pub const APPS: &[&str] = &["sqlite", "probe", "kv", "httpd", "iperf"];
+/// The image package and binary of application `app`.
+pub fn image_info(app: &str) -> Option<&'static ImageInfo> {
+    IMAGES.iter().find(|i| i.app == app)
+}
 
 /// Looks a component up by its configuration name.
 pub fn component_info(name: &str) -> Option<&'static ComponentInfo> {

@@ -14,7 +14,9 @@ mod error;
 mod model;
 mod schema;
 
-pub use catalog::{APPS, COMPONENTS, ComponentInfo, Language, NETWORK_APPS, component_info};
+pub use catalog::{
+    APPS, COMPONENTS, ComponentInfo, IMAGES, ImageInfo, Language, NETWORK_APPS, component_info, image_info,
+};
 pub use error::ConfigError;
 pub use model::{Compartment, Hardening, Layout, MAX_ERRORS, MAX_MPK_COMPARTMENTS, Mechanism, Placement, Sharing};
 

@@ -73,14 +73,8 @@ pub const STATIC_TARGET: &str = "x86_64-unknown-linux-gnu";
 
 /// The cargo package and binary of an application's image.
 pub fn image_package(app: &str) -> (&'static str, &'static str) {
-    match app {
-        "sqlite" => ("flexos-app-sqlite", "flexos-sqlite"),
-        "probe" => ("flexos-app-probe", "flexos-probe"),
-        "kv" => ("flexos-app-kv", "flexos-kv"),
-        "httpd" => ("flexos-app-httpd", "flexos-httpd"),
-        "iperf" => ("flexos-app-iperf", "flexos-iperf"),
-        other => panic!("no image package for app {other:?}"),
-    }
+    let info = flexos_config::image_info(app).unwrap_or_else(|| panic!("no image package for app {app:?}"));
+    (info.package, info.binary)
 }
 
 /// Where the image of `layout` is built: `target/flexos/<config stem>-<hash of its canonical path and options>`.
