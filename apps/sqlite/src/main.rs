@@ -25,12 +25,7 @@ include!(concat!(env!("OUT_DIR"), "/packed_files.rs"));
 fn main() {
     flexos_platform::fault::install(layout::COMPARTMENT_NAMES);
     // In a compartment's own process this serves calls and never returns.
-    flexos_boot::boot(&[
-        flexos_sched::FLEXOS_EXPORTS,
-        flexos_time::FLEXOS_EXPORTS,
-        flexos_vfs::FLEXOS_EXPORTS,
-        flexos_ramfs::FLEXOS_EXPORTS,
-    ]);
+    flexos_boot::boot();
     let mut args: Vec<String> = std::env::args().collect();
     let gate_stats = args.get(1).is_some_and(|a| a == "--flexos-gate-stats");
     if gate_stats {

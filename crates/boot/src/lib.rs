@@ -21,16 +21,17 @@ const _: () = assert!(
     "this configuration has `kvm` compartments: build it with `flexos build` (feature flexos-boot/kvm)"
 );
 
-/// Starts the image's domains; every image calls it first thing in `main`,
-/// with every component's export table (`FLEXOS_EXPORTS`).
+/// Starts the image's domains; every image calls it first thing in `main`
+/// (the export tables of every component linked into the image come from
+/// the `flexos_exports` section: `flexos_gate::remote::linked_tables`).
 ///
 /// In the host process it starts one process per `proc` compartment and
 /// one VM per `kvm` compartment (with a dispatcher thread that gives every
 /// chain of calls reaching it a vCPU), and returns. In a compartment's own
 /// process it confines the process with its seccomp filter and serves
 /// remote calls until the host ends: it never returns.
-pub fn boot(exports: &[&'static [flexos_gate::Export]]) {
-    flexos_gate::remote::register(exports);
+pub fn boot() {
+    flexos_gate::remote::register(&flexos_gate::remote::linked_tables());
     if flexos_layout::has_mpk() {
         flexos_gate::mpk::prepare();
     }

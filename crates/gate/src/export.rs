@@ -151,6 +151,14 @@ where
 macro_rules! exports {
     ($($f:ident ( $($arg:ty),* $(,)? ) $(-> $ret:ty)?),* $(,)?) => {
         $crate::__export_entries!(0u32; $($f ( $($arg),* ) $(-> $ret)?),*);
+        /// Where the image finds this table at boot: every linked
+        /// component's table is listed in the `flexos_exports` section
+        /// (`flexos_gate::remote::linked_tables`), so no image keeps a list.
+        #[used]
+        // SAFETY: the section holds only such references, read by the gate
+        // crate as `&'static &'static [Export]`.
+        #[unsafe(link_section = "flexos_exports")]
+        static FLEXOS_EXPORTS_LINK: &&[$crate::Export] = &FLEXOS_EXPORTS;
         /// The entry points this component exports, in index order.
         pub static FLEXOS_EXPORTS: &[$crate::Export] = &[$(
             // SAFETY: the runner decodes the entry's arguments and calls its function.

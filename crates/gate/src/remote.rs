@@ -264,6 +264,34 @@ fn compartment_name(c: u32) -> &'static str {
 /// heap), so that a VM's copy of the image's data can read it.
 static REGISTRY: OnceLock<[Option<&'static [Export]>; MAX_COMPONENTS]> = OnceLock::new();
 
+unsafe extern "C" {
+    static __start_flexos_exports: [u8; 0];
+    static __stop_flexos_exports: [u8; 0];
+}
+
+/// The export tables of every component linked into the image: `exports!`
+/// lists each in the `flexos_exports` section (an image without exports has
+/// no such section, and a weak-free reference to its bounds would not link,
+/// so an image always has one: this crate lists an empty table there too).
+pub fn linked_tables() -> Vec<&'static [Export]> {
+    // SAFETY: the linker defines both symbols around the section, which holds
+    // only `&&[Export]` values placed there by `exports!` and by this crate;
+    // the section is read-only data that lives as long as the image.
+    unsafe {
+        let start = (&raw const __start_flexos_exports).cast::<&'static &'static [Export]>();
+        let stop = (&raw const __stop_flexos_exports).cast::<&'static &'static [Export]>();
+        let len = (stop as usize - start as usize) / size_of::<&'static &'static [Export]>();
+        core::slice::from_raw_parts(start, len).iter().map(|t| **t).filter(|t| !t.is_empty()).collect()
+    }
+}
+
+/// An empty table, so that the section exists in every image.
+#[used]
+// SAFETY: as for the tables `exports!` lists there.
+#[unsafe(link_section = "flexos_exports")]
+static NO_EXPORTS: &&[Export] = &EMPTY;
+static EMPTY: &[Export] = &[];
+
 /// Records the export tables of the image's components (each component's
 /// `FLEXOS_EXPORTS`); the first call wins. Only whole tables count: a table
 /// whose rows are not one component's entries 0, 1, 2, ... in order (a

@@ -206,13 +206,7 @@ fn install_here<const C: usize, Me: Identity>(app: Caller<Me>, path: &str, data:
 pub fn boot() {
     flexos_platform::fault::install(flexos_gate::layout::COMPARTMENT_NAMES);
     flexos_platform::process::raise_descriptor_limit();
-    flexos_boot::boot(&[
-        flexos_sched::FLEXOS_EXPORTS,
-        flexos_time::FLEXOS_EXPORTS,
-        flexos_vfs::FLEXOS_EXPORTS,
-        flexos_ramfs::FLEXOS_EXPORTS,
-        flexos_net::FLEXOS_EXPORTS,
-    ]);
+    flexos_boot::boot();
 }
 
 /// The options on the command line (`--port`, `--recv-size`,

@@ -67,12 +67,17 @@ pub fn component_statics<'a>(symbols: impl IntoIterator<Item = (&'a str, &'a str
     out
 }
 
-/// Whether a section holds data a program can write at run time.
+/// Whether a section holds data a program can write at run time. Not
+/// `flexos_exports`: the linker makes it writable because it holds
+/// addresses, but it only lists each component's export table (one
+/// reference each, made by `exports!`), which the image reads once at boot
+/// before any component runs; no component state can live there.
 fn writable(kind: SectionKind, name: &str) -> bool {
     matches!(
         kind,
         SectionKind::Data | SectionKind::UninitializedData | SectionKind::Tls | SectionKind::UninitializedTls
     ) && !name.starts_with(".data.rel.ro")
+        && name != "flexos_exports"
 }
 
 /// Every symbol in a writable section of the ELF image at `path`, as (symbol, section).
