@@ -144,8 +144,8 @@ pub fn bypasses_in(file: &Path, own: &str, source: &str) -> Result<Vec<Bypass>, 
 }
 
 /// Whether the tokens from `i` on are `:: CONSTANT` (all capitals: a
-/// constant such as a limit, or `FLEXOS_EXPORTS`, which an image's boot
-/// list registers): naming it calls no code of the other component.
+/// constant such as a limit, or a component's `FLEXOS_EXPORTS` table):
+/// naming it calls no code of the other component.
 fn names_constant(tokens: &[TokenTree], i: usize) -> bool {
     matches!((tokens.get(i), tokens.get(i + 1), tokens.get(i + 2)),
         (Some(TokenTree::Punct(a)), Some(TokenTree::Punct(b)), Some(TokenTree::Ident(t)))
