@@ -152,6 +152,8 @@ pub enum Whence {
 
 // SAFETY: a plain number.
 unsafe impl Crossing for Errno {
+    const PLAIN: bool = true;
+    const MAX_ENCODED: usize = 4;
     fn encode(&self, w: &mut Writer) {
         self.0.encode(w)
     }
@@ -162,6 +164,7 @@ unsafe impl Crossing for Errno {
 
 // SAFETY: a plain value; unknown tags do not decode.
 unsafe impl Crossing for FileKind {
+    const MAX_ENCODED: usize = 1;
     fn encode(&self, w: &mut Writer) {
         (*self as u8).encode(w)
     }
@@ -176,6 +179,7 @@ unsafe impl Crossing for FileKind {
 
 // SAFETY: plain values without pointers.
 unsafe impl Crossing for Stat {
+    const MAX_ENCODED: usize = <(u64, FileKind, u64, u32, u64)>::MAX_ENCODED;
     fn encode(&self, w: &mut Writer) {
         (self.ino, self.kind, self.size, self.nlink, self.mtime_ns).encode(w)
     }
@@ -187,6 +191,7 @@ unsafe impl Crossing for Stat {
 
 // SAFETY: plain values; the name is inline and its length is checked.
 unsafe impl Crossing for DirEntry {
+    const MAX_ENCODED: usize = <(u64, FileKind, u8)>::MAX_ENCODED + NAME_MAX;
     fn encode(&self, w: &mut Writer) {
         (self.ino, self.kind, self.name_len).encode(w);
         w.put(self.name());
@@ -199,6 +204,7 @@ unsafe impl Crossing for DirEntry {
 
 // SAFETY: a plain value; unknown tags do not decode.
 unsafe impl Crossing for Whence {
+    const MAX_ENCODED: usize = 1;
     fn encode(&self, w: &mut Writer) {
         (*self as u8).encode(w)
     }

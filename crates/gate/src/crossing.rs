@@ -19,6 +19,16 @@ use std::cell::{Cell, RefCell};
 /// references or pointers except shared-memory handles, which
 /// [`Crossing::validate`] checks; and that `decode` never builds an invalid value.
 pub unsafe trait Crossing: Sized {
+    /// Whether every bit pattern of the type is a value of it that gives no
+    /// access to memory (plain integers and what holds only them): such a
+    /// value may cross an `mpk` gate as it is; any other crosses encoded
+    /// (see [`Crossing::encode`]), so that the side that reads it never
+    /// reads bytes that are no value of its type.
+    const PLAIN: bool = false;
+
+    /// The most bytes [`Crossing::encode`] writes for a value of the type.
+    const MAX_ENCODED: usize;
+
     /// Whether every shared handle inside lies in shared memory. Called on
     /// the receiving side of a cross-compartment gate.
     #[inline(always)]
@@ -37,6 +47,8 @@ macro_rules! plain_number {
     ($($t:ty),*) => { $(
         // SAFETY: a plain value without pointers; every bit pattern is a value.
         unsafe impl Crossing for $t {
+            const PLAIN: bool = true;
+            const MAX_ENCODED: usize = size_of::<$t>();
             #[inline(always)]
             fn encode(&self, w: &mut Writer) {
                 w.put(&self.to_le_bytes());
@@ -52,6 +64,8 @@ plain_number!(u8, u16, u32, u64, u128, i8, i16, i32, i64, i128, f32, f64);
 
 // SAFETY: a plain value; encoded as 64 bits, rejected when it does not fit.
 unsafe impl Crossing for usize {
+    const PLAIN: bool = true;
+    const MAX_ENCODED: usize = 8;
     fn encode(&self, w: &mut Writer) {
         (*self as u64).encode(w)
     }
@@ -62,6 +76,8 @@ unsafe impl Crossing for usize {
 
 // SAFETY: as for usize.
 unsafe impl Crossing for isize {
+    const PLAIN: bool = true;
+    const MAX_ENCODED: usize = 8;
     fn encode(&self, w: &mut Writer) {
         (*self as i64).encode(w)
     }
@@ -72,6 +88,8 @@ unsafe impl Crossing for isize {
 
 // SAFETY: nothing to carry.
 unsafe impl Crossing for () {
+    const PLAIN: bool = true;
+    const MAX_ENCODED: usize = 0;
     fn encode(&self, _: &mut Writer) {}
     fn decode(_: &mut Reader) -> Option<Self> {
         Some(())
@@ -80,6 +98,7 @@ unsafe impl Crossing for () {
 
 // SAFETY: one byte, only 0 and 1 decode.
 unsafe impl Crossing for bool {
+    const MAX_ENCODED: usize = 1;
     fn encode(&self, w: &mut Writer) {
         w.put(&[*self as u8]);
     }
@@ -94,6 +113,7 @@ unsafe impl Crossing for bool {
 
 // SAFETY: a scalar value; surrogates and out-of-range values do not decode.
 unsafe impl Crossing for char {
+    const MAX_ENCODED: usize = 4;
     fn encode(&self, w: &mut Writer) {
         (*self as u32).encode(w)
     }
@@ -104,6 +124,7 @@ unsafe impl Crossing for char {
 
 // SAFETY: crosses iff its content does; validation is delegated.
 unsafe impl<T: Crossing> Crossing for Option<T> {
+    const MAX_ENCODED: usize = 1 + T::MAX_ENCODED;
     fn validate(&self) -> bool {
         self.as_ref().is_none_or(T::validate)
     }
@@ -123,6 +144,7 @@ unsafe impl<T: Crossing> Crossing for Option<T> {
 
 // SAFETY: crosses iff both variants do; validation is delegated.
 unsafe impl<T: Crossing, E: Crossing> Crossing for Result<T, E> {
+    const MAX_ENCODED: usize = 1 + if T::MAX_ENCODED > E::MAX_ENCODED { T::MAX_ENCODED } else { E::MAX_ENCODED };
     fn validate(&self) -> bool {
         match self {
             Ok(t) => t.validate(),
@@ -148,6 +170,8 @@ unsafe impl<T: Crossing, E: Crossing> Crossing for Result<T, E> {
 
 // SAFETY: crosses iff its elements do; validation is delegated.
 unsafe impl<T: Crossing, const N: usize> Crossing for [T; N] {
+    const PLAIN: bool = T::PLAIN;
+    const MAX_ENCODED: usize = N * T::MAX_ENCODED;
     fn validate(&self) -> bool {
         self.iter().all(T::validate)
     }
@@ -167,6 +191,8 @@ macro_rules! tuple {
     ($($name:ident),*) => {
         // SAFETY: crosses iff every element does; validation is delegated.
         unsafe impl<$($name: Crossing),*> Crossing for ($($name,)*) {
+            const PLAIN: bool = true $(&& $name::PLAIN)*;
+            const MAX_ENCODED: usize = 0 $(+ $name::MAX_ENCODED)*;
             #[allow(non_snake_case)]
             fn validate(&self) -> bool {
                 let ($($name,)*) = self;
@@ -334,6 +360,10 @@ impl Drop for Callback {
 // address space, so it crosses only gates inside one domain; a remote gate
 // refuses it.
 unsafe impl Crossing for Callback {
+    // Integers only: any owner, slot and tag is a value, which the owner
+    // checks before it runs anything.
+    const PLAIN: bool = true;
+    const MAX_ENCODED: usize = 0;
     fn encode(&self, w: &mut Writer) {
         w.unencodable("a Callback (a closure) cannot cross into another process or VM");
     }

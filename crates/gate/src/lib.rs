@@ -55,6 +55,7 @@ pub use identity::{Caller, Identity};
 pub use shared::{SharedBuf, SharedLocal, SharedMut, SharedRef};
 pub use state::with_state;
 
+use core::mem::MaybeUninit;
 use flexos_layout::{COMPARTMENTS, Component, Mechanism, domain_of};
 use flexos_platform::compartment;
 
@@ -223,6 +224,12 @@ where
 /// A call between two compartments of an image with `mpk` compartments,
 /// both in this address space: the `mpk` gate (for `fcall` compartments
 /// too, whose rights are "all keys", so their stacks and rights stay right).
+///
+/// Arguments and a result that are [`Crossing::PLAIN`] cross as they are;
+/// any other crosses encoded, as through a remote gate, and the receiving
+/// side decodes (and validates) its own copy: bytes that a compromised
+/// caller or callee wrote into the call never become a value that is not
+/// one of its type (a `bool` of 7, an unknown enum tag, a null handle).
 #[inline(never)]
 fn cross_mpk<const FROM: usize, const TO: usize, A, F, R>(from: Component, to: Component, args: A, f: F) -> R
 where
@@ -230,15 +237,84 @@ where
     R: Crossing,
 {
     stats::count(from, to);
-    if !args.validate() {
-        refuse_handle(from, to, "an argument handle points outside shared memory");
+    if const { A::PLAIN && R::PLAIN } {
+        // SAFETY: `f` is the function of an entry of `to`'s component (`call`).
+        return unsafe { mpk::gate::<FROM, TO, _, R>(|| args.apply(f)) };
     }
+    const { assert!(A::MAX_ENCODED <= 1024 && R::MAX_ENCODED <= 1024, "too large to cross an mpk gate") };
+    macro_rules! sized {
+        ($($na:literal),*) => {{
+            $(if A::MAX_ENCODED <= $na {
+                sized!(@r $na; 16, 64, 256, 1024);
+            })*
+            unreachable!()
+        }};
+        (@r $na:literal; $($nr:literal),*) => {{
+            $(if R::MAX_ENCODED <= $nr {
+                return cross_mpk_encoded::<FROM, TO, $na, $nr, A, F, R>(from, to, args, f);
+            })*
+            unreachable!()
+        }};
+    }
+    sized!(16, 64, 256, 1024)
+}
+
+/// [`cross_mpk`] with the arguments and the result encoded, in buffers of
+/// `NA` and `NR` bytes.
+#[inline(always)]
+fn cross_mpk_encoded<const FROM: usize, const TO: usize, const NA: usize, const NR: usize, A, F, R>(
+    from: Component,
+    to: Component,
+    args: A,
+    f: F,
+) -> R
+where
+    A: Crossing + Args<F, R>,
+    R: Crossing,
+{
+    let mut arg_bytes = [MaybeUninit::<u8>::uninit(); NA];
+    let mut w = wire::Writer::new(&mut arg_bytes);
+    args.encode(&mut w);
+    let arg_len = w.finish().unwrap_or_else(|e| panic!("gate {} -> {}: {e}", from.name, to.name));
+    drop(args);
+    // The callee decodes its own copy of the bytes (the closure's), checks
+    // it, runs the entry and encodes the result; `usize::MAX` says it
+    // refused the arguments.
+    let callee = move || {
+        // SAFETY: the first `arg_len` bytes were written by the encoder.
+        let bytes = unsafe { core::slice::from_raw_parts(arg_bytes.as_ptr().cast::<u8>(), arg_len.min(NA)) };
+        let mut r = wire::Reader::new(bytes);
+        let mut result = [MaybeUninit::<u8>::uninit(); NR];
+        let args = match A::decode(&mut r) {
+            Some(args) if r.is_empty() && args.validate() => args,
+            _ => return (result, usize::MAX),
+        };
+        let value = args.apply(f);
+        let mut w = wire::Writer::new(&mut result);
+        value.encode(&mut w);
+        let len = w.finish().unwrap_or(usize::MAX - 1);
+        (result, len)
+    };
     // SAFETY: `f` is the function of an entry of `to`'s component (`call`).
-    let result = unsafe { mpk::gate::<FROM, TO, _, R>(|| args.apply(f)) };
-    if !result.validate() {
-        refuse_handle(from, to, "a result handle points outside shared memory");
+    let (result, len) = unsafe { mpk::gate::<FROM, TO, _, _>(callee) };
+    match len {
+        usize::MAX => refuse_handle(from, to, "the arguments are malformed or point outside shared memory"),
+        n if n > NR => refuse_handle(from, to, "the callee's result is malformed"),
+        n => {
+            // SAFETY: the callee's encoder wrote the first `n` bytes; whatever
+            // they are, they are only read as bytes here.
+            let bytes = unsafe { core::slice::from_raw_parts(result.as_ptr().cast::<u8>(), n) };
+            let mut r = wire::Reader::new(bytes);
+            match R::decode(&mut r) {
+                Some(v) if r.is_empty() && v.validate() => v,
+                _ => refuse_handle(
+                    from,
+                    to,
+                    "the callee's result is no value of its type or points outside shared memory",
+                ),
+            }
+        }
     }
-    result
 }
 
 /// Stops a call whose handle would give the other side private memory: the

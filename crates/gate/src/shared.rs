@@ -296,6 +296,7 @@ fn decode_handle(r: &mut Reader) -> Option<(NonNull<u8>, usize)> {
 // SAFETY: a handle to shared memory only; `validate` checks that it lies
 // there. A decoded handle is used by the callee only after `validate`.
 unsafe impl Crossing for SharedRef<'_> {
+    const MAX_ENCODED: usize = 16;
     fn validate(&self) -> bool {
         in_shared_memory(self.ptr, self.len)
     }
@@ -310,6 +311,7 @@ unsafe impl Crossing for SharedRef<'_> {
 
 // SAFETY: as for SharedRef.
 unsafe impl Crossing for SharedMut<'_> {
+    const MAX_ENCODED: usize = 16;
     fn validate(&self) -> bool {
         in_shared_memory(self.ptr, self.len)
     }
