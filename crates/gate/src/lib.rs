@@ -237,6 +237,9 @@ where
     R: Crossing,
 {
     stats::count(from, to);
+    if !args.validate() {
+        refuse_handle(from, to, "an argument handle points outside shared memory");
+    }
     if const { A::PLAIN && R::PLAIN } {
         // SAFETY: `f` is the function of an entry of `to`'s component (`call`).
         return unsafe { mpk::gate::<FROM, TO, _, R>(|| args.apply(f)) };
@@ -278,27 +281,33 @@ where
     let arg_len = w.finish().unwrap_or_else(|e| panic!("gate {} -> {}: {e}", from.name, to.name));
     drop(args);
     // The callee decodes its own copy of the bytes (the closure's), checks
-    // it, runs the entry and encodes the result; `usize::MAX` says it
-    // refused the arguments.
+    // it, runs the entry and encodes the result; `MALFORMED` and `PRIVATE`
+    // say it refused the arguments.
+    const MALFORMED: usize = usize::MAX;
+    const PRIVATE: usize = usize::MAX - 1;
     let callee = move || {
         // SAFETY: the first `arg_len` bytes were written by the encoder.
         let bytes = unsafe { core::slice::from_raw_parts(arg_bytes.as_ptr().cast::<u8>(), arg_len.min(NA)) };
         let mut r = wire::Reader::new(bytes);
         let mut result = [MaybeUninit::<u8>::uninit(); NR];
         let args = match A::decode(&mut r) {
-            Some(args) if r.is_empty() && args.validate() => args,
-            _ => return (result, usize::MAX),
+            Some(args) if r.is_empty() => args,
+            _ => return (result, MALFORMED),
         };
+        if !args.validate() {
+            return (result, PRIVATE);
+        }
         let value = args.apply(f);
         let mut w = wire::Writer::new(&mut result);
         value.encode(&mut w);
-        let len = w.finish().unwrap_or(usize::MAX - 1);
+        let len = w.finish().unwrap_or(MALFORMED);
         (result, len)
     };
     // SAFETY: `f` is the function of an entry of `to`'s component (`call`).
     let (result, len) = unsafe { mpk::gate::<FROM, TO, _, _>(callee) };
     match len {
-        usize::MAX => refuse_handle(from, to, "the arguments are malformed or point outside shared memory"),
+        MALFORMED => refuse_handle(from, to, "the arguments or the result are malformed"),
+        PRIVATE => refuse_handle(from, to, "an argument handle points outside shared memory"),
         n if n > NR => refuse_handle(from, to, "the callee's result is malformed"),
         n => {
             // SAFETY: the callee's encoder wrote the first `n` bytes; whatever
