@@ -51,8 +51,7 @@ unsafe impl Entry for EmptyOther {
     const FUNCTION: Self::Function = empty;
 }
 
-/// The benchmark caller's token (for this crate's unit tests).
-#[cfg(test)]
+/// The benchmark caller's token (also for this crate's unit tests).
 pub(crate) fn caller() -> Caller<BenchCaller> {
     // SAFETY: the benchmark's own identity.
     unsafe { Caller::new() }
@@ -60,14 +59,12 @@ pub(crate) fn caller() -> Caller<BenchCaller> {
 
 /// An empty call through a gate inside one compartment.
 pub fn same_compartment(x: u64) -> u64 {
-    // SAFETY: the benchmark's own caller identity.
-    let me = unsafe { Caller::<BenchCaller>::new() };
-    call::<0, 0, BenchCaller, EmptySame, _, _>(me, (x,))
+    call::<0, 0, BenchCaller, EmptySame, _, _>(caller(), (x,))
 }
 
 /// An empty call through an `fcall` gate into another compartment.
 pub fn other_compartment(x: u64) -> u64 {
     // SAFETY: the benchmark's own caller identity; `flexos bench gates`
     // runs in the tool's process, which has no `mpk` compartments.
-    unsafe { cross_fcall::<BenchCaller, EmptyOther, _, _>(Caller::new(), (x,)) }
+    unsafe { cross_fcall::<BenchCaller, EmptyOther, _, _>(caller(), (x,)) }
 }

@@ -223,14 +223,7 @@ fn scan(tokens: TokenStream, own: &str, components: &[String], file: &Path, out:
 /// a compromised compartment on purpose).
 pub fn gate_bypasses(root: &Path) -> Result<Vec<Bypass>, String> {
     let mut out = Vec::new();
-    let mut dirs = vec![root.join("crates/netapp")];
-    for group in ["components", "apps"] {
-        let parent = root.join(group);
-        let found = std::fs::read_dir(&parent).map_err(|e| format!("{}: {e}", parent.display()))?;
-        dirs.extend(found.flatten().map(|e| e.path()));
-    }
-    dirs.sort();
-    for dir in dirs {
+    for dir in component_package_dirs(root)? {
         let Some(own) = crate_name(&dir) else { continue };
         if own == "flexos_alloc" {
             continue;
@@ -284,14 +277,7 @@ pub fn unsealed_components(root: &Path) -> Result<Vec<String>, String> {
             ));
         }
     }
-    let mut dirs = vec![root.join("crates/netapp")];
-    for group in ["components", "apps"] {
-        let parent = root.join(group);
-        let found = std::fs::read_dir(&parent).map_err(|e| format!("{}: {e}", parent.display()))?;
-        dirs.extend(found.flatten().map(|e| e.path()).filter(|p| p.join("Cargo.toml").is_file()));
-    }
-    dirs.sort();
-    for dir in dirs {
+    for dir in component_package_dirs(root)? {
         let manifest_path = dir.join("Cargo.toml");
         let manifest = read(&manifest_path)?;
         let package = manifest.get("package").and_then(|p| p.get("name")).and_then(|n| n.as_str()).unwrap_or("?");
@@ -307,6 +293,20 @@ pub fn unsealed_components(root: &Path) -> Result<Vec<String>, String> {
         }
     }
     Ok(out)
+}
+
+/// The folders of the packages that hold component code: every package
+/// under `root/components` and `root/apps`, and the network applications'
+/// library, sorted.
+fn component_package_dirs(root: &Path) -> Result<Vec<PathBuf>, String> {
+    let mut dirs = vec![root.join("crates/netapp")];
+    for group in ["components", "apps"] {
+        let parent = root.join(group);
+        let found = std::fs::read_dir(&parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+        dirs.extend(found.flatten().map(|e| e.path()).filter(|p| p.join("Cargo.toml").is_file()));
+    }
+    dirs.sort();
+    Ok(dirs)
 }
 
 /// The crate name of the package in `dir` (its binary's, for an
