@@ -47,22 +47,43 @@ fn main() {
         }
     }
     let shared_key = if next > 1 { next } else { 0 };
+    // The trusted core's statics get the key after the shared one: read-only
+    // for every `mpk` compartment but the default one (docs/mpk.md).
+    let core_key = if next > 1 { next + 1 } else { 0 };
     let pkru: Vec<String> = keys
         .iter()
-        .map(|&own| {
+        .enumerate()
+        .map(|(i, &own)| {
             if own == 0 {
                 return "0x0".to_string();
             }
-            let denied = (1..16u32).filter(|&k| k != own && k != shared_key).fold(0u32, |v, k| v | (3 << (2 * k)));
-            format!("{denied:#010x}")
+            let denied = (1..16u32)
+                .filter(|&k| k != own && k != shared_key && k != core_key)
+                .fold(0u32, |v, k| v | (3 << (2 * k)));
+            let read_only_core = if i == 0 { 0 } else { 2 << (2 * core_key) };
+            format!("{:#010x}", denied | read_only_core)
         })
         .collect();
+    // The fault reporter's rights (the kernel runs a signal handler with key 0
+    // only): key 0, and the core's statics to read.
+    let handler_pkru = if core_key == 0 {
+        0
+    } else {
+        (1..16u32).filter(|&k| k != core_key).fold(0u32, |v, k| v | (3 << (2 * k))) | (2 << (2 * core_key))
+    };
     writeln!(out, "/// The protection key of each compartment's memory (0: not an `mpk` compartment).").unwrap();
     writeln!(out, "pub const PKEYS: &[u32] = &{keys:?};").unwrap();
     writeln!(out, "/// The protection key of the shared memory (0 when no compartment uses `mpk`).").unwrap();
     writeln!(out, "pub const SHARED_PKEY: u32 = {shared_key};").unwrap();
-    writeln!(out, "/// The PKRU value while each compartment runs: its own key, the shared key and key 0 allowed.")
-        .unwrap();
+    writeln!(out, "/// The protection key of the trusted core's statics (0 when no compartment uses `mpk`).").unwrap();
+    writeln!(out, "pub const CORE_PKEY: u32 = {core_key};").unwrap();
+    writeln!(out, "/// The PKRU value of the fault reporter: key 0, and the core's statics read-only.").unwrap();
+    writeln!(out, "pub const HANDLER_PKRU: u32 = {handler_pkru:#010x};").unwrap();
+    writeln!(
+        out,
+        "/// The PKRU value while each compartment runs: its own key, the shared key and key 0 allowed, the core's statics read-only (writable for the default compartment)."
+    )
+    .unwrap();
     writeln!(out, "pub const PKRU: &[u32] = &[{}];", pkru.join(", ")).unwrap();
     writeln!(out, "/// The compartments' names, by index.").unwrap();
     let names: Vec<&str> = layout.compartments.iter().map(|c| c.name.as_str()).collect();

@@ -25,8 +25,10 @@
 #![no_std]
 
 use core::alloc::{GlobalAlloc, Layout};
+use core::cell::UnsafeCell;
+use core::mem::MaybeUninit;
 use core::ptr::{NonNull, null_mut};
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use flexos_layout::{COMPARTMENTS, Mechanism, has_remote_domains};
 use flexos_platform::compartment::{self, MAX_COMPARTMENTS};
 use flexos_platform::domain;
@@ -62,16 +64,64 @@ pub const SHARED_SPAN: usize = CONTROL_LEN + MAX_COMPARTMENTS * SHARED_PART;
 /// The whole reservation: every private heap, then the shared span.
 pub const REGION_LEN: usize = MAX_COMPARTMENTS * HEAP_SPAN + SHARED_SPAN;
 
+/// One heap's allocator state. It lives in the first [`STATE_LEN`] bytes of
+/// the range whose metadata `talc` keeps ([`managed_span`]), never in a
+/// static: in an `mpk` image the statics carry the trusted core's key,
+/// which the other compartments may only read, while each compartment's
+/// heap carries its own key (and the shadow of the shared heap key 0). All
+/// zeros (fresh memory) is the valid empty state.
+#[repr(C)]
 struct Heap {
-    /// The allocator, and what to add to its addresses (see [`handed_out_offset`]).
-    talc: spin::Mutex<Option<(Talc<ErrOnOom>, usize)>>,
+    /// The spin lock around `talc`.
+    locked: AtomicBool,
+    /// Whether `talc` was set up (read and written under the lock).
+    ready: AtomicBool,
+    talc: UnsafeCell<MaybeUninit<Talc<ErrOnOom>>>,
     in_use: AtomicUsize,
     allocations: AtomicUsize,
 }
 
-#[allow(clippy::declare_interior_mutable_const)]
-const EMPTY_HEAP: Heap =
-    Heap { talc: spin::Mutex::new(None), in_use: AtomicUsize::new(0), allocations: AtomicUsize::new(0) };
+/// The bytes at the start of each managed range that hold its [`Heap`].
+const STATE_LEN: usize = 4096;
+const _: () = assert!(size_of::<Heap>() <= STATE_LEN);
+
+/// A locked heap's allocator, set up on first use.
+struct Locked<'a> {
+    heap: &'a Heap,
+}
+
+impl Heap {
+    fn lock(&self, heap: usize) -> Locked<'_> {
+        while self.locked.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            core::hint::spin_loop();
+        }
+        if !self.ready.load(Ordering::Relaxed) {
+            let (base, len) = managed_span(heap);
+            let mut t = Talc::new(ErrOnOom);
+            // SAFETY: the range past the state is this heap's part (or its
+            // shadow) of a reservation that is readable, writable, never
+            // unmapped and used by no one else.
+            unsafe { t.claim(Span::from_base_size((base + STATE_LEN) as *mut u8, len - STATE_LEN)) }.ok();
+            // SAFETY: under the lock; nothing else reads `talc` before `ready`.
+            unsafe { (*self.talc.get()).write(t) };
+            self.ready.store(true, Ordering::Relaxed);
+        }
+        Locked { heap: self }
+    }
+}
+
+impl Locked<'_> {
+    fn talc(&mut self) -> &mut Talc<ErrOnOom> {
+        // SAFETY: set up in `lock`; the lock gives this guard the only access.
+        unsafe { (*self.heap.talc.get()).assume_init_mut() }
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        self.heap.locked.store(false, Ordering::Release);
+    }
+}
 
 /// This process's memory: the reservation and the shared-memory object, if any.
 struct Setup {
@@ -79,17 +129,17 @@ struct Setup {
     shm_fd: Option<i32>,
 }
 
-struct Heaps {
-    setup: spin::Once<Setup>,
-    /// Every compartment's private heap, then every domain's part of the shared heap.
-    heaps: [Heap; 2 * MAX_COMPARTMENTS],
-}
-
-static HEAPS_STATE: Heaps = Heaps { setup: spin::Once::new(), heaps: [EMPTY_HEAP; 2 * MAX_COMPARTMENTS] };
+/// This process's memory, set up once (before any compartment runs).
+static SETUP: spin::Once<Setup> = spin::Once::new();
 
 /// The allocator state of heap `heap` ([`SHARED`]: this domain's part of the shared heap).
 fn heap_state(heap: usize) -> &'static Heap {
-    if heap == SHARED { &HEAPS_STATE.heaps[MAX_COMPARTMENTS + compartment::home()] } else { &HEAPS_STATE.heaps[heap] }
+    let (base, _) = managed_span(heap);
+    // SAFETY: every heap this process allocates from or frees into has its
+    // managed range mapped readable and writable for the process's life,
+    // and its first STATE_LEN bytes are only ever used as this `Heap`
+    // (all zeros is its empty state; every field is atomic or behind its lock).
+    unsafe { &*(base as *const Heap) }
 }
 
 fn fail(message: &[u8]) -> ! {
@@ -105,7 +155,9 @@ fn fail(message: &[u8]) -> ! {
 /// * a compartment's process: the same reservation at the host's address,
 ///   inaccessible except its own heap and the shared span.
 fn setup() -> &'static Setup {
-    HEAPS_STATE.setup.call_once(|| {
+    SETUP.call_once(|| {
+        // Read once now, while the statics are still writable.
+        compartment::home();
         if let Some(role) = domain::child_role() {
             let Some(region) = Region::reserve_at(role.region_base, REGION_LEN) else {
                 fail(b"flexos-alloc: cannot reserve the heaps at the host's address\n")
@@ -163,13 +215,13 @@ fn setup() -> &'static Setup {
 /// compartment's rights. Without protection keys the image stops here with
 /// a message: it never runs `mpk` compartments unprotected.
 fn protect_with_keys(region: &Region) {
-    use flexos_layout::{PKEYS, PKRU, SHARED_PKEY, has_mpk, stack_domain};
+    use flexos_layout::{CORE_PKEY, PKEYS, PKRU, SHARED_PKEY, has_mpk, stack_domain};
     use flexos_platform::pkey;
     if !has_mpk() {
         return;
     }
     // The layout numbers the keys 1, 2, ... in order; pkey_alloc hands out the lowest free one.
-    for expected in PKEYS.iter().copied().filter(|&k| k != 0).chain([SHARED_PKEY]) {
+    for expected in PKEYS.iter().copied().filter(|&k| k != 0).chain([SHARED_PKEY, CORE_PKEY]) {
         match pkey::allocate() {
             Ok(k) if k == expected => {}
             Ok(k) => fail_keys(
@@ -195,7 +247,7 @@ fn protect_with_keys(region: &Region) {
             }
         }
     });
-    pkey::register(PKEYS, SHARED_PKEY, &stack_keys);
+    pkey::register(PKEYS, SHARED_PKEY, CORE_PKEY, &stack_keys);
     // SAFETY: the spans belong to this fresh reservation and hold nothing yet.
     unsafe {
         for (i, &key) in PKEYS.iter().enumerate() {
@@ -211,6 +263,17 @@ fn protect_with_keys(region: &Region) {
         // of them may write (key 0, like the rest of the trusted core's data).
         if PKEYS[0] != 0 && pkey::protect(base + PRIVATE_HEAP_LEN, SHARED_PART, 0, true).is_err() {
             fail(b"flexos-alloc: pkey_mprotect of the shared heap's shadow failed\n")
+        }
+        // The trusted core's statics (the program's writable segment: the
+        // gates' registry, the platform's and std's state, the C library's
+        // in a static image) get their own key, which every `mpk`
+        // compartment but the default one may only read (flexos_layout::PKRU).
+        // Nothing a compartment does writes them: the heaps keep their state
+        // in their own memory (`Heap`).
+        for (start, end) in pkey::writable_statics() {
+            if start < end && pkey::protect(start, end - start, CORE_PKEY, true).is_err() {
+                fail(b"flexos-alloc: cannot give the statics the trusted core's protection key\n")
+            }
         }
     }
     // The main thread runs the default compartment on the stack the kernel
@@ -451,25 +514,16 @@ pub fn is_shared(addr: usize, len: usize) -> bool {
 pub fn alloc_in(heap: usize, layout: Layout) -> *mut u8 {
     assert!(heap < HEAPS, "heap index {heap} out of range");
     let h = heap_state(heap);
-    let mut talc = h.talc.lock();
-    let (talc, offset) = talc.get_or_insert_with(|| {
-        let (base, len) = managed_span(heap);
-        let mut t = Talc::new(ErrOnOom);
-        // SAFETY: the span is this heap's part (or its shadow) of a
-        // reservation that is readable, writable, never unmapped and used
-        // by no one else.
-        unsafe { t.claim(Span::from_base_size(base as *mut u8, len)) }.ok();
-        (t, handed_out_offset(heap))
-    });
-    // SAFETY: talc was given memory above; layout sizes may be zero-sized
-    // only through GlobalAlloc, whose callers never pass size 0.
-    match unsafe { talc.malloc(layout) } {
+    let mut locked = h.lock(heap);
+    // SAFETY: talc was given memory in `lock`; layout sizes may be
+    // zero-sized only through GlobalAlloc, whose callers never pass size 0.
+    match unsafe { locked.talc().malloc(layout) } {
         Ok(p) => {
             h.in_use.fetch_add(layout.size(), Ordering::Relaxed);
             h.allocations.fetch_add(1, Ordering::Relaxed);
             // A shadow allocation becomes the same place in the shared part
             // (both spans are aligned to 64 MiB, so alignment is kept).
-            p.as_ptr().wrapping_add(*offset)
+            p.as_ptr().wrapping_add(handed_out_offset(heap))
         }
         Err(()) => null_mut(),
     }
@@ -485,13 +539,11 @@ pub unsafe fn free(ptr: *mut u8, layout: Layout) {
         fail(b"flexos-alloc: free of shared memory that another domain allocated\n")
     }
     let h = heap_state(heap);
-    let mut talc = h.talc.lock();
-    if let Some((talc, offset)) = talc.as_mut()
-        && let Some(p) = NonNull::new(ptr.wrapping_sub(*offset))
-    {
+    let mut locked = h.lock(heap);
+    if let Some(p) = NonNull::new(ptr.wrapping_sub(handed_out_offset(heap))) {
         // SAFETY: by this function's contract the pointer came from this heap
         // (the owner is found by address) with `layout`.
-        unsafe { talc.free(p, layout) };
+        unsafe { locked.talc().free(p, layout) };
         h.in_use.fetch_sub(layout.size(), Ordering::Relaxed);
     }
 }

@@ -33,6 +33,7 @@ const _: () = assert!(
 pub fn boot() {
     flexos_gate::remote::register(&flexos_gate::remote::linked_tables());
     if flexos_layout::has_mpk() {
+        flexos_gate::stats::move_off_the_statics();
         flexos_gate::mpk::prepare();
     }
     if !has_remote_domains() {

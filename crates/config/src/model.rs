@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use toml::Spanned;
 
 /// The most `mpk` compartments one image may have: 16 keys, less key 0
-/// (the trusted core) and the key of the shared memory.
-pub const MAX_MPK_COMPARTMENTS: usize = 14;
+/// (the trusted core's threads and C heap), the key of the trusted core's
+/// statics and the key of the shared memory.
+pub const MAX_MPK_COMPARTMENTS: usize = 13;
 
 /// How a compartment is protected from the others.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -394,7 +395,7 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Layout, Vec<ConfigError>>
             &mut errors,
             extra.get_ref().mechanism.span().start,
             format!("more than {MAX_MPK_COMPARTMENTS} compartments use mechanism \"mpk\""),
-            "the CPU has 16 protection keys (one for the trusted core, one for shared memory): merge compartments or use another mechanism for some".into(),
+            "the CPU has 16 protection keys (two for the trusted core, one for shared memory): merge compartments or use another mechanism for some".into(),
         );
     }
     if default_seen.is_none() && compartments.len() > 1 {

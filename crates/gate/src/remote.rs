@@ -121,18 +121,10 @@ unsafe impl Sync for PairFrames {}
 const _: () = assert!(size_of::<Common>() <= flexos_alloc::CONTROL_COMMON_LEN);
 const _: () = assert!(size_of::<PairFrames>() <= flexos_alloc::CONTROL_PAIR_LEN);
 
-/// Where the control area starts (the same in every domain; looked up once).
+/// Where the control area starts (the same in every domain).
 #[inline]
 fn control_start() -> usize {
-    static START: AtomicUsize = AtomicUsize::new(0);
-    match START.load(Relaxed) {
-        0 => {
-            let (start, _) = flexos_alloc::control_area();
-            START.store(start, Relaxed);
-            start
-        }
-        start => start,
-    }
+    flexos_alloc::control_area().0
 }
 
 fn common() -> &'static Common {
@@ -298,6 +290,7 @@ static EMPTY: &[Export] = &[];
 /// slice of a table, say) is ignored, so an index always means the entry
 /// that the component numbered so.
 pub fn register(tables: &[&'static [Export]]) {
+    CHAINS_CLAIMED.get_or_init(|| flexos_platform::compartment::leak_in_c_heap(AtomicUsize::new(0)));
     REGISTRY.get_or_init(|| {
         let mut by_id = [None; MAX_COMPONENTS];
         for table in tables {
@@ -335,15 +328,20 @@ thread_local! {
     static RUNG: Cell<u32> = const { Cell::new(0) };
 }
 
-/// The chains handed to host threads so far (private to the host).
-static CHAINS_CLAIMED: AtomicUsize = AtomicUsize::new(0);
+/// The chains handed to host threads so far (private to the host). Set at
+/// boot ([`register`]) to a counter outside the statics, since a host
+/// thread's first remote call may come from any host compartment (an `mpk`
+/// one may not write the statics); a compromised one can therefore use up
+/// the chains, which stops the image's further threads from calling.
+static CHAINS_CLAIMED: OnceLock<&'static AtomicUsize> = OnceLock::new();
 
 fn my_chain() -> usize {
     CHAIN.with(|c| {
         c.get().unwrap_or_else(|| {
             // Partner threads are given their chain; a new chain belongs to a host thread.
             assert!(this_domain() == 0, "only the host's threads start chains of remote calls");
-            let i = CHAINS_CLAIMED.fetch_add(1, Relaxed);
+            let claimed = CHAINS_CLAIMED.get().expect("flexos_boot::boot registers the exports first");
+            let i = claimed.fetch_add(1, Relaxed);
             assert!(i < MAX_CHAINS, "more than {MAX_CHAINS} threads made remote calls");
             c.set(Some(i));
             i

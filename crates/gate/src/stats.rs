@@ -7,48 +7,81 @@
 //! counting compiles to nothing and [`enabled`] is false.
 
 use flexos_layout::Component;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 /// The most component ids the counters cover (the layout's limit).
 pub use flexos_layout::MAX_COMPONENTS;
-
-#[allow(clippy::declare_interior_mutable_const)]
-const ZERO: AtomicU64 = AtomicU64::new(0);
-static COUNTS: [AtomicU64; MAX_COMPONENTS * MAX_COMPONENTS] = [ZERO; MAX_COMPONENTS * MAX_COMPONENTS];
-static CALLS: [AtomicU64; MAX_COMPONENTS * MAX_COMPONENTS] = [ZERO; MAX_COMPONENTS * MAX_COMPONENTS];
 
 /// Whether this build counts crossings.
 pub const fn enabled() -> bool {
     cfg!(any(debug_assertions, feature = "stats"))
 }
 
+const PAIRS: usize = MAX_COMPONENTS * MAX_COMPONENTS;
+/// The crossing counters, then the call counters.
+type Tables = [AtomicU64; 2 * PAIRS];
+
+#[allow(clippy::declare_interior_mutable_const)]
+const ZERO: AtomicU64 = AtomicU64::new(0);
+static IN_STATICS: Tables = [ZERO; 2 * PAIRS];
+/// Where the counters are, once moved off the statics (null: `IN_STATICS`).
+static MOVED: AtomicPtr<Tables> = AtomicPtr::new(core::ptr::null_mut());
+
+fn tables() -> &'static Tables {
+    let moved = MOVED.load(Ordering::Acquire);
+    if moved.is_null() {
+        &IN_STATICS
+    } else {
+        // SAFETY: set once by `move_off_the_statics` to tables that are never freed.
+        unsafe { &*moved }
+    }
+}
+
+/// Moves the counters into memory of key 0 (the C library's heap), which
+/// every compartment may write: in an image with `mpk` compartments the
+/// statics carry the trusted core's key, which only the default
+/// compartment may write, and every gate counts with its caller's rights.
+/// Called once at boot, before anything crosses. (A compromised
+/// compartment can therefore change the counts: they measure, they decide
+/// nothing.)
+pub fn move_off_the_statics() {
+    if !enabled() || !MOVED.load(Ordering::Acquire).is_null() {
+        return;
+    }
+    let tables = flexos_platform::compartment::leak_in_c_heap([ZERO; 2 * PAIRS]);
+    for (new, old) in tables.iter().zip(IN_STATICS.iter()) {
+        new.store(old.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+    MOVED.store((tables as *const Tables).cast_mut(), Ordering::Release);
+}
+
 #[inline(always)]
 pub(crate) fn count(from: Component, to: Component) {
     if enabled() && from.id < MAX_COMPONENTS && to.id < MAX_COMPONENTS {
-        COUNTS[from.id * MAX_COMPONENTS + to.id].fetch_add(1, Ordering::Relaxed);
+        tables()[from.id * MAX_COMPONENTS + to.id].fetch_add(1, Ordering::Relaxed);
     }
 }
 
 #[inline(always)]
 pub(crate) fn count_call(from: Component, to: Component) {
     if enabled() && from.id < MAX_COMPONENTS && to.id < MAX_COMPONENTS {
-        CALLS[from.id * MAX_COMPONENTS + to.id].fetch_add(1, Ordering::Relaxed);
+        tables()[PAIRS + from.id * MAX_COMPONENTS + to.id].fetch_add(1, Ordering::Relaxed);
     }
 }
 
 /// How many cross-compartment calls `from` made into `to` so far (0 when counting is off).
 pub fn crossings(from: Component, to: Component) -> u64 {
-    COUNTS[from.id * MAX_COMPONENTS + to.id].load(Ordering::Relaxed)
+    tables()[from.id * MAX_COMPONENTS + to.id].load(Ordering::Relaxed)
 }
 
 /// Every (caller, callee, count) with a non-zero crossing count, by component id.
 pub fn all() -> Vec<(usize, usize, u64)> {
-    nonzero(&COUNTS)
+    nonzero(&tables()[..PAIRS])
 }
 
 /// Every (caller, callee, count) with a non-zero call count, by component id.
 pub fn all_calls() -> Vec<(usize, usize, u64)> {
-    nonzero(&CALLS)
+    nonzero(&tables()[PAIRS..])
 }
 
 fn nonzero(table: &[AtomicU64]) -> Vec<(usize, usize, u64)> {

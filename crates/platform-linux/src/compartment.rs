@@ -110,3 +110,14 @@ fn in_c_heap<T>(value: T) -> *mut T {
         p
     }
 }
+
+/// Moves `value` into the C library's heap for good: memory of key 0,
+/// which every compartment of this process may write, unlike the statics
+/// of an image with `mpk` compartments (docs/mpk.md). For state of the
+/// trusted core that code running in any compartment updates (made at
+/// boot, in the default compartment: the C library's allocator is itself
+/// state of the core).
+pub fn leak_in_c_heap<T: Sync>(value: T) -> &'static T {
+    // SAFETY: `in_c_heap` returns a valid, initialized, never freed T.
+    unsafe { &*in_c_heap(value) }
+}

@@ -4,6 +4,7 @@
 //! take its default course (the image dies of the same signal).
 
 use crate::compartment;
+use crate::pkey::KeyOwner;
 use std::sync::OnceLock;
 
 static NAMES: OnceLock<&'static [&'static str]> = OnceLock::new();
@@ -79,6 +80,50 @@ impl Line {
     }
 }
 
+/// Whether the OS enabled protection keys (CPUID.7.0:ECX.OSPKE), so that
+/// `rdpkru`/`wrpkru` do not fault.
+fn os_enabled_keys() -> bool {
+    // Leaf 7 reads as zeros (no OSPKE) on CPUs too old to have it.
+    let leaf = core::arch::x86_64::__cpuid_count(7, 0);
+    leaf.ecx & (1 << 4) != 0
+}
+
+/// In an image with `mpk` compartments the kernel runs this handler with
+/// key 0 only, but the names and keys it reports are statics, which carry
+/// the trusted core's key (docs/mpk.md): it first takes
+/// `flexos_layout::HANDLER_PKRU` (key 0, and the core's statics read-only),
+/// with the same checked sequence as every gate. The value gives nothing
+/// that any compartment lacks, so jumping to this `wrpkru` gains nothing.
+/// The kernel restores the interrupted PKRU when the handler returns.
+#[inline(always)]
+fn allow_reading_the_core() {
+    if flexos_layout::has_mpk() && os_enabled_keys() {
+        // SAFETY: the checked wrpkru sequence of the gates (registered in
+        // the `flexos_wrpkru` section); it changes only PKRU, to rights that
+        // every compartment's include.
+        unsafe {
+            core::arch::asm!(
+                "2:",
+                "mov eax, {v}",
+                "xor ecx, ecx",
+                "xor edx, edx",
+                "3:",
+                "wrpkru",
+                "cmp eax, {v}",
+                "jne 2b",
+                ".pushsection flexos_wrpkru,\"aR\"",
+                ".balign 4",
+                ".long 3b - .",
+                ".long {v}",
+                ".popsection",
+                v = const flexos_layout::HANDLER_PKRU,
+                out("eax") _, out("ecx") _, out("edx") _,
+                options(nostack),
+            )
+        };
+    }
+}
+
 /// What a fault means, from the signal and the page-fault error code.
 fn reason(sig: libc::c_int, error_code: usize) -> &'static [u8] {
     match sig {
@@ -93,6 +138,7 @@ fn reason(sig: libc::c_int, error_code: usize) -> &'static [u8] {
 }
 
 extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
+    allow_reading_the_core();
     // SAFETY: the kernel passes a valid siginfo_t and ucontext_t to an
     // SA_SIGINFO handler; for these four signals the fault address is the
     // first field of the union (offset 16 on x86-64 Linux).
@@ -119,12 +165,13 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, context: *m
         line.hex(addr);
         line.push(b" owned by ");
         match crate::pkey::owner_of_key(key) {
-            Some(Some(owner)) => {
+            Some(KeyOwner::Compartment(owner)) => {
                 line.push(b"\"");
                 line.push(name_of(owner).as_bytes());
                 line.push(b"\"");
             }
-            Some(None) => line.push(b"the shared memory"),
+            Some(KeyOwner::Shared) => line.push(b"the shared memory"),
+            Some(KeyOwner::Core) => line.push(b"the trusted core"),
             None => line.push(b"no compartment"),
         }
         line.push(b" (protection key ");

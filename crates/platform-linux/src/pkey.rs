@@ -77,13 +77,15 @@ pub fn read() -> u32 {
 /// allocator when the image uses keys; read by the fault reporter.
 static KEYS: [AtomicU32; 16] = [const { AtomicU32::new(0) }; 16];
 static SHARED_KEY: AtomicU32 = AtomicU32::new(0);
+static CORE_KEY: AtomicU32 = AtomicU32::new(0);
 /// The key of the stacks that each compartment's code runs on.
 static STACK_KEYS: [AtomicU32; 16] = [const { AtomicU32::new(0) }; 16];
 
 /// Records which key protects which compartment's memory (`keys[i]` for
-/// compartment `i`) and the shared memory, for fault reports, and which key
-/// the stacks of each compartment's threads carry (`stack_keys[i]`).
-pub fn register(keys: &[u32], shared: u32, stack_keys: &[u32]) {
+/// compartment `i`), the shared memory and the trusted core's statics,
+/// for fault reports, and which key the stacks of each compartment's
+/// threads carry (`stack_keys[i]`).
+pub fn register(keys: &[u32], shared: u32, core: u32, stack_keys: &[u32]) {
     for (slot, &k) in KEYS.iter().zip(keys) {
         slot.store(k, Ordering::Relaxed);
     }
@@ -91,15 +93,89 @@ pub fn register(keys: &[u32], shared: u32, stack_keys: &[u32]) {
         slot.store(k, Ordering::Relaxed);
     }
     SHARED_KEY.store(shared, Ordering::Relaxed);
+    CORE_KEY.store(core, Ordering::Relaxed);
 }
 
-/// The owner of memory with key `key`: `Some(Some(i))` for compartment `i`,
-/// `Some(None)` for shared memory, `None` if no compartment has it.
-pub fn owner_of_key(key: u32) -> Option<Option<usize>> {
-    if key != 0 && key == SHARED_KEY.load(Ordering::Relaxed) {
-        return Some(None);
+/// Whose memory carries a protection key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyOwner {
+    /// Compartment `i`'s heap and stacks.
+    Compartment(usize),
+    /// The shared memory.
+    Shared,
+    /// The trusted core's statics.
+    Core,
+}
+
+/// The owner of memory with key `key` (`None` if no compartment has it).
+pub fn owner_of_key(key: u32) -> Option<KeyOwner> {
+    if key == 0 {
+        return None;
     }
-    KEYS.iter().position(|k| key != 0 && k.load(Ordering::Relaxed) == key).map(Some)
+    if key == SHARED_KEY.load(Ordering::Relaxed) {
+        return Some(KeyOwner::Shared);
+    }
+    if key == CORE_KEY.load(Ordering::Relaxed) {
+        return Some(KeyOwner::Core);
+    }
+    KEYS.iter().position(|k| k.load(Ordering::Relaxed) == key).map(KeyOwner::Compartment)
+}
+
+/// Whether code running in compartment `compartment` may write the
+/// program's statics: everywhere but in an `mpk` compartment other than
+/// the default one, whose rights make the trusted core's statics read-only
+/// (`flexos_layout::PKRU`).
+pub fn may_write_statics(compartment: usize) -> bool {
+    use flexos_layout::{CORE_PKEY, PKRU, has_mpk};
+    !has_mpk() || PKRU.get(compartment).is_none_or(|&rights| rights & (2 << (2 * CORE_PKEY)) == 0)
+}
+
+/// The most writable ranges [`writable_statics`] reports.
+pub const MAX_STATIC_RANGES: usize = 4;
+
+/// The writable statics of the program (`.data`, `.bss`, and the C
+/// library's too in a static image): the writable `PT_LOAD` segments of
+/// the executable, page-aligned, less its RELRO range (which the loader
+/// made read-only and which must stay so). Each as `[start, end)`; the
+/// unused entries are `(0, 0)`. Does not allocate (the allocator calls it
+/// while it sets itself up).
+pub fn writable_statics() -> [(usize, usize); MAX_STATIC_RANGES] {
+    extern "C" fn each(info: *mut libc::dl_phdr_info, _size: usize, data: *mut libc::c_void) -> libc::c_int {
+        const PAGE: usize = 4096;
+        // SAFETY: dl_iterate_phdr passes a valid entry and our array; the
+        // program headers it points at are mapped as long as the object is.
+        unsafe {
+            let found = &mut *data.cast::<[(usize, usize); MAX_STATIC_RANGES]>();
+            let info = &*info;
+            let headers = core::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize);
+            let base = info.dlpi_addr as usize;
+            let page_range = |vaddr: u64, len: u64| {
+                let start = base + vaddr as usize;
+                (start & !(PAGE - 1), (start + len as usize + PAGE - 1) & !(PAGE - 1))
+            };
+            let relro =
+                headers.iter().find(|h| h.p_type == libc::PT_GNU_RELRO).map(|h| page_range(h.p_vaddr, h.p_memsz));
+            let writable = headers.iter().filter(|h| h.p_type == libc::PT_LOAD && h.p_flags & libc::PF_W != 0);
+            for (slot, h) in found.iter_mut().zip(writable) {
+                let (mut start, end) = page_range(h.p_vaddr, h.p_memsz);
+                if let Some((r_start, r_end)) = relro
+                    && r_start <= start
+                    && r_end > start
+                {
+                    start = r_end;
+                }
+                if start < end {
+                    *slot = (start, end);
+                }
+            }
+        }
+        1 // the first object is the program itself: stop there
+    }
+    let mut found = [(0, 0); MAX_STATIC_RANGES];
+    // SAFETY: the callback matches the C signature and only reads the
+    // entries; `found` outlives the call.
+    unsafe { libc::dl_iterate_phdr(Some(each), (&raw mut found).cast()) };
+    found
 }
 
 /// The key that stacks of compartment `compartment`'s threads carry (0: none).
@@ -199,6 +275,17 @@ pub fn copy_environment_off_the_stack() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_the_writable_statics() {
+        static mut WRITTEN: u64 = 1;
+        static READ_ONLY: u64 = 2;
+        let ranges = writable_statics();
+        let holds = |addr: usize| ranges.iter().any(|&(start, end)| start <= addr && addr < end);
+        assert!(holds(&raw const WRITTEN as usize), "{ranges:x?}");
+        assert!(!holds(&raw const READ_ONLY as usize), "{ranges:x?}");
+        assert!(ranges.iter().all(|&(s, e)| s % 4096 == 0 && e % 4096 == 0));
+    }
 
     #[test]
     fn finds_the_main_stack() {
