@@ -39,7 +39,7 @@ fn main() {
         // Errors are printed in the application's compartment, whose heap holds them.
         flexos_gate::fcall(FLEXOS_COMPONENT.compartment, move || {
             if let Err(e) = threaded(port) {
-                eprintln!("flexos-iperf: {e}");
+                flexos_gate::errln!("flexos-iperf: {e}");
             }
         });
         std::process::exit(1)
@@ -52,7 +52,7 @@ fn main() {
             std::process::exit(2)
         };
         let result = flexos_gate::fcall(FLEXOS_COMPONENT.compartment, move || {
-            client(target, seconds).map_err(|e| eprintln!("flexos-iperf: {e}")).ok()
+            client(target, seconds).map_err(|e| flexos_gate::errln!("flexos-iperf: {e}")).ok()
         });
         match result {
             Some((bytes, secs)) => {
@@ -99,7 +99,7 @@ impl Protocol for Iperf {
     fn closed(&mut self, s: Stream, _: bool, _: &Context) {
         let secs = s.last_ms.saturating_sub(s.first_ms.unwrap_or(s.last_ms)) as f64 / 1000.0;
         let mbit = if secs > 0.0 { s.bytes as f64 * 8.0 / secs / 1e6 } else { 0.0 };
-        println!("received: {} bytes in {secs:.3} s = {mbit:.2} Mbit/s", s.bytes);
+        flexos_gate::outln!("received: {} bytes in {secs:.3} s = {mbit:.2} Mbit/s", s.bytes);
     }
 }
 
@@ -152,7 +152,7 @@ fn receive_stream(conn: i32) {
     let secs = (gate!(flexos_time::monotonic_ns()) - start) as f64 / 1e9;
     let _ = gate!(flexos_net::close(conn));
     let thread = gate!(flexos_sched::current());
-    println!(
+    flexos_gate::outln!(
         "received: {bytes} bytes in {secs:.3} s = {:.2} Mbit/s (thread {thread})",
         bytes as f64 * 8.0 / secs / 1e6
     );

@@ -51,6 +51,8 @@ pub use flexos_layout as layout;
 /// The `mpk` mechanism (its gates are `unsafe`: only this crate calls them).
 pub use flexos_mpk as mpk;
 pub use flexos_mpk::link_pad;
+/// `println!` and `eprintln!` for code in any compartment (see `flexos_platform::outln!`).
+pub use flexos_platform::{errln, outln};
 pub use identity::{Caller, Identity};
 pub use shared::{SharedBuf, SharedLocal, SharedMut, SharedRef};
 pub use state::with_state;

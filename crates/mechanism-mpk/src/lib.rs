@@ -438,7 +438,7 @@ pub fn dss_mirror(addr: usize, len: usize) -> Option<usize> {
 #[inline(never)]
 pub unsafe fn run_in<R>(to: usize, f: impl FnOnce() -> R) -> R {
     const N: usize = COMPARTMENTS.len();
-    let from = compartment::current();
+    let from = running_compartment();
     assert!(to < N && from < N, "compartment index out of range");
     macro_rules! inner {
         ($to:literal; $($from:literal)*) => {
@@ -461,6 +461,32 @@ pub unsafe fn run_in<R>(to: usize, f: impl FnOnce() -> R) -> R {
         return f();
     }
     outer!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15)
+}
+
+/// The compartment whose rights this thread holds (in a process that uses
+/// keys): the one whose PKRU value is in the register now (every `mpk` compartment's is its own),
+/// or among compartments with the same value (`fcall` ones: every key)
+/// the one the compartment register names if it is one of them.
+///
+/// [`run_in`] picks its gate by this, never by the compartment register
+/// alone: the register is a thread-local (key 0), which a compromised
+/// compartment can rewrite, and a gate returns to the rights of the
+/// compartment it was built for; PKRU itself changes only through the
+/// checked gates.
+fn running_compartment() -> usize {
+    if !flexos_platform::pkey::in_use() {
+        // A compartment's own process (`proc`) runs without keys.
+        return compartment::current();
+    }
+    let rights = flexos_platform::pkey::read();
+    match flexos_platform::pkey::compartment_with_rights(rights, compartment::current()) {
+        Some(c) => c,
+        None => {
+            let report = format!("flexos: PKRU {rights:#010x} is no compartment's rights; stopping the image\n");
+            flexos_platform::console::write_err(report.as_bytes());
+            flexos_platform::process_abort()
+        }
+    }
 }
 
 /// One `wrpkru` of a gate: where it is and the PKRU value its check enforces.

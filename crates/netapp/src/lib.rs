@@ -274,7 +274,7 @@ pub fn run<const C: usize, Me: Identity, P: Protocol>(
 ) -> ! {
     flexos_gate::fcall(C, move || {
         if let Err(e) = serve::<C, Me, P>(app, options, &mut make()) {
-            eprintln!("{program}: {e}");
+            flexos_gate::errln!("{program}: {e}");
         }
     });
     std::process::exit(1)
@@ -387,7 +387,7 @@ pub fn serve<const C: usize, Me: Identity, P: Protocol>(
                     }
                     Err(Errno::EAGAIN) => break,
                     Err(e) => {
-                        eprintln!("flexos: accept: errno {}", e.0);
+                        flexos_gate::errln!("flexos: accept: errno {}", e.0);
                         break;
                     }
                 }

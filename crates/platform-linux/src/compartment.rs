@@ -39,13 +39,23 @@ pub fn home() -> usize {
     }
 }
 
-/// The compartment that is running on this host thread.
+/// The compartment that is running on this host thread. Where protection
+/// keys are in use, the one whose rights the thread holds (PKRU), and the
+/// register only decides among compartments with the same rights: the
+/// register is a thread-local, which a compromised `mpk` compartment can
+/// rewrite (docs/mpk.md), while PKRU changes only through checked gates.
 #[inline(always)]
 pub fn current() -> usize {
-    match CURRENT.with(|c| c.get()) {
+    let claimed = match CURRENT.with(|c| c.get()) {
         UNSET => home(),
         c => c,
+    };
+    if crate::pkey::in_use()
+        && let Some(c) = crate::pkey::compartment_with_rights(crate::pkey::read(), claimed)
+    {
+        return c;
     }
+    claimed
 }
 
 /// Makes `compartment` the running one and returns the previous one.
@@ -89,15 +99,33 @@ pub unsafe fn run_in<F: FnOnce()>(compartment: usize, f: F) {
         return;
     };
     // The code crosses by reference, so it is put where every compartment
-    // may read it: the C library's heap (key 0), not the caller's stack.
-    // SAFETY: malloc returns memory aligned for any type or null; the
-    // closure is moved in, called through the switch, dropped and freed here.
+    // may read it: a fresh mapping (key 0), not the caller's stack, nor
+    // the C library's heap, whose allocator keeps its state in statics
+    // that only the default compartment may write in a static image.
+    let Some(region) = crate::memory::Region::reserve(size_of_val(&once).max(1)) else {
+        crate::console::write_err(b"flexos: cannot map memory to start a thread\n");
+        crate::process_abort()
+    };
+    // SAFETY: the mapping is fresh, page-aligned (enough for any closure),
+    // writable and as large as the closure; the closure is moved in,
+    // called through the switch, dropped, and the mapping unmapped here.
     unsafe {
-        let p = in_c_heap(once);
+        let p = place(region.base.as_ptr(), once);
         switch(compartment, &mut *p);
         core::ptr::drop_in_place(p);
-        libc::free(p.cast());
+        libc::munmap(region.base.as_ptr().cast(), region.len);
     }
+}
+
+/// Moves `value` to `at` and returns it typed.
+///
+/// # Safety
+/// `at` must be writable, aligned for `T` and hold `size_of::<T>()` bytes.
+unsafe fn place<T>(at: *mut u8, value: T) -> *mut T {
+    let p = at.cast::<T>();
+    // SAFETY: by the contract.
+    unsafe { p.write(value) };
+    p
 }
 
 /// Moves `value` into the C library's heap (freed by the caller with `libc::free`).

@@ -41,3 +41,21 @@ fn write_all(fd: i32, mut bytes: &[u8]) {
         }
     }
 }
+
+/// Like `println!`, but through [`write_out`], so that it works in every
+/// compartment (std's `println!` takes a lock that is a static, which an
+/// `mpk` compartment other than the default one may not write).
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::console::write_out(::std::format!("{}\n", ::std::format_args!($($arg)*)).as_bytes())
+    };
+}
+
+/// Like `eprintln!`, but through [`write_err`] (see [`outln!`](crate::outln)).
+#[macro_export]
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        $crate::console::write_err(::std::format!("{}\n", ::std::format_args!($($arg)*)).as_bytes())
+    };
+}

@@ -24,14 +24,25 @@ pub enum State {
 type Entry = Box<dyn FnOnce()>;
 
 thread_local! {
-    /// Contexts handed over by [`exit`], dropped by whichever context runs next.
-    static EXITED: std::cell::RefCell<Vec<Rc<Context>>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The two contexts handed over by [`exit`] (from `Rc::into_raw`; null:
+    /// none), dropped by whichever context runs next. Raw pointers, so that
+    /// the thread-local has no destructor to register: registering one
+    /// allocates in the C library, whose allocator keeps its state in
+    /// statics, which the scheduler's compartment may not write when it is
+    /// an `mpk` one other than the default (docs/mpk.md).
+    static EXITED: Cell<[*const Context; 2]> = const { Cell::new([core::ptr::null(); 2]) };
 }
 
 /// Drops what the last [`exit`] handed over. Runs right after every switch.
 fn drop_exited() {
-    let exited = EXITED.with(|e| std::mem::take(&mut *e.borrow_mut()));
-    drop(exited);
+    for p in EXITED.replace([core::ptr::null(); 2]) {
+        if !p.is_null() {
+            // SAFETY: a pointer from `Rc::into_raw` in `exit`, taken out of
+            // EXITED (so converted back once), after the switch has left
+            // the exited context's stack.
+            drop(unsafe { Rc::from_raw(p) });
+        }
+    }
 }
 
 /// One execution context. Create it with [`Context::current`] (for the code
@@ -187,8 +198,9 @@ pub fn switch(from: &Context, to: &Context) {
 /// and are dropped by the context that runs next, once `from`'s stack is no
 /// longer in use.
 pub fn exit(from: Rc<Context>, to: Rc<Context>) -> ! {
-    let (from_ref, to_ref): (*const Context, *const Context) = (Rc::as_ptr(&from), Rc::as_ptr(&to));
-    EXITED.with(|e| e.borrow_mut().extend([from, to]));
+    drop_exited();
+    let (from_ref, to_ref) = (Rc::into_raw(from), Rc::into_raw(to));
+    EXITED.set([from_ref, to_ref]);
     // SAFETY: both Rcs were just moved into EXITED, which is drained only
     // after the switch below has left `from`'s stack; so both contexts stay
     // alive for the whole transfer.

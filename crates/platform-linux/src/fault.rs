@@ -35,6 +35,12 @@ pub fn install(names: &'static [&'static str]) {
     }
 }
 
+unsafe extern "C" {
+    /// The program's ELF header, which the linker places at the start of
+    /// its first loaded segment: the base its addresses are relative to.
+    static __ehdr_start: u8;
+}
+
 /// A fixed buffer for formatting without allocating (signal handlers must not allocate).
 struct Line {
     buf: [u8; 256],
@@ -124,6 +130,38 @@ fn allow_reading_the_core() {
     }
 }
 
+/// The PKRU value of the interrupted code, from the XSAVE area the kernel
+/// saved in the signal frame; `None` where there is none or it holds no PKRU.
+///
+/// # Safety
+/// `uc` must be the context the kernel passed to an SA_SIGINFO handler.
+unsafe fn interrupted_pkru(uc: &libc::ucontext_t) -> Option<u32> {
+    /// `FP_XSTATE_MAGIC1`: the FXSAVE area's software bytes describe an XSAVE area.
+    const XSTATE_MAGIC: u32 = 0x4650_5853;
+    const PKRU_BIT: u64 = 1 << 9;
+    let fx = uc.uc_mcontext.fpregs as *const u8;
+    if fx.is_null() || !os_enabled_keys() {
+        return None;
+    }
+    // SAFETY: the FXSAVE area is 512 bytes; its software-reserved bytes at
+    // 464 hold the magic, the XSAVE area's size (at 480), and the XSAVE
+    // header (at 512, its first word the saved components) follows when
+    // the magic is there. PKRU's offset comes from CPUID leaf 0xD and is
+    // checked against the area's size before it is read.
+    unsafe {
+        if (fx.add(464) as *const u32).read_unaligned() != XSTATE_MAGIC {
+            return None;
+        }
+        let size = (fx.add(480) as *const u32).read_unaligned() as usize;
+        let saved = (fx.add(512) as *const u64).read_unaligned();
+        if saved & PKRU_BIT == 0 {
+            return Some(0); // PKRU in its initial state: every key allowed
+        }
+        let offset = core::arch::x86_64::__cpuid_count(0xd, 9).ebx as usize;
+        (offset >= 576 && offset + 4 <= size).then(|| (fx.add(offset) as *const u32).read_unaligned())
+    }
+}
+
 /// What a fault means, from the signal and the page-fault error code.
 fn reason(sig: libc::c_int, error_code: usize) -> &'static [u8] {
     match sig {
@@ -151,7 +189,19 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, context: *m
             uc.uc_mcontext.gregs[libc::REG_ERR as usize] as usize,
         )
     };
-    let current = compartment::current();
+    // The compartment that faulted: by the rights it held (the PKRU value
+    // saved in the signal frame) where keys are in use, since the
+    // compartment register is a thread-local that a compromised
+    // compartment can rewrite.
+    let claimed = compartment::current();
+    // SAFETY: the kernel's signal frame (see `interrupted_pkru`).
+    let rights = unsafe { interrupted_pkru(&*(context as *const libc::ucontext_t)) };
+    let current = match rights {
+        Some(rights) if flexos_layout::has_mpk() => {
+            crate::pkey::compartment_with_rights(rights, claimed).unwrap_or(claimed)
+        }
+        _ => claimed,
+    };
     let name_of = |c: usize| NAMES.get().and_then(|n| n.get(c)).copied().unwrap_or("?");
     let mut line = Line { buf: [0; 256], len: 0 };
     line.push(b"flexos: compartment \"");
@@ -191,6 +241,13 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, context: *m
     }
     line.push(b"), instruction ");
     line.hex(pc);
+    // Where the instruction lies in the program file (for addr2line), when it lies there.
+    let base = (&raw const __ehdr_start) as usize;
+    if pc >= base {
+        line.push(b" (program+");
+        line.hex(pc - base);
+        line.push(b")");
+    }
     line.push(b"\n");
     // SAFETY: write(2) is async-signal-safe; the buffer is valid for `len` bytes.
     unsafe { libc::write(2, line.buf.as_ptr().cast(), line.len) };

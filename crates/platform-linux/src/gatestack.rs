@@ -10,7 +10,7 @@
 //! with the context, so every scheduler thread has its own stacks in every
 //! compartment and there is no fixed limit on the number of threads.
 //!
-//! The tables live in the C library's heap (key 0, the trusted core's
+//! The tables live in mappings of their own (key 0, the trusted core's
 //! memory), never in a compartment's heap.
 
 use crate::memory::Stack;
@@ -69,18 +69,24 @@ fn release(block: Block) {
 }
 
 impl GateStacks {
-    /// A new, empty table in the C library's heap.
+    /// A new, empty table in a mapping of its own (key 0). Not in the C
+    /// library's heap: its allocator keeps its state in statics, which an
+    /// `mpk` compartment other than the default may not write, and a
+    /// context's first gate may start in any compartment (docs/mpk.md).
     fn create() -> *mut GateStacks {
         let table = GateStacks {
             left_at: [0; DOMAINS],
             stacks: [const { None }; DOMAINS],
             mirrors: [Block::default(); DOMAINS],
         };
-        // SAFETY: malloc returns memory suitably aligned for any type or
-        // null; the table is moved into it and owned by the raw pointer.
+        let Some(region) = crate::memory::Region::reserve(size_of::<GateStacks>()) else {
+            crate::console::write_err(b"flexos: cannot map a gate stack table\n");
+            crate::process_abort()
+        };
+        // SAFETY: a fresh, writable, page-aligned mapping of at least the
+        // table's size; the table is moved into it and owned by the pointer.
         unsafe {
-            let p = libc::malloc(size_of::<GateStacks>()).cast::<GateStacks>();
-            assert!(!p.is_null(), "cannot allocate a gate stack table");
+            let p = region.base.as_ptr().cast::<GateStacks>();
             p.write(table);
             p
         }
@@ -97,8 +103,8 @@ impl GateStacks {
         // SAFETY: by the contract the table is ours and unused; reading it
         // out moves its stacks (unmapped when dropped) before the memory is freed.
         let t = unsafe { table.read() };
-        // SAFETY: allocated by malloc in `create`.
-        unsafe { libc::free(table.cast()) };
+        // SAFETY: mapped in `create` with the table's size (rounded up to pages).
+        unsafe { libc::munmap(table.cast(), size_of::<GateStacks>()) };
         t.mirrors.iter().copied().for_each(release);
         drop(t.stacks);
     }

@@ -57,9 +57,23 @@ pub enum Backend {
 
 /// Parses `FLEXOS_NET` (see the [module documentation](self)).
 pub fn backend_from_env() -> Result<Backend, String> {
-    match std::env::var("FLEXOS_NET") {
-        Err(_) => Ok(Backend::Forward),
-        Ok(v) => parse_backend(&v),
+    match getenv(c"FLEXOS_NET") {
+        None => Ok(Backend::Forward),
+        Some(v) => parse_backend(&v),
+    }
+}
+
+/// The environment variable `name`, read with the C library's `getenv`,
+/// not `std::env::var`: std takes a lock that is a static, which the
+/// network device's compartment may not write when it is an `mpk` one
+/// other than the default (docs/mpk.md). The image changes its
+/// environment only at boot, before any other thread runs.
+fn getenv(name: &core::ffi::CStr) -> Option<String> {
+    // SAFETY: `name` is NUL-terminated; getenv returns null or a pointer to
+    // a NUL-terminated string in the environment, which is copied at once.
+    unsafe {
+        let value = libc::getenv(name.as_ptr());
+        (!value.is_null()).then(|| core::ffi::CStr::from_ptr(value).to_string_lossy().into_owned())
     }
 }
 

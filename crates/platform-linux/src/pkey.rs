@@ -7,7 +7,7 @@
 //! a gate is a few instructions. Instruction fetches are not checked: keys
 //! protect data, never code.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 /// `si_code` of a SIGSEGV raised by a protection-key violation.
 pub const SEGV_PKUERR: i32 = 4;
@@ -86,6 +86,7 @@ static STACK_KEYS: [AtomicU32; 16] = [const { AtomicU32::new(0) }; 16];
 /// for fault reports, and which key the stacks of each compartment's
 /// threads carry (`stack_keys[i]`).
 pub fn register(keys: &[u32], shared: u32, core: u32, stack_keys: &[u32]) {
+    IN_USE.store(true, Ordering::Relaxed);
     for (slot, &k) in KEYS.iter().zip(keys) {
         slot.store(k, Ordering::Relaxed);
     }
@@ -94,6 +95,16 @@ pub fn register(keys: &[u32], shared: u32, core: u32, stack_keys: &[u32]) {
     }
     SHARED_KEY.store(shared, Ordering::Relaxed);
     CORE_KEY.store(core, Ordering::Relaxed);
+}
+
+/// Set once this process has given its memory protection keys.
+static IN_USE: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process protects its memory with keys (PKRU then says
+/// which compartment runs: [`compartment_with_rights`]).
+#[inline(always)]
+pub fn in_use() -> bool {
+    IN_USE.load(Ordering::Relaxed)
 }
 
 /// Whose memory carries a protection key.
@@ -119,6 +130,19 @@ pub fn owner_of_key(key: u32) -> Option<KeyOwner> {
         return Some(KeyOwner::Core);
     }
     KEYS.iter().position(|k| k.load(Ordering::Relaxed) == key).map(KeyOwner::Compartment)
+}
+
+/// The compartment whose rights are `rights` (a PKRU value): the one
+/// whose value it is (every `mpk` compartment's is its own), or, among
+/// compartments with the same value (`fcall` ones: every key), `claimed`
+/// (what the compartment register says) if it is one of them. `None` if
+/// no compartment has these rights.
+pub fn compartment_with_rights(rights: u32, claimed: usize) -> Option<usize> {
+    use flexos_layout::PKRU;
+    if PKRU.get(claimed) == Some(&rights) {
+        return Some(claimed);
+    }
+    PKRU.iter().position(|&p| p == rights)
 }
 
 /// Whether code running in compartment `compartment` may write the

@@ -6,7 +6,7 @@
 mod common;
 
 use flexos::guest::{Boot, judge};
-use flexos_mpk_checks::{IMAGES, Outcome, QUERY, checks, run};
+use flexos_mpk_checks::{IMAGES, Outcome, QUERY, checks, run, run_check};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -28,7 +28,7 @@ fn every_mpk_check_holds_on_this_cpu() {
     let mut boot = Boot { cpu: "this machine".into(), pku: Some(pku), done: true, ..Boot::default() };
     let mut earlier: Vec<(String, Outcome)> = Vec::new();
     for check in checks() {
-        let outcome = run(&image(check.image), &check.args, Duration::from_secs(120));
+        let outcome = run_check(&check, &image(check.image), Duration::from_secs(120));
         let verdict = check.verdict(&outcome, &earlier);
         boot.checks.push((check.name.clone(), verdict.is_ok(), verdict.err().unwrap_or_default()));
         earlier.push((check.name, outcome));
