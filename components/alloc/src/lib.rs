@@ -77,6 +77,8 @@ struct Heap {
     /// Whether `talc` was set up (read and written under the lock).
     ready: AtomicBool,
     talc: UnsafeCell<MaybeUninit<Talc<ErrOnOom>>>,
+    /// What to add to an address talc hands out ([`handed_out_offset`]; set with `talc`).
+    offset: AtomicUsize,
     in_use: AtomicUsize,
     allocations: AtomicUsize,
 }
@@ -104,6 +106,7 @@ impl Heap {
             unsafe { t.claim(Span::from_base_size((base + STATE_LEN) as *mut u8, len - STATE_LEN)) }.ok();
             // SAFETY: under the lock; nothing else reads `talc` before `ready`.
             unsafe { (*self.talc.get()).write(t) };
+            self.offset.store(handed_out_offset(heap), Ordering::Relaxed);
             self.ready.store(true, Ordering::Relaxed);
         }
         Locked { heap: self }
@@ -133,8 +136,15 @@ struct Setup {
 static SETUP: spin::Once<Setup> = spin::Once::new();
 
 /// The allocator state of heap `heap` ([`SHARED`]: this domain's part of the shared heap).
+#[inline]
 fn heap_state(heap: usize) -> &'static Heap {
-    let (base, _) = managed_span(heap);
+    let region = setup().region.base.as_ptr() as usize;
+    // The start of `managed_span(heap)`, computed with one look at the setup.
+    let base = if heap == SHARED {
+        region + compartment::home() * HEAP_SPAN + PRIVATE_HEAP_LEN
+    } else {
+        region + heap * HEAP_SPAN
+    };
     // SAFETY: every heap this process allocates from or frees into has its
     // managed range mapped readable and writable for the process's life,
     // and its first STATE_LEN bytes are only ever used as this `Heap`
@@ -523,7 +533,7 @@ pub fn alloc_in(heap: usize, layout: Layout) -> *mut u8 {
             h.allocations.fetch_add(1, Ordering::Relaxed);
             // A shadow allocation becomes the same place in the shared part
             // (both spans are aligned to 64 MiB, so alignment is kept).
-            p.as_ptr().wrapping_add(handed_out_offset(heap))
+            p.as_ptr().wrapping_add(h.offset.load(Ordering::Relaxed))
         }
         Err(()) => null_mut(),
     }
@@ -540,7 +550,7 @@ pub unsafe fn free(ptr: *mut u8, layout: Layout) {
     }
     let h = heap_state(heap);
     let mut locked = h.lock(heap);
-    if let Some(p) = NonNull::new(ptr.wrapping_sub(handed_out_offset(heap))) {
+    if let Some(p) = NonNull::new(ptr.wrapping_sub(h.offset.load(Ordering::Relaxed))) {
         // SAFETY: by this function's contract the pointer came from this heap
         // (the owner is found by address) with `layout`.
         unsafe { locked.talc().free(p, layout) };
@@ -653,6 +663,13 @@ mod tests {
             free(a, layout);
             free(b, layout);
             free(s, layout);
+        }
+    }
+
+    #[test]
+    fn each_heap_keeps_its_state_where_its_metadata_lies() {
+        for heap in [0, 1, 5, SHARED] {
+            assert_eq!(heap_state(heap) as *const Heap as usize, managed_span(heap).0, "heap {heap}");
         }
     }
 

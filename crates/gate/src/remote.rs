@@ -121,11 +121,18 @@ unsafe impl Sync for PairFrames {}
 const _: () = assert!(size_of::<Common>() <= flexos_alloc::CONTROL_COMMON_LEN);
 const _: () = assert!(size_of::<PairFrames>() <= flexos_alloc::CONTROL_PAIR_LEN);
 
-/// Where the control area starts (the same in every domain).
+/// Where the control area starts (the same in every domain): looked up
+/// once at boot ([`register`]; a static, which an `mpk` compartment may
+/// only read), else now.
 #[inline]
 fn control_start() -> usize {
-    flexos_alloc::control_area().0
+    match CONTROL_START.load(Relaxed) {
+        0 => flexos_alloc::control_area().0,
+        start => start,
+    }
 }
+
+static CONTROL_START: AtomicUsize = AtomicUsize::new(0);
 
 fn common() -> &'static Common {
     let start = control_start();
@@ -291,6 +298,7 @@ static EMPTY: &[Export] = &[];
 /// that the component numbered so.
 pub fn register(tables: &[&'static [Export]]) {
     CHAINS_CLAIMED.get_or_init(|| flexos_platform::compartment::leak_in_c_heap(AtomicUsize::new(0)));
+    CONTROL_START.store(flexos_alloc::control_area().0, Relaxed);
     REGISTRY.get_or_init(|| {
         let mut by_id = [None; MAX_COMPONENTS];
         for table in tables {
