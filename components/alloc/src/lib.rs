@@ -93,23 +93,31 @@ struct Locked<'a> {
 }
 
 impl Heap {
+    #[inline]
     fn lock(&self, heap: usize) -> Locked<'_> {
         while self.locked.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
             core::hint::spin_loop();
         }
         if !self.ready.load(Ordering::Relaxed) {
-            let (base, len) = managed_span(heap);
-            let mut t = Talc::new(ErrOnOom);
-            // SAFETY: the range past the state is this heap's part (or its
-            // shadow) of a reservation that is readable, writable, never
-            // unmapped and used by no one else.
-            unsafe { t.claim(Span::from_base_size((base + STATE_LEN) as *mut u8, len - STATE_LEN)) }.ok();
-            // SAFETY: under the lock; nothing else reads `talc` before `ready`.
-            unsafe { (*self.talc.get()).write(t) };
-            self.offset.store(handed_out_offset(heap), Ordering::Relaxed);
-            self.ready.store(true, Ordering::Relaxed);
+            self.set_up(heap);
         }
         Locked { heap: self }
+    }
+
+    /// Gives talc the heap's memory (under the lock, on first use).
+    #[cold]
+    #[inline(never)]
+    fn set_up(&self, heap: usize) {
+        let (base, len) = managed_span(heap);
+        let mut t = Talc::new(ErrOnOom);
+        // SAFETY: the range past the state is this heap's part (or its
+        // shadow) of a reservation that is readable, writable, never
+        // unmapped and used by no one else.
+        unsafe { t.claim(Span::from_base_size((base + STATE_LEN) as *mut u8, len - STATE_LEN)) }.ok();
+        // SAFETY: under the lock (the caller's); nothing reads `talc` before `ready`.
+        unsafe { (*self.talc.get()).write(t) };
+        self.offset.store(handed_out_offset(heap), Ordering::Relaxed);
+        self.ready.store(true, Ordering::Relaxed);
     }
 }
 

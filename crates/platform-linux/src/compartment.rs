@@ -50,7 +50,8 @@ pub fn current() -> usize {
         UNSET => home(),
         c => c,
     };
-    if crate::pkey::in_use()
+    if flexos_layout::has_mpk()
+        && crate::pkey::in_use()
         && let Some(c) = crate::pkey::compartment_with_rights(crate::pkey::read(), claimed)
     {
         return c;
