@@ -315,26 +315,7 @@ fn protect_with_keys(region: &Region) {
     // checked sequence (and registration) as every gate.
     // SAFETY: the default compartment's rights allow key 0 (this code's
     // data), its own key and the shared key (its heap and stack).
-    unsafe {
-        core::arch::asm!(
-            "2:",
-            "mov eax, {v}",
-            "xor ecx, ecx",
-            "xor edx, edx",
-            "3:",
-            "wrpkru",
-            "cmp eax, {v}",
-            "jne 2b",
-            ".pushsection flexos_wrpkru,\"aR\"",
-            ".balign 4",
-            ".long 3b - .",
-            ".long {v}",
-            ".popsection",
-            v = const PKRU[0],
-            out("eax") _, out("ecx") _, out("edx") _,
-            options(nostack),
-        )
-    };
+    unsafe { flexos_platform::checked_wrpkru!(PKRU[0]) };
 }
 
 /// "flexos: compartment NAME uses mechanism mpk, but ...": built without allocating.

@@ -107,26 +107,7 @@ fn allow_reading_the_core() {
         // SAFETY: the checked wrpkru sequence of the gates (registered in
         // the `flexos_wrpkru` section); it changes only PKRU, to rights that
         // every compartment's include.
-        unsafe {
-            core::arch::asm!(
-                "2:",
-                "mov eax, {v}",
-                "xor ecx, ecx",
-                "xor edx, edx",
-                "3:",
-                "wrpkru",
-                "cmp eax, {v}",
-                "jne 2b",
-                ".pushsection flexos_wrpkru,\"aR\"",
-                ".balign 4",
-                ".long 3b - .",
-                ".long {v}",
-                ".popsection",
-                v = const flexos_layout::HANDLER_PKRU,
-                out("eax") _, out("ecx") _, out("edx") _,
-                options(nostack),
-            )
-        };
+        unsafe { crate::checked_wrpkru!(flexos_layout::HANDLER_PKRU) };
     }
 }
 

@@ -63,6 +63,37 @@ pub unsafe fn protect(addr: usize, len: usize, key: u32, accessible: bool) -> st
     if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
+/// Loads PKRU with the constant `$value` by the checked sequence of the
+/// gates (load, `wrpkru`, compare, load again if EAX differs: jumping to
+/// the `wrpkru` with another EAX cannot get past it) and registers the site
+/// in the `flexos_wrpkru` section that `flexos audit wrpkru` checks. For the
+/// trusted core's own switches (start-up, the fault reporter); expands to
+/// an `asm!`, so it stands in an `unsafe` block that says why the rights
+/// are right there.
+#[macro_export]
+macro_rules! checked_wrpkru {
+    ($value:expr) => {
+        core::arch::asm!(
+            "2:",
+            "mov eax, {v}",
+            "xor ecx, ecx",
+            "xor edx, edx",
+            "3:",
+            "wrpkru",
+            "cmp eax, {v}",
+            "jne 2b",
+            ".pushsection flexos_wrpkru,\"aR\"",
+            ".balign 4",
+            ".long 3b - .",
+            ".long {v}",
+            ".popsection",
+            v = const $value,
+            out("eax") _, out("ecx") _, out("edx") _,
+            options(nostack),
+        )
+    };
+}
+
 /// This thread's PKRU.
 #[inline(always)]
 pub fn read() -> u32 {
