@@ -46,13 +46,41 @@ fn main() {
         .define("SQLITE_OMIT_LOCALTIME", None)
         .flag("-fno-stack-protector")
         .warnings(false);
+    // kcfi exists only in clang; the other options work with either compiler.
+    let clang = harden.contains(&flexos_config::Hardening::Cfi);
+    if clang {
+        build.compiler(find_clang());
+    }
+    if !harden.contains(&flexos_config::Hardening::DebugAssertions) {
+        build.define("NDEBUG", None);
+    }
     for h in &harden {
         match h {
             flexos_config::Hardening::StackProtector => {
                 build.flag("-fstack-protector-all");
             }
+            flexos_config::Hardening::Ubsan if clang => {
+                build.flag("-fsanitize=undefined").flag("-fsanitize-trap=undefined");
+            }
             flexos_config::Hardening::Ubsan => {
                 build.flag("-fsanitize=undefined").flag("-fsanitize-undefined-trap-on-error");
+            }
+            flexos_config::Hardening::DebugAssertions => {
+                // `assert()` is on without NDEBUG; SQLite's own assertions need SQLITE_DEBUG.
+                build.define("SQLITE_DEBUG", None);
+            }
+            // The image's KASan-style runtime (flexos_platform::kasan): shadow
+            // at the user-space offset, no globals registered.
+            flexos_config::Hardening::Kasan if clang => {
+                build.flag("-fsanitize=kernel-address").flag("-mllvm").flag("-asan-mapping-offset=0x7fff8000");
+                build.flag("-mllvm").flag("-asan-globals=0");
+            }
+            flexos_config::Hardening::Kasan => {
+                build.flag("-fsanitize=kernel-address").flag("-fasan-shadow-offset=0x7fff8000");
+                build.flag("--param=asan-globals=0");
+            }
+            flexos_config::Hardening::Cfi => {
+                build.flag("-fsanitize=kcfi");
             }
             other => panic!("hardening {} does not apply to C code", other.name()),
         }
@@ -108,7 +136,9 @@ fn compile_c(build: &cc::Build, out: &std::path::Path, combined: &std::path::Pat
         .collect();
     let mut renames = String::from("main flexos_c_main\n");
     for sym in &undefined {
-        if !sym.starts_with("flexos_libc_") {
+        // The sanitizer's entry points and the stack protector's failure
+        // function are the image's own (flexos_platform::kasan, ::hardening).
+        if !sym.starts_with("flexos_libc_") && !sym.starts_with("__asan_") && sym != "__stack_chk_fail" {
             writeln!(renames, "{sym} flexos_libc_{sym}").unwrap();
         }
     }
@@ -117,8 +147,27 @@ fn compile_c(build: &cc::Build, out: &std::path::Path, combined: &std::path::Pat
     run(Command::new("objcopy").arg(format!("--redefine-syms={}", renames_file.display())).arg(combined));
     let remaining = run(Command::new("nm").arg("-u").arg(combined));
     for sym in remaining.lines().filter_map(|l| l.split_whitespace().last()) {
-        assert!(sym.starts_with("flexos_libc_"), "C code references {sym} outside the FlexOS libc");
+        assert!(
+            sym.starts_with("flexos_libc_") || sym.starts_with("__asan_") || sym == "__stack_chk_fail",
+            "C code references {sym} outside the FlexOS libc"
+        );
     }
+}
+
+/// The clang that compiles C code with `cfi` (kcfi exists only in clang):
+/// `$FLEXOS_CLANG`, else the first of `clang-19`, `clang-18`, `clang-17`,
+/// `clang-16`, `clang` on the PATH.
+fn find_clang() -> String {
+    println!("cargo:rerun-if-env-changed=FLEXOS_CLANG");
+    if let Ok(c) = std::env::var("FLEXOS_CLANG") {
+        return c;
+    }
+    let found = ["clang-19", "clang-18", "clang-17", "clang-16", "clang"]
+        .into_iter()
+        .find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()));
+    found.map(str::to_owned).unwrap_or_else(|| {
+        panic!("hardening \"cfi\" of a C component needs clang 16 or newer (kcfi); install it: apt-get install clang-19 (`cargo xtask setup` does)")
+    })
 }
 
 /// What the C object depends on: this build script (its flags), the
@@ -130,6 +179,7 @@ fn c_cache_key(amalgamation: &std::path::Path, harden: &[flexos_config::Hardenin
     read(PathBuf::from("build.rs")).hash(&mut h);
     format!("{harden:?}").hash(&mut h);
     std::env::var("CC").ok().hash(&mut h);
+    std::env::var("FLEXOS_CLANG").ok().hash(&mut h);
     std::env::var("TARGET").ok().hash(&mut h);
     let mut sources: Vec<PathBuf> = std::fs::read_dir("c").expect("the c folder").flatten().map(|e| e.path()).collect();
     sources.sort();

@@ -75,14 +75,21 @@ fn main() {
                 toml::from_str(&std::fs::read_to_string(&cargo_path).unwrap_or_else(|e| fail(&cargo_path, e)))
                     .unwrap_or_else(|e| fail(&cargo_path, e));
             if let Some(c) = manifest.component {
-                components.push((path.clone(), cargo.package.name.clone(), c));
+                // A Rust component may contain `unsafe` unless its crate root
+                // forbids it (C code always may): memory-error hardening
+                // (`kasan`) applies only where memory errors can happen.
+                let lib = folder.join("src/lib.rs");
+                println!("cargo:rerun-if-changed={}", lib.display());
+                let unsafe_code = c.language == "c"
+                    || !std::fs::read_to_string(&lib).is_ok_and(|t| t.contains("#![forbid(unsafe_code)]"));
+                components.push((path.clone(), cargo.package.name.clone(), c, unsafe_code));
             }
             if let Some(i) = manifest.image {
                 images.push((path.clone(), cargo.package.name.clone(), i));
             }
         }
     }
-    components.sort_by_key(|(_, _, c)| c.order);
+    components.sort_by_key(|(_, _, c, _)| c.order);
     images.sort_by_key(|(_, _, i)| i.order);
     let apps: Vec<&str> = images.iter().map(|(_, _, i)| i.app.as_str()).collect();
     for pair in components.windows(2) {
@@ -90,7 +97,7 @@ fn main() {
             fail(&pair[1].0, format!("component order {} or name {:?} used twice", pair[1].2.order, pair[1].2.name));
         }
     }
-    for (path, _, c) in &components {
+    for (path, _, c, _) in &components {
         if c.language != "rust" && c.language != "c" {
             fail(path, format!("language {:?}: use \"rust\" or \"c\"", c.language));
         }
@@ -98,7 +105,7 @@ fn main() {
             fail(path, format!("app {app:?} has no image (known: {})", apps.join(", ")));
         }
         if let Some(with) = &c.colocated_with
-            && !components.iter().any(|(_, _, o)| o.name == with.component)
+            && !components.iter().any(|(_, _, o, _)| o.name == with.component)
         {
             fail(path, format!("colocated_with names no component {:?}", with.component));
         }
@@ -107,13 +114,13 @@ fn main() {
     writeln!(out, "/// Every component known to the build, in catalog order (from the components' `flexos.toml`).")
         .unwrap();
     writeln!(out, "pub const COMPONENTS: &[ComponentInfo] = &[").unwrap();
-    for (_, package, c) in &components {
+    for (_, package, c, unsafe_code) in &components {
         let language = if c.language == "c" { "Language::C" } else { "Language::Rust" };
         let colocated =
             c.colocated_with.as_ref().map_or("None".to_string(), |w| format!("Some(({:?}, {:?}))", w.component, w.why));
         writeln!(
             out,
-            "    ComponentInfo {{ name: {:?}, package: {package:?}, language: {language}, apps: &{:?}, colocated_with: {colocated} }},",
+            "    ComponentInfo {{ name: {:?}, package: {package:?}, language: {language}, apps: &{:?}, colocated_with: {colocated}, unsafe_code: {unsafe_code} }},",
             c.name, c.apps
         )
         .unwrap();

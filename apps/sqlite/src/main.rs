@@ -41,6 +41,21 @@ fn main() {
         eprintln!("error: {e}");
         std::process::exit(2);
     }
+    if let [_, flag, name] = &args[..]
+        && flag == "--flexos-selftest"
+        && let Some(bug) = name.strip_prefix("rust-")
+    {
+        // A seeded bug in the C library's Rust code (docs/hardening.md), in its compartment.
+        let bug = bug.to_string();
+        match flexos_gate::fcall(component::SQLITE.compartment, move || flexos_libc::selftest::run(&bug)) {
+            Some(r) => println!("selftest {name}: {r}"),
+            None => {
+                eprintln!("error: unknown seeded bug {name:?}");
+                std::process::exit(2);
+            }
+        }
+        std::process::exit(0);
+    }
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let code = flexos_gate::fcall(component::SQLITE.compartment, || flexos_libc::run_c_main(&argv));
     if gate_stats {

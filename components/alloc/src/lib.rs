@@ -81,6 +81,11 @@ struct Heap {
     offset: AtomicUsize,
     in_use: AtomicUsize,
     allocations: AtomicUsize,
+    /// `kasan`'s quarantine of freed blocks (oldest first, linked through
+    /// each block's left redzone) and its size in bytes; under the lock.
+    quarantine_head: AtomicUsize,
+    quarantine_tail: AtomicUsize,
+    quarantine_bytes: AtomicUsize,
 }
 
 /// The bytes at the start of each managed range that hold its [`Heap`].
@@ -509,8 +514,48 @@ pub fn is_shared(addr: usize, len: usize) -> bool {
     shared_region().contains(addr, len)
 }
 
+/// `kasan`'s left redzone of a block with alignment `align`: room for the
+/// quarantine's link and the block's outer size, and a multiple of `align`.
+const fn kasan_left(align: usize) -> usize {
+    if align > 32 { align } else { 32 }
+}
+
+/// Bytes after each block (and its rounding to 8) that `kasan` marks as redzone.
+const KASAN_RIGHT: usize = 32;
+
+/// Freed bytes a heap keeps in `kasan`'s quarantine before reusing them,
+/// so that a use after free hits poisoned memory.
+const KASAN_QUARANTINE: usize = 4 << 20;
+
+/// The layout of the block that holds a `kasan` allocation of `layout`
+/// with its redzones.
+fn kasan_outer(layout: Layout) -> Option<Layout> {
+    let size = kasan_left(layout.align()).checked_add(layout.size().next_multiple_of(8))?.checked_add(KASAN_RIGHT)?;
+    Layout::from_size_align(size, layout.align().max(8)).ok()
+}
+
 /// Allocates from heap `heap` (a compartment index or [`SHARED`]); null when it is exhausted.
+///
+/// In an image with `kasan` components the block gets redzones, and only
+/// its `layout.size()` bytes are addressable (docs/hardening.md).
 pub fn alloc_in(heap: usize, layout: Layout) -> *mut u8 {
+    if !flexos_platform::kasan::enabled() {
+        return alloc_raw(heap, layout);
+    }
+    let Some(outer) = kasan_outer(layout) else { return null_mut() };
+    let base = alloc_raw(heap, outer);
+    if base.is_null() {
+        return base;
+    }
+    let left = kasan_left(layout.align());
+    let (b, rounded) = (base as usize, layout.size().next_multiple_of(8));
+    flexos_platform::kasan::poison(b, left, flexos_platform::kasan::HEAP_REDZONE);
+    flexos_platform::kasan::unpoison(b + left, layout.size());
+    flexos_platform::kasan::poison(b + left + rounded, outer.size() - left - rounded, flexos_platform::kasan::HEAP_REDZONE);
+    base.wrapping_add(left)
+}
+
+fn alloc_raw(heap: usize, layout: Layout) -> *mut u8 {
     assert!(heap < HEAPS, "heap index {heap} out of range");
     let h = heap_state(heap);
     let mut locked = h.lock(heap);
@@ -533,6 +578,60 @@ pub fn alloc_in(heap: usize, layout: Layout) -> *mut u8 {
 /// # Safety
 /// `ptr` must come from [`alloc_in`] or [`CompartmentAllocator`] with `layout`, and not be freed twice.
 pub unsafe fn free(ptr: *mut u8, layout: Layout) {
+    if !flexos_platform::kasan::enabled() {
+        // SAFETY: this function's contract.
+        return unsafe { free_raw(ptr, layout) };
+    }
+    // The block is poisoned and kept in its heap's quarantine; the oldest
+    // blocks beyond the quarantine's size go back to talc.
+    let Some(outer) = kasan_outer(layout) else { return };
+    let base = ptr.wrapping_sub(kasan_left(layout.align()));
+    flexos_platform::kasan::poison(ptr as usize, layout.size().next_multiple_of(8), flexos_platform::kasan::FREED);
+    let Some(heap) = owner_of(base as usize) else { fail(b"flexos-alloc: free of a pointer outside every heap\n") };
+    let h = heap_state(heap);
+    let mut evict = [(0usize, Layout::new::<u8>()); 64];
+    let mut evicted = 0;
+    {
+        let _locked = h.lock(heap);
+        // SAFETY: the left redzone (at least 32 bytes, 8-aligned) belongs to
+        // the freed block, which nothing uses any more; it holds the link to
+        // the next block in quarantine, the outer size and alignment.
+        unsafe {
+            let words = base.cast::<usize>();
+            words.write(0);
+            words.add(1).write(outer.size());
+            words.add(2).write(outer.align());
+            match h.quarantine_tail.load(Ordering::Relaxed) {
+                0 => h.quarantine_head.store(base as usize, Ordering::Relaxed),
+                tail => (tail as *mut usize).write(base as usize),
+            }
+            h.quarantine_tail.store(base as usize, Ordering::Relaxed);
+            let mut bytes = h.quarantine_bytes.load(Ordering::Relaxed) + outer.size();
+            while bytes > KASAN_QUARANTINE && evicted < evict.len() {
+                let oldest = h.quarantine_head.load(Ordering::Relaxed) as *mut usize;
+                let (next, size, align) = (oldest.read(), oldest.add(1).read(), oldest.add(2).read());
+                h.quarantine_head.store(next, Ordering::Relaxed);
+                if next == 0 {
+                    h.quarantine_tail.store(0, Ordering::Relaxed);
+                }
+                bytes -= size;
+                evict[evicted] = (oldest as usize, Layout::from_size_align_unchecked(size, align));
+                evicted += 1;
+            }
+            h.quarantine_bytes.store(bytes, Ordering::Relaxed);
+        }
+    }
+    for &(block, outer) in &evict[..evicted] {
+        // SAFETY: each block came from `alloc_raw` with `outer` and left the quarantine once.
+        unsafe { free_raw(block as *mut u8, outer) };
+    }
+}
+
+/// Returns a block of `alloc_raw` to its heap.
+///
+/// # Safety
+/// As [`free`], for a block of `alloc_raw`.
+unsafe fn free_raw(ptr: *mut u8, layout: Layout) {
     let Some(heap) = owner_of(ptr as usize) else { fail(b"flexos-alloc: free of a pointer outside every heap\n") };
     if heap == SHARED && !is_shared_part_of_this_domain(ptr as usize) {
         fail(b"flexos-alloc: free of shared memory that another domain allocated\n")

@@ -19,6 +19,7 @@ extern crate alloc;
 
 mod file;
 mod memory;
+pub mod selftest;
 mod string;
 
 pub use file::install_file;
@@ -49,12 +50,21 @@ pub fn run_c_main(args: &[&str]) -> i32 {
     unsafe { flexos_c_main(args.len() as c_int, argv.as_ptr()) }
 }
 
-/// Called by code built with `-fstack-protector*` when a stack canary was
-/// overwritten: reports it and ends the image.
+/// C's `assert` failed (C code is built without `NDEBUG` only with the
+/// `debug-assertions` option): reports it and ends the image.
+///
+/// # Safety
+/// `expr` and `file` are NUL-terminated strings (or null).
 #[unsafe(no_mangle)]
-pub extern "C" fn flexos_libc___stack_chk_fail() -> ! {
-    flexos_platform::console::write_err(b"flexos: stack smashing detected in a C component (stack protector)\n");
-    flexos_platform::process_abort()
+pub unsafe extern "C" fn flexos_libc___assert_fail(
+    expr: *const c_char,
+    file: *const c_char,
+    line: core::ffi::c_uint,
+    _function: *const c_char,
+) -> ! {
+    // SAFETY: the caller passes NUL-terminated strings (assert.h does).
+    let text = |p: *const c_char| if p.is_null() { &b"?"[..] } else { unsafe { core::ffi::CStr::from_ptr(p) }.to_bytes() };
+    flexos_platform::hardening::caught_at_source("debug-assertions", "a failed assertion", text(file), line, text(expr))
 }
 
 /// Writes `len` bytes at `buf` to the console: fd 1 is standard output, anything else standard error.

@@ -31,11 +31,14 @@ const _: () = assert!(
 /// process it confines the process with its seccomp filter and serves
 /// remote calls until the host ends: it never returns.
 pub fn boot() {
+    // kasan's shadow, in every process of an image that uses it (docs/hardening.md).
+    flexos_platform::kasan::init();
     flexos_gate::remote::register(&flexos_gate::remote::linked_tables());
     if flexos_layout::has_mpk() {
         flexos_gate::stats::move_off_the_statics();
         flexos_gate::mpk::prepare();
     }
+    flexos_platform::hardening::install_panic_report();
     if !has_remote_domains() {
         return;
     }

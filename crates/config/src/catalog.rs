@@ -22,6 +22,9 @@ pub struct ComponentInfo {
     pub apps: &'static [&'static str],
     /// Components that must share its compartment, with the reason.
     pub colocated_with: Option<(&'static str, &'static str)>,
+    /// Whether its code may contain `unsafe` (C code, or a Rust crate that
+    /// does not `#![forbid(unsafe_code)]`): only there can `kasan` find anything.
+    pub unsafe_code: bool,
 }
 
 /// An application's image: the package that builds it and its binary.

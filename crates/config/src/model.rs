@@ -1,6 +1,6 @@
 //! The configuration file format and its validation.
 
-use crate::catalog::{APPS, COMPONENTS, Language, component_info};
+use crate::catalog::{APPS, COMPONENTS, ComponentInfo, Language, component_info};
 use crate::error::{ConfigError, Locator, did_you_mean};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -74,26 +74,37 @@ impl Sharing {
     }
 }
 
-/// A software hardening option for one component (DESIGN section 6).
+/// A software hardening option for one component (DESIGN section 6;
+/// docs/hardening.md says what each does, what it catches and costs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Hardening {
     /// Rust: arithmetic overflow panics (`overflow-checks` in the cargo profile).
     OverflowChecks,
-    /// Rust: `debug_assert!`s stay on (`debug-assertions` in the cargo profile).
+    /// Rust: `debug_assert!`s stay on (`debug-assertions` in the cargo
+    /// profile). C: `assert()`s stay on (no `NDEBUG`; SQLite's own need `SQLITE_DEBUG`).
     DebugAssertions,
-    /// C: `-fstack-protector-all`.
+    /// Stack canaries: Rust `-Zstack-protector=strong`, C `-fstack-protector-all`.
     StackProtector,
     /// C: undefined-behaviour sanitizer, trapping (no runtime needed).
     Ubsan,
+    /// Address sanitizer with the image's own runtime (KASan style): Rust
+    /// `-Zsanitizer=address`, C `-fsanitize=kernel-address`; heaps get
+    /// redzones and a quarantine. Only for code that can contain `unsafe`.
+    Kasan,
+    /// Forward-edge control-flow integrity: Rust `-Zsanitizer=kcfi`, C
+    /// `-fsanitize=kcfi` (clang): an indirect call checks the type of its target.
+    Cfi,
 }
 
 impl Hardening {
-    /// Every option: configuration name and the language it applies to.
-    pub const ALL: [(Hardening, &'static str, Language); 4] = [
-        (Hardening::OverflowChecks, "overflow-checks", Language::Rust),
-        (Hardening::DebugAssertions, "debug-assertions", Language::Rust),
-        (Hardening::StackProtector, "stack-protector", Language::C),
-        (Hardening::Ubsan, "ubsan", Language::C),
+    /// Every option: configuration name and the languages it applies to.
+    pub const ALL: [(Hardening, &'static str, &'static [Language]); 6] = [
+        (Hardening::OverflowChecks, "overflow-checks", &[Language::Rust]),
+        (Hardening::DebugAssertions, "debug-assertions", &[Language::Rust, Language::C]),
+        (Hardening::StackProtector, "stack-protector", &[Language::Rust, Language::C]),
+        (Hardening::Ubsan, "ubsan", &[Language::C]),
+        (Hardening::Kasan, "kasan", &[Language::Rust, Language::C]),
+        (Hardening::Cfi, "cfi", &[Language::Rust, Language::C]),
     ];
 
     /// The configuration name.
@@ -101,9 +112,44 @@ impl Hardening {
         Self::ALL.iter().find(|(h, ..)| *h == self).map(|(_, n, _)| *n).unwrap_or("?")
     }
 
-    /// The language whose components can get this option.
-    pub fn language(self) -> Language {
-        Self::ALL.iter().find(|(h, ..)| *h == self).map(|(.., l)| *l).unwrap_or(Language::Rust)
+    /// The languages whose components can get this option.
+    pub fn languages(self) -> &'static [Language] {
+        Self::ALL.iter().find(|(h, ..)| *h == self).map(|(.., l)| *l).unwrap_or(&[])
+    }
+
+    /// Why this option cannot harden `component`, if it cannot (wherever it is placed).
+    pub fn refusal(self, component: &ComponentInfo) -> Option<String> {
+        if !self.languages().contains(&component.language) {
+            return Some(format!(
+                "hardening {:?} does not apply to {:?} ({:?} code)",
+                self.name(),
+                component.name,
+                component.language
+            ));
+        }
+        if self == Hardening::Kasan && !component.unsafe_code {
+            return Some(format!(
+                "hardening \"kasan\" finds nothing in {:?}: its crate forbids unsafe code, so it has no memory errors to catch",
+                component.name
+            ));
+        }
+        None
+    }
+
+    /// Whether this option can harden `component` (in some placement).
+    pub fn applies_to(self, component: &ComponentInfo) -> bool {
+        self.refusal(component).is_none()
+    }
+
+    /// Why this option cannot harden a component in a compartment protected
+    /// by `mechanism`, if it cannot.
+    pub fn refusal_in(self, mechanism: Mechanism) -> Option<&'static str> {
+        match (self, mechanism) {
+            (Hardening::Kasan, Mechanism::Kvm) => Some(
+                "a kvm compartment's VM maps only the image and its own memory, not kasan's shadow memory (1/8 of the address space)",
+            ),
+            _ => None,
+        }
     }
 }
 
@@ -462,36 +508,45 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Layout, Vec<ConfigError>>
             }
         }
         for h in &entry.harden {
+            let valid: Vec<&str> =
+                Hardening::ALL.iter().filter(|(o, ..)| o.applies_to(info)).map(|(_, n, _)| *n).collect();
             match Hardening::ALL.iter().find(|(_, n, _)| n == h.get_ref()) {
-                None => {
-                    let valid: Vec<&str> =
-                        Hardening::ALL.iter().filter(|(.., l)| *l == info.language).map(|(_, n, _)| *n).collect();
-                    err(
+                None => err(
+                    &mut errors,
+                    h.span().start,
+                    format!("unknown hardening option {:?}", h.get_ref()),
+                    format!("{}for {name:?} use: {}", suggestion(h.get_ref(), valid.iter().copied()), valid.join(", ")),
+                ),
+                Some((opt, ..)) => match opt.refusal(info) {
+                    Some(why) => err(
                         &mut errors,
                         h.span().start,
-                        format!("unknown hardening option {:?}", h.get_ref()),
-                        format!(
-                            "{}for {name:?} use: {}",
-                            suggestion(h.get_ref(), valid.iter().copied()),
-                            valid.join(", ")
-                        ),
-                    );
-                }
-                Some((opt, _, lang)) if *lang != info.language => {
-                    let valid: Vec<&str> =
-                        Hardening::ALL.iter().filter(|(.., l)| *l == info.language).map(|(_, n, _)| *n).collect();
-                    err(
-                        &mut errors,
-                        h.span().start,
-                        format!("hardening {:?} does not apply to {name:?} ({:?} code)", opt.name(), info.language),
+                        why,
                         format!("for {name:?} use: {}", valid.join(", ")),
-                    );
-                }
-                Some((opt, ..)) => {
-                    if !placement.harden.contains(opt) {
-                        placement.harden.push(*opt);
+                    ),
+                    None => {
+                        if !placement.harden.contains(opt) {
+                            placement.harden.push(*opt);
+                        }
+                        let compartment = &compartments[placement.compartment];
+                        if let Some(why) = opt.refusal_in(compartment.mechanism) {
+                            err(
+                                &mut errors,
+                                h.span().start,
+                                format!(
+                                    "hardening {:?} cannot harden {name:?} in compartment {:?} (mechanism {:?}): {why}",
+                                    opt.name(),
+                                    compartment.name,
+                                    compartment.mechanism.name()
+                                ),
+                                format!(
+                                    "place {name:?} in a compartment of another mechanism, or drop {:?} from its harden list",
+                                    opt.name()
+                                ),
+                            );
+                        }
                     }
-                }
+                },
             }
         }
         placement.harden.sort();

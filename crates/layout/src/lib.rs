@@ -167,3 +167,20 @@ pub const fn str_eq(a: &str, b: &str) -> bool {
     }
     true
 }
+
+/// Whether any component of the image has hardening option `option` (its configuration name).
+pub const fn any_hardened_with(option: &str) -> bool {
+    let mut i = 0;
+    while i < component::ALL.len() {
+        let h = component::ALL[i].hardening;
+        let mut j = 0;
+        while j < h.len() {
+            if str_eq(h[j], option) {
+                return true;
+            }
+            j += 1;
+        }
+        i += 1;
+    }
+    false
+}

@@ -35,6 +35,21 @@ pub fn install(names: &'static [&'static str]) {
     }
 }
 
+/// Compartment `c`'s name, as given to [`install`] ("?" before it or out of range).
+pub fn compartment_name(c: usize) -> &'static str {
+    NAMES.get().and_then(|n| n.get(c)).copied().unwrap_or("?")
+}
+
+/// Appends ` (program+OFFSET)` for an address inside the program file (for addr2line).
+pub(crate) fn push_program_offset(line: &mut Line, pc: usize) {
+    let base = (&raw const __ehdr_start) as usize;
+    if pc >= base {
+        line.push(b" (program+");
+        line.hex(pc - base);
+        line.push(b")");
+    }
+}
+
 unsafe extern "C" {
     /// The program's ELF header, which the linker places at the start of
     /// its first loaded segment: the base its addresses are relative to.
@@ -42,19 +57,24 @@ unsafe extern "C" {
 }
 
 /// A fixed buffer for formatting without allocating (signal handlers must not allocate).
-struct Line {
-    buf: [u8; 256],
-    len: usize,
+pub(crate) struct Line {
+    pub(crate) buf: [u8; 256],
+    pub(crate) len: usize,
 }
 
 impl Line {
-    fn push(&mut self, s: &[u8]) {
+    /// An empty line.
+    pub(crate) const fn new() -> Line {
+        Line { buf: [0; 256], len: 0 }
+    }
+
+    pub(crate) fn push(&mut self, s: &[u8]) {
         let n = s.len().min(self.buf.len() - self.len);
         self.buf[self.len..self.len + n].copy_from_slice(&s[..n]);
         self.len += n;
     }
 
-    fn decimal(&mut self, mut v: usize) {
+    pub(crate) fn decimal(&mut self, mut v: usize) {
         let mut digits = [0u8; 20];
         let mut n = digits.len();
         loop {
@@ -68,7 +88,7 @@ impl Line {
         self.push(&digits[n..]);
     }
 
-    fn hex(&mut self, v: usize) {
+    pub(crate) fn hex(&mut self, v: usize) {
         let mut digits = [0u8; 18];
         digits[0] = b'0';
         digits[1] = b'x';
@@ -183,7 +203,13 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, context: *m
         }
         _ => claimed,
     };
-    let name_of = |c: usize| NAMES.get().and_then(|n| n.get(c)).copied().unwrap_or("?");
+    let name_of = compartment_name;
+    // The trap of a hardening option (cfi, ubsan) is reported as caught.
+    // SAFETY: pc is the address of the instruction that raised SIGILL.
+    if let Some((option, what)) = (sig == libc::SIGILL).then(|| unsafe { crate::hardening::trap_kind(pc) }).flatten() {
+        crate::hardening::report(option, what, pc, b"");
+        return; // SA_RESETHAND: the trap re-runs and ends the process with SIGILL.
+    }
     let mut line = Line { buf: [0; 256], len: 0 };
     line.push(b"flexos: compartment \"");
     line.push(name_of(current).as_bytes());
@@ -223,12 +249,7 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, context: *m
     line.push(b"), instruction ");
     line.hex(pc);
     // Where the instruction lies in the program file (for addr2line), when it lies there.
-    let base = (&raw const __ehdr_start) as usize;
-    if pc >= base {
-        line.push(b" (program+");
-        line.hex(pc - base);
-        line.push(b")");
-    }
+    push_program_offset(&mut line, pc);
     line.push(b"\n");
     // SAFETY: write(2) is async-signal-safe; the buffer is valid for `len` bytes.
     unsafe { libc::write(2, line.buf.as_ptr().cast(), line.len) };

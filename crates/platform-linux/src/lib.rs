@@ -16,6 +16,8 @@ pub mod fault;
 pub mod futex;
 pub mod gatestack;
 pub mod guest;
+pub mod hardening;
+pub mod kasan;
 pub mod mem;
 pub mod memory;
 pub mod net;

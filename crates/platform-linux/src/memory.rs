@@ -165,6 +165,8 @@ impl Stack {
     /// key `key` (0: the default key, as [`Stack::new`]).
     pub fn with_key(size: usize, key: u32) -> Stack {
         let stack = Stack::new(size);
+        // A new mapping may lie where an old stack's frames left redzones.
+        crate::kasan::unpoison_stack(stack.top() as usize - stack.size(), stack.size());
         if key != 0 {
             // SAFETY: the usable part of the mapping just created, unused yet.
             unsafe { crate::pkey::protect(stack.mapping.as_ptr() as usize + PAGE_SIZE, stack.size(), key, true) }

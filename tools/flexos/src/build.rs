@@ -151,23 +151,71 @@ pub fn drop_build_folder(root: &Path, layout: &Layout, options: &BuildOptions) {
     }
 }
 
-/// The cargo profile settings that implement each component's Rust hardening.
-pub fn profile_overrides(layout: &Layout, release: bool) -> Vec<String> {
+/// How cargo builds an image's Rust hardening: `--config` profile settings,
+/// flags for every crate, and whether cargo needs `-Zprofile-rustflags`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RustHardening {
+    /// `--config` values: per-package profile settings and rustflags.
+    pub configs: Vec<String>,
+    /// Flags for every crate of the image (added to `RUSTFLAGS`).
+    pub rustflags: Vec<&'static str>,
+    /// Whether a package has profile rustflags (cargo's unstable `profile-rustflags`).
+    pub profile_rustflags: bool,
+}
+
+/// The cargo settings that implement each Rust component's hardening:
+/// profile keys for `overflow-checks` and `debug-assertions`, and per
+/// package rustflags for the compiler's own instrumentation
+/// (`stack-protector`, `kasan`, `cfi`). Sanitizers change the ABI as rustc
+/// sees it, so every crate of such an image accepts the mix
+/// (`-Cunsafe-allow-abi-mismatch=sanitizer`: the image provides the
+/// sanitizer runtime itself, docs/hardening.md); `kcfi` needs `panic=abort`,
+/// which then holds for the whole image.
+pub fn rust_hardening(layout: &Layout, release: bool) -> RustHardening {
     let profile = if release { "release" } else { "dev" };
-    let mut out = Vec::new();
+    let mut out = RustHardening::default();
+    let mut sanitized = false;
+    let mut cfi = false;
     for p in &layout.placements {
         let Some(info) = component_info(p.component) else { continue };
         if info.language != Language::Rust {
             continue; // C hardening is applied by the component's build script.
         }
+        let mut flags: Vec<&str> = Vec::new();
+        let mut sanitizers: Vec<&str> = Vec::new();
         for h in &p.harden {
-            let key = match h {
-                Hardening::OverflowChecks => "overflow-checks",
-                Hardening::DebugAssertions => "debug-assertions",
-                _ => continue,
-            };
-            out.push(format!("profile.{profile}.package.{}.{key}=true", info.package));
+            match h {
+                Hardening::OverflowChecks | Hardening::DebugAssertions => {
+                    let key = if *h == Hardening::OverflowChecks { "overflow-checks" } else { "debug-assertions" };
+                    out.configs.push(format!("profile.{profile}.package.{}.{key}=true", info.package));
+                }
+                Hardening::StackProtector => flags.push("-Zstack-protector=strong"),
+                Hardening::Kasan => {
+                    sanitizers.push("address");
+                    // Our runtime has no fake stacks and does not track globals.
+                    flags.extend(["-Cllvm-args=-asan-use-after-return=never", "-Cllvm-args=-asan-globals=0"]);
+                }
+                Hardening::Cfi => {
+                    sanitizers.push("kcfi");
+                    cfi = true;
+                }
+                Hardening::Ubsan => {}
+            }
         }
+        let sanitizer = (!sanitizers.is_empty()).then(|| format!("-Zsanitizer={}", sanitizers.join(",")));
+        sanitized |= sanitizer.is_some();
+        if !flags.is_empty() || sanitizer.is_some() {
+            let all: Vec<String> =
+                sanitizer.into_iter().chain(flags.iter().map(|f| f.to_string())).map(|f| format!("{f:?}")).collect();
+            out.configs.push(format!("profile.{profile}.package.{}.rustflags=[{}]", info.package, all.join(",")));
+            out.profile_rustflags = true;
+        }
+    }
+    if sanitized {
+        out.rustflags.push("-Cunsafe-allow-abi-mismatch=sanitizer");
+    }
+    if cfi {
+        out.configs.push(format!("profile.{profile}.panic=\"abort\""));
     }
     out
 }
@@ -304,12 +352,21 @@ fn cargo_build(
             cmd.args(["--features", feature]);
         }
     }
+    let hardening = rust_hardening(layout, options.release);
+    let mut rustflags = hardening.rustflags.clone();
     if links_statically(layout, options) {
         // With an explicit target, RUSTFLAGS reach the image but not the build scripts.
-        cmd.args(["--target", STATIC_TARGET]).env("RUSTFLAGS", "-C target-feature=+crt-static");
+        cmd.args(["--target", STATIC_TARGET]);
+        rustflags.push("-C target-feature=+crt-static");
     }
-    for o in profile_overrides(layout, options.release) {
-        cmd.args(["--config", &o]);
+    if !rustflags.is_empty() {
+        cmd.env("RUSTFLAGS", rustflags.join(" "));
+    }
+    if hardening.profile_rustflags {
+        cmd.arg("-Zprofile-rustflags");
+    }
+    for o in &hardening.configs {
+        cmd.args(["--config", o]);
     }
     let mut child = cmd.spawn().map_err(|e| format!("cannot run cargo: {e}"))?;
     let bar = if options.progress { ProgressBar::new_spinner() } else { ProgressBar::hidden() };

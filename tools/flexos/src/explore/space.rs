@@ -547,5 +547,5 @@ fn with_partners(component: &'static str, app: &str) -> Vec<&'static str> {
 
 /// Whether hardening option `option` applies to component `component`.
 pub fn applies(option: Hardening, component: &str) -> bool {
-    component_info(component).is_some_and(|c| c.language == option.language())
+    component_info(component).is_some_and(|c| option.applies_to(c))
 }
