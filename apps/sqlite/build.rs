@@ -77,7 +77,7 @@ fn main() {
             }
             flexos_config::Hardening::Kasan => {
                 build.flag("-fsanitize=kernel-address").flag("-fasan-shadow-offset=0x7fff8000");
-                build.flag("--param=asan-globals=0");
+                build.flag("--param=asan-globals=0").flag("--param=asan-stack=1");
             }
             flexos_config::Hardening::Cfi => {
                 build.flag("-fsanitize=kcfi");

@@ -50,6 +50,16 @@ pub unsafe extern "C" fn flexos_libc_memcmp(a: *const c_void, b: *const c_void, 
     }
 }
 
+/// `bcmp` (clang turns a `memcmp` whose result is only compared with 0 into it).
+///
+/// # Safety
+/// As `memcmp`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn flexos_libc_bcmp(a: *const c_void, b: *const c_void, n: usize) -> c_int {
+    // SAFETY: the same contract.
+    unsafe { flexos_libc_memcmp(a, b, n) }
+}
+
 /// `memchr`.
 ///
 /// # Safety

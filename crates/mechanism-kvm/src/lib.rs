@@ -450,7 +450,23 @@ impl Vm {
         let vector = word(0);
         let (error, rip) = if vectors::has_error_code(vector) { (word(1), word(2)) } else { (0, word(1)) };
         let address = if vector == 14 { cr2 as usize } else { rip as usize };
+        // An invalid opcode may be the trap of a hardening option (cfi,
+        // ubsan): the VM runs the image's code at the host's addresses.
+        if vector == 6 && self.is_image_code(rip as usize) {
+            // SAFETY: rip lies in the image's executable segment (checked),
+            // mapped in the host at the same address and never unmapped.
+            if let Some((option, what)) = unsafe { flexos_platform::hardening::trap_kind(rip as usize) } {
+                flexos_platform::hardening::report_in(&self.name, option, what, rip as usize, b"");
+                self.die(&format!("{option} stopped it"))
+            }
+        }
         self.fault(address, &vectors::describe(vector, error), rip as usize)
+    }
+
+    /// Whether `rip` (and the 12 bytes before it, which a kcfi check spans)
+    /// lies in the image's code, which the VM runs at the host's addresses.
+    fn is_image_code(&self, rip: usize) -> bool {
+        image::describe().segments.iter().any(|s| s.executable && rip >= s.start + 12 && rip + 2 <= s.end)
     }
 
     /// Reports a fault of this compartment and ends the image.

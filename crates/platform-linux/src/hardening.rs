@@ -17,9 +17,14 @@ use crate::fault::{Line, compartment_name, push_program_offset};
 /// instruction's address (then its offset in the program file follows) or,
 /// for `kasan`, the bad data address.
 pub fn report(option: &str, what: &str, at: usize, detail: &[u8]) {
+    report_in(compartment_name(crate::compartment::current()), option, what, at, detail)
+}
+
+/// [`report`] for compartment `name` (a `kvm` compartment's VM, reported by its host thread).
+pub fn report_in(name: &str, option: &str, what: &str, at: usize, detail: &[u8]) {
     let mut line = Line::new();
     line.push(b"flexos: compartment \"");
-    line.push(compartment_name(crate::compartment::current()).as_bytes());
+    line.push(name.as_bytes());
     line.push(b"\": ");
     line.push(option.as_bytes());
     line.push(b" caught ");

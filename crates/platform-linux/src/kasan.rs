@@ -145,10 +145,13 @@ fn bad_access(addr: usize, size: usize, write: bool) -> ! {
     let bad = if size == 0 || !enabled() { addr } else { first_bad(addr, size) };
     let what = if enabled() { kind(bad) } else { "a bad access" };
     let mut detail = crate::fault::Line::new();
-    detail.push(if write { b" (write of " } else { b" (read of " });
+    detail.push(if write { b" (a write of " } else { b" (a read of " });
     detail.decimal(size);
-    detail.push(b" bytes at ");
-    detail.hex(addr);
+    detail.push(if size == 1 { b" byte" } else { b" bytes" });
+    if bad != addr {
+        detail.push(b" from ");
+        detail.hex(addr);
+    }
     detail.push(b")");
     let detail_bytes = detail.buf;
     let n = detail.len;

@@ -167,14 +167,11 @@ pub struct RustHardening {
 /// profile keys for `overflow-checks` and `debug-assertions`, and per
 /// package rustflags for the compiler's own instrumentation
 /// (`stack-protector`, `kasan`, `cfi`). Sanitizers change the ABI as rustc
-/// sees it, so every crate of such an image accepts the mix
-/// (`-Cunsafe-allow-abi-mismatch=sanitizer`: the image provides the
-/// sanitizer runtime itself, docs/hardening.md); `kcfi` needs `panic=abort`,
+/// sees it, so every crate accepts the mix; `kcfi` needs `panic=abort`,
 /// which then holds for the whole image.
 pub fn rust_hardening(layout: &Layout, release: bool) -> RustHardening {
     let profile = if release { "release" } else { "dev" };
     let mut out = RustHardening::default();
-    let mut sanitized = false;
     let mut cfi = false;
     for p in &layout.placements {
         let Some(info) = component_info(p.component) else { continue };
@@ -203,7 +200,6 @@ pub fn rust_hardening(layout: &Layout, release: bool) -> RustHardening {
             }
         }
         let sanitizer = (!sanitizers.is_empty()).then(|| format!("-Zsanitizer={}", sanitizers.join(",")));
-        sanitized |= sanitizer.is_some();
         if !flags.is_empty() || sanitizer.is_some() {
             let all: Vec<String> =
                 sanitizer.into_iter().chain(flags.iter().map(|f| f.to_string())).map(|f| format!("{f:?}")).collect();
@@ -211,9 +207,11 @@ pub fn rust_hardening(layout: &Layout, release: bool) -> RustHardening {
             out.profile_rustflags = true;
         }
     }
-    if sanitized {
-        out.rustflags.push("-Cunsafe-allow-abi-mismatch=sanitizer");
-    }
+    // Every image accepts crates built with another sanitizer (the image
+    // provides the runtime itself, docs/hardening.md); set for every image,
+    // hardened or not, so that hardening a component rebuilds only it and
+    // the crates that depend on it, not every crate of the image.
+    out.rustflags.push("-Cunsafe-allow-abi-mismatch=sanitizer");
     if cfi {
         out.configs.push(format!("profile.{profile}.panic=\"abort\""));
     }

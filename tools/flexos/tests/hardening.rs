@@ -1,0 +1,198 @@
+//! Every hardening option, proven on seeded bugs in both languages
+//! (docs/hardening.md): each option's image reports the bugs it must catch
+//! as `flexos: compartment "main": OPTION caught WHAT at ADDRESS`, and runs
+//! every other seeded bug silently, as the image without hardening runs all
+//! of them (the negative control). The instrumentation reaches only the
+//! hardened components' code.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Every seeded bug: `c-*` in SQLite's C code, `rust-*` in the C library's Rust code.
+const BUGS: [&str; 12] = [
+    "c-heap-overflow",
+    "c-use-after-free",
+    "c-stack-overflow",
+    "c-bad-indirect-call",
+    "c-signed-overflow",
+    "c-assertion",
+    "rust-heap-overflow",
+    "rust-use-after-free",
+    "rust-stack-overflow",
+    "rust-bad-indirect-call",
+    "rust-signed-overflow",
+    "rust-assertion",
+];
+
+/// A configuration written by the test (under target/) that gives `libc`
+/// and `sqlite` the options each of them takes from `options`.
+fn config(name: &str, rust: &[&str], c: &[&str]) -> String {
+    let list = |o: &[&str]| o.iter().map(|o| format!("{o:?}")).collect::<Vec<_>>().join(", ");
+    let text = format!(
+        "# Written by tools/flexos/tests/hardening.rs.\napp = \"sqlite\"\n\n[[compartment]]\nname = \"main\"\nmechanism = \"fcall\"\n\n[component.libc]\nharden = [{}]\n\n[component.sqlite]\nharden = [{}]\n",
+        list(rust),
+        list(c)
+    );
+    let dir = flexos::workspace_root().join("target/flexos/test-configs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+        std::fs::write(&path, text).unwrap();
+    }
+    path.to_string_lossy().into_owned()
+}
+
+struct Outcome {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+fn selftest(image: &Path, bug: &str) -> Outcome {
+    let out = Command::new(image).args(["--flexos-selftest", bug]).output().unwrap();
+    Outcome {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into(),
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+    }
+}
+
+/// Runs every seeded bug on `image`: those in `caught` must be reported as
+/// caught by `option` (with the given description), all others must run
+/// silently to the end.
+fn check(image: &Path, option: &str, caught: &[(&str, &str)]) {
+    for bug in BUGS {
+        let o = selftest(image, bug);
+        match caught.iter().find(|(b, _)| *b == bug) {
+            Some((_, what)) => {
+                let report = format!("flexos: compartment \"main\": {option} caught {what} at 0x");
+                assert!(o.stderr.contains(&report), "{bug} with {option}: expected {report:?}, got {:?}: {}", o.code, o.stderr);
+                assert_ne!(o.code, Some(0), "{bug}: the image must stop");
+            }
+            None => {
+                assert_eq!(o.code, Some(0), "{bug} runs silently with {option}: {}", o.stderr);
+                assert!(o.stdout.starts_with(&format!("selftest {bug}: ")), "{bug}: {}", o.stdout);
+                assert!(!o.stderr.contains("caught"), "{bug}: {}", o.stderr);
+            }
+        }
+    }
+}
+
+#[test]
+fn without_hardening_every_seeded_bug_runs_silently() {
+    check(&common::image("configs/sqlite.toml", true), "none", &[]);
+}
+
+#[test]
+fn stack_protector_catches_stack_buffer_overflows_in_c_and_rust() {
+    let img = common::image(&config("sqlite-stack-protector.toml", &["stack-protector"], &["stack-protector"]), true);
+    let what = "a stack buffer overflow (the canary changed)";
+    check(&img, "stack-protector", &[("c-stack-overflow", what), ("rust-stack-overflow", what)]);
+}
+
+#[test]
+fn kasan_catches_heap_overflows_uses_after_free_and_stack_overflows_in_c_and_rust() {
+    let img = common::image(&config("sqlite-kasan.toml", &["kasan"], &["kasan"]), true);
+    check(
+        &img,
+        "kasan",
+        &[
+            ("c-heap-overflow", "a heap buffer overflow"),
+            ("c-use-after-free", "a use after free"),
+            ("c-stack-overflow", "a stack buffer overflow"),
+            ("rust-heap-overflow", "a heap buffer overflow"),
+            ("rust-use-after-free", "a use after free"),
+            ("rust-stack-overflow", "a stack buffer overflow"),
+        ],
+    );
+}
+
+#[test]
+fn cfi_catches_bad_indirect_calls_in_c_and_rust() {
+    let img = common::image(&config("sqlite-cfi.toml", &["cfi"], &["cfi"]), true);
+    let what = "a bad indirect call (the target's type id does not match the call's)";
+    check(&img, "cfi", &[("c-bad-indirect-call", what), ("rust-bad-indirect-call", what)]);
+}
+
+/// The options whose bugs do not overlap share one image: `ubsan` (C),
+/// `overflow-checks` (Rust) and `debug-assertions` (both).
+#[test]
+fn ubsan_overflow_checks_and_debug_assertions_catch_their_bugs() {
+    let img = common::image(
+        &config("sqlite-checks.toml", &["overflow-checks", "debug-assertions"], &["ubsan", "debug-assertions"]),
+        true,
+    );
+    for bug in BUGS {
+        let o = selftest(&img, bug);
+        let expect = match bug {
+            "c-signed-overflow" => Some("ubsan caught undefined behaviour (a UBSan trap) at 0x"),
+            "rust-signed-overflow" => Some("overflow-checks caught an arithmetic overflow at components/libc/src/selftest.rs:"),
+            "c-assertion" => Some("debug-assertions caught a failed assertion at c/selftest.c:"),
+            "rust-assertion" => Some("debug-assertions caught a failed assertion at components/libc/src/selftest.rs:"),
+            _ => None,
+        };
+        match expect {
+            Some(e) => {
+                let report = format!("flexos: compartment \"main\": {e}");
+                assert!(o.stderr.contains(&report), "{bug}: expected {report:?}, got {:?}: {}", o.code, o.stderr);
+                assert_ne!(o.code, Some(0), "{bug}");
+            }
+            None => assert_eq!(o.code, Some(0), "{bug} runs silently: {}", o.stderr),
+        }
+    }
+}
+
+/// The image's disassembly (binutils' objdump), by function.
+fn functions(image: &Path) -> Vec<(String, String)> {
+    let out = Command::new("objdump").args(["-d", "--no-show-raw-insn"]).arg(image).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut list = Vec::new();
+    for block in text.split("\n\n") {
+        if let Some((head, body)) = block.split_once(">:\n")
+            && let Some((_, name)) = head.rsplit_once(" <")
+        {
+            list.push((name.to_string(), body.to_string()));
+        }
+    }
+    list
+}
+
+/// How many functions of crate `krate` (by its mangled name) satisfy `instrumented`, of how many.
+fn count(funcs: &[(String, String)], krate: &str, instrumented: impl Fn(&str, &str) -> bool) -> (usize, usize) {
+    let mine: Vec<_> = funcs.iter().filter(|(n, _)| n.contains(krate)).collect();
+    (mine.iter().filter(|(n, b)| instrumented(n, b)).count(), mine.len())
+}
+
+#[test]
+fn hardening_one_component_leaves_the_others_code_unchanged() {
+    let images: [(&str, PathBuf, fn(&str, &str) -> bool); 3] = [
+        (
+            "stack-protector",
+            common::image(&config("sqlite-stack-protector.toml", &["stack-protector"], &["stack-protector"]), true),
+            |_, body| body.contains("<__stack_chk_fail>"),
+        ),
+        (
+            "kasan",
+            common::image(&config("sqlite-kasan.toml", &["kasan"], &["kasan"]), true),
+            |_, body| body.contains("<__asan_report_"),
+        ),
+        ("cfi", common::image(&config("sqlite-cfi.toml", &["cfi"], &["cfi"]), true), |name, _| {
+            name.starts_with("__cfi_")
+        }),
+    ];
+    for (option, img, instrumented) in images {
+        let funcs = functions(&img);
+        let (libc, libc_all) = count(&funcs, "11flexos_libc", instrumented);
+        let (vfs, vfs_all) = count(&funcs, "10flexos_vfs", instrumented);
+        let (ramfs, ramfs_all) = count(&funcs, "12flexos_ramfs", instrumented);
+        assert!(libc > 0, "{option}: no function of libc (of {libc_all}) is instrumented");
+        assert!(vfs_all > 0 && ramfs_all > 0, "{option}: the image has vfs and ramfs code");
+        assert_eq!((vfs, ramfs), (0, 0), "{option}: vfs and ramfs are not hardened but carry its instrumentation");
+        // SQLite's C code (unmangled names) carries it too.
+        let c = funcs.iter().filter(|(n, b)| (n == "sqlite3VdbeExec" || n == "__cfi_sqlite3VdbeExec") && instrumented(n, b)).count();
+        assert!(c > 0, "{option}: sqlite3VdbeExec is not instrumented");
+    }
+}
