@@ -79,9 +79,10 @@ fn main() {
                 // forbids it (C code always may): memory-error hardening
                 // (`kasan`) applies only where memory errors can happen.
                 let lib = folder.join("src/lib.rs");
-                println!("cargo:rerun-if-changed={}", lib.display());
+                let root = if lib.exists() { lib } else { folder.join("src/main.rs") };
+                println!("cargo:rerun-if-changed={}", root.display());
                 let unsafe_code = c.language == "c"
-                    || !std::fs::read_to_string(&lib).is_ok_and(|t| t.contains("#![forbid(unsafe_code)]"));
+                    || !std::fs::read_to_string(&root).is_ok_and(|t| t.contains("#![forbid(unsafe_code)]"));
                 components.push((path.clone(), cargo.package.name.clone(), c, unsafe_code));
             }
             if let Some(i) = manifest.image {

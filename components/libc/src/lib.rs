@@ -67,6 +67,13 @@ pub unsafe extern "C" fn flexos_libc___assert_fail(
     flexos_platform::hardening::caught_at_source("debug-assertions", "a failed assertion", text(file), line, text(expr))
 }
 
+/// C's `abort` (SQLite's debugging code calls it): ends the image.
+#[unsafe(no_mangle)]
+pub extern "C" fn flexos_libc_abort() -> ! {
+    flexos_platform::console::write_err(b"flexos: the C program called abort()\n");
+    flexos_platform::process_abort()
+}
+
 /// Writes `len` bytes at `buf` to the console: fd 1 is standard output, anything else standard error.
 ///
 /// # Safety

@@ -80,6 +80,6 @@ fn signed_overflow() -> i64 {
 #[inline(never)]
 fn assertion() -> i64 {
     let x: i64 = black_box(1);
-    debug_assert!(x == 0, "seeded bug");
+    debug_assert!(x == 0);
     x
 }

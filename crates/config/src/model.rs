@@ -574,6 +574,33 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Layout, Vec<ConfigError>>
             }
         }
     }
+    // The application's `main` enters its component's compartment in the
+    // image's own process (`flexos_gate::fcall`): a process or VM of its
+    // own would never run it (the C library, which must share its
+    // compartment, follows; see above).
+    // (A remote default compartment is refused above already.)
+    if let Some(p) = placements.iter().find(|p| p.component == app)
+        && p.compartment != 0
+        && compartments[p.compartment].mechanism.is_remote()
+    {
+        let c = &compartments[p.compartment];
+        let at = raw
+            .component
+            .iter()
+            .find(|(k, _)| k.get_ref() == &app)
+            .and_then(|(_, v)| v.get_ref().compartment.as_ref().map(|c| c.span().start))
+            .unwrap_or(0);
+        err(
+            &mut errors,
+            at,
+            format!(
+                "the application {app:?} cannot be in {} compartment {:?}: its main runs in the image's own process",
+                c.mechanism.name(),
+                c.name
+            ),
+            format!("place {app:?} in an fcall or mpk compartment"),
+        );
+    }
     // The network device needs the host's tap device or sockets, which a VM cannot reach.
     if let Some(p) = placements.iter().find(|p| p.component == "netdev")
         && compartments[p.compartment].mechanism == Mechanism::Kvm

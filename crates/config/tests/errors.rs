@@ -154,9 +154,55 @@ fn hardening_that_does_not_apply() {
     assert_eq!((e.line, e.column), (7, 11));
     assert!(e.message.contains("does not apply"), "{e}");
     assert!(e.fix.contains("overflow-checks"), "{e}");
-    let e = one_error(&format!("{HEAD}[component.sqlite]\nharden = [\"stack-protector\", \"cfi\"]\n"));
-    assert!(e.message.contains("unknown hardening option \"cfi\""), "{e}");
-    assert!(e.fix.contains("stack-protector, ubsan"), "{e}");
+    let e = one_error(&format!("{HEAD}[component.sqlite]\nharden = [\"stack-protector\", \"safe-stack\"]\n"));
+    assert!(e.message.contains("unknown hardening option \"safe-stack\""), "{e}");
+    assert!(e.fix.contains("debug-assertions, stack-protector, ubsan, kasan, cfi"), "{e}");
+    let e = one_error(&format!("{HEAD}[component.sqlite]\nharden = [\"overflow-checks\"]\n"));
+    assert!(e.message.contains("hardening \"overflow-checks\" does not apply to \"sqlite\" (C code)"), "{e}");
+    // Every option of both languages applies to its components.
+    let all = "harden = [\"overflow-checks\", \"debug-assertions\", \"stack-protector\", \"kasan\", \"cfi\"]";
+    let c = "harden = [\"debug-assertions\", \"stack-protector\", \"ubsan\", \"kasan\", \"cfi\"]";
+    let ok = format!("{HEAD}[component.libc]\n{all}\n[component.sqlite]\n{c}\n");
+    let layout = parse(Path::new("configs/ok.toml"), &ok).unwrap();
+    assert_eq!(layout.placement("libc").unwrap().harden.len(), 5);
+    assert_eq!(layout.placement("sqlite").unwrap().harden.len(), 5);
+}
+
+#[test]
+fn kasan_only_where_memory_errors_can_be_and_shadow_memory_exists() {
+    // A Rust crate that forbids unsafe code has no memory errors for kasan to find.
+    let e = one_error(&format!("{HEAD}[component.vfs]\nharden = [\"kasan\"]\n"));
+    assert_eq!((e.line, e.column), (7, 11));
+    assert!(e.message.contains("\"kasan\" finds nothing in \"vfs\": its crate forbids unsafe code"), "{e}");
+    assert!(!e.fix.contains("kasan") && e.fix.contains("cfi"), "{e}");
+    // A VM has no shadow memory: refused there, with the fix. (Only the
+    // application and the C library can contain unsafe code, and they stay
+    // in the image's own process, so this comes with that error too.)
+    let vm = "[[compartment]]\nname = \"app\"\nmechanism = \"kvm\"\n";
+    let text = format!(
+        "{HEAD}{vm}[component.libc]\ncompartment = \"app\"\n[component.sqlite]\ncompartment = \"app\"\nharden = [\"kasan\"]\n"
+    );
+    let errors = parse(Path::new("configs/bad.toml"), &text).unwrap_err();
+    let kasan = errors.iter().find(|e| e.message.contains("hardening \"kasan\" cannot harden \"sqlite\"")).expect("kasan refused");
+    assert!(kasan.message.contains("in compartment \"app\" (mechanism \"kvm\")"), "{kasan}");
+    assert!(kasan.fix.contains("place \"sqlite\" in a compartment of another mechanism, or drop \"kasan\""), "{kasan}");
+    assert_eq!(errors.len(), 2, "{errors:?}");
+}
+
+#[test]
+fn the_application_stays_in_the_image_process() {
+    for mechanism in ["proc", "kvm"] {
+        let text = format!(
+            "{HEAD}[[compartment]]\nname = \"app\"\nmechanism = \"{mechanism}\"\n[component.libc]\ncompartment = \"app\"\n[component.sqlite]\ncompartment = \"app\"\n"
+        );
+        let e = one_error(&text);
+        assert_eq!(e.line, 12, "at sqlite's compartment: {e}");
+        assert!(
+            e.message.contains(&format!("the application \"sqlite\" cannot be in {mechanism} compartment \"app\"")),
+            "{e}"
+        );
+        assert!(e.fix.contains("fcall or mpk"), "{e}");
+    }
 }
 
 #[test]

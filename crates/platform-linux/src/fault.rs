@@ -1,5 +1,5 @@
 //! Reports a hardware fault (bad memory access, illegal instruction such as
-//! a UBSan trap, arithmetic fault, a system call a seccomp filter forbids) as "compartment NAME faulted at ADDRESS
+//! a trap, arithmetic fault, a system call a seccomp filter forbids) as "compartment NAME faulted at ADDRESS
 //! (reason)", naming the compartment that was running, then lets the fault
 //! take its default course (the image dies of the same signal).
 
@@ -170,7 +170,7 @@ fn reason(sig: libc::c_int, error_code: usize) -> &'static [u8] {
         libc::SIGSEGV if error_code & 16 != 0 => b"page fault on instruction fetch",
         libc::SIGSEGV => b"page fault on read",
         libc::SIGBUS => b"bus error",
-        libc::SIGILL => b"illegal instruction: a UBSan trap or invalid code",
+        libc::SIGILL => b"illegal instruction: a trap or invalid code",
         libc::SIGSYS => b"a system call its seccomp filter forbids",
         _ => b"arithmetic fault",
     }

@@ -69,7 +69,7 @@ extern "C" fn stack_chk_report(return_address: usize) -> ! {
 /// * `cfi` (kcfi): `mov r10d, -TYPE; add r10d, [TARGET - 4]; je 1f; ud2`
 ///   (the check before an indirect call; the target's type id, stored
 ///   just before it, did not match).
-/// * `ubsan`: clang traps with `ud1`, gcc with a bare `ud2` (reported as
+/// * `ubsan`: clang traps with `ud1` (prefixed `67`), gcc with a bare `ud2` (reported as
 ///   UBSan only in an image where some C component has `ubsan`).
 ///
 /// # Safety
@@ -93,7 +93,9 @@ pub unsafe fn trap_kind(pc: usize) -> Option<(&'static str, &'static str)> {
         {
             return Some(("cfi", "a bad indirect call (the target's type id does not match the call's)"));
         }
-        if here == [0x0f, 0xb9] || (here == [0x0f, 0x0b] && flexos_layout::any_hardened_with("ubsan")) {
+        // clang writes `ud1` with an address-size prefix (`67 0f b9 /r`).
+        let ud1 = here == [0x0f, 0xb9] || (here[0] == 0x67 && *((pc + 1) as *const u8) == 0x0f && *((pc + 2) as *const u8) == 0xb9);
+        if ud1 || (here == [0x0f, 0x0b] && flexos_layout::any_hardened_with("ubsan")) {
             return Some(("ubsan", "undefined behaviour (a UBSan trap)"));
         }
     }

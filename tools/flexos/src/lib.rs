@@ -9,6 +9,7 @@ pub mod build;
 pub mod explore;
 pub mod gatebench;
 pub mod guest;
+pub mod hardenbench;
 pub mod netbench;
 pub mod netns;
 

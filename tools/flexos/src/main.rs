@@ -160,6 +160,25 @@ enum BenchCmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// What each hardening option costs each component: one image per (component, option) against the
+    /// image without hardening, alternately, on the SQLite workload or the kv workload (docs/hardening.md).
+    Hardening {
+        /// The application: sqlite (5000 INSERTs) or kv (redis-benchmark GET, on a tap device).
+        #[arg(long, default_value = "sqlite")]
+        app: String,
+        /// Only these components [default: every component of the image].
+        #[arg(long = "component")]
+        components: Vec<String>,
+        /// Only these options [default: every option that applies].
+        #[arg(long = "option")]
+        options: Vec<String>,
+        /// Runs of each subject [default: 11 for sqlite, 3 for kv].
+        #[arg(long)]
+        runs: Option<usize>,
+        /// Where to write the table [default: target/flexos/bench/hardening-APP.json].
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Round-trip latency of an empty call through each gate, beside a system call, a pipe and shared memory.
     Gates {
         /// Where to write the JSON report [default: target/flexos/bench/gates.json].
@@ -319,6 +338,95 @@ fn bench_sqlite(configs: Vec<PathBuf>, runs: usize, rows: u64, json: Option<Path
     bar.finish_and_clear();
     say_raw(&bench::table(&report));
     write_json(json.unwrap_or_else(|| root.join("target/flexos/bench/sqlite.json")), &report)
+}
+
+fn bench_hardening(
+    app: &str,
+    components: &[String],
+    options: &[String],
+    runs: Option<usize>,
+    json: Option<PathBuf>,
+) -> Result<(), i32> {
+    use flexos::hardenbench;
+    let root = workspace_root();
+    if app != "sqlite" && app != "kv" {
+        eprintln!("error: --app must be sqlite or kv");
+        return Err(exit::USAGE);
+    }
+    let runs = runs.unwrap_or(if app == "sqlite" { 11 } else { 3 });
+    if runs == 0 {
+        eprintln!("error: --runs must be at least 1");
+        return Err(exit::USAGE);
+    }
+    let variants = hardenbench::variants(app, components, options);
+    if variants.is_empty() {
+        eprintln!("error: no hardening option applies to the components asked for");
+        return Err(exit::USAGE);
+    }
+    let base = load(&root.join("configs").join(format!("{app}.toml")))?;
+    let dir = root.join("target/flexos/bench/hardening");
+    let write = |v| {
+        hardenbench::write_config(&dir, app, base.files.as_deref(), v).map_err(|e| {
+            eprintln!("error: {e}");
+            exit::BENCH_FAILED
+        })
+    };
+    // Every image first (never build while measuring); each build folder but
+    // the last is dropped once the next image is built from it.
+    let options = BuildOptions::default();
+    let unhardened = build(&write(None)?, &options)?;
+    let mut images = Vec::new();
+    let mut previous: Option<flexos_config::Layout> = None;
+    for (i, v) in variants.iter().enumerate() {
+        say!("[{}/{}] {} with {}", i + 1, variants.len(), v.0, v.1.name());
+        let config = write(Some(*v))?;
+        let layout = load(&config)?;
+        images.push(build_image(&root, &layout, &options).map_err(|e| {
+            eprintln!("error: {e}");
+            exit::BUILD_FAILED
+        })?);
+        if let Some(p) = previous.replace(layout) {
+            flexos::build::drop_build_folder(&root, &p, &options);
+        }
+    }
+    let fail = |e: String| {
+        eprintln!("error: {e}");
+        exit::BENCH_FAILED
+    };
+    let table = if app == "sqlite" {
+        let rows = 5000;
+        let arg = |p: &PathBuf, name: String| bench::Subject {
+            name,
+            program: p.clone(),
+            args: vec!["--rows".into(), rows.to_string()],
+        };
+        let mut subjects: Vec<bench::Subject> =
+            variants.iter().zip(&images).map(|(v, p)| arg(p, format!("{} {}", v.0, v.1.name()))).collect();
+        subjects.push(arg(&unhardened, "unhardened".into()));
+        let bar = ProgressBar::new((runs * subjects.len()) as u64);
+        let report = bench::measure(&subjects, runs, rows, |done, _| bar.set_position(done as u64)).map_err(fail)?;
+        bar.finish_and_clear();
+        let medians: Vec<f64> = report.results.iter().map(|r| r.summary.median).collect();
+        let base = *medians.last().expect("the unhardened image was measured");
+        let measured: Vec<_> = variants.iter().copied().zip(medians).collect();
+        hardenbench::table(app, "seconds for 5000 INSERTs", runs, base, &measured, false)
+    } else {
+        let mut named: Vec<(String, PathBuf)> =
+            variants.iter().zip(&images).map(|(v, p)| (format!("{} {}", v.0, v.1.name()), p.clone())).collect();
+        named.push(("unhardened".into(), unhardened));
+        let report = flexos::netbench::kv(&named, runs).map_err(fail)?;
+        let median = |name: &str| {
+            report.rows.iter().find(|r| r.subject == name && r.metric == "GET requests/s").map(|r| r.median)
+        };
+        let base = median("unhardened").ok_or_else(|| fail("no GET rate of the unhardened image".into()))?;
+        let measured: Vec<_> = variants
+            .iter()
+            .map(|v| (*v, median(&format!("{} {}", v.0, v.1.name())).unwrap_or(f64::NAN)))
+            .collect();
+        hardenbench::table(app, "GET requests/s", runs, base, &measured, true)
+    };
+    say_raw(&hardenbench::markdown(&table));
+    write_json(json.unwrap_or_else(|| root.join(format!("target/flexos/bench/hardening-{app}.json"))), &table)
 }
 
 fn load_space(path: &Path) -> Result<flexos::explore::space::Space, i32> {
@@ -571,6 +679,9 @@ fn main() {
         Cmd::Run { config, options, netns, args } => run(&config, &options, netns, &args),
         Cmd::Bench { which: BenchCmd::Sqlite { configs, runs, rows, json } } => bench_sqlite(configs, runs, rows, json),
         Cmd::Bench { which: BenchCmd::Gates { json } } => bench_gates(json),
+        Cmd::Bench { which: BenchCmd::Hardening { app, components, options, runs, json } } => {
+            bench_hardening(&app, &components, &options, runs, json)
+        }
         Cmd::GuestTest { limit } => guest_test(limit),
         Cmd::Explore { step, run } => explore_cmd(step, run),
         Cmd::Bench { which: BenchCmd::Kv { configs, runs, json } } => network_images(configs, "kv.toml", runs)

@@ -176,7 +176,7 @@ fn the_order_of_the_kv_space_is_the_one_worked_out_by_hand() {
     let hardened = e
         .candidates
         .iter()
-        .position(|c| c.slot == vec![0, 0] && c.harden[0].len() == 2 && c.harden[1..].iter().all(Vec::is_empty))
+        .position(|c| c.slot == vec![0, 0] && c.harden[0].len() == 4 && c.harden[1..].iter().all(Vec::is_empty))
         .unwrap();
     assert!(order.above(hardened, one) && !order.geq(one, hardened));
 }
@@ -222,6 +222,64 @@ fn the_search_finds_the_exhaustive_maximal_set_on_a_monotone_cost_and_measures_l
             );
         }
     }
+}
+
+/// With the measured cost of every hardening option per component
+/// (`[hardening] costs`, here exactly the synthetic cost function's), the
+/// search skips the four hardening calibration runs, predicts hardened
+/// configurations from the table, and finds the same maximal set as
+/// exhaustive measurement.
+#[test]
+fn measured_hardening_costs_replace_the_calibration_runs() {
+    use flexos::hardenbench::{Cost, Table};
+    let scratch = Scratch::new("costs");
+    // The synthetic space: 1e6 ops/s (1000 ns per op) and per option
+    // hardening-ns of the group's first member (netdev costs nothing).
+    let ns = [("kv", 120.0), ("net", 90.0), ("netdev", 0.0), ("sched", 20.0), ("time", 10.0)];
+    let options = ["overflow-checks", "debug-assertions", "stack-protector", "cfi"];
+    let costs = ns
+        .iter()
+        .flat_map(|(c, n)| {
+            options.iter().map(move |o| Cost {
+                component: c.to_string(),
+                option: o.to_string(),
+                median: 0.0,
+                time_ratio: 1.0 + n / 1000.0,
+            })
+        })
+        .collect();
+    let table = Table {
+        app: "kv".into(),
+        metric: "ops/s".into(),
+        unhardened: 1e6,
+        runs: 1,
+        machine: "synthetic".into(),
+        costs,
+    };
+    let file = scratch.0.join("costs.json");
+    std::fs::write(&file, serde_json::to_string(&table).unwrap()).unwrap();
+    for budget in [450_000.0, 650_000.0, 950_000.0] {
+        let plain = synthetic(budget, 0.0);
+        let with = parse(&format!("{}costs = {:?}\n", plain.text, file.display().to_string()));
+        assert!(with.hardening_costs.is_some());
+        let (x, _) = run(&plain, &Settings::default(), &mut Memory::default(), None);
+        let (y, _) = run(&with, &Settings::default(), &mut Memory::default(), None);
+        let (all, _) = run(&plain, &Settings { exhaustive: true, ..Settings::default() }, &mut Memory::default(), None);
+        assert_eq!(y.calibration.len() + 4, x.calibration.len(), "budget {budget}");
+        assert_eq!(ids(&y, &y.maximal), ids(&all, &all.maximal), "budget {budget}");
+        // The prior is the table's: 4 options x 120 ns on 1000 ns for kv.
+        let base = y.model.coefficients["base"];
+        let kv = y.model.coefficients["harden kv"];
+        assert!((kv / base - 0.48).abs() < 0.05, "budget {budget}: {kv} / {base}");
+    }
+    // A table for another application is refused, naming the fix.
+    let mut kv_table = table.clone();
+    kv_table.app = "sqlite".into();
+    std::fs::write(&file, serde_json::to_string(&kv_table).unwrap()).unwrap();
+    let text = format!("{}costs = {:?}\n", synthetic(450_000.0, 0.0).text, file.display().to_string());
+    let e = space::parse(&root().join("spaces/test.toml"), &text).unwrap_err();
+    assert!(e[0].message.contains("are for app \"sqlite\", not \"kv\""), "{e:?}");
+    assert!(e[0].fix.contains("flexos bench hardening --app kv"), "{e:?}");
 }
 
 #[test]

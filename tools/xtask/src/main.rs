@@ -29,6 +29,11 @@ struct Requirement {
 /// tool start is listed here.
 const REQUIREMENTS: &[Requirement] = &[
     Requirement { program: "gcc", package: "build-essential", why: "builds SQLite and the C parts" },
+    Requirement {
+        program: "clang-19",
+        package: "clang-19",
+        why: "builds SQLite with the cfi hardening option (kcfi exists only in clang)",
+    },
     Requirement { program: "ar", package: "binutils", why: "builds SQLite and the C parts" },
     Requirement { program: "nm", package: "binutils", why: "the statics audit reads the image's symbols" },
     Requirement { program: "objcopy", package: "binutils", why: "the images' sections" },

@@ -133,11 +133,70 @@ fn solve(mut a: Vec<Vec<f64>>) -> Vec<f64> {
     (0..k).map(|i| if a[i][i].abs() < 1e-300 { 0.0 } else { a[i][k] / a[i][i] }).collect()
 }
 
+/// The hardening features whose cost the space's measured table
+/// (`[hardening] costs`) gives, as a fraction of the unhardened cost: for
+/// a group's bundle, or one option of a group, the sum over the group's
+/// members and the options of `time ratio − 1` (options slow an image
+/// down about additively when each costs little). A feature with an
+/// option the table lacks for some member gets no prior.
+pub fn hardening_priors(space: &Space) -> BTreeMap<String, f64> {
+    let mut priors = BTreeMap::new();
+    let Some(table) = &space.hardening_costs else { return priors };
+    let relative = |group: &[&str], options: &[flexos_config::Hardening]| -> Option<f64> {
+        let mut sum = 0.0;
+        for m in group {
+            for o in options {
+                if super::space::applies(*o, m) {
+                    sum += table.ratio(m, *o)? - 1.0;
+                }
+            }
+        }
+        Some(sum)
+    };
+    for group in &space.harden_groups {
+        let choices = super::enumerate::harden_choices(space, group);
+        if space.bundle {
+            if let Some(all) = choices.iter().max_by_key(|c| c.len())
+                && let Some(r) = relative(group, all)
+            {
+                priors.insert(format!("harden {}", group[0]), r);
+            }
+        } else {
+            for o in &space.options {
+                if group.iter().any(|m| super::space::applies(*o, m))
+                    && let Some(r) = relative(group, &[*o])
+                {
+                    priors.insert(format!("harden {} {}", group[0], o.name()), r);
+                }
+            }
+        }
+    }
+    priors
+}
+
+impl Model {
+    /// Gives every feature of `priors` that the data did not determine the
+    /// prior's share of the base cost.
+    pub fn with_priors(mut self, priors: &BTreeMap<String, f64>) -> Model {
+        let base = self.coefficients.get("base").copied().unwrap_or(0.0);
+        for (k, r) in priors {
+            self.coefficients.entry(k.clone()).or_insert(r * base);
+        }
+        self
+    }
+}
+
 /// The calibration configurations: the one-compartment image without
 /// hardening; per kind of boundary, the unhardened configuration with the
 /// most crossings of that kind (preferring ones that cross no other
-/// kind); per hardening choice, the one-compartment image with only it.
-pub fn calibration(space: &Space, calls: &Calls, candidates: &[Candidate]) -> Vec<usize> {
+/// kind); per hardening choice, the one-compartment image with only it,
+/// unless `priors` (the measured table) gives its cost.
+pub fn calibration(
+    space: &Space,
+    calls: &Calls,
+    candidates: &[Candidate],
+    priors: &BTreeMap<String, f64>,
+) -> Vec<usize> {
     let feats: Vec<Features> = candidates.iter().map(|c| features(space, calls, c)).collect();
     let runnable = |i: &usize| candidates[*i].unrunnable.is_none();
     let mut out = Vec::new();
@@ -149,6 +208,7 @@ pub fn calibration(space: &Space, calls: &Calls, candidates: &[Candidate]) -> Ve
     let mut kinds: Vec<String> = feats.iter().flat_map(|f| f.keys().cloned()).filter(|k| k != "base").collect();
     kinds.sort();
     kinds.dedup();
+    kinds.retain(|k| !priors.contains_key(k));
     for kind in kinds {
         let best = if kind.starts_with("gate ") {
             (0..candidates.len()).filter(runnable).filter(|&i| unhardened(i)).max_by(|&i, &j| {

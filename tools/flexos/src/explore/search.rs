@@ -4,7 +4,7 @@
 //! configuration belongs to the maximal safe set.
 
 use super::enumerate::{Candidate, Enumeration};
-use super::model::{Calls, Features, Model, calibration, features};
+use super::model::{Calls, Features, Model, calibration, features, hardening_priors};
 use super::order::Order;
 use super::space::{Budget, Space};
 use std::collections::BTreeMap;
@@ -161,7 +161,8 @@ pub fn explore(
         }
     };
     let feats: Vec<Features> = cands.iter().map(|c| features(space, &calls, c)).collect();
-    let calibration = calibration(space, &calls, cands);
+    let priors = hardening_priors(space);
+    let calibration = calibration(space, &calls, cands, &priors);
     let mut st = State {
         outcomes: vec![None; n],
         predicted_before: vec![None; n],
@@ -183,7 +184,7 @@ pub fn explore(
     let fit = |outcomes: &[Option<Outcome>]| {
         let data: Vec<(&Features, f64)> =
             (0..n).filter_map(|i| value(outcomes, i).map(|v| (&feats[i], budget.cost(v)))).collect();
-        Model::fit(&data)
+        Model::fit(&data).with_priors(&priors)
     };
     loop {
         let model = fit(&st.outcomes);

@@ -161,6 +161,10 @@ pub struct Space {
     pub bundle: bool,
     /// The options considered (each applies to members of its language).
     pub options: Vec<Hardening>,
+    /// Measured costs of the hardening options per component (`[hardening]
+    /// costs`, a table of `flexos bench hardening`): the model takes the
+    /// hardening coefficients from it instead of calibration runs.
+    pub hardening_costs: Option<crate::hardenbench::Table>,
 }
 
 #[derive(Deserialize)]
@@ -217,6 +221,7 @@ struct RawHardening {
     components: Vec<Spanned<String>>,
     bundle: Option<Spanned<bool>>,
     options: Option<Vec<Spanned<String>>>,
+    costs: Option<Spanned<String>>,
 }
 
 /// The metrics each workload reports.
@@ -462,6 +467,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Space, Vec<ConfigError>> {
 
     // Hardening.
     let mut harden_groups = Vec::new();
+    let mut hardening_costs = None;
     let mut bundle = true;
     let mut options: Vec<Hardening> = Hardening::ALL.iter().map(|(h, ..)| *h).collect();
     if let Some(h) = &raw.hardening {
@@ -483,6 +489,22 @@ pub fn parse(path: &Path, text: &str) -> Result<Space, Vec<ConfigError>> {
                         format!("use: {}", Hardening::ALL.iter().map(|(_, n, _)| *n).collect::<Vec<_>>().join(", ")),
                     ),
                 }
+            }
+        }
+        if let Some(c) = &h.costs {
+            let file = path.parent().unwrap_or(Path::new(".")).join(c.get_ref());
+            match crate::hardenbench::load(&file) {
+                Ok(t) if t.app == app => hardening_costs = Some(t),
+                Ok(t) => err(
+                    c.span().start,
+                    format!("the hardening costs in {:?} are for app {:?}, not {app:?}", c.get_ref(), t.app),
+                    format!("measure them with `flexos bench hardening --app {app}`"),
+                ),
+                Err(e) => err(
+                    c.span().start,
+                    format!("cannot read the hardening costs: {e}"),
+                    format!("name a table written by `flexos bench hardening --app {app}`, relative to the space file"),
+                ),
             }
         }
         for (g, c) in harden_groups.iter().zip(&h.components) {
@@ -512,6 +534,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Space, Vec<ConfigError>> {
             harden_groups,
             bundle,
             options,
+            hardening_costs,
         })
     } else {
         errors.sort_by_key(|e| (e.line, e.column));
