@@ -551,7 +551,11 @@ pub fn alloc_in(heap: usize, layout: Layout) -> *mut u8 {
     let (b, rounded) = (base as usize, layout.size().next_multiple_of(8));
     flexos_platform::kasan::poison(b, left, flexos_platform::kasan::HEAP_REDZONE);
     flexos_platform::kasan::unpoison(b + left, layout.size());
-    flexos_platform::kasan::poison(b + left + rounded, outer.size() - left - rounded, flexos_platform::kasan::HEAP_REDZONE);
+    flexos_platform::kasan::poison(
+        b + left + rounded,
+        outer.size() - left - rounded,
+        flexos_platform::kasan::HEAP_REDZONE,
+    );
     base.wrapping_add(left)
 }
 

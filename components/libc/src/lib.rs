@@ -62,8 +62,13 @@ pub unsafe extern "C" fn flexos_libc___assert_fail(
     line: core::ffi::c_uint,
     _function: *const c_char,
 ) -> ! {
-    // SAFETY: the caller passes NUL-terminated strings (assert.h does).
-    let text = |p: *const c_char| if p.is_null() { &b"?"[..] } else { unsafe { core::ffi::CStr::from_ptr(p) }.to_bytes() };
+    let text = |p: *const c_char| {
+        if p.is_null() {
+            return &b"?"[..];
+        }
+        // SAFETY: the caller passes NUL-terminated strings (assert.h does).
+        unsafe { core::ffi::CStr::from_ptr(p) }.to_bytes()
+    };
     flexos_platform::hardening::caught_at_source("debug-assertions", "a failed assertion", text(file), line, text(expr))
 }
 

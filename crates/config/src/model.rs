@@ -518,12 +518,9 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Layout, Vec<ConfigError>>
                     format!("{}for {name:?} use: {}", suggestion(h.get_ref(), valid.iter().copied()), valid.join(", ")),
                 ),
                 Some((opt, ..)) => match opt.refusal(info) {
-                    Some(why) => err(
-                        &mut errors,
-                        h.span().start,
-                        why,
-                        format!("for {name:?} use: {}", valid.join(", ")),
-                    ),
+                    Some(why) => {
+                        err(&mut errors, h.span().start, why, format!("for {name:?} use: {}", valid.join(", ")))
+                    }
                     None => {
                         if !placement.harden.contains(opt) {
                             placement.harden.push(*opt);

@@ -183,7 +183,10 @@ fn kasan_only_where_memory_errors_can_be_and_shadow_memory_exists() {
         "{HEAD}{vm}[component.libc]\ncompartment = \"app\"\n[component.sqlite]\ncompartment = \"app\"\nharden = [\"kasan\"]\n"
     );
     let errors = parse(Path::new("configs/bad.toml"), &text).unwrap_err();
-    let kasan = errors.iter().find(|e| e.message.contains("hardening \"kasan\" cannot harden \"sqlite\"")).expect("kasan refused");
+    let kasan = errors
+        .iter()
+        .find(|e| e.message.contains("hardening \"kasan\" cannot harden \"sqlite\""))
+        .expect("kasan refused");
     assert!(kasan.message.contains("in compartment \"app\" (mechanism \"kvm\")"), "{kasan}");
     assert!(kasan.fix.contains("place \"sqlite\" in a compartment of another mechanism, or drop \"kasan\""), "{kasan}");
     assert_eq!(errors.len(), 2, "{errors:?}");

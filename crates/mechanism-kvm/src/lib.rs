@@ -456,7 +456,7 @@ impl Vm {
             // SAFETY: rip lies in the image's executable segment (checked),
             // mapped in the host at the same address and never unmapped.
             if let Some((option, what)) = unsafe { flexos_platform::hardening::trap_kind(rip as usize) } {
-                flexos_platform::hardening::report_in(&self.name, option, what, rip as usize, b"");
+                flexos_platform::hardening::report_in(self.name, option, what, rip as usize, b"");
                 self.die(&format!("{option} stopped it"))
             }
         }

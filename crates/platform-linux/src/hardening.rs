@@ -94,7 +94,8 @@ pub unsafe fn trap_kind(pc: usize) -> Option<(&'static str, &'static str)> {
             return Some(("cfi", "a bad indirect call (the target's type id does not match the call's)"));
         }
         // clang writes `ud1` with an address-size prefix (`67 0f b9 /r`).
-        let ud1 = here == [0x0f, 0xb9] || (here[0] == 0x67 && *((pc + 1) as *const u8) == 0x0f && *((pc + 2) as *const u8) == 0xb9);
+        let ud1 = here == [0x0f, 0xb9]
+            || (here[0] == 0x67 && *((pc + 1) as *const u8) == 0x0f && *((pc + 2) as *const u8) == 0xb9);
         if ud1 || (here == [0x0f, 0x0b] && flexos_layout::any_hardened_with("ubsan")) {
             return Some(("ubsan", "undefined behaviour (a UBSan trap)"));
         }

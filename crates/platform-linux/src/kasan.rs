@@ -78,7 +78,7 @@ pub fn poison(addr: usize, len: usize, value: u8) {
     if !enabled() || len == 0 {
         return;
     }
-    debug_assert!(addr % 8 == 0 && len % 8 == 0);
+    debug_assert!(addr.is_multiple_of(8) && len.is_multiple_of(8));
     // SAFETY: the shadow of every user address is mapped (enabled).
     unsafe { core::ptr::write_bytes(shadow(addr), value, len / 8) }
 }
@@ -92,7 +92,7 @@ pub fn unpoison(addr: usize, len: usize) {
     // SAFETY: as in `poison`.
     unsafe {
         core::ptr::write_bytes(shadow(addr), 0, len / 8);
-        if len % 8 != 0 {
+        if !len.is_multiple_of(8) {
             *shadow(addr + len - len % 8) = (len % 8) as u8;
         }
     }

@@ -55,16 +55,20 @@ pub fn load(path: &Path) -> Result<Table, String> {
 
 /// Every (component, option) of `app`'s image that applies in an `fcall`
 /// compartment, restricted to `components` and `options` when not empty.
+///
+/// Ordered by option, so that the images of one option are built one after
+/// the other, each from the last (an option that changes every crate, such
+/// as `cfi`'s `panic=abort`, then rebuilds everything only once).
 pub fn variants(app: &str, components: &[String], options: &[String]) -> Vec<(&'static str, Hardening)> {
     let mut out = Vec::new();
-    for c in COMPONENTS.iter().filter(|c| c.in_app(app)) {
-        if !components.is_empty() && !components.iter().any(|n| n == c.name) {
+    for (h, name, _) in Hardening::ALL {
+        if !options.is_empty() && !options.iter().any(|o| o == name) {
             continue;
         }
-        for (h, name, _) in Hardening::ALL {
-            if h.applies_to(c)
+        for c in COMPONENTS.iter().filter(|c| c.in_app(app)) {
+            if (components.is_empty() || components.iter().any(|n| n == c.name))
+                && h.applies_to(c)
                 && h.refusal_in(Mechanism::Fcall).is_none()
-                && (options.is_empty() || options.iter().any(|o| o == name))
             {
                 out.push((c.name, h));
             }

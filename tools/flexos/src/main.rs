@@ -419,10 +419,8 @@ fn bench_hardening(
             report.rows.iter().find(|r| r.subject == name && r.metric == "GET requests/s").map(|r| r.median)
         };
         let base = median("unhardened").ok_or_else(|| fail("no GET rate of the unhardened image".into()))?;
-        let measured: Vec<_> = variants
-            .iter()
-            .map(|v| (*v, median(&format!("{} {}", v.0, v.1.name())).unwrap_or(f64::NAN)))
-            .collect();
+        let measured: Vec<_> =
+            variants.iter().map(|v| (*v, median(&format!("{} {}", v.0, v.1.name())).unwrap_or(f64::NAN))).collect();
         hardenbench::table(app, "GET requests/s", runs, base, &measured, true)
     };
     say_raw(&hardenbench::markdown(&table));

@@ -219,19 +219,20 @@ fn count(funcs: &[(String, String)], krate: &str, instrumented: impl Fn(&str, &s
     (mine.iter().filter(|(n, b)| instrumented(n, b)).count(), mine.len())
 }
 
+/// Whether a function (name, disassembly) carries an option's instrumentation.
+type Instrumented = fn(&str, &str) -> bool;
+
 #[test]
 fn hardening_one_component_leaves_the_others_code_unchanged() {
-    let images: [(&str, PathBuf, fn(&str, &str) -> bool); 3] = [
+    let images: [(&str, PathBuf, Instrumented); 3] = [
         (
             "stack-protector",
             common::image(&config("sqlite-stack-protector.toml", &["stack-protector"], &["stack-protector"]), true),
             |_, body| body.contains("<__stack_chk_fail>"),
         ),
-        (
-            "kasan",
-            common::image(&config("sqlite-kasan.toml", &["kasan"], &["kasan"]), true),
-            |_, body| body.contains("<__asan_report_"),
-        ),
+        ("kasan", common::image(&config("sqlite-kasan.toml", &["kasan"], &["kasan"]), true), |_, body| {
+            body.contains("<__asan_report_")
+        }),
         ("cfi", common::image(&config("sqlite-cfi.toml", &["cfi"], &["cfi"]), true), |name, _| {
             name.starts_with("__cfi_")
         }),
@@ -245,7 +246,10 @@ fn hardening_one_component_leaves_the_others_code_unchanged() {
         assert!(vfs_all > 0 && ramfs_all > 0, "{option}: the image has vfs and ramfs code");
         assert_eq!((vfs, ramfs), (0, 0), "{option}: vfs and ramfs are not hardened but carry its instrumentation");
         // SQLite's C code (unmangled names) carries it too.
-        let c = funcs.iter().filter(|(n, b)| (n == "sqlite3VdbeExec" || n == "__cfi_sqlite3VdbeExec") && instrumented(n, b)).count();
+        let c = funcs
+            .iter()
+            .filter(|(n, b)| (n == "sqlite3VdbeExec" || n == "__cfi_sqlite3VdbeExec") && instrumented(n, b))
+            .count();
         assert!(c > 0, "{option}: sqlite3VdbeExec is not instrumented");
     }
 }

@@ -167,8 +167,7 @@ fn hardening_options_reach_the_generated_code() {
     let plain = image("configs/sqlite.toml");
     let hardened = image("configs/sqlite-3comp-hardened.toml");
     let (p, h) = (disassembly(&plain), disassembly(&hardened));
-    let canary_checks =
-        |d: &str| d.lines().filter(|l| l.contains("call") && l.contains("<__stack_chk_fail>")).count();
+    let canary_checks = |d: &str| d.lines().filter(|l| l.contains("call") && l.contains("<__stack_chk_fail>")).count();
     assert_eq!(canary_checks(&p), 0, "no stack protector without the option");
     assert!(canary_checks(&h) > 100, "SQLite's functions check their canaries: {}", canary_checks(&h));
     let traps = |d: &str| d.lines().filter(|l| l.trim_end().ends_with("ud2")).count();
@@ -210,7 +209,8 @@ fn hardening_catches_seeded_bugs() {
     let smash = selftest(&stack_protector, "stack-smash", &"A".repeat(200));
     assert_eq!(smash.status.signal(), Some(6), "aborted: {:?}", smash.status);
     assert!(
-        String::from_utf8_lossy(&smash.stderr).contains("flexos: compartment \"main\": stack-protector caught a stack buffer overflow"),
+        String::from_utf8_lossy(&smash.stderr)
+            .contains("flexos: compartment \"main\": stack-protector caught a stack buffer overflow"),
         "{}",
         String::from_utf8_lossy(&smash.stderr)
     );
@@ -218,7 +218,10 @@ fn hardening_catches_seeded_bugs() {
     let overflow = selftest(&hardened, "signed-overflow", "xx");
     assert_eq!(overflow.status.signal(), Some(4), "trapped with SIGILL: {:?}", overflow.status);
     let report = String::from_utf8_lossy(&overflow.stderr);
-    assert!(report.contains("flexos: compartment \"main\": ubsan caught undefined behaviour (a UBSan trap) at 0x"), "{report}");
+    assert!(
+        report.contains("flexos: compartment \"main\": ubsan caught undefined behaviour (a UBSan trap) at 0x"),
+        "{report}"
+    );
     let smash = selftest(&hardened, "stack-smash", &"A".repeat(200));
     assert_eq!(smash.status.signal(), Some(4), "trapped with SIGILL: {:?}", smash.status);
     // Without the option, the overflow goes unnoticed.
