@@ -42,8 +42,15 @@ pub fn enabled() -> bool {
     IN_IMAGE && MAPPED.load(Ordering::Relaxed) && !crate::guest::in_guest()
 }
 
-/// Maps the shadow, once per process, in images that use `kasan` (at boot,
-/// before anything instrumented runs, and from `__asan_init`).
+/// Maps the shadow before `main` and before any allocation: the allocator
+/// decides per block whether it has redzones ([`enabled`]), so that must
+/// not change between a block's allocation and its free.
+#[used]
+#[unsafe(link_section = ".init_array")]
+static MAP_AT_START: extern "C" fn() = __asan_init;
+
+/// Maps the shadow, once per process, in images that use `kasan` (at
+/// start-up, from `__asan_init`, and at boot).
 pub fn init() {
     if !IN_IMAGE || crate::guest::in_guest() || MAPPED.load(Ordering::Relaxed) {
         return;

@@ -103,6 +103,29 @@ pub fn write_config(
     Ok(path)
 }
 
+/// Instructions the SQLite image `image` executes for the workload of
+/// `rows` INSERTs, counted by valgrind's callgrind (deterministic to a few
+/// instructions between runs, unlike times on a shared machine).
+pub fn count_instructions(image: &Path, rows: u64) -> Result<f64, String> {
+    let out = std::process::Command::new("valgrind")
+        .args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
+        .arg(image)
+        .args(["--rows", &rows.to_string()])
+        .output()
+        .map_err(|e| format!("cannot run valgrind: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    let workload = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || !workload.contains(&format!("rows: {rows}")) {
+        return Err(format!("{} under callgrind failed:\n{text}", image.display()));
+    }
+    parse_collected(&text).ok_or_else(|| format!("no instruction count in callgrind's output:\n{text}"))
+}
+
+/// The count of callgrind's `==PID== Collected : N` line.
+fn parse_collected(text: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.split_once("Collected :").and_then(|(_, n)| n.trim().parse().ok()))
+}
+
 /// Builds the table from the measured medians: `unhardened` and one per
 /// variant. `higher_is_better` for throughputs (the ratio is then inverted).
 pub fn table(
@@ -175,6 +198,12 @@ mod tests {
         assert!(v.iter().all(|(c, _)| *c != "net"), "no network component in the SQLite image");
         let only = variants("kv", &["net".into()], &["cfi".into()]);
         assert_eq!(only, vec![("net", Hardening::Cfi)]);
+    }
+
+    #[test]
+    fn reads_callgrinds_count() {
+        assert_eq!(parse_collected("==6290== Events    : Ir\n==6290== Collected : 396583881\n"), Some(396583881.0));
+        assert_eq!(parse_collected("nothing"), None);
     }
 
     #[test]

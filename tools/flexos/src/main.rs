@@ -175,7 +175,11 @@ enum BenchCmd {
         /// Runs of each subject [default: 11 for sqlite, 3 for kv].
         #[arg(long)]
         runs: Option<usize>,
-        /// Where to write the table [default: target/flexos/bench/hardening-APP.json].
+        /// sqlite: count instructions (one run each under valgrind's callgrind: repeatable, and blind to
+        /// caches) instead of timing; `kasan` variants are left out (valgrind cannot map their shadow).
+        #[arg(long)]
+        instructions: bool,
+        /// Where to write the table [default: target/flexos/bench/hardening-APP.json, -instructions.json].
         #[arg(long)]
         json: Option<PathBuf>,
     },
@@ -345,6 +349,7 @@ fn bench_hardening(
     components: &[String],
     options: &[String],
     runs: Option<usize>,
+    instructions: bool,
     json: Option<PathBuf>,
 ) -> Result<(), i32> {
     use flexos::hardenbench;
@@ -358,7 +363,14 @@ fn bench_hardening(
         eprintln!("error: --runs must be at least 1");
         return Err(exit::USAGE);
     }
-    let variants = hardenbench::variants(app, components, options);
+    if instructions && app != "sqlite" {
+        eprintln!("error: --instructions counts the SQLite workload only (kv is measured by its clients' rate)");
+        return Err(exit::USAGE);
+    }
+    let mut variants = hardenbench::variants(app, components, options);
+    if instructions {
+        variants.retain(|(_, o)| *o != flexos_config::Hardening::Kasan);
+    }
     if variants.is_empty() {
         eprintln!("error: no hardening option applies to the components asked for");
         return Err(exit::USAGE);
@@ -371,29 +383,29 @@ fn bench_hardening(
             exit::BENCH_FAILED
         })
     };
-    // Every image first (never build while measuring); each build folder but
-    // the last is dropped once the next image is built from it.
+    // Every image first (never build while measuring); the build folders
+    // stay (300-600 MB each), so that measuring again rebuilds nothing.
     let options = BuildOptions::default();
     let unhardened = build(&write(None)?, &options)?;
     let mut images = Vec::new();
-    let mut previous: Option<flexos_config::Layout> = None;
     for (i, v) in variants.iter().enumerate() {
         say!("[{}/{}] {} with {}", i + 1, variants.len(), v.0, v.1.name());
-        let config = write(Some(*v))?;
-        let layout = load(&config)?;
-        images.push(build_image(&root, &layout, &options).map_err(|e| {
-            eprintln!("error: {e}");
-            exit::BUILD_FAILED
-        })?);
-        if let Some(p) = previous.replace(layout) {
-            flexos::build::drop_build_folder(&root, &p, &options);
-        }
+        images.push(build(&write(Some(*v))?, &options)?);
     }
     let fail = |e: String| {
         eprintln!("error: {e}");
         exit::BENCH_FAILED
     };
-    let table = if app == "sqlite" {
+    let table = if instructions {
+        let mut counts = Vec::new();
+        for (i, p) in images.iter().chain(std::iter::once(&unhardened)).enumerate() {
+            say!("[{}/{}] counting {}", i + 1, images.len() + 1, p.display());
+            counts.push(hardenbench::count_instructions(p, 5000).map_err(fail)?);
+        }
+        let base = counts.pop().expect("the unhardened image was counted");
+        let measured: Vec<_> = variants.iter().copied().zip(counts).collect();
+        hardenbench::table(app, "instructions for 5000 INSERTs", 1, base, &measured, false)
+    } else if app == "sqlite" {
         let rows = 5000;
         let arg = |p: &PathBuf, name: String| bench::Subject {
             name,
@@ -424,7 +436,8 @@ fn bench_hardening(
         hardenbench::table(app, "GET requests/s", runs, base, &measured, true)
     };
     say_raw(&hardenbench::markdown(&table));
-    write_json(json.unwrap_or_else(|| root.join(format!("target/flexos/bench/hardening-{app}.json"))), &table)
+    let name = if instructions { format!("hardening-{app}-instructions.json") } else { format!("hardening-{app}.json") };
+    write_json(json.unwrap_or_else(|| root.join("target/flexos/bench").join(name)), &table)
 }
 
 fn load_space(path: &Path) -> Result<flexos::explore::space::Space, i32> {
@@ -677,8 +690,8 @@ fn main() {
         Cmd::Run { config, options, netns, args } => run(&config, &options, netns, &args),
         Cmd::Bench { which: BenchCmd::Sqlite { configs, runs, rows, json } } => bench_sqlite(configs, runs, rows, json),
         Cmd::Bench { which: BenchCmd::Gates { json } } => bench_gates(json),
-        Cmd::Bench { which: BenchCmd::Hardening { app, components, options, runs, json } } => {
-            bench_hardening(&app, &components, &options, runs, json)
+        Cmd::Bench { which: BenchCmd::Hardening { app, components, options, runs, instructions, json } } => {
+            bench_hardening(&app, &components, &options, runs, instructions, json)
         }
         Cmd::GuestTest { limit } => guest_test(limit),
         Cmd::Explore { step, run } => explore_cmd(step, run),

@@ -34,6 +34,11 @@ const REQUIREMENTS: &[Requirement] = &[
         package: "clang-19",
         why: "builds SQLite with the cfi hardening option (kcfi exists only in clang)",
     },
+    Requirement {
+        program: "valgrind",
+        package: "valgrind",
+        why: "`flexos bench hardening --instructions` counts instructions (callgrind)",
+    },
     Requirement { program: "ar", package: "binutils", why: "builds SQLite and the C parts" },
     Requirement { program: "nm", package: "binutils", why: "the statics audit reads the image's symbols" },
     Requirement { program: "objcopy", package: "binutils", why: "the images' sections" },
