@@ -526,6 +526,25 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Layout, Vec<ConfigError>>
                             placement.harden.push(*opt);
                         }
                         let compartment = &compartments[placement.compartment];
+                        // rustc builds no sanitizer into a statically linked
+                        // program, and an image with mpk compartments is one.
+                        if matches!(opt, Hardening::Kasan | Hardening::Cfi)
+                            && info.language == Language::Rust
+                            && compartments.iter().any(|c| c.mechanism == Mechanism::Mpk)
+                        {
+                            err(
+                                &mut errors,
+                                h.span().start,
+                                format!(
+                                    "hardening {:?} of Rust component {name:?} cannot be built into an image with mpk compartments: such an image is linked statically (docs/mpk.md), and rustc builds no sanitizer into a statically linked program",
+                                    opt.name()
+                                ),
+                                format!(
+                                    "drop {:?} from {name:?}'s harden list, or use no mpk compartment (C components can keep it)",
+                                    opt.name()
+                                ),
+                            );
+                        }
                         if let Some(why) = opt.refusal_in(compartment.mechanism) {
                             err(
                                 &mut errors,
