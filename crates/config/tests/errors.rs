@@ -197,10 +197,17 @@ fn rust_sanitizers_stay_out_of_statically_linked_mpk_images() {
     let mpk = "app = \"sqlite\"\n[[compartment]]\nname = \"main\"\nmechanism = \"mpk\"\ndefault = true\n";
     for option in ["kasan", "cfi"] {
         let e = one_error(&format!("{mpk}[component.libc]\nharden = [\"{option}\"]\n"));
-        assert!(e.message.contains(&format!("hardening \"{option}\" of Rust component \"libc\" cannot be built into an image with mpk compartments")), "{e}");
+        assert!(
+            e.message.contains(&format!(
+                "hardening \"{option}\" of Rust component \"libc\" cannot be built into an image with mpk compartments"
+            )),
+            "{e}"
+        );
         assert!(e.fix.contains("C components can keep it"), "{e}");
         // SQLite (C) keeps it.
-        assert!(parse(Path::new("configs/ok.toml"), &format!("{mpk}[component.sqlite]\nharden = [\"{option}\"]\n")).is_ok());
+        assert!(
+            parse(Path::new("configs/ok.toml"), &format!("{mpk}[component.sqlite]\nharden = [\"{option}\"]\n")).is_ok()
+        );
     }
 }
 

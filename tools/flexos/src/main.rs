@@ -436,7 +436,8 @@ fn bench_hardening(
         hardenbench::table(app, "GET requests/s", runs, base, &measured, true)
     };
     say_raw(&hardenbench::markdown(&table));
-    let name = if instructions { format!("hardening-{app}-instructions.json") } else { format!("hardening-{app}.json") };
+    let name =
+        if instructions { format!("hardening-{app}-instructions.json") } else { format!("hardening-{app}.json") };
     write_json(json.unwrap_or_else(|| root.join("target/flexos/bench").join(name)), &table)
 }
 
