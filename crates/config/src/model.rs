@@ -590,12 +590,13 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Layout, Vec<ConfigError>>
             }
         }
     }
-    // The application's `main` enters its component's compartment in the
-    // image's own process (`flexos_gate::fcall`): a process or VM of its
-    // own would never run it (the C library, which must share its
-    // compartment, follows; see above).
-    // (A remote default compartment is refused above already.)
+    // A C application's `main` (SQLite's) enters its component's
+    // compartment in the image's own process (`flexos_gate::fcall` around
+    // `run_c_main`): a process or VM of its own would never run it (the C
+    // library, which must share its compartment, follows; see above). A
+    // remote default compartment is refused above already.
     if let Some(p) = placements.iter().find(|p| p.component == app)
+        && component_info(&app).is_some_and(|c| c.language == Language::C)
         && p.compartment != 0
         && compartments[p.compartment].mechanism.is_remote()
     {
