@@ -230,8 +230,10 @@ fn hardening_one_component_leaves_the_others_code_unchanged() {
             common::image(&config("sqlite-stack-protector.toml", &["stack-protector"], &["stack-protector"]), true),
             |_, body| body.contains("<__stack_chk_fail>"),
         ),
+        // Inline checks call a report function; a function with very many
+        // accesses (SQLite's interpreter) calls outlined checks instead.
         ("kasan", common::image(&config("sqlite-kasan.toml", &["kasan"], &["kasan"]), true), |_, body| {
-            body.contains("<__asan_report_")
+            body.contains("<__asan_")
         }),
         ("cfi", common::image(&config("sqlite-cfi.toml", &["cfi"], &["cfi"]), true), |name, _| {
             name.starts_with("__cfi_")
