@@ -20,8 +20,8 @@ pub fn report(option: &str, what: &str, at: usize, detail: &[u8]) {
     report_in(compartment_name(crate::compartment::current()), option, what, at, detail)
 }
 
-/// [`report`] for compartment `name` (a `kvm` compartment's VM, reported by its host thread).
-pub fn report_in(name: &str, option: &str, what: &str, at: usize, detail: &[u8]) {
+/// `flexos: compartment "NAME": OPTION caught WHAT at `, the start of every report.
+fn caught_line(name: &str, option: &str, what: &str) -> Line {
     let mut line = Line::new();
     line.push(b"flexos: compartment \"");
     line.push(name.as_bytes());
@@ -30,6 +30,12 @@ pub fn report_in(name: &str, option: &str, what: &str, at: usize, detail: &[u8])
     line.push(b" caught ");
     line.push(what.as_bytes());
     line.push(b" at ");
+    line
+}
+
+/// [`report`] for compartment `name` (a `kvm` compartment's VM, reported by its host thread).
+pub fn report_in(name: &str, option: &str, what: &str, at: usize, detail: &[u8]) {
+    let mut line = caught_line(name, option, what);
     line.hex(at);
     if option != "kasan" {
         push_program_offset(&mut line, at);
@@ -143,14 +149,7 @@ pub fn report_panic(info: &std::panic::PanicHookInfo<'_>) {
 /// Writes the report line of a bug caught at a source location (a
 /// failed check the compiler or the C library reports with file and line).
 pub fn report_at_source(option: &str, what: &str, file: &[u8], line_number: u32, detail: &[u8]) {
-    let mut line = Line::new();
-    line.push(b"flexos: compartment \"");
-    line.push(compartment_name(crate::compartment::current()).as_bytes());
-    line.push(b"\": ");
-    line.push(option.as_bytes());
-    line.push(b" caught ");
-    line.push(what.as_bytes());
-    line.push(b" at ");
+    let mut line = caught_line(compartment_name(crate::compartment::current()), option, what);
     line.push(file);
     line.push(b":");
     line.decimal(line_number as usize);
