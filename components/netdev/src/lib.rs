@@ -85,7 +85,7 @@ impl NetDevice {
     }
 
     /// Makes the image's TCP `port` reachable; returns (host, port) for clients.
-    pub fn expose(&self, addressing: &Addressing, port: u16) -> Result<(String, u16), String> {
+    pub fn expose(&mut self, addressing: &Addressing, port: u16) -> Result<(String, u16), String> {
         self.port.expose(addressing, port).map_err(|e| alloc::format!("{e}"))
     }
 

@@ -119,13 +119,17 @@ const ALLOWED: &[i64] = &[
 /// What the compartment that holds the network device may do besides
 /// [`ALLOWED`]: open and drive the tap device (`/dev/net/tun`, its ioctl,
 /// polling) or run the 127.0.0.1 forwarder (listening TCP sockets on the
-/// host, a socket pair to wake it). No other file, no process, no signal.
+/// host, watched with `epoll`). No other file, no process, no signal.
 pub const NETWORK_DEVICE: &[i64] = &[
     libc::SYS_openat,
     libc::SYS_close,
     libc::SYS_ioctl,
     libc::SYS_poll,
     libc::SYS_ppoll,
+    libc::SYS_epoll_create1,
+    libc::SYS_epoll_ctl,
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
     libc::SYS_fcntl,
     libc::SYS_socket,
     libc::SYS_socketpair,

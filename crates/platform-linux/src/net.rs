@@ -7,12 +7,12 @@
 //!   the namespace.
 //! * unset or `forward`: zero setup, no root. The image sits on a private
 //!   virtual wire (10.0.2.15 ↔ 10.0.2.2); for every port the image listens
-//!   on, a relay thread (`forward`) accepts connections on 127.0.0.1 and
-//!   carries them over the wire with a TCP/IP stack of its own.
+//!   on, a relay (`forward`, run inline on the device's thread) accepts
+//!   connections on 127.0.0.1 and carries them over the wire with a TCP/IP
+//!   stack of its own.
 //!
 //! Frames cross in batches: the device drains every pending frame (up to a
-//! batch) per wake-up, and the wire moves whole queues under one lock with
-//! one notification. A tap takes one frame per `read`/`write` system call
+//! batch) per refill. A tap takes one frame per `read`/`write` system call
 //! (the kernel has no batched call for tap file descriptors).
 
 mod forward;
@@ -20,10 +20,9 @@ mod forward;
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::Arc;
 use std::time::Duration;
 
-pub use forward::Wire;
+pub use forward::Forwarder;
 
 /// The largest Ethernet frame the device carries (1500-byte MTU + header).
 pub const MAX_FRAME: usize = 1514;
@@ -112,8 +111,8 @@ fn image_mac(ip: [u8; 4]) -> [u8; 6] {
 pub enum Port {
     /// A tap file descriptor (non-blocking).
     Tap(OwnedFd),
-    /// The image's end of the forwarder's wire.
-    Wire(Arc<Wire>),
+    /// The forwarder's wire, with the relay at its other end.
+    Forward(Box<Forwarder>),
 }
 
 impl Port {
@@ -126,14 +125,14 @@ impl Port {
                 Ok((Port::Tap(fd), addressing))
             }
             Backend::Forward => {
-                let wire = forward::start().map_err(|e| format!("cannot start the 127.0.0.1 forwarder: {e}"))?;
+                let relay = Forwarder::new().map_err(|e| format!("cannot start the 127.0.0.1 forwarder: {e}"))?;
                 let addressing = Addressing {
                     ip: FORWARD_IMAGE_IP,
                     prefix: 24,
                     gateway: FORWARD_RELAY_IP,
                     mac: image_mac(FORWARD_IMAGE_IP),
                 };
-                Ok((Port::Wire(wire), addressing))
+                Ok((Port::Forward(Box::new(relay)), addressing))
             }
         }
     }
@@ -156,7 +155,7 @@ impl Port {
                     out.push_back(buf);
                 }
             }
-            Port::Wire(wire) => wire.take_to_image(out, max),
+            Port::Forward(relay) => relay.take_to_image(out, max),
         }
     }
 
@@ -167,36 +166,32 @@ impl Port {
                 // SAFETY: `frame` is a valid readable buffer; `fd` is open.
                 let _ = unsafe { libc::write(fd.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
             }
-            Port::Wire(wire) => wire.push_to_host(frame),
+            Port::Forward(relay) => relay.push_from_image(frame),
         }
     }
 
     /// Makes frames sent since the last flush visible to the other side.
     pub fn flush(&mut self) {
-        if let Port::Wire(wire) = self {
-            wire.notify_host();
+        if let Port::Forward(relay) = self {
+            relay.flush();
         }
     }
 
     /// Blocks until a frame may be pending or `timeout` passes (`None`:
     /// no limit).
-    pub fn wait(&self, timeout: Option<Duration>) {
-        let fd = match self {
-            Port::Tap(fd) => fd.as_raw_fd(),
-            Port::Wire(wire) => wire.image_event_fd(),
-        };
-        wait_readable(&[fd], timeout);
-        if let Port::Wire(wire) = self {
-            wire.clear_image_event();
+    pub fn wait(&mut self, timeout: Option<Duration>) {
+        match self {
+            Port::Tap(fd) => wait_readable(&[fd.as_raw_fd()], timeout),
+            Port::Forward(relay) => relay.wait(timeout),
         }
     }
 
     /// Makes TCP port `port` of the image reachable from this machine and
     /// returns how a client reaches it (host, port).
-    pub fn expose(&self, addressing: &Addressing, port: u16) -> io::Result<(String, u16)> {
+    pub fn expose(&mut self, addressing: &Addressing, port: u16) -> io::Result<(String, u16)> {
         match self {
             Port::Tap(_) => Ok((std::net::Ipv4Addr::from(addressing.ip).to_string(), port)),
-            Port::Wire(wire) => wire.expose(port).map(|p| ("127.0.0.1".to_owned(), p)),
+            Port::Forward(relay) => relay.expose(port).map(|p| ("127.0.0.1".to_owned(), p)),
         }
     }
 }

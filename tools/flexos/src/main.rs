@@ -126,6 +126,9 @@ enum BenchCmd {
         /// Runs of each subject (the median is reported).
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// How clients reach the image: its tap device, or the zero-setup 127.0.0.1 forwarder.
+        #[arg(long, value_enum, default_value_t = flexos::netbench::Net::Tap)]
+        net: flexos::netbench::Net,
         /// Where to write the JSON report [default: target/flexos/bench/kv.json].
         #[arg(long)]
         json: Option<PathBuf>,
@@ -141,6 +144,9 @@ enum BenchCmd {
         /// Runs of each subject (the median is reported).
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// How clients reach the image: its tap device, or the zero-setup 127.0.0.1 forwarder.
+        #[arg(long, value_enum, default_value_t = flexos::netbench::Net::Tap)]
+        net: flexos::netbench::Net,
         /// Where to write the JSON report [default: target/flexos/bench/http.json].
         #[arg(long)]
         json: Option<PathBuf>,
@@ -156,6 +162,9 @@ enum BenchCmd {
         /// Runs of each subject and size (the median is reported).
         #[arg(long, default_value_t = 1)]
         runs: usize,
+        /// How clients reach the image: its tap device, or the zero-setup 127.0.0.1 forwarder.
+        #[arg(long, value_enum, default_value_t = flexos::netbench::Net::Tap)]
+        net: flexos::netbench::Net,
         /// Where to write the JSON report [default: target/flexos/bench/iperf.json].
         #[arg(long)]
         json: Option<PathBuf>,
@@ -426,7 +435,7 @@ fn bench_hardening(
         let mut named: Vec<(String, PathBuf)> =
             variants.iter().zip(&images).map(|(v, p)| (format!("{} {}", v.0, v.1.name()), p.clone())).collect();
         named.push(("unhardened".into(), unhardened));
-        let report = flexos::netbench::kv(&named, runs).map_err(fail)?;
+        let report = flexos::netbench::kv(&named, runs, flexos::netbench::Net::Tap).map_err(fail)?;
         let median = |name: &str| {
             report.rows.iter().find(|r| r.subject == name && r.metric == "GET requests/s").map(|r| r.median)
         };
@@ -696,9 +705,9 @@ fn main() {
         }
         Cmd::GuestTest { limit } => guest_test(limit),
         Cmd::Explore { step, run } => explore_cmd(step, run),
-        Cmd::Bench { which: BenchCmd::Kv { configs, runs, json } } => network_images(configs, "kv.toml", runs)
-            .and_then(|images| report_network(flexos::netbench::kv(&images, runs), json, "kv")),
-        Cmd::Bench { which: BenchCmd::Http { configs, path, runs, json } } => {
+        Cmd::Bench { which: BenchCmd::Kv { configs, runs, net, json } } => network_images(configs, "kv.toml", runs)
+            .and_then(|images| report_network(flexos::netbench::kv(&images, runs, net), json, "kv")),
+        Cmd::Bench { which: BenchCmd::Http { configs, path, runs, net, json } } => {
             let site = configs.first().cloned().unwrap_or_else(|| workspace_root().join("configs/httpd.toml"));
             load(&site).and_then(|layout| {
                 let Some(site) = layout.files else {
@@ -707,12 +716,12 @@ fn main() {
                 };
                 let images = network_images(configs, "httpd.toml", runs)?;
                 let scratch = workspace_root().join("target/flexos/bench/nginx");
-                report_network(flexos::netbench::http(&images, &site, &path, runs, &scratch), json, "http")
+                report_network(flexos::netbench::http(&images, &site, &path, runs, &scratch, net), json, "http")
             })
         }
-        Cmd::Bench { which: BenchCmd::Iperf { configs, seconds, runs, json } } => {
+        Cmd::Bench { which: BenchCmd::Iperf { configs, seconds, runs, net, json } } => {
             network_images(configs, "iperf.toml", runs).and_then(|images| {
-                let report = flexos::netbench::iperf(&images, flexos::netbench::IPERF_SIZES, seconds, runs);
+                let report = flexos::netbench::iperf(&images, flexos::netbench::IPERF_SIZES, seconds, runs, net);
                 report_network(report, json, "iperf")
             })
         }

@@ -17,6 +17,26 @@ use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
+/// How an image under test is reached from its namespace.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Net {
+    /// Its tap device (`FLEXOS_NET=tap:...`): the client's kernel TCP talks to the image's stack.
+    #[default]
+    Tap,
+    /// The zero-setup 127.0.0.1 forwarder (`FLEXOS_NET=forward`), as `flexos run` without `--netns`.
+    Forward,
+}
+
+impl Net {
+    /// The environment that selects this path (empty for the tap default).
+    pub fn envs(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Net::Tap => &[],
+            Net::Forward => &[("FLEXOS_NET", "forward")],
+        }
+    }
+}
+
 /// How long a server may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -222,11 +242,11 @@ pub fn redis_benchmark(server: &Server, requests: u64) -> Result<Vec<(String, f6
 }
 
 /// `flexos bench kv`: each image (name, path) and `redis-server`, `runs` times, alternately.
-pub fn kv(images: &[(String, PathBuf)], runs: usize) -> Result<Report, String> {
+pub fn kv(images: &[(String, PathBuf)], runs: usize, net: Net) -> Result<Report, String> {
     let mut rows = Vec::new();
     for _ in 0..runs {
         for (name, image) in images {
-            let server = Server::image(image, &[], &[])?;
+            let server = Server::image(image, &[], net.envs())?;
             for (test, rps) in redis_benchmark(&server, 100_000)? {
                 push(&mut rows, name, &format!("{test} requests/s"), rps);
             }
@@ -268,6 +288,7 @@ pub fn http(
     path: &str,
     runs: usize,
     scratch: &Path,
+    net: Net,
 ) -> Result<Report, String> {
     std::fs::create_dir_all(scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
     let conf = scratch.join("nginx.conf");
@@ -285,7 +306,7 @@ pub fn http(
     let mut rows = Vec::new();
     for _ in 0..runs {
         for (name, image) in images {
-            let server = Server::image(image, &[], &[])?;
+            let server = Server::image(image, &[], net.envs())?;
             push(&mut rows, name, &format!("GET {path} requests/s"), wrk(&server, path)?);
         }
         let conf = conf.to_string_lossy();
@@ -316,13 +337,19 @@ fn iperf_client(server: &Server, seconds: u32) -> Result<f64, String> {
 }
 
 /// `flexos bench iperf`: each image and `iperf -s` at every receive buffer size.
-pub fn iperf(images: &[(String, PathBuf)], sizes: &[usize], seconds: u32, runs: usize) -> Result<Report, String> {
+pub fn iperf(
+    images: &[(String, PathBuf)],
+    sizes: &[usize],
+    seconds: u32,
+    runs: usize,
+    net: Net,
+) -> Result<Report, String> {
     let mut rows = Vec::new();
     for _ in 0..runs {
         for &size in sizes {
             let metric = format!("{size} B reads Mbit/s");
             for (name, image) in images {
-                let server = Server::image(image, &["--recv-size".into(), size.to_string()], &[])?;
+                let server = Server::image(image, &["--recv-size".into(), size.to_string()], net.envs())?;
                 push(&mut rows, name, &metric, iperf_client(&server, seconds)?);
             }
             let len = size.to_string();

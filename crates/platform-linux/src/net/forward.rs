@@ -1,11 +1,17 @@
-//! The zero-setup backend: a private virtual wire between the image and a
-//! relay thread, and the relay, which listens on 127.0.0.1 for every port
+//! The zero-setup backend: the image's device is a private virtual wire
+//! whose other end is a relay, which listens on 127.0.0.1 for every port
 //! the image exposes and carries each accepted connection over the wire
 //! with a TCP/IP stack of its own (smoltcp), byte for byte.
 //!
-//! The relay is platform code (like a tap device's kernel side): it runs in
-//! the image's host process, on its own thread, and never touches the
-//! image's memory; the two sides share only queues of frames.
+//! The relay is platform code (like a tap device's kernel side) and runs
+//! inline, on the thread that drives the image's device, whenever the
+//! image's stack sends, takes in or waits for frames: no second thread, no
+//! lock and no wake-up between the two stacks, so the relay costs the image
+//! what a tap device's kernel side costs Linux, and the client, the image
+//! and nothing else share the CPUs. The relay never touches the image's
+//! memory; the two sides exchange only frames. Host sockets are watched
+//! with one `epoll` instance, so a round with nothing ready costs one
+//! system call whatever the number of connections.
 
 use super::{FORWARD_IMAGE_IP, FORWARD_RELAY_IP, MAX_FRAME};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
@@ -16,10 +22,7 @@ use smoltcp::wire::{EthernetAddress, IpAddress, IpCidr, Ipv4Address};
 use std::collections::VecDeque;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 /// Socket buffer size of each relayed connection, per direction.
@@ -33,141 +36,32 @@ const MAX_CONNECTING: usize = 32;
 /// The backlog of the relay's listening sockets on 127.0.0.1.
 const HOST_BACKLOG: i32 = 1024;
 
-/// A wake-up signal that is written at most once until it is cleared.
-struct Event {
-    reader: UnixStream,
-    writer: UnixStream,
-    raised: AtomicBool,
-}
+/// The most readiness events taken per `epoll_wait`.
+const EVENTS: usize = 256;
 
-impl Event {
-    fn new() -> io::Result<Event> {
-        let (reader, writer) = UnixStream::pair()?;
-        reader.set_nonblocking(true)?;
-        writer.set_nonblocking(true)?;
-        Ok(Event { reader, writer, raised: AtomicBool::new(false) })
-    }
-
-    fn raise(&self) {
-        if !self.raised.swap(true, Ordering::AcqRel) {
-            let _ = (&self.writer).write(&[1]);
-        }
-    }
-
-    /// Clears the signal; call before looking at the queue it guards.
-    fn clear(&self) {
-        let mut buf = [0u8; 64];
-        while matches!((&self.reader).read(&mut buf), Ok(n) if n > 0) {}
-        self.raised.store(false, Ordering::Release);
-    }
-}
-
-/// The virtual wire: a queue of frames each way and a wake-up signal for
-/// each side.
-pub struct Wire {
-    to_image: Mutex<VecDeque<Vec<u8>>>,
-    to_host: Mutex<VecDeque<Vec<u8>>>,
-    image_event: Event,
-    host_event: Event,
-    host_pending: AtomicBool,
-    new_listeners: Mutex<Vec<(TcpListener, u16)>>,
-}
-
-impl Wire {
-    /// Moves up to `max` frames for the image to `out`.
-    pub(super) fn take_to_image(&self, out: &mut VecDeque<Vec<u8>>, max: usize) {
-        let mut q = self.to_image.lock().unwrap_or_else(|e| e.into_inner());
-        let n = q.len().min(max);
-        out.extend(q.drain(..n));
-        if !q.is_empty() {
-            self.image_event.raise(); // more than one batch: come back without waiting.
-        }
-    }
-
-    /// Queues a frame for the relay (sent at the next [`Wire::notify_host`]).
-    pub(super) fn push_to_host(&self, frame: &[u8]) {
-        self.to_host.lock().unwrap_or_else(|e| e.into_inner()).push_back(frame.to_vec());
-        self.host_pending.store(true, Ordering::Release);
-    }
-
-    pub(super) fn notify_host(&self) {
-        if self.host_pending.swap(false, Ordering::AcqRel) {
-            self.host_event.raise();
-        }
-    }
-
-    pub(super) fn image_event_fd(&self) -> i32 {
-        self.image_event.reader.as_raw_fd()
-    }
-
-    pub(super) fn clear_image_event(&self) {
-        self.image_event.clear();
-    }
-
-    /// Listens on 127.0.0.1:`port` (or a free port if that one is taken)
-    /// and relays its connections to the image's `port`.
-    pub(super) fn expose(&self, port: u16) -> io::Result<u16> {
-        let listener = TcpListener::bind(("127.0.0.1", port)).or_else(|_| TcpListener::bind(("127.0.0.1", 0)))?;
-        // std listens with a backlog of 128; a burst of clients needs more
-        // (listen again to raise it, as Redis's tcp-backlog 511 does).
-        // SAFETY: listen on a socket this function owns; no memory is passed.
-        if unsafe { libc::listen(listener.as_raw_fd(), HOST_BACKLOG) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        listener.set_nonblocking(true)?;
-        let host_port = listener.local_addr()?.port();
-        self.new_listeners.lock().unwrap_or_else(|e| e.into_inner()).push((listener, port));
-        self.host_event.raise();
-        Ok(host_port)
-    }
-}
-
-/// Creates the wire and starts the relay thread.
-pub(super) fn start() -> io::Result<Arc<Wire>> {
-    let wire = Arc::new(Wire {
-        to_image: Mutex::new(VecDeque::new()),
-        to_host: Mutex::new(VecDeque::new()),
-        image_event: Event::new()?,
-        host_event: Event::new()?,
-        host_pending: AtomicBool::new(false),
-        new_listeners: Mutex::new(Vec::new()),
-    });
-    let relay_wire = wire.clone();
-    // The thread is started by the home compartment (with its rights, which
-    // a new thread inherits: the C library and std keep their bookkeeping of
-    // threads in its memory); the relay then runs in the compartment that
-    // drives the device, where the wire was allocated.
-    let device = crate::compartment::current();
-    let relay = move || {
-        let run = move || Relay::new(relay_wire).run();
-        // SAFETY: the relay is platform code that touches only the wire
-        // (the device compartment's memory) and its own allocations.
-        let in_device = move || unsafe { crate::compartment::run_in(device, run) };
-        // Unnamed: naming a thread is a prctl, which a confined compartment process may not make.
-        if let Err(e) = std::thread::Builder::new().spawn(in_device) {
-            crate::console::write_err(format!("flexos: cannot start the forwarder's thread: {e}\n").as_bytes());
-            crate::process_abort();
-        }
-    };
-    // SAFETY: starting a thread touches only the C library's and std's
-    // own bookkeeping, which the home compartment owns.
-    unsafe { crate::compartment::run_in(crate::compartment::home(), relay) };
-    Ok(wire)
-}
+/// `epoll` tokens at and above this one name listeners (index = token - LISTENER_TOKEN).
+const LISTENER_TOKEN: u64 = 1 << 32;
 
 /// The relay's end of the wire, as a smoltcp device.
 struct RelayDevice {
-    wire: Arc<Wire>,
-    rx: VecDeque<Vec<u8>>,
-    out: Vec<Vec<u8>>,
+    /// Frames the image sent, not yet taken in by the relay's stack.
+    from_image: VecDeque<Vec<u8>>,
+    /// Frames the relay's stack sent, not yet taken by the image.
+    to_image: VecDeque<Vec<u8>>,
+    /// Buffers of frames the relay took in, for the image's next frames.
+    spare: Vec<Vec<u8>>,
 }
 
-struct RelayRx(Vec<u8>);
-struct RelayTx<'a>(&'a mut Vec<Vec<u8>>);
+struct RelayRx<'a>(Vec<u8>, &'a mut Vec<Vec<u8>>);
+struct RelayTx<'a>(&'a mut VecDeque<Vec<u8>>);
 
-impl smoltcp::phy::RxToken for RelayRx {
+impl smoltcp::phy::RxToken for RelayRx<'_> {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        f(&self.0)
+        let r = f(&self.0);
+        if self.1.len() < 64 {
+            self.1.push(self.0);
+        }
+        r
     }
 }
 
@@ -175,22 +69,22 @@ impl smoltcp::phy::TxToken for RelayTx<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
         let mut frame = vec![0; len];
         let r = f(&mut frame);
-        self.0.push(frame);
+        self.0.push_back(frame);
         r
     }
 }
 
 impl Device for RelayDevice {
-    type RxToken<'a> = RelayRx;
+    type RxToken<'a> = RelayRx<'a>;
     type TxToken<'a> = RelayTx<'a>;
 
-    fn receive(&mut self, _: SmolInstant) -> Option<(RelayRx, RelayTx<'_>)> {
-        let frame = self.rx.pop_front()?;
-        Some((RelayRx(frame), RelayTx(&mut self.out)))
+    fn receive(&mut self, _: SmolInstant) -> Option<(RelayRx<'_>, RelayTx<'_>)> {
+        let frame = self.from_image.pop_front()?;
+        Some((RelayRx(frame, &mut self.spare), RelayTx(&mut self.to_image)))
     }
 
     fn transmit(&mut self, _: SmolInstant) -> Option<RelayTx<'_>> {
-        Some(RelayTx(&mut self.out))
+        Some(RelayTx(&mut self.to_image))
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
@@ -201,103 +95,216 @@ impl Device for RelayDevice {
     }
 }
 
-impl RelayDevice {
-    fn pull(&mut self) {
-        self.wire.host_event.clear();
-        let mut q = self.wire.to_host.lock().unwrap_or_else(|e| e.into_inner());
-        self.rx.extend(q.drain(..));
-    }
-
-    fn push(&mut self) {
-        if self.out.is_empty() {
-            return;
-        }
-        self.wire.to_image.lock().unwrap_or_else(|e| e.into_inner()).extend(self.out.drain(..));
-        self.wire.image_event.raise();
-    }
-}
-
 /// One relayed connection: a host socket and the relay's socket to the image.
 struct Conn {
     stream: TcpStream,
     handle: SocketHandle,
+    /// The events `epoll` watches for on the host socket.
+    interest: u32,
+    /// `epoll` reported the host socket readable and it was not read dry since.
+    readable: bool,
+    /// A write to the host socket would block; wait for `EPOLLOUT`.
+    write_blocked: bool,
     host_eof: bool,
     host_shut: bool,
-    /// The last poll reported a hang-up or an error on the host socket:
-    /// the client can take nothing more (after an error, or after both
+    /// `epoll` reported a hang-up or an error on the host socket: the
+    /// client can take nothing more (after an error, or after both
     /// directions were shut down).
     host_gone: bool,
     /// The host side failed or went away: drop the connection.
     broken: bool,
 }
 
-struct Relay {
+/// The relay: the 127.0.0.1 listeners, the relayed connections, and the
+/// relay's own TCP/IP stack on the wire.
+pub struct Forwarder {
     device: RelayDevice,
     iface: Interface,
     sockets: SocketSet<'static>,
     listeners: Vec<(TcpListener, u16)>,
+    /// Listeners `epoll` reported readable.
+    listeners_ready: bool,
     /// Accepted clients not yet connected to the image (and its port).
     waiting: VecDeque<(TcpStream, u16)>,
-    conns: Vec<Conn>,
+    /// Relayed connections; a connection's index is its `epoll` token.
+    conns: Vec<Option<Conn>>,
     next_port: u16,
     epoch: Instant,
+    epoll: OwnedFd,
+    events: Vec<libc::epoll_event>,
 }
 
-impl Relay {
-    fn new(wire: Arc<Wire>) -> Relay {
-        let mut device = RelayDevice { wire, rx: VecDeque::new(), out: Vec::new() };
+impl Forwarder {
+    /// A relay with no listener yet, and its `epoll` instance.
+    pub(super) fn new() -> io::Result<Forwarder> {
+        // SAFETY: epoll_create1 takes no pointer; the result is checked.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+        let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut device = RelayDevice { from_image: VecDeque::new(), to_image: VecDeque::new(), spare: Vec::new() };
         let mac = EthernetAddress([0x02, 0xf1, 0, 0, 0, 2]);
-        let epoch = Instant::now();
         let mut iface = Interface::new(Config::new(mac.into()), &mut device, SmolInstant::from_micros(0));
         iface.update_ip_addrs(|a| {
             let [a0, a1, a2, a3] = FORWARD_RELAY_IP;
             let _ = a.push(IpCidr::new(IpAddress::v4(a0, a1, a2, a3), 24));
         });
-        Relay {
+        Ok(Forwarder {
             device,
             iface,
             sockets: SocketSet::new(Vec::new()),
             listeners: Vec::new(),
+            listeners_ready: false,
             waiting: VecDeque::new(),
             conns: Vec::new(),
             next_port: 49152,
-            epoch,
+            epoch: Instant::now(),
+            epoll,
+            events: vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS],
+        })
+    }
+
+    /// Listens on 127.0.0.1:`port` (or a free port if that one is taken)
+    /// and relays its connections to the image's `port`.
+    pub(super) fn expose(&mut self, port: u16) -> io::Result<u16> {
+        let listener = TcpListener::bind(("127.0.0.1", port)).or_else(|_| TcpListener::bind(("127.0.0.1", 0)))?;
+        // std listens with a backlog of 128; a burst of clients needs more
+        // (listen again to raise it, as Redis's tcp-backlog 511 does).
+        // SAFETY: listen on a socket this function owns; no memory is passed.
+        if unsafe { libc::listen(listener.as_raw_fd(), HOST_BACKLOG) } != 0 {
+            return Err(io::Error::last_os_error());
         }
+        listener.set_nonblocking(true)?;
+        let host_port = listener.local_addr()?.port();
+        self.watch(
+            libc::EPOLL_CTL_ADD,
+            listener.as_raw_fd(),
+            libc::EPOLLIN as u32,
+            LISTENER_TOKEN + self.listeners.len() as u64,
+        )?;
+        self.listeners.push((listener, port));
+        Ok(host_port)
+    }
+
+    /// Adds or changes what `epoll` watches on `fd`.
+    fn watch(&self, op: libc::c_int, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+        let mut event = libc::epoll_event { events, u64: token };
+        // SAFETY: `event` is a valid epoll_event for the call's duration;
+        // both descriptors are open.
+        if unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, fd, &mut event) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Takes a frame the image sends.
+    pub(super) fn push_from_image(&mut self, frame: &[u8]) {
+        let mut buf = self.device.spare.pop().unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(frame);
+        self.device.from_image.push_back(buf);
+    }
+
+    /// Runs the relay once (takes in the image's frames, moves what the
+    /// host sockets have ready) and hands up to `max` frames for the image to `out`.
+    pub(super) fn take_to_image(&mut self, out: &mut VecDeque<Vec<u8>>, max: usize) {
+        self.step(Some(Duration::ZERO));
+        let n = self.device.to_image.len().min(max);
+        out.extend(self.device.to_image.drain(..n));
+    }
+
+    /// Runs the relay once after the image sent its frames of a round.
+    pub(super) fn flush(&mut self) {
+        if !self.device.from_image.is_empty() {
+            self.process();
+        }
+    }
+
+    /// Blocks until a frame for the image may be pending or `timeout`
+    /// passes (`None`: no limit), running the relay on whatever woke it.
+    pub(super) fn wait(&mut self, timeout: Option<Duration>) {
+        if !self.device.to_image.is_empty() {
+            return;
+        }
+        let now = self.now();
+        let relay_due = self.iface.poll_delay(now, &self.sockets).map(|d| Duration::from_micros(d.total_micros()));
+        let timeout = match (timeout, relay_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.step(timeout);
     }
 
     fn now(&self) -> SmolInstant {
         SmolInstant::from_micros(self.epoch.elapsed().as_micros() as i64)
     }
 
-    fn run(mut self) -> ! {
-        loop {
-            self.device.pull();
-            self.listeners.extend(self.device.wire.new_listeners.lock().unwrap_or_else(|e| e.into_inner()).drain(..));
-            self.accept();
-            let now = self.now();
-            self.iface.poll(now, &mut self.device, &mut self.sockets);
-            self.pump();
-            let now = self.now();
-            self.iface.poll(now, &mut self.device, &mut self.sockets);
-            self.device.push();
-            self.wait();
+    /// Waits up to `timeout` for host sockets to become ready, then moves
+    /// everything that can move.
+    fn step(&mut self, timeout: Option<Duration>) {
+        self.collect_events(timeout);
+        self.accept();
+        self.process();
+    }
+
+    /// The relay's stack takes in the image's frames, bytes move between
+    /// host sockets and relay sockets, and the stack sends what is due.
+    fn process(&mut self) {
+        let now = self.now();
+        self.iface.poll(now, &mut self.device, &mut self.sockets);
+        self.pump();
+        let now = self.now();
+        self.iface.poll(now, &mut self.device, &mut self.sockets);
+        self.update_interest();
+    }
+
+    /// Notes which host sockets `epoll` reports ready (waiting up to `timeout`).
+    fn collect_events(&mut self, timeout: Option<Duration>) {
+        let ms = timeout.map_or(-1, |t| t.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32);
+        // SAFETY: `events` is a valid, writable array of `EVENTS` entries.
+        let n = unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), self.events.as_mut_ptr(), EVENTS as i32, ms) };
+        for e in &self.events[..n.max(0) as usize] {
+            let (token, flags) = (e.u64, e.events);
+            if token >= LISTENER_TOKEN {
+                self.listeners_ready = true;
+                continue;
+            }
+            let Some(Some(c)) = self.conns.get_mut(token as usize) else { continue };
+            if flags & (libc::EPOLLIN | libc::EPOLLRDHUP) as u32 != 0 {
+                c.readable = true;
+            }
+            if flags & libc::EPOLLOUT as u32 != 0 {
+                c.write_blocked = false;
+            }
+            if flags & (libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
+                c.host_gone = true;
+            }
         }
     }
 
     fn accept(&mut self) {
-        for (listener, image_port) in &self.listeners {
-            while let Ok((stream, _)) = listener.accept() {
-                if stream.set_nonblocking(true).is_err() {
-                    continue;
+        if std::mem::take(&mut self.listeners_ready) {
+            for (listener, image_port) in &self.listeners {
+                while let Ok((stream, _)) = listener.accept() {
+                    if stream.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    let _ = stream.set_nodelay(true);
+                    self.waiting.push_back((stream, *image_port));
                 }
-                let _ = stream.set_nodelay(true);
-                self.waiting.push_back((stream, *image_port));
             }
         }
+        if self.waiting.is_empty() {
+            return;
+        }
+        let sockets = &self.sockets;
         let mut connecting = self
             .conns
             .iter()
-            .filter(|c| self.sockets.get::<tcp::Socket>(c.handle).state() == tcp::State::SynSent)
+            .flatten()
+            .filter(|c| sockets.get::<tcp::Socket>(c.handle).state() == tcp::State::SynSent)
             .count();
         while connecting < MAX_CONNECTING {
             let Some((stream, image_port)) = self.waiting.pop_front() else { break };
@@ -314,15 +321,29 @@ impl Relay {
             if sock.connect(self.iface.context(), remote, local).is_err() {
                 continue; // dropping `stream` closes the client's connection.
             }
+            let slot = self.conns.iter().position(Option::is_none).unwrap_or(self.conns.len());
+            // Nothing to read before the connection to the image is up:
+            // `update_interest` asks for input once the relay socket can send.
+            if self.watch(libc::EPOLL_CTL_ADD, stream.as_raw_fd(), 0, slot as u64).is_err() {
+                continue;
+            }
             let handle = self.sockets.add(sock);
-            self.conns.push(Conn {
+            let conn = Conn {
                 stream,
                 handle,
+                interest: 0,
+                readable: false,
+                write_blocked: false,
                 host_eof: false,
                 host_shut: false,
                 host_gone: false,
                 broken: false,
-            });
+            };
+            if slot == self.conns.len() {
+                self.conns.push(Some(conn));
+            } else {
+                self.conns[slot] = Some(conn);
+            }
             connecting += 1;
         }
     }
@@ -330,10 +351,11 @@ impl Relay {
     /// Moves bytes both ways for every connection; drops finished ones.
     fn pump(&mut self) {
         let sockets = &mut self.sockets;
-        self.conns.retain_mut(|c| {
+        for entry in self.conns.iter_mut() {
+            let Some(c) = entry else { continue };
             let sock = sockets.get_mut::<tcp::Socket>(c.handle);
             // Host → image.
-            while !c.host_eof && !c.broken && sock.can_send() {
+            while c.readable && !c.host_eof && !c.broken && sock.can_send() {
                 let stream = &mut c.stream;
                 let r = sock.send(|buf| match stream.read(buf) {
                     Ok(0) => (0, Err(true)),
@@ -345,6 +367,7 @@ impl Relay {
                     Ok(Ok(())) => {}
                     Ok(Err(eof)) => {
                         c.host_eof |= eof;
+                        c.readable = false;
                         break;
                     }
                     Err(_) => break,
@@ -356,12 +379,12 @@ impl Relay {
             if c.host_gone {
                 // What the client sent is forwarded (as far as the image
                 // takes it); it cannot receive anything more: drop the
-                // connection, so its descriptor is freed and poll does not
-                // report the hang-up again and again.
+                // connection, so its descriptor is freed and epoll does
+                // not report the hang-up again and again.
                 c.broken = true;
             }
             // Image → host.
-            while sock.can_recv() && !c.broken {
+            while !c.write_blocked && sock.can_recv() && !c.broken {
                 let stream = &mut c.stream;
                 let r = sock.recv(|data| match stream.write(data) {
                     Ok(n) => (n, Ok(n)),
@@ -369,7 +392,7 @@ impl Relay {
                 });
                 match r {
                     Ok(Ok(_)) => {}
-                    Ok(Err(e)) if e.kind() == ErrorKind::WouldBlock => break,
+                    Ok(Err(e)) if e.kind() == ErrorKind::WouldBlock => c.write_blocked = true,
                     _ => c.broken = true,
                 }
             }
@@ -383,38 +406,36 @@ impl Relay {
             }
             if finished || c.broken {
                 sockets.remove(c.handle);
-                return false;
+                *entry = None; // closing the stream takes it out of epoll.
             }
-            true
-        });
+        }
+        while matches!(self.conns.last(), Some(None)) {
+            self.conns.pop();
+        }
     }
 
-    fn wait(&mut self) {
-        let mut fds = Vec::with_capacity(1 + self.listeners.len() + self.conns.len());
-        let first_conn = 1 + self.listeners.len();
-        fds.push(libc::pollfd { fd: self.device.wire.host_event.reader.as_raw_fd(), events: libc::POLLIN, revents: 0 });
-        for (l, _) in &self.listeners {
-            fds.push(libc::pollfd { fd: l.as_raw_fd(), events: libc::POLLIN, revents: 0 });
-        }
-        for c in &self.conns {
+    /// Watches each host socket for what the relay can take now: input
+    /// while its relay socket has room, output while a write is blocked.
+    fn update_interest(&mut self) {
+        for (slot, entry) in self.conns.iter_mut().enumerate() {
+            let Some(c) = entry else { continue };
             let sock = self.sockets.get::<tcp::Socket>(c.handle);
-            let mut events = 0;
+            let mut want = libc::EPOLLRDHUP as u32;
             if !c.host_eof && sock.can_send() {
-                events |= libc::POLLIN;
+                want |= libc::EPOLLIN as u32;
             }
-            if sock.can_recv() {
-                events |= libc::POLLOUT;
+            if c.write_blocked {
+                want |= libc::EPOLLOUT as u32;
             }
-            fds.push(libc::pollfd { fd: c.stream.as_raw_fd(), events, revents: 0 });
-        }
-        let now = self.now();
-        let timeout = self.iface.poll_delay(now, &self.sockets).map(|d| Duration::from_micros(d.total_micros()));
-        super::poll(&mut fds, timeout);
-        // Hang-ups and errors are reported whatever was asked for: note them,
-        // or the next poll returns at once for the same reason.
-        for (c, fd) in self.conns.iter_mut().zip(&fds[first_conn..]) {
-            if fd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
-                c.host_gone = true;
+            if want != c.interest {
+                let mut event = libc::epoll_event { events: want, u64: slot as u64 };
+                // SAFETY: `event` is valid for the call; both descriptors are open.
+                let r = unsafe {
+                    libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_MOD, c.stream.as_raw_fd(), &mut event)
+                };
+                if r == 0 {
+                    c.interest = want;
+                }
             }
         }
     }
