@@ -313,7 +313,6 @@ impl Forwarder {
                 tcp::SocketBuffer::new(vec![0; RELAY_BUFFER]),
             );
             sock.set_nagle_enabled(false);
-            sock.set_ack_delay(None);
             let local = self.next_port;
             self.next_port = if self.next_port == u16::MAX { 49152 } else { self.next_port + 1 };
             let [a0, a1, a2, a3] = FORWARD_IMAGE_IP;
