@@ -178,25 +178,10 @@ impl Forwarder {
         }
         listener.set_nonblocking(true)?;
         let host_port = listener.local_addr()?.port();
-        self.watch(
-            libc::EPOLL_CTL_ADD,
-            listener.as_raw_fd(),
-            libc::EPOLLIN as u32,
-            LISTENER_TOKEN + self.listeners.len() as u64,
-        )?;
+        let token = LISTENER_TOKEN + self.listeners.len() as u64;
+        watch(&self.epoll, libc::EPOLL_CTL_ADD, listener.as_raw_fd(), libc::EPOLLIN as u32, token)?;
         self.listeners.push((listener, port));
         Ok(host_port)
-    }
-
-    /// Adds or changes what `epoll` watches on `fd`.
-    fn watch(&self, op: libc::c_int, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
-        let mut event = libc::epoll_event { events, u64: token };
-        // SAFETY: `event` is a valid epoll_event for the call's duration;
-        // both descriptors are open.
-        if unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, fd, &mut event) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
     }
 
     /// Takes a frame the image sends.
@@ -323,7 +308,7 @@ impl Forwarder {
             let slot = self.conns.iter().position(Option::is_none).unwrap_or(self.conns.len());
             // Nothing to read before the connection to the image is up:
             // `update_interest` asks for input once the relay socket can send.
-            if self.watch(libc::EPOLL_CTL_ADD, stream.as_raw_fd(), 0, slot as u64).is_err() {
+            if watch(&self.epoll, libc::EPOLL_CTL_ADD, stream.as_raw_fd(), 0, slot as u64).is_err() {
                 continue;
             }
             let handle = self.sockets.add(sock);
@@ -426,16 +411,22 @@ impl Forwarder {
             if c.write_blocked {
                 want |= libc::EPOLLOUT as u32;
             }
-            if want != c.interest {
-                let mut event = libc::epoll_event { events: want, u64: slot as u64 };
-                // SAFETY: `event` is valid for the call; both descriptors are open.
-                let r = unsafe {
-                    libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_MOD, c.stream.as_raw_fd(), &mut event)
-                };
-                if r == 0 {
-                    c.interest = want;
-                }
+            if want != c.interest
+                && watch(&self.epoll, libc::EPOLL_CTL_MOD, c.stream.as_raw_fd(), want, slot as u64).is_ok()
+            {
+                c.interest = want;
             }
         }
     }
+}
+
+/// Adds (`EPOLL_CTL_ADD`) or changes (`EPOLL_CTL_MOD`) what `epoll` watches on `fd`, under `token`.
+fn watch(epoll: &OwnedFd, op: libc::c_int, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+    let mut event = libc::epoll_event { events, u64: token };
+    // SAFETY: `event` is a valid epoll_event for the call's duration; both
+    // descriptors are open (the caller owns `fd`).
+    if unsafe { libc::epoll_ctl(epoll.as_raw_fd(), op, fd, &mut event) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
