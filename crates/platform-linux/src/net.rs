@@ -241,9 +241,15 @@ pub fn wait_readable(fds: &[RawFd], timeout: Option<Duration>) {
 /// `poll(2)` on `fds` with `timeout` (`None`: no limit), rounded up to
 /// milliseconds; interrupted waits return early.
 pub fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) {
-    let ms = timeout.map_or(-1, |t| t.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32);
+    let ms = timeout_ms(timeout);
     // SAFETY: `fds` is a valid array of `fds.len()` pollfd structures.
     unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+}
+
+/// `timeout` as the milliseconds `poll(2)` and `epoll_wait(2)` take:
+/// rounded up, `-1` for no limit.
+fn timeout_ms(timeout: Option<Duration>) -> i32 {
+    timeout.map_or(-1, |t| t.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32)
 }
 
 /// The image that [`forward_signals`] passes signals to (0: none).

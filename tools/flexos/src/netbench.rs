@@ -63,6 +63,8 @@ impl Drop for Server {
 impl Server {
     /// Starts `image` with `args` (and environment `envs`) on a tap device
     /// in a new namespace and waits for its `listening: HOST:PORT` line.
+    /// `envs` are set after `FLEXOS_NET`, so they may replace it: with
+    /// [`Net::Forward`]'s, the image serves on 127.0.0.1 in the namespace.
     pub fn image(image: &Path, args: &[String], envs: &[(&str, &str)]) -> Result<Server, String> {
         let ns = NetNs::create()?;
         let mut cmd = ns.exec(&image.to_string_lossy());

@@ -247,7 +247,7 @@ impl Forwarder {
 
     /// Notes which host sockets `epoll` reports ready (waiting up to `timeout`).
     fn collect_events(&mut self, timeout: Option<Duration>) {
-        let ms = timeout.map_or(-1, |t| t.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32);
+        let ms = super::timeout_ms(timeout);
         // SAFETY: `events` is a valid, writable array of `EVENTS` entries.
         let n = unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), self.events.as_mut_ptr(), EVENTS as i32, ms) };
         for e in &self.events[..n.max(0) as usize] {
