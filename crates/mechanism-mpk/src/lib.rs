@@ -143,8 +143,10 @@ fn light<const FROM: usize, const TO: usize, F: FnOnce() -> R, R>(f: F) -> R {
 /// The stack-switching gate's code, carrying `$chunk` bytes a trip in the
 /// XMM registers that `$load` (from `[r9]`), `$there` (to `[r10]`) and
 /// `$back` (to `[rdi]`) name. Inputs: RDI the caller's slot, R8 the number
-/// of trips, R12 where the caller's stack pointer is saved, R13 the callee's
-/// slot (its new stack pointer).
+/// of trips, R14 where the caller's stack position is written down for
+/// nested calls back into its domain, R13 the callee's slot (its new stack
+/// pointer). The caller's stack pointer itself waits in R12, a register the
+/// callee must preserve, never in memory another compartment can write.
 macro_rules! switching_gate {
     ($chunk:expr, $from:expr, $to:expr, $trampoline:path, $left_at:expr, $callee_slot:expr, $trips:expr, $caller_slot:expr;
      [$($load:literal),*], [$($there:literal),*], [$($back:literal),*]) => {
@@ -153,7 +155,8 @@ macro_rules! switching_gate {
             "push rbp",
             "push rdi",
             "push r8",
-            "mov [r12], rsp",
+            "mov [r14], rsp",
+            "mov r12, rsp",
             "mov r9, rdi",
             "mov r10, r13",
             "mov r11, r8",
@@ -231,7 +234,7 @@ macro_rules! switching_gate {
             ".long 5b - .",
             ".long {from}",
             ".popsection",
-            "mov rsp, [r12]",
+            "mov rsp, r12",
             "mov rdi, [rsp + 8]",
             "test r10, r10",
             "jnz 21f",
@@ -266,11 +269,11 @@ macro_rules! switching_gate {
             to = const $to,
             from = const $from,
             trampoline = sym $trampoline,
-            in("r12") $left_at,
+            inout("r14") $left_at => _,
             in("r13") $callee_slot,
             inout("r8") $trips => _,
             inout("rdi") $caller_slot => _,
-            out("r14") _,
+            out("r12") _,
             out("r15") _,
             clobber_abi("C"),
         )
@@ -314,27 +317,31 @@ fn switching<const FROM: usize, const TO: usize, F: FnOnce() -> R, R>(f: F) -> R
     // SAFETY: the table belongs to the running context and lives as long as
     // it; nothing else on this host thread uses it while this code runs.
     let t = unsafe { &mut *table };
-    let (left_from, left_to) = (t.left_at[d_from], t.left_at[d_to]);
-    // Resume the callee's stack below the frames it holds in this context,
-    // or start at the top of its stack (with 128 bytes for a red zone); the
-    // callee's copy of the slot lies just below.
-    let target = if left_to != 0 { (left_to - 128) & !15 } else { t.stack_top(d_to, domain_key(d_to)) };
-    let callee_slot = target - trips * chunk;
+    // SAFETY: volatile reads of the table's fields: each is read once (the
+    // table lies in key 0, which other compartments can write meanwhile).
+    let (left_from, left_to) =
+        unsafe { (core::ptr::read_volatile(&t.left_at[d_from]), core::ptr::read_volatile(&t.left_at[d_to])) };
+    // Resume the callee's stack below the frames it holds in this context
+    // (with 128 bytes for a red zone), or start at the top of its stack; the
+    // callee's copy of the slot lies just below. Checked: it lies on this
+    // context's stack of the callee's domain, or the image stops.
+    let callee_slot = t.checked_entry(d_to, domain_key(d_to), left_to, trips * chunk);
     let mut carry = MaybeUninit::<Carry<F, R>>::uninit();
     let caller_slot = carry.as_mut_ptr();
     // SAFETY: the slot is the first field of the fresh carry.
     unsafe { (&raw mut (*caller_slot).slot).write(Slot { f: ManuallyDrop::new(f), result: MaybeUninit::uninit() }) };
     let left_at: *mut usize = &raw mut t.left_at[d_from];
-    // SAFETY: the caller's stack pointer is saved in the context's table
-    // (after RBX, RBP, the slot's address and the number of trips are
-    // pushed) and the callee runs on its own stack below `callee_slot`,
+    // SAFETY: the caller's stack pointer is kept in R12 (after RBX, RBP, the
+    // slot's address and the number of trips are pushed), and written down
+    // in the context's table for nested calls; the callee runs on its own
+    // stack below `callee_slot` (checked to lie on that stack),
     // which nothing else uses below `target` in this context. The trips
     // read and write within `carry` (a slot and one more CHUNK, 16-aligned;
     // the bytes past the slot are carried but never used) and within the
     // `trips * chunk` bytes at `callee_slot` (16-aligned, below `target`).
     // After the call, PKRU is the caller's again (checked), RSP is restored
-    // from the table through R12, which the callee must preserve, as it
-    // must R13 (where it left the result); the caller's slot address and
+    // from R12, which the callee must preserve, as it must R13 (where it
+    // left the result); the caller's slot address and
     // the number of trips are read back from the caller's stack.
     unsafe {
         if size <= 16 {
@@ -379,6 +386,9 @@ fn allocate_shared(len: usize) -> Block {
 
 /// Frees a block made by [`allocate_shared`] (when its context ends).
 fn release(block: Block) {
+    if !flexos_alloc::is_shared(block.base, block.len) {
+        return; // not a block this layer made: the table was rewritten
+    }
     let layout = core::alloc::Layout::from_size_align(block.len, 4096).expect("a valid layout");
     // SAFETY: the block came from `allocate_shared` with this layout and its
     // context, the only user, has ended.
@@ -395,6 +405,7 @@ fn release(block: Block) {
 /// nothing but this compartment's memory, whereas std's default report
 /// reads the thread's name in the default compartment's heap).
 pub fn prepare() {
+    gatestack::reserve();
     gatestack::set_release(release);
     flexos_alloc::in_shared_heap(|| drop(std::io::stdout()));
     // SAFETY: the switcher is called only by trusted platform code (starting
@@ -422,10 +433,18 @@ pub fn dss_mirror(addr: usize, len: usize) -> Option<usize> {
     if addr < bottom || addr + len > top {
         return None;
     }
-    if t.mirrors[domain].base == 0 {
-        t.mirrors[domain] = allocate_shared(top - bottom);
-    }
-    Some(t.mirrors[domain].base + (addr - bottom))
+    // SAFETY: a volatile read: the mirror's address is read once, then checked.
+    let mirror = unsafe { core::ptr::read_volatile(&t.mirrors[domain].base) };
+    let mirror = if mirror == 0 {
+        let block = allocate_shared(top - bottom);
+        t.mirrors[domain] = block;
+        block.base
+    } else if flexos_alloc::is_shared(mirror, top - bottom) {
+        mirror
+    } else {
+        gatestack::table_rewritten("a data shadow stack outside the shared heap")
+    };
+    Some(mirror + (addr - bottom))
 }
 
 /// Runs `f` in compartment `to`, from the running compartment, choosing the
@@ -542,18 +561,4 @@ macro_rules! link_pad {
     };
 }
 
-/// The length a `FLEXOS_LINK_PAD` value asks for (0 when unset or not a number).
-pub const fn pad_len(value: Option<&str>) -> usize {
-    let Some(v) = value else { return 0 };
-    let bytes = v.as_bytes();
-    let mut n = 0usize;
-    let mut i = 0;
-    while i < bytes.len() {
-        if !bytes[i].is_ascii_digit() {
-            return 0;
-        }
-        n = n * 10 + (bytes[i] - b'0') as usize;
-        i += 1;
-    }
-    n
-}
+pub use flexos_platform::pad_len;

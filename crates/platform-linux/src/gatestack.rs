@@ -8,21 +8,170 @@
 //! Nested calls and callbacks (A calls B, B calls back into A) resume a
 //! domain's stack below the frames it already holds; the table is switched
 //! with the context, so every scheduler thread has its own stacks in every
-//! compartment and there is no fixed limit on the number of threads.
+//! compartment.
 //!
 //! The tables live in mappings of their own (key 0, the trusted core's
-//! memory), never in a compartment's heap.
+//! memory), never in a compartment's heap. Key 0 is writable by every `mpk`
+//! compartment, so nothing in a table is trusted as an address: each
+//! domain's stacks are slots of one arena reserved at start-up, whose base
+//! lies in the trusted core's statics (which other compartments may read
+//! but not write); a table names a stack by its slot number, and every
+//! position a gate takes from a table is checked to lie inside that slot
+//! before anything runs there ([`GateStacks::checked_entry`]).
 
-use crate::memory::Stack;
+use crate::memory::PAGE_SIZE;
 use core::cell::Cell;
 use core::ptr::null_mut;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// Stack domains: one per compartment, and one for the shared stacks.
 pub const DOMAINS: usize = crate::compartment::MAX_COMPARTMENTS + 1;
 
 /// The usable size of a stack that a gate creates.
 pub const STACK_SIZE: usize = 256 * 1024;
+
+/// How many contexts may hold a stack in one domain at once.
+pub const SLOTS: usize = 8192;
+
+/// One slot of the arena: a guard page below a stack.
+const SLOT_SPAN: usize = STACK_SIZE + PAGE_SIZE;
+
+/// The arena's first byte: `DOMAINS * SLOTS` slots, inaccessible until a
+/// slot is handed out. Set once at start-up ([`reserve`]), by the default
+/// compartment; a static, so it carries the trusted core's key.
+static ARENA: AtomicUsize = AtomicUsize::new(0);
+
+/// Where the arena's occupancy bits are (one bit per slot, a mapping of its
+/// own in key 0: any compartment's gate may take a slot). Set with [`ARENA`].
+static USED: AtomicUsize = AtomicUsize::new(0);
+
+/// Words of occupancy bits per domain.
+const USED_WORDS: usize = SLOTS / 64;
+
+/// Reserves the arena of gate stacks (address space only; nothing is backed
+/// until a slot is used). Called once at start-up, before any gate runs, by
+/// the default compartment (the statics are written here and never again).
+pub fn reserve() {
+    if ARENA.load(Ordering::Acquire) != 0 {
+        return;
+    }
+    let (arena, tables) = (reserve_inaccessible(DOMAINS * SLOTS * SLOT_SPAN), reserve_inaccessible(SLOTS * PAGE_SIZE));
+    let Some(used) = crate::memory::Region::reserve((DOMAINS + 1) * USED_WORDS * 8) else {
+        crate::console::write_err(b"flexos: cannot map the gate stacks' occupancy bits\n");
+        crate::process_abort()
+    };
+    USED.store(used.base.as_ptr() as usize, Ordering::Release);
+    TABLES.store(tables, Ordering::Release);
+    ARENA.store(arena, Ordering::Release);
+}
+
+/// Reserves `len` bytes of inaccessible address space (nothing backed).
+fn reserve_inaccessible(len: usize) -> usize {
+    // SAFETY: a fresh anonymous reservation, inaccessible, at an address the
+    // kernel chooses: it aliases nothing.
+    let p = unsafe {
+        libc::mmap(
+            null_mut(),
+            len,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        crate::console::write_err(b"flexos: cannot reserve the address space of the gate stacks\n");
+        crate::process_abort()
+    }
+    p as usize
+}
+
+/// The occupancy word `word` of row `domain` (a domain, or [`DOMAINS`]: the tables).
+fn used_word(domain: usize, word: usize) -> &'static AtomicU64 {
+    let base = USED.load(Ordering::Acquire);
+    assert!(base != 0 && domain <= DOMAINS && word < USED_WORDS, "gate stacks used before they were reserved");
+    // SAFETY: `reserve` mapped (DOMAINS + 1) * USED_WORDS zeroed, 8-aligned words
+    // that are never unmapped; the index is in range (checked above).
+    unsafe { &*(base as *const AtomicU64).add(domain * USED_WORDS + word) }
+}
+
+/// The top (exclusive) of slot `slot` of `domain`.
+fn slot_top(domain: usize, slot: usize) -> usize {
+    ARENA.load(Ordering::Acquire) + (domain * SLOTS + slot + 1) * SLOT_SPAN
+}
+
+/// Takes a free slot of row `row` of the occupancy bits (a domain's
+/// stacks, or the tables at row [`DOMAINS`]).
+fn take(row: usize) -> usize {
+    for word in 0..USED_WORDS {
+        let w = used_word(row, word);
+        let mut bits = w.load(Ordering::Relaxed);
+        while bits != u64::MAX {
+            let bit = (!bits).trailing_zeros() as usize;
+            match w.compare_exchange_weak(bits, bits | 1 << bit, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return word * 64 + bit,
+                Err(now) => bits = now,
+            }
+        }
+    }
+    crate::console::write_err(b"flexos: every gate stack of a compartment is in use (too many threads)\n");
+    crate::process_abort()
+}
+
+/// Frees slot `slot` of row `row`.
+fn free(row: usize, slot: usize) {
+    used_word(row, slot / 64).fetch_and(!(1 << (slot % 64)), Ordering::AcqRel);
+}
+
+/// Makes `[addr, addr + len)` of a slot just taken usable with key `key`.
+fn open_slot(addr: usize, len: usize, key: u32) {
+    // SAFETY: part of the arena (reserved, never unmapped) that belongs to
+    // a slot the caller just took and nobody uses; pkey_mprotect makes it
+    // readable and writable with `key`.
+    if let Err(e) = unsafe { crate::pkey::protect(addr, len, key, true) } {
+        panic!("cannot open a gate stack with protection key {key}: {e}")
+    }
+}
+
+/// Drops the memory of `[addr, addr + len)`, part of a slot being given
+/// back, and makes it inaccessible again.
+fn close_slot(addr: usize, len: usize) {
+    // SAFETY: part of the arena (reserved, never unmapped) of a slot on
+    // which no context runs any more (the contract of `destroy`); it stays
+    // reserved, only its pages go.
+    unsafe {
+        libc::madvise(addr as *mut libc::c_void, len, libc::MADV_DONTNEED);
+        libc::mprotect(addr as *mut libc::c_void, len, libc::PROT_NONE);
+    }
+}
+
+/// Takes a free stack of `domain` and makes it usable with key `key`.
+fn take_stack(domain: usize, key: u32) -> usize {
+    let slot = take(domain);
+    let bottom = slot_top(domain, slot) - STACK_SIZE;
+    open_slot(bottom, STACK_SIZE, key);
+    // A slot may hold an old stack's redzones.
+    crate::kasan::unpoison_stack(bottom, STACK_SIZE);
+    slot
+}
+
+/// Gives stack `slot` of `domain` back.
+fn give_back_stack(domain: usize, slot: usize) {
+    close_slot(slot_top(domain, slot) - STACK_SIZE, STACK_SIZE);
+    free(domain, slot);
+}
+
+/// A table that is not what the gates wrote: another compartment changed
+/// it. Stops the image with a report (nothing taken from it is used).
+#[cold]
+fn rewritten(what: &str) -> ! {
+    let report = format!(
+        "flexos: the gate-stack table of this thread was rewritten ({what}); a compartment wrote the trusted \
+         core's memory. Stopping the image.\n"
+    );
+    crate::console::write_err(report.as_bytes());
+    crate::process_abort()
+}
 
 /// Memory that the gate layer allocated for a context (a data shadow
 /// stack): its address and length, freed through the
@@ -35,16 +184,21 @@ pub struct Block {
     pub len: usize,
 }
 
-/// One context's stacks, by stack domain.
+/// One context's stacks, by stack domain. Every field may have been
+/// rewritten by another compartment; what a gate uses is checked first.
 #[derive(Debug)]
 pub struct GateStacks {
     /// Where each domain's stack was left by the gate that went on into
     /// another domain; 0 while the domain is not active in this context.
     pub left_at: [usize; DOMAINS],
-    stacks: [Option<Stack>; DOMAINS],
+    /// Each domain's stack: its slot in the arena, plus one (0: none yet).
+    slots: [usize; DOMAINS],
     /// Each domain's data shadow stack (mirror of its stack), if made.
     pub mirrors: [Block; DOMAINS],
 }
+
+/// The tables' own arena: one page per table, [`SLOTS`] of them. Set by [`reserve`].
+static TABLES: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
     /// The table of the context running on this host thread.
@@ -68,66 +222,115 @@ fn release(block: Block) {
     }
 }
 
+/// Reads a field of a table once (another thread may change it meanwhile;
+/// the value read is the one checked and used).
+fn fetch(field: &usize) -> usize {
+    // SAFETY: a reference to an initialized, aligned usize.
+    unsafe { core::ptr::read_volatile(field) }
+}
+
 impl GateStacks {
-    /// A new, empty table in a mapping of its own (key 0). Not in the C
-    /// library's heap: its allocator keeps its state in statics, which an
+    /// A new, empty table in a page of the tables' arena (key 0). Not in the
+    /// C library's heap: its allocator keeps its state in statics, which an
     /// `mpk` compartment other than the default may not write, and a
     /// context's first gate may start in any compartment (docs/mpk.md).
     fn create() -> *mut GateStacks {
-        let table = GateStacks {
-            left_at: [0; DOMAINS],
-            stacks: [const { None }; DOMAINS],
-            mirrors: [Block::default(); DOMAINS],
-        };
-        let Some(region) = crate::memory::Region::reserve(size_of::<GateStacks>()) else {
-            crate::console::write_err(b"flexos: cannot map a gate stack table\n");
-            crate::process_abort()
-        };
-        // SAFETY: a fresh, writable, page-aligned mapping of at least the
-        // table's size; the table is moved into it and owned by the pointer.
+        const { assert!(size_of::<GateStacks>() <= PAGE_SIZE) };
+        let slot = take(DOMAINS);
+        let p = table_address(slot) as *mut GateStacks;
+        open_slot(p as usize, PAGE_SIZE, 0);
+        // SAFETY: the page of a table slot just taken: readable, writable,
+        // page-aligned and used by nobody; the table is moved into it.
         unsafe {
-            let p = region.base.as_ptr().cast::<GateStacks>();
-            p.write(table);
-            p
-        }
+            p.write(GateStacks { left_at: [0; DOMAINS], slots: [0; DOMAINS], mirrors: [Block::default(); DOMAINS] })
+        };
+        p
     }
 
-    /// Frees a table made by [`GateStacks::create`], with its stacks and blocks.
+    /// Frees a table made by [`GateStacks::create`], with its stacks and
+    /// blocks (those whose numbers are in range).
     ///
     /// # Safety
     /// No context may run on its stacks any more, and `table` is not used again.
     pub(crate) unsafe fn destroy(table: *mut GateStacks) {
-        if table.is_null() {
-            return;
-        }
-        // SAFETY: by the contract the table is ours and unused; reading it
-        // out moves its stacks (unmapped when dropped) before the memory is freed.
+        let Some(slot) = table_slot(table) else { return };
+        // SAFETY: a table of the arena (checked), unused by the contract.
         let t = unsafe { table.read() };
-        // SAFETY: mapped in `create` with the table's size (rounded up to pages).
-        unsafe { libc::munmap(table.cast(), size_of::<GateStacks>()) };
+        for (domain, &s) in t.slots.iter().enumerate() {
+            if (1..=SLOTS).contains(&s) {
+                give_back_stack(domain, s - 1);
+            }
+        }
         t.mirrors.iter().copied().for_each(release);
-        drop(t.stacks);
+        close_slot(table as usize, PAGE_SIZE);
+        free(DOMAINS, slot);
     }
 
-    /// The top of this context's stack in domain `domain`, mapped on first
+    /// The top of this context's stack in domain `domain`, made on first
     /// use with protection key `key` (0: none).
     pub fn stack_top(&mut self, domain: usize, key: u32) -> usize {
-        self.stacks[domain].get_or_insert_with(|| Stack::with_key(STACK_SIZE, key)).top() as usize
+        let slot = match fetch(&self.slots[domain]) {
+            0 => {
+                let slot = take_stack(domain, key);
+                self.slots[domain] = slot + 1;
+                slot
+            }
+            s if s <= SLOTS => s - 1,
+            _ => rewritten("a stack number out of range"),
+        };
+        slot_top(domain, slot)
+    }
+
+    /// Where a gate into `domain` puts `below` bytes of the call, checked:
+    /// below the position `left` (the domain's stack was left there by a
+    /// gate still waiting in this context, minus a red zone), or at the top
+    /// of this context's stack there when `left` is 0; the whole call must
+    /// lie on that stack, else the table was rewritten and the image stops.
+    pub fn checked_entry(&mut self, domain: usize, key: u32, left: usize, below: usize) -> usize {
+        let top = self.stack_top(domain, key);
+        let target = if left != 0 { left.wrapping_sub(128) & !15 } else { top };
+        if target > top || target < top - STACK_SIZE + below {
+            rewritten("a stack position outside the compartment's stack")
+        }
+        target - below
     }
 
     /// The bounds `[bottom, top)` of this context's stack in `domain`, if one was made.
     pub fn stack_bounds(&self, domain: usize) -> Option<(usize, usize)> {
-        self.stacks[domain].as_ref().map(|s| (s.top() as usize - s.size(), s.top() as usize))
+        match fetch(&self.slots[domain]) {
+            0 => None,
+            s if s <= SLOTS => Some((slot_top(domain, s - 1) - STACK_SIZE, slot_top(domain, s - 1))),
+            _ => rewritten("a stack number out of range"),
+        }
     }
 }
 
-/// The table of the running context (created on first use).
+/// The page of table slot `slot`.
+fn table_address(slot: usize) -> usize {
+    TABLES.load(Ordering::Acquire) + slot * PAGE_SIZE
+}
+
+/// The slot of `table` if it is a page of the tables' arena.
+fn table_slot(table: *mut GateStacks) -> Option<usize> {
+    let base = TABLES.load(Ordering::Acquire);
+    let offset = (table as usize).wrapping_sub(base);
+    (base != 0 && offset < SLOTS * PAGE_SIZE && offset.is_multiple_of(PAGE_SIZE)).then_some(offset / PAGE_SIZE)
+}
+
+/// The table of the running context (created on first use). A pointer
+/// that is no table of the arena was rewritten: the image stops.
 pub fn active() -> *mut GateStacks {
     ACTIVE.with(|a| {
-        if a.get().is_null() {
-            a.set(GateStacks::create());
+        let p = a.get();
+        if p.is_null() {
+            let p = GateStacks::create();
+            a.set(p);
+            return p;
         }
-        a.get()
+        if table_slot(p).is_none() {
+            rewritten("the pointer to it")
+        }
+        p
     })
 }
 
@@ -135,4 +338,10 @@ pub fn active() -> *mut GateStacks {
 /// (null if it was never used). Called by the context switch.
 pub(crate) fn swap(table: *mut GateStacks) -> *mut GateStacks {
     ACTIVE.with(|a| a.replace(table))
+}
+
+/// Stops the image because a gate found a value of the trusted core's
+/// memory that the gates did not write (for the gate layer's own checks).
+pub fn table_rewritten(what: &str) -> ! {
+    rewritten(what)
 }

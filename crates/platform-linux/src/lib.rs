@@ -47,3 +47,36 @@ pub fn process_abort() -> ! {
         libc::_exit(134)
     }
 }
+
+/// The length a pad's value asks for (`FLEXOS_LINK_PAD`, `FLEXOS_CODE_PAD`:
+/// decimal; 0 when unset or not a number).
+pub const fn pad_len(value: Option<&str>) -> usize {
+    let Some(v) = value else { return 0 };
+    let bytes = v.as_bytes();
+    let mut n = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        if !bytes[i].is_ascii_digit() {
+            return 0;
+        }
+        n = n * 10 + (bytes[i] - b'0') as usize;
+        i += 1;
+    }
+    n
+}
+
+// The image's *code pad*: `FLEXOS_CODE_PAD` (decimal, at compile time of
+// this crate; 0 unless `flexos build` sets it) bytes of `int3` among the
+// platform's code, which the linker places after the C libraries that the
+// components and applications link (SQLite's among them) and before the
+// platform's own functions (KASan's reports, called from the C code).
+// Changing it changes the displacements of calls between the two, so that
+// `flexos build` can re-link an `mpk` image whose code happens to hold the
+// bytes of an `xrstor` inside such a call (`flexos_gate::link_pad!` moves
+// data, not code). Never executed; kept by the `R` flag.
+core::arch::global_asm!(
+    ".pushsection .text.flexos_code_pad,\"axR\",@progbits",
+    ".fill {len}, 1, 0xcc",
+    ".popsection",
+    len = const pad_len(option_env!("FLEXOS_CODE_PAD")),
+);

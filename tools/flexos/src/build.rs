@@ -224,8 +224,9 @@ pub fn rust_hardening(layout: &Layout, release: bool) -> RustHardening {
 /// wrpkru`): if its code holds the bytes of a `wrpkru` outside the checked
 /// gate sites (inside another instruction, typically a displacement in the
 /// C library), it is re-linked with another link pad
-/// ([`flexos_gate::link_pad!`]) until none is left; the pad that worked is
-/// kept for the next build.
+/// ([`flexos_gate::link_pad!`]) until none is left; likewise with another
+/// code pad (`flexos_platform`'s) while it holds the bytes of an `xrstor`.
+/// The pads that worked are kept for the next build.
 pub fn build_image(root: &Path, layout: &Layout, options: &BuildOptions) -> Result<PathBuf, String> {
     let (_, bin) = image_package(&layout.app);
     let dir = output_dir(root, layout, options);
@@ -236,36 +237,50 @@ pub fn build_image(root: &Path, layout: &Layout, options: &BuildOptions) -> Resu
     let lock = lock_target(&cargo_dir)?;
     let pad_file = dir.join("link-pad");
     let mut pad: usize = std::fs::read_to_string(&pad_file).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
-    let mut built = cargo_build(root, layout, options, &dir, pad)?;
+    let code_pad_file = dir.join("code-pad");
+    let mut code_pad: usize =
+        std::fs::read_to_string(&code_pad_file).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+    let mut built = cargo_build(root, layout, options, &dir, pad, code_pad)?;
     if layout.compartments.iter().any(|c| c.mechanism == flexos_config::Mechanism::Mpk) {
         for attempt in 1.. {
             let audit = crate::audit::wrpkru_sites(&built)?;
             if let Some(p) = audit.problems.iter().find(|p| p.problem != "not a registered gate site") {
                 return Err(format!("{}: wrpkru at {:#x}: {}", built.display(), p.address, p.problem));
             }
-            if audit.problems.is_empty() {
+            // The C library's lazy-binding trampolines (never run in a
+            // static image) hold the only xrstor: they become ud2.
+            crate::audit::disable_loader_xrstor(&built)?;
+            let xrstor = crate::audit::xrstor_sites(&built)?.first().copied();
+            if audit.problems.is_empty() && xrstor.is_none() {
                 break;
             }
             if attempt > MAX_PAD_ATTEMPTS {
-                return Err(format!(
-                    "{}: the code holds an unchecked wrpkru at {:#x} with every link pad tried",
-                    built.display(),
-                    audit.problems[0].address
-                ));
+                return Err(match xrstor {
+                    Some(at) if audit.problems.is_empty() => format!(
+                        "{}: the code holds an xrstor at {at:#x}, which could load PKRU unchecked, with every code \
+                         pad tried; an mpk image may hold none",
+                        built.display()
+                    ),
+                    _ => format!(
+                        "{}: the code holds an unchecked wrpkru at {:#x} with every link pad tried",
+                        built.display(),
+                        audit.problems[0].address
+                    ),
+                });
             }
-            pad = 16 * attempt;
-            built = cargo_build(root, layout, options, &dir, pad)?;
+            // A wrpkru hides in a data displacement (the link pad moves
+            // data); any other xrstor, in a call's displacement (the code
+            // pad moves the platform's code, KASan's reports among it).
+            if audit.problems.is_empty() {
+                code_pad = 64 * attempt;
+            } else {
+                pad = 16 * attempt;
+            }
+            built = cargo_build(root, layout, options, &dir, pad, code_pad)?;
         }
         std::fs::write(&pad_file, pad.to_string()).map_err(|e| format!("{}: {e}", pad_file.display()))?;
-        // The C library's lazy-binding trampolines (never run in a static
-        // image) hold the only xrstor: they become ud2. Any other refuses the image.
-        crate::audit::disable_loader_xrstor(&built)?;
-        if let Some(at) = crate::audit::xrstor_sites(&built)?.first() {
-            return Err(format!(
-                "{}: the code holds an xrstor at {at:#x}, which could load PKRU unchecked; an mpk image may hold none",
-                built.display()
-            ));
-        }
+        std::fs::write(&code_pad_file, code_pad.to_string())
+            .map_err(|e| format!("{}: {e}", code_pad_file.display()))?;
     }
     // Every image, of every configuration and application: component code
     // cannot use `unsafe` (the gates' seal), and components keep their state
@@ -319,13 +334,15 @@ pub fn install(built: &Path, image: &Path) -> Result<(), String> {
 /// How many link pads `build_image` tries before it gives up.
 const MAX_PAD_ATTEMPTS: usize = 16;
 
-/// Runs cargo for the image of `layout` with link pad `pad`; returns the path cargo built.
+/// Runs cargo for the image of `layout` with link pad `pad` and code pad
+/// `code_pad`; returns the path cargo built.
 fn cargo_build(
     root: &Path,
     layout: &Layout,
     options: &BuildOptions,
     dir: &Path,
     pad: usize,
+    code_pad: usize,
 ) -> Result<PathBuf, String> {
     let (package, bin) = image_package(&layout.app);
     let config = std::fs::canonicalize(&layout.source).map_err(|e| format!("{}: {e}", layout.source.display()))?;
@@ -334,6 +351,7 @@ fn cargo_build(
         .args(["build", "--color", "never", "-p", package, "--bin", bin])
         .env("FLEXOS_CONFIG", &config)
         .env("FLEXOS_LINK_PAD", pad.to_string())
+        .env("FLEXOS_CODE_PAD", code_pad.to_string())
         .env("CARGO_TARGET_DIR", dir.join("cargo"))
         .env("FLEXOS_C_CACHE", c_cache(root))
         .stdout(Stdio::null())

@@ -293,6 +293,7 @@ fn boot(
     initramfs: &Path,
     cpu: &str,
     limit: Duration,
+    only: Option<&str>,
 ) -> Result<Boot, String> {
     let libs = format!(
         "{}:{}",
@@ -313,7 +314,11 @@ fn boot(
         .arg(kernel)
         .arg("-initrd")
         .arg(initramfs)
-        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .arg("-append")
+        .arg(match only {
+            Some(o) => format!("console=ttyS0 panic=-1 quiet {}{o}", flexos_mpk_checks::ONLY_ARG),
+            None => "console=ttyS0 panic=-1 quiet".into(),
+        })
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -375,6 +380,11 @@ pub fn parse_console(console: &str) -> Boot {
 
 /// What must be true of a boot on a CPU with (`pku`) or without keys.
 pub fn judge(boot: &Boot, pku: bool) -> Vec<String> {
+    judge_only(boot, pku, None)
+}
+
+/// [`judge`], of the checks whose names contain `only` (all if `None`).
+pub fn judge_only(boot: &Boot, pku: bool, only: Option<&str>) -> Vec<String> {
     let mut problems = Vec::new();
     let cpu = &boot.cpu;
     if !boot.done {
@@ -383,7 +393,7 @@ pub fn judge(boot: &Boot, pku: bool) -> Vec<String> {
     if boot.pku != Some(pku) {
         problems.push(format!("-cpu {cpu}: the guest saw pku={:?}, expected {pku}", boot.pku));
     }
-    for check in checks() {
+    for check in checks().into_iter().filter(|c| only.is_none_or(|o| c.name.contains(o))) {
         let must = check.must_pass(pku);
         match boot.checks.iter().find(|(n, _, _)| *n == check.name) {
             None => problems.push(format!("-cpu {cpu}: check {} did not run", check.name)),
@@ -402,17 +412,23 @@ pub fn judge(boot: &Boot, pku: bool) -> Vec<String> {
 
 /// Prepares everything and boots the guest twice: with protection keys
 /// (every check must pass) and without (the `mpk` checks must fail and the
-/// image must refuse to start). `limit` bounds each boot.
-pub fn run(root: &Path, progress: bool, limit: Duration) -> Result<GuestReport, String> {
+/// image must refuse to start). `limit` bounds each boot. With `only`, the
+/// guest runs (and the tool judges) only the checks whose names contain it:
+/// for development; the test and CI run them all.
+pub fn run(root: &Path, progress: bool, limit: Duration, only: Option<&str>) -> Result<GuestReport, String> {
     let dir = guest_dir(root);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let (qemu, qemu_root) = fetch_qemu(&dir)?;
     let kernel = fetch_kernel(&dir)?;
     let initramfs = build_initramfs(root, &dir, progress)?;
-    let with_pku = boot(&qemu, &qemu_root, &kernel, &initramfs, CPU_WITH_PKU, limit)?;
-    let without_pku = boot(&qemu, &qemu_root, &kernel, &initramfs, CPU_WITHOUT_PKU, limit)?;
-    let mut problems = judge(&with_pku, true);
-    problems.extend(judge(&without_pku, false));
+    let with_pku = boot(&qemu, &qemu_root, &kernel, &initramfs, CPU_WITH_PKU, limit, only)?;
+    let without_pku = boot(&qemu, &qemu_root, &kernel, &initramfs, CPU_WITHOUT_PKU, limit, only)?;
+    for b in [&with_pku, &without_pku] {
+        let saved = dir.join(format!("console-{}.txt", b.cpu));
+        std::fs::write(&saved, &b.console).map_err(|e| format!("{}: {e}", saved.display()))?;
+    }
+    let mut problems = judge_only(&with_pku, true, only);
+    problems.extend(judge_only(&without_pku, false, only));
     Ok(GuestReport { with_pku, without_pku, problems })
 }
 

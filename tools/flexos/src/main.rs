@@ -71,6 +71,9 @@ enum Cmd {
         /// Seconds each boot may take.
         #[arg(long, default_value_t = 900)]
         limit: u64,
+        /// Run only the checks whose names contain this (for development).
+        #[arg(long)]
+        only: Option<String>,
     },
 }
 
@@ -549,11 +552,12 @@ fn explore_cmd(step: Option<ExploreStep>, run: ExploreRun) -> Result<(), i32> {
     }
 }
 
-fn guest_test(limit: u64) -> Result<(), i32> {
-    let report = flexos::guest::run(&workspace_root(), true, std::time::Duration::from_secs(limit)).map_err(|e| {
-        eprintln!("error: {e}");
-        exit::GUEST_FAILED
-    })?;
+fn guest_test(limit: u64, only: Option<&str>) -> Result<(), i32> {
+    let report =
+        flexos::guest::run(&workspace_root(), true, std::time::Duration::from_secs(limit), only).map_err(|e| {
+            eprintln!("error: {e}");
+            exit::GUEST_FAILED
+        })?;
     say_raw(&flexos::guest::table(&report));
     if report.problems.is_empty() { Ok(()) } else { Err(exit::GUEST_FAILED) }
 }
@@ -703,7 +707,7 @@ fn main() {
         Cmd::Bench { which: BenchCmd::Hardening { app, components, options, runs, instructions, json } } => {
             bench_hardening(&app, &components, &options, runs, instructions, json)
         }
-        Cmd::GuestTest { limit } => guest_test(limit),
+        Cmd::GuestTest { limit, only } => guest_test(limit, only.as_deref()),
         Cmd::Explore { step, run } => explore_cmd(step, run),
         Cmd::Bench { which: BenchCmd::Kv { configs, runs, net, json } } => network_images(configs, "kv.toml", runs)
             .and_then(|images| report_network(flexos::netbench::kv(&images, runs, net), json, "kv")),

@@ -42,7 +42,7 @@ fn every_mpk_check_holds_on_this_cpu() {
 /// the image refuses to start.
 #[test]
 fn the_checks_pass_in_a_guest_with_protection_keys_and_fail_without() {
-    let report = flexos::guest::run(&flexos::workspace_root(), false, Duration::from_secs(900)).unwrap();
+    let report = flexos::guest::run(&flexos::workspace_root(), false, Duration::from_secs(900), None).unwrap();
     let table = flexos::guest::table(&report);
     assert!(report.problems.is_empty(), "{table}\nconsole with keys:\n{}", report.with_pku.console);
     assert!(report.with_pku.checks.len() >= 28, "{table}");
