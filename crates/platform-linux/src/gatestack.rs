@@ -203,6 +203,34 @@ static TABLES: AtomicUsize = AtomicUsize::new(0);
 thread_local! {
     /// The table of the context running on this host thread.
     static ACTIVE: Cell<*mut GateStacks> = const { Cell::new(null_mut()) };
+    /// Gives the host thread's table back when the thread ends (registered
+    /// only where registering may allocate: see [`active`]).
+    static GIVE_BACK: ThreadEnd = const { ThreadEnd };
+}
+
+/// Frees the running context's table when its host thread ends.
+struct ThreadEnd;
+
+impl Drop for ThreadEnd {
+    fn drop(&mut self) {
+        let table = ACTIVE.with(|a| a.get());
+        if table_slot(table).is_none() {
+            return;
+        }
+        // A process may end (`exit` runs this thread's destructors) from
+        // inside a gate, on one of the table's stacks: then it stays.
+        let here = &table as *const _ as usize;
+        // SAFETY: a table of the arena (checked), read only.
+        let t = unsafe { &*table };
+        if (0..DOMAINS).any(|d| t.stack_bounds(d).is_some_and(|(bottom, top)| (bottom..top).contains(&here))) {
+            return;
+        }
+        ACTIVE.with(|a| a.set(null_mut()));
+        // SAFETY: the thread is ending and runs on none of the table's
+        // stacks (checked above), so no code runs there any more; the
+        // table is no context's now (ACTIVE was cleared).
+        unsafe { GateStacks::destroy(table) }
+    }
 }
 
 /// How to free a [`Block`] (set by the gate layer, which allocated it).
@@ -325,6 +353,14 @@ pub fn active() -> *mut GateStacks {
         if p.is_null() {
             let p = GateStacks::create();
             a.set(p);
+            // Registering a thread-local's destructor allocates with the C
+            // library's allocator, whose state is a static: only a
+            // compartment that may write statics does it (a host thread's
+            // first gate is the default compartment's, as a rule); the
+            // table of any other stays until the process ends.
+            if crate::pkey::may_write_statics(crate::compartment::current()) {
+                GIVE_BACK.with(|_| ());
+            }
             return p;
         }
         if table_slot(p).is_none() {
