@@ -330,7 +330,21 @@ fn switching<const FROM: usize, const TO: usize, F: FnOnce() -> R, R>(f: F) -> R
     let caller_slot = carry.as_mut_ptr();
     // SAFETY: the slot is the first field of the fresh carry.
     unsafe { (&raw mut (*caller_slot).slot).write(Slot { f: ManuallyDrop::new(f), result: MaybeUninit::uninit() }) };
-    let left_at: *mut usize = &raw mut t.left_at[d_from];
+    // Where the caller's stack position is written down for nested calls
+    // back into its domain: in the table when the caller runs on its
+    // domain's gate stack; when it runs on the context's first stack (not
+    // one a gate made), its domain holds no frames on its gate stack, so a
+    // nested call may start at that stack's top: the table says 0 and the
+    // position goes to a scratch word. Any other value the table holds is
+    // thus a position on the domain's gate stack, checked as such.
+    let mut scratch = 0usize;
+    let here = caller_slot as usize;
+    let left_at: *mut usize = if t.stack_bounds(d_from).is_some_and(|(bottom, top)| (bottom..top).contains(&here)) {
+        &raw mut t.left_at[d_from]
+    } else {
+        t.left_at[d_from] = 0;
+        &raw mut scratch
+    };
     // SAFETY: the caller's stack pointer is kept in R12 (after RBX, RBP, the
     // slot's address and the number of trips are pushed), and written down
     // in the context's table for nested calls; the callee runs on its own

@@ -381,3 +381,38 @@ pub(crate) fn swap(table: *mut GateStacks) -> *mut GateStacks {
 pub fn table_rewritten(what: &str) -> ! {
     rewritten(what)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// How many slots of `row` are taken now.
+    fn taken(row: usize) -> u32 {
+        (0..USED_WORDS).map(|w| used_word(row, w).load(Ordering::SeqCst).count_ones()).sum()
+    }
+
+    #[test]
+    fn a_threads_table_and_stacks_are_slots_of_the_arena_and_are_given_back_when_it_ends() {
+        reserve();
+        let before = (taken(DOMAINS), taken(3));
+        std::thread::spawn(|| {
+            let table = active();
+            assert!(table_slot(table).is_some(), "the table is a page of the tables' arena");
+            assert_eq!(active(), table, "one table per context");
+            // SAFETY: this thread's table, used only here.
+            let t = unsafe { &mut *table };
+            assert_eq!(t.stack_bounds(3), None, "no stack before the first entry");
+            let top = t.stack_top(3, 0);
+            assert_eq!(t.stack_top(3, 0), top, "the same stack on the next entry");
+            assert_eq!(t.stack_bounds(3), Some((top - STACK_SIZE, top)));
+            // SAFETY: the top word of the stack just made (readable and writable).
+            unsafe { ((top - 8) as *mut u64).write_volatile(7) };
+            assert_eq!(t.checked_entry(3, 0, 0, 64), top - 64, "a first entry starts at the top");
+            let left = top - 1000;
+            assert_eq!(t.checked_entry(3, 0, left, 64), ((left - 128) & !15) - 64, "a nested one below where it left");
+        })
+        .join()
+        .expect("the thread");
+        assert_eq!((taken(DOMAINS), taken(3)), before, "the thread's table and stack were given back");
+    }
+}
