@@ -235,11 +235,9 @@ pub fn build_image(root: &Path, layout: &Layout, options: &BuildOptions) -> Resu
     seed_target(root, layout, options, &cargo_dir);
     // Held until cargo is done: a copy of this folder never sees half a build.
     let lock = lock_target(&cargo_dir)?;
-    let pad_file = dir.join("link-pad");
-    let mut pad: usize = std::fs::read_to_string(&pad_file).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
-    let code_pad_file = dir.join("code-pad");
-    let mut code_pad: usize =
-        std::fs::read_to_string(&code_pad_file).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+    let (pad_file, code_pad_file) = (dir.join("link-pad"), dir.join("code-pad"));
+    let read_pad = |f: &Path| std::fs::read_to_string(f).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+    let (mut pad, mut code_pad): (usize, usize) = (read_pad(&pad_file), read_pad(&code_pad_file));
     let mut built = cargo_build(root, layout, options, &dir, pad, code_pad)?;
     if layout.compartments.iter().any(|c| c.mechanism == flexos_config::Mechanism::Mpk) {
         for attempt in 1.. {

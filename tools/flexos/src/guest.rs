@@ -10,7 +10,7 @@
 //! Recipe and pitfalls: `reference/testing-mpk.md` of the design.
 
 use crate::build::{BuildOptions, STATIC_TARGET, build_image};
-use flexos_mpk_checks::{IMAGES, checks};
+use flexos_mpk_checks::{IMAGES, checks, checks_matching};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -393,7 +393,7 @@ pub fn judge_only(boot: &Boot, pku: bool, only: Option<&str>) -> Vec<String> {
     if boot.pku != Some(pku) {
         problems.push(format!("-cpu {cpu}: the guest saw pku={:?}, expected {pku}", boot.pku));
     }
-    for check in checks().into_iter().filter(|c| only.is_none_or(|o| c.name.contains(o))) {
+    for check in checks_matching(only) {
         let must = check.must_pass(pku);
         match boot.checks.iter().find(|(n, _, _)| *n == check.name) {
             None => problems.push(format!("-cpu {cpu}: check {} did not run", check.name)),
