@@ -312,7 +312,8 @@ fn switching<const FROM: usize, const TO: usize, F: FnOnce() -> R, R>(f: F) -> R
         CHUNK
     };
     let trips = size.div_ceil(chunk).max(1);
-    let (d_from, d_to) = (stack_domain(FROM), stack_domain(TO));
+    // The domains and the callee's key are constants of this gate.
+    let (d_from, d_to, key_to) = const { (stack_domain(FROM), stack_domain(TO), domain_key(stack_domain(TO))) };
     let table = gatestack::active();
     // SAFETY: the table belongs to the running context and lives as long as
     // it; nothing else on this host thread uses it while this code runs.
@@ -325,7 +326,7 @@ fn switching<const FROM: usize, const TO: usize, F: FnOnce() -> R, R>(f: F) -> R
     // (with 128 bytes for a red zone), or start at the top of its stack; the
     // callee's copy of the slot lies just below. Checked: it lies on this
     // context's stack of the callee's domain, or the image stops.
-    let callee_slot = t.checked_entry(d_to, domain_key(d_to), left_to, trips * chunk);
+    let callee_slot = t.checked_entry(d_to, key_to, left_to, trips * chunk);
     let mut carry = MaybeUninit::<Carry<F, R>>::uninit();
     let caller_slot = carry.as_mut_ptr();
     // SAFETY: the slot is the first field of the fresh carry.
@@ -339,7 +340,7 @@ fn switching<const FROM: usize, const TO: usize, F: FnOnce() -> R, R>(f: F) -> R
     // thus a position on the domain's gate stack, checked as such.
     let mut scratch = 0usize;
     let here = caller_slot as usize;
-    let left_at: *mut usize = if t.stack_bounds(d_from).is_some_and(|(bottom, top)| (bottom..top).contains(&here)) {
+    let left_at: *mut usize = if t.runs_on_stack(d_from, here) {
         &raw mut t.left_at[d_from]
     } else {
         t.left_at[d_from] = 0;
@@ -386,7 +387,7 @@ fn switching<const FROM: usize, const TO: usize, F: FnOnce() -> R, R>(f: F) -> R
 }
 
 /// The key of stack domain `domain`'s stacks.
-fn domain_key(domain: usize) -> u32 {
+const fn domain_key(domain: usize) -> u32 {
     if domain == SHARED_STACKS { SHARED_PKEY } else { PKEYS[domain] }
 }
 

@@ -96,6 +96,7 @@ fn used_word(domain: usize, word: usize) -> &'static AtomicU64 {
 }
 
 /// The top (exclusive) of slot `slot` of `domain`.
+#[inline]
 fn slot_top(domain: usize, slot: usize) -> usize {
     ARENA.load(Ordering::Acquire) + (domain * SLOTS + slot + 1) * SLOT_SPAN
 }
@@ -146,6 +147,8 @@ fn close_slot(addr: usize, len: usize) {
 }
 
 /// Takes a free stack of `domain` and makes it usable with key `key`.
+#[cold]
+#[inline(never)]
 fn take_stack(domain: usize, key: u32) -> usize {
     let slot = take(domain);
     let bottom = slot_top(domain, slot) - STACK_SIZE;
@@ -164,6 +167,7 @@ fn give_back_stack(domain: usize, slot: usize) {
 /// A table that is not what the gates wrote: another compartment changed
 /// it. Stops the image with a report (nothing taken from it is used).
 #[cold]
+#[inline(never)]
 fn rewritten(what: &str) -> ! {
     let report = format!(
         "flexos: the gate-stack table of this thread was rewritten ({what}); a compartment wrote the trusted \
@@ -222,9 +226,14 @@ impl Drop for ThreadEnd {
         let here = &table as *const _ as usize;
         // SAFETY: a table of the arena (checked), read only.
         let t = unsafe { &*table };
-        if (0..DOMAINS).any(|d| t.stack_bounds(d).is_some_and(|(bottom, top)| (bottom..top).contains(&here))) {
+        if (0..DOMAINS).any(|d| t.runs_on_stack(d, here)) {
             return;
         }
+        // The blocks first, while the table is still this thread's: freeing
+        // one may cross a gate into the compartment that owns it, and a gate
+        // runs on this table's stacks.
+        // SAFETY: this thread's table (checked), used by no other thread.
+        unsafe { (*table).release_blocks() };
         ACTIVE.with(|a| a.set(null_mut()));
         // SAFETY: the thread is ending and runs on none of the table's
         // stacks (checked above), so no code runs there any more; the
@@ -252,6 +261,7 @@ fn release(block: Block) {
 
 /// Reads a field of a table once (another thread may change it meanwhile;
 /// the value read is the one checked and used).
+#[inline]
 fn fetch(field: &usize) -> usize {
     // SAFETY: a reference to an initialized, aligned usize.
     unsafe { core::ptr::read_volatile(field) }
@@ -294,19 +304,34 @@ impl GateStacks {
         free(DOMAINS, slot);
     }
 
+    /// Frees the context's blocks (its data shadow stacks).
+    fn release_blocks(&mut self) {
+        for mirror in &mut self.mirrors {
+            release(core::mem::take(mirror));
+        }
+    }
+
     /// The top of this context's stack in domain `domain`, made on first
     /// use with protection key `key` (0: none).
+    /// (Inlined into every gate: the gates' code should hold the checks,
+    /// not calls to them; making the stack is out of line.)
+    #[inline]
     pub fn stack_top(&mut self, domain: usize, key: u32) -> usize {
         let slot = match fetch(&self.slots[domain]) {
-            0 => {
-                let slot = take_stack(domain, key);
-                self.slots[domain] = slot + 1;
-                slot
-            }
+            0 => self.make_stack(domain, key),
             s if s <= SLOTS => s - 1,
             _ => rewritten("a stack number out of range"),
         };
         slot_top(domain, slot)
+    }
+
+    /// Takes this context's stack in `domain` (its first entry there).
+    #[cold]
+    #[inline(never)]
+    fn make_stack(&mut self, domain: usize, key: u32) -> usize {
+        let slot = take_stack(domain, key);
+        self.slots[domain] = slot + 1;
+        slot
     }
 
     /// Where a gate into `domain` puts `below` bytes of the call, checked:
@@ -314,6 +339,7 @@ impl GateStacks {
     /// gate still waiting in this context, minus a red zone), or at the top
     /// of this context's stack there when `left` is 0; the whole call must
     /// lie on that stack, else the table was rewritten and the image stops.
+    #[inline]
     pub fn checked_entry(&mut self, domain: usize, key: u32, left: usize, below: usize) -> usize {
         let top = self.stack_top(domain, key);
         let target = if left != 0 { left.wrapping_sub(128) & !15 } else { top };
@@ -324,6 +350,7 @@ impl GateStacks {
     }
 
     /// The bounds `[bottom, top)` of this context's stack in `domain`, if one was made.
+    #[inline]
     pub fn stack_bounds(&self, domain: usize) -> Option<(usize, usize)> {
         match fetch(&self.slots[domain]) {
             0 => None,
@@ -331,14 +358,22 @@ impl GateStacks {
             _ => rewritten("a stack number out of range"),
         }
     }
+
+    /// Whether `addr` lies on this context's stack in `domain`.
+    #[inline]
+    pub fn runs_on_stack(&self, domain: usize, addr: usize) -> bool {
+        self.stack_bounds(domain).is_some_and(|(bottom, top)| (bottom..top).contains(&addr))
+    }
 }
 
 /// The page of table slot `slot`.
+#[inline]
 fn table_address(slot: usize) -> usize {
     TABLES.load(Ordering::Acquire) + slot * PAGE_SIZE
 }
 
 /// The slot of `table` if it is a page of the tables' arena.
+#[inline]
 fn table_slot(table: *mut GateStacks) -> Option<usize> {
     let base = TABLES.load(Ordering::Acquire);
     let offset = (table as usize).wrapping_sub(base);
@@ -347,27 +382,33 @@ fn table_slot(table: *mut GateStacks) -> Option<usize> {
 
 /// The table of the running context (created on first use). A pointer
 /// that is no table of the arena was rewritten: the image stops.
+#[inline]
 pub fn active() -> *mut GateStacks {
-    ACTIVE.with(|a| {
-        let p = a.get();
-        if p.is_null() {
-            let p = GateStacks::create();
-            a.set(p);
-            // Registering a thread-local's destructor allocates with the C
-            // library's allocator, whose state is a static: only a
-            // compartment that may write statics does it (a host thread's
-            // first gate is the default compartment's, as a rule); the
-            // table of any other stays until the process ends.
-            if crate::pkey::may_write_statics(crate::compartment::current()) {
-                GIVE_BACK.with(|_| ());
-            }
-            return p;
-        }
-        if table_slot(p).is_none() {
-            rewritten("the pointer to it")
-        }
-        p
-    })
+    let p = ACTIVE.with(|a| a.get());
+    if p.is_null() {
+        return first_table();
+    }
+    if table_slot(p).is_none() {
+        rewritten("the pointer to it")
+    }
+    p
+}
+
+/// Makes the running context's table (its first gate).
+#[cold]
+#[inline(never)]
+fn first_table() -> *mut GateStacks {
+    let p = GateStacks::create();
+    ACTIVE.with(|a| a.set(p));
+    // Registering a thread-local's destructor allocates with the C
+    // library's allocator, whose state is a static: only a compartment
+    // that may write statics does it (a host thread's first gate is the
+    // default compartment's, as a rule); the table of any other stays
+    // until the process ends.
+    if crate::pkey::may_write_statics(crate::compartment::current()) {
+        GIVE_BACK.with(|_| ());
+    }
+    p
 }
 
 /// Makes `table` the running context's table and returns the previous one
