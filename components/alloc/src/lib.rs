@@ -15,7 +15,17 @@
 //! moved by the same offset into the part. The metadata therefore lives in
 //! private memory, where no other domain can corrupt it; only the pages of
 //! the shadow that hold metadata are ever touched. The span also holds the
-//! control area of the remote gates. The global
+//! control area of the remote gates.
+//!
+//! In the host of an image with `mpk` compartments, the same holds between
+//! compartments: every `mpk` compartment allocates shared memory from a
+//! part of its own (the part with its index, which no domain uses), whose
+//! shadow lies in its own span, under its own protection key, so that no
+//! other compartment can write that part's metadata. A block of another
+//! compartment's part is freed by its owner, through a gate
+//! ([`free`]); the owner frees only blocks it handed out and has not
+//! freed: each live block has a record in the shadow, under the owner's
+//! key ([`RECORD`]). The global
 //! allocator ([`CompartmentAllocator`]) serves the heap of the compartment
 //! that is running (`flexos_platform::compartment::current`) and frees into
 //! whichever heap owns the pointer.
@@ -92,6 +102,27 @@ struct Heap {
 const STATE_LEN: usize = 4096;
 const _: () = assert!(size_of::<Heap>() <= STATE_LEN);
 
+/// The memory a heap index resolves to: a compartment's private heap, or
+/// one part of the shared heap ([`my_part`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Arena {
+    /// Compartment `c`'s private heap.
+    Private(usize),
+    /// Part `p` of the shared heap.
+    Part(usize),
+}
+
+/// The first word of a live shared block's record, XORed with the block's
+/// address; the second holds its size (shifted by 8) and the log2 of its
+/// alignment. The record lies in the shadow at the block's own place, in
+/// bytes that talc does not use while the block is allocated, so only the
+/// part's owner can write it. Its top bit is set, which no pointer or tag of
+/// talc's (user-space addresses) has, so no metadata passes for a record.
+const RECORD: usize = 0xA110_C000_0000_0000;
+
+/// The least a shared block holds (its record must fit in its shadow).
+const RECORD_LEN: usize = 16;
+
 /// A locked heap's allocator, set up on first use.
 struct Locked<'a> {
     heap: &'a Heap,
@@ -99,7 +130,7 @@ struct Locked<'a> {
 
 impl Heap {
     #[inline]
-    fn lock(&self, heap: usize) -> Locked<'_> {
+    fn lock(&self, heap: Arena) -> Locked<'_> {
         while self.locked.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
             core::hint::spin_loop();
         }
@@ -112,7 +143,7 @@ impl Heap {
     /// Gives talc the heap's memory (under the lock, on first use).
     #[cold]
     #[inline(never)]
-    fn set_up(&self, heap: usize) {
+    fn set_up(&self, heap: Arena) {
         let (base, len) = managed_span(heap);
         let mut t = Talc::new(ErrOnOom);
         // SAFETY: the range past the state is this heap's part (or its
@@ -148,15 +179,14 @@ struct Setup {
 /// This process's memory, set up once (before any compartment runs).
 static SETUP: spin::Once<Setup> = spin::Once::new();
 
-/// The allocator state of heap `heap` ([`SHARED`]: this domain's part of the shared heap).
+/// The allocator state of `heap`.
 #[inline]
-fn heap_state(heap: usize) -> &'static Heap {
+fn heap_state(heap: Arena) -> &'static Heap {
     let region = setup().region.base.as_ptr() as usize;
     // The start of `managed_span(heap)`, computed with one look at the setup.
-    let base = if heap == SHARED {
-        region + compartment::home() * HEAP_SPAN + PRIVATE_HEAP_LEN
-    } else {
-        region + heap * HEAP_SPAN
+    let base = match heap {
+        Arena::Part(p) => region + p * HEAP_SPAN + PRIVATE_HEAP_LEN,
+        Arena::Private(c) => region + c * HEAP_SPAN,
     };
     // SAFETY: every heap this process allocates from or frees into has its
     // managed range mapped readable and writable for the process's life,
@@ -281,12 +311,9 @@ fn protect_with_keys(region: &Region) {
         if pkey::protect(base + MAX_COMPARTMENTS * HEAP_SPAN, SHARED_SPAN, SHARED_PKEY, true).is_err() {
             fail(b"flexos-alloc: pkey_mprotect of the shared memory failed\n")
         }
-        // The host's shadow of its part of the shared heap: every compartment
-        // of the host allocates shared buffers, so it has the key every one
-        // of them may write (key 0, like the rest of the trusted core's data).
-        if PKEYS[0] != 0 && pkey::protect(base + PRIVATE_HEAP_LEN, SHARED_PART, 0, true).is_err() {
-            fail(b"flexos-alloc: pkey_mprotect of the shared heap's shadow failed\n")
-        }
+        // The shadow of each `mpk` compartment's part of the shared heap lies
+        // in its own span and keeps its key: only that compartment (and
+        // `fcall` ones, which hold every key) writes that part's metadata.
         // The trusted core's statics (the program's writable segment: the
         // gates' registry, the platform's and std's state, the C library's
         // in a static image) get their own key, which every `mpk`
@@ -370,6 +397,14 @@ impl FixedText {
         self.push(&digits[i..]);
     }
 
+    fn push_hex(&mut self, v: usize) {
+        self.push(b"0x");
+        let digits = (usize::BITS - v.leading_zeros()).div_ceil(4).max(1);
+        for i in (0..digits).rev() {
+            self.push(&[b"0123456789abcdef"[(v >> (4 * i)) & 15]]);
+        }
+    }
+
     fn as_bytes(&self) -> &[u8] {
         &self.buf[..self.len]
     }
@@ -405,24 +440,79 @@ pub fn shared_memory_fd() -> Option<i32> {
     setup().shm_fd
 }
 
-/// The start and length of heap `heap`'s span: a compartment's private
-/// heap, or for [`SHARED`] this domain's part of the shared heap.
-fn span_of(heap: usize) -> (usize, usize) {
+/// The start and length of `heap`'s memory: a compartment's private
+/// heap, or a part of the shared heap.
+fn span_of(heap: Arena) -> (usize, usize) {
     let base = setup().region.base.as_ptr() as usize;
-    if heap == SHARED {
-        let part = compartment::home();
-        (base + MAX_COMPARTMENTS * HEAP_SPAN + CONTROL_LEN + part * SHARED_PART, SHARED_PART)
-    } else {
-        (base + heap * HEAP_SPAN, PRIVATE_HEAP_LEN)
+    match heap {
+        Arena::Part(p) => (base + MAX_COMPARTMENTS * HEAP_SPAN + CONTROL_LEN + p * SHARED_PART, SHARED_PART),
+        Arena::Private(c) => (base + c * HEAP_SPAN, PRIVATE_HEAP_LEN),
     }
 }
 
-/// The range whose allocator metadata `talc` keeps for heap `heap`: the
-/// heap itself for a private heap; for [`SHARED`] the shadow of this
-/// domain's part in its home compartment's private span (between the
-/// private heap and the execution stacks).
-fn managed_span(heap: usize) -> (usize, usize) {
-    if heap == SHARED { (shadow_of(compartment::home()), SHARED_PART) } else { span_of(heap) }
+/// The range whose allocator metadata `talc` keeps for `heap`: the heap
+/// itself for a private heap; for part `p` of the shared heap its shadow
+/// in compartment `p`'s private span (between the private heap and the
+/// execution stacks).
+fn managed_span(heap: Arena) -> (usize, usize) {
+    match heap {
+        Arena::Part(p) => (shadow_of(p), SHARED_PART),
+        Arena::Private(_) => span_of(heap),
+    }
+}
+
+/// The arena that heap index `heap` names for the running compartment.
+fn arena_of(heap: usize) -> Arena {
+    if heap == SHARED { Arena::Part(my_part()) } else { Arena::Private(heap) }
+}
+
+/// Whether this process gives each `mpk` compartment a part of the shared
+/// heap of its own: the host of an image with `mpk` compartments.
+fn parts_per_compartment() -> bool {
+    flexos_layout::has_mpk() && compartment::home() == 0
+}
+
+/// The part of the shared heap that the running compartment allocates
+/// from: in the host of an image with `mpk` compartments, an `mpk`
+/// compartment's own (the part with its index: only `proc` and `kvm`
+/// compartments are domains, whose parts those are), else its domain's.
+/// The compartment is the one whose rights the thread holds.
+fn my_part() -> usize {
+    if !parts_per_compartment() {
+        return compartment::home();
+    }
+    part_of_compartment(compartment::current())
+}
+
+/// The part of the shared heap that compartment `c` allocates from when
+/// it runs in this process (see [`my_part`]).
+#[inline]
+fn part_of_compartment(c: usize) -> usize {
+    if !parts_per_compartment() {
+        compartment::home()
+    } else if c < COMPARTMENTS.len() && COMPARTMENTS[c].mechanism == Mechanism::Mpk {
+        c
+    } else {
+        0
+    }
+}
+
+/// The compartment that frees blocks of part `part` for this process:
+/// the part's `mpk` compartment, or the default one for part 0 (the
+/// host's, which `fcall` compartments share); `None` for another domain's part.
+fn owner_of_part(part: usize) -> Option<usize> {
+    let own = if parts_per_compartment() {
+        part == 0 || (part < COMPARTMENTS.len() && COMPARTMENTS[part].mechanism == Mechanism::Mpk)
+    } else {
+        part == compartment::home()
+    };
+    own.then_some(part)
+}
+
+/// The part of the shared heap that holds `addr`, if any.
+fn part_of(addr: usize) -> Option<usize> {
+    let (start, end) = shared_range();
+    (start..end).contains(&addr).then(|| (addr - start) / SHARED_PART)
 }
 
 /// Where the shadow of compartment `c`'s part of the shared heap starts.
@@ -430,9 +520,9 @@ fn shadow_of(c: usize) -> usize {
     setup().region.base.as_ptr() as usize + c * HEAP_SPAN + PRIVATE_HEAP_LEN
 }
 
-/// What is added to an address `talc` hands out for heap `heap` to get the
+/// What is added to an address `talc` hands out for `heap` to get the
 /// address of the memory (non-zero only for the shared heap's shadow).
-fn handed_out_offset(heap: usize) -> usize {
+fn handed_out_offset(heap: Arena) -> usize {
     span_of(heap).0.wrapping_sub(managed_span(heap).0)
 }
 
@@ -509,6 +599,17 @@ pub fn writable_shared_pieces() -> impl Iterator<Item = (usize, usize, bool)> {
     })
 }
 
+/// For the attack tests (`rewrite-heap-metadata`): the address of the
+/// word of part `part`'s allocator state that talc's addresses are moved by
+/// to become the part's addresses, and its value. A compartment that could
+/// write that word would have the part's next block handed out wherever it
+/// chose, in the owner's private memory too.
+#[doc(hidden)]
+pub fn placement_word_of_part(part: usize) -> (usize, usize) {
+    let heap = Arena::Part(part);
+    (managed_span(heap).0 + core::mem::offset_of!(Heap, offset), handed_out_offset(heap))
+}
+
 /// Whether `[addr, addr + len)` lies entirely inside the shared heap.
 pub fn is_shared(addr: usize, len: usize) -> bool {
     shared_region().contains(addr, len)
@@ -539,11 +640,47 @@ fn kasan_outer(layout: Layout) -> Option<Layout> {
 /// In an image with `kasan` components the block gets redzones, and only
 /// its `layout.size()` bytes are addressable (docs/hardening.md).
 pub fn alloc_in(heap: usize, layout: Layout) -> *mut u8 {
+    assert!(heap < HEAPS, "heap index {heap} out of range");
+    alloc_arena(arena_of(heap), layout)
+}
+
+/// Allocates shared memory for compartment `compartment`, which the caller
+/// names by its compile-time identity (`shared_local!`), from that
+/// compartment's part of the shared heap; null when it is exhausted. This
+/// skips finding the running compartment by its rights ([`alloc_in`] with
+/// [`SHARED`]). A caller that names another compartment than the one it
+/// runs as gains nothing: it then works on that part's metadata, which
+/// under `mpk` only the part's owner may write, so its own write faults.
+pub fn alloc_shared_for(compartment: usize, layout: Layout) -> *mut u8 {
+    alloc_arena(Arena::Part(part_of_compartment(compartment)), layout)
+}
+
+/// Frees a block of [`alloc_shared_for`] made for `compartment` with
+/// `layout`: directly when it lies in that compartment's part, else as
+/// [`free`] does.
+///
+/// # Safety
+/// As for [`free`].
+pub unsafe fn free_shared_for(compartment: usize, ptr: *mut u8, layout: Layout) {
+    let part = part_of_compartment(compartment);
+    if part_of(ptr as usize) == Some(part) {
+        // SAFETY: this function's contract; the metadata written is the
+        // named compartment's (as in `alloc_shared_for`).
+        unsafe { free_in(Arena::Part(part), ptr, layout) }
+    } else {
+        // SAFETY: this function's contract.
+        unsafe { free(ptr, layout) }
+    }
+}
+
+/// Allocates from `arena`, with `kasan`'s redzones in an image with `kasan` components.
+#[inline]
+fn alloc_arena(arena: Arena, layout: Layout) -> *mut u8 {
     if !flexos_platform::kasan::enabled() {
-        return alloc_raw(heap, layout);
+        return alloc_raw(arena, layout);
     }
     let Some(outer) = kasan_outer(layout) else { return null_mut() };
-    let base = alloc_raw(heap, outer);
+    let base = alloc_raw(arena, outer);
     if base.is_null() {
         return base;
     }
@@ -559,10 +696,16 @@ pub fn alloc_in(heap: usize, layout: Layout) -> *mut u8 {
     base.wrapping_add(left)
 }
 
-fn alloc_raw(heap: usize, layout: Layout) -> *mut u8 {
-    assert!(heap < HEAPS, "heap index {heap} out of range");
-    let h = heap_state(heap);
-    let mut locked = h.lock(heap);
+fn alloc_raw(arena: Arena, layout: Layout) -> *mut u8 {
+    let layout = match arena {
+        Arena::Part(_) => match shared_layout(layout) {
+            Some(l) => l,
+            None => return null_mut(),
+        },
+        Arena::Private(_) => layout,
+    };
+    let h = heap_state(arena);
+    let mut locked = h.lock(arena);
     // SAFETY: talc was given memory in `lock`; layout sizes may be
     // zero-sized only through GlobalAlloc, whose callers never pass size 0.
     match unsafe { locked.talc().malloc(layout) } {
@@ -571,27 +714,83 @@ fn alloc_raw(heap: usize, layout: Layout) -> *mut u8 {
             h.allocations.fetch_add(1, Ordering::Relaxed);
             // A shadow allocation becomes the same place in the shared part
             // (both spans are aligned to 64 MiB, so alignment is kept).
-            p.as_ptr().wrapping_add(h.offset.load(Ordering::Relaxed))
+            let addr = p.as_ptr().wrapping_add(h.offset.load(Ordering::Relaxed));
+            if let Arena::Part(_) = arena {
+                // SAFETY: the first RECORD_LEN bytes of the block's place in
+                // the shadow: 8-aligned (shared_layout), inside the chunk
+                // talc just handed out (at least RECORD_LEN long), which talc
+                // leaves untouched until it is freed; private to the part's owner.
+                unsafe {
+                    let record = p.as_ptr().cast::<usize>();
+                    record.write_volatile(RECORD ^ addr as usize);
+                    record.add(1).write_volatile(layout.size() << 8 | layout.align().trailing_zeros() as usize);
+                }
+            }
+            addr
         }
         Err(()) => null_mut(),
     }
 }
 
+/// The layout a shared block is allocated with: room and alignment for its record.
+fn shared_layout(layout: Layout) -> Option<Layout> {
+    Layout::from_size_align(layout.size().max(RECORD_LEN), layout.align().max(8)).ok()
+}
+
 /// Frees memory returned by [`alloc_in`] (from any heap) with the same layout.
+///
+/// A block of another compartment's part of the shared heap (in the host
+/// of an image with `mpk` compartments) is freed by that compartment, with
+/// its rights, through a gate: only it may write that part's metadata.
 ///
 /// # Safety
 /// `ptr` must come from [`alloc_in`] or [`CompartmentAllocator`] with `layout`, and not be freed twice.
 pub unsafe fn free(ptr: *mut u8, layout: Layout) {
+    // The shared heap first (one range check gives the part), then the private heaps.
+    let arena = match part_of(ptr as usize) {
+        Some(part) => match owner_of_part(part) {
+            Some(part) if part != my_part() => {
+                let addr = ptr as usize;
+                // SAFETY: the closure is this allocator's own free of a block of
+                // `part`, which touches only that part's memory and metadata,
+                // which the part's owner may write; the contract is the caller's.
+                unsafe { compartment::run_in(part, move || free_in(Arena::Part(part), addr as *mut u8, layout)) };
+                return;
+            }
+            Some(part) => Arena::Part(part),
+            None => fail(b"flexos-alloc: free of shared memory that another domain allocated\n"),
+        },
+        None => match owner_of(ptr as usize) {
+            Some(c) if c != SHARED => Arena::Private(c),
+            _ => fail(b"flexos-alloc: free of a pointer outside every heap\n"),
+        },
+    };
+    // SAFETY: this function's contract.
+    unsafe { free_in(arena, ptr, layout) }
+}
+
+/// Frees a block of `heap` (the running compartment may write its metadata).
+///
+/// # Safety
+/// As for [`free`].
+unsafe fn free_in(heap: Arena, ptr: *mut u8, layout: Layout) {
     if !flexos_platform::kasan::enabled() {
         // SAFETY: this function's contract.
-        return unsafe { free_raw(ptr, layout) };
+        unsafe { free_raw(heap, ptr, layout) };
+        return;
     }
     // The block is poisoned and kept in its heap's quarantine; the oldest
     // blocks beyond the quarantine's size go back to talc.
     let Some(outer) = kasan_outer(layout) else { return };
     let base = ptr.wrapping_sub(kasan_left(layout.align()));
     flexos_platform::kasan::poison(ptr as usize, layout.size().next_multiple_of(8), flexos_platform::kasan::FREED);
-    let Some(heap) = owner_of(base as usize) else { fail(b"flexos-alloc: free of a pointer outside every heap\n") };
+    if let Arena::Part(_) = heap {
+        // No quarantine for shared blocks: its links would lie in shared
+        // memory, where every compartment can rewrite them.
+        // SAFETY: the block of `alloc_raw` that holds this allocation.
+        unsafe { free_raw(heap, base, outer) };
+        return;
+    }
     let h = heap_state(heap);
     let mut evict = [(0usize, Layout::new::<u8>()); 64];
     let mut evicted = 0;
@@ -627,32 +826,73 @@ pub unsafe fn free(ptr: *mut u8, layout: Layout) {
     }
     for &(block, outer) in &evict[..evicted] {
         // SAFETY: each block came from `alloc_raw` with `outer` and left the quarantine once.
-        unsafe { free_raw(block as *mut u8, outer) };
+        unsafe { free_raw(heap, block as *mut u8, outer) };
     }
 }
 
-/// Returns a block of `alloc_raw` to its heap.
+/// Returns a block of `alloc_raw` to its heap. A shared block must be a
+/// live block of its part (its record says so, and gives its layout);
+/// anything else is reported and ignored, never handed to talc. Returns
+/// whether the block was freed.
 ///
 /// # Safety
-/// As [`free`], for a block of `alloc_raw`.
-unsafe fn free_raw(ptr: *mut u8, layout: Layout) {
-    let Some(heap) = owner_of(ptr as usize) else { fail(b"flexos-alloc: free of a pointer outside every heap\n") };
-    if heap == SHARED && !is_shared_part_of_this_domain(ptr as usize) {
-        fail(b"flexos-alloc: free of shared memory that another domain allocated\n")
-    }
+/// As [`free`], for a block of `alloc_raw` of `heap`.
+unsafe fn free_raw(heap: Arena, ptr: *mut u8, layout: Layout) -> bool {
     let h = heap_state(heap);
     let mut locked = h.lock(heap);
-    if let Some(p) = NonNull::new(ptr.wrapping_sub(h.offset.load(Ordering::Relaxed))) {
-        // SAFETY: by this function's contract the pointer came from this heap
-        // (the owner is found by address) with `layout`.
-        unsafe { locked.talc().free(p, layout) };
-        h.in_use.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
+    let Some(p) = NonNull::new(ptr.wrapping_sub(h.offset.load(Ordering::Relaxed))) else { return false };
+    let layout = match heap {
+        Arena::Private(_) => layout,
+        Arena::Part(part) => match take_record(heap, p.as_ptr() as usize, ptr as usize) {
+            Some(l) => l,
+            None => {
+                refuse_free(part, ptr as usize);
+                return false;
+            }
+        },
+    };
+    // SAFETY: by this function's contract the pointer came from this heap
+    // (the owner is found by address) with `layout`; a shared block's
+    // layout is the one its record kept, and the record was live.
+    unsafe { locked.talc().free(p, layout) };
+    h.in_use.fetch_sub(layout.size(), Ordering::Relaxed);
+    true
 }
 
-fn is_shared_part_of_this_domain(addr: usize) -> bool {
-    let (base, len) = span_of(SHARED);
-    addr >= base && addr - base < len
+/// Checks the record of the shared block at `addr` (whose place in the
+/// shadow is `shadow`), clears it and returns the block's layout; `None`
+/// when no live block starts there.
+fn take_record(heap: Arena, shadow: usize, addr: usize) -> Option<Layout> {
+    let (base, len) = managed_span(heap);
+    if !shadow.is_multiple_of(8) || shadow < base + STATE_LEN || shadow > base + len - RECORD_LEN {
+        return None;
+    }
+    let record = shadow as *mut usize;
+    // SAFETY: two aligned words inside the part's shadow (checked above),
+    // mapped for the process's life and writable by the running
+    // compartment, the part's owner (the caller holds the part's lock).
+    let (tag, shape) = unsafe { (record.read_volatile(), record.add(1).read_volatile()) };
+    if tag != RECORD ^ addr {
+        return None;
+    }
+    let layout = Layout::from_size_align(shape >> 8, 1 << (shape & 63)).ok()?;
+    // SAFETY: as above; the block is freed now, so its record goes.
+    unsafe { record.write_volatile(0) };
+    Some(layout)
+}
+
+/// Reports a free of shared memory that is no live block of `part` (a
+/// forged or repeated free): nothing is freed.
+#[cold]
+fn refuse_free(part: usize, addr: usize) {
+    let name = COMPARTMENTS.get(part).map_or("?", |c| c.name);
+    let mut t = FixedText { buf: [0; 512], len: 0 };
+    t.push(b"flexos-alloc: a free of shared memory at ");
+    t.push_hex(addr);
+    t.push(b" is no live block of compartment \"");
+    t.push(name.as_bytes());
+    t.push(b"\"'s part of the shared heap; ignored\n");
+    flexos_platform::console::write_err(t.as_bytes());
 }
 
 /// Usage of one heap.
@@ -664,13 +904,13 @@ pub struct HeapStats {
     pub allocations: usize,
 }
 
-/// Usage of heap `heap`.
+/// Usage of heap `heap` ([`SHARED`]: the running compartment's part).
 pub fn stats(heap: usize) -> HeapStats {
-    let h = heap_state(heap);
+    let h = heap_state(arena_of(heap));
     HeapStats { in_use: h.in_use.load(Ordering::Relaxed), allocations: h.allocations.load(Ordering::Relaxed) }
 }
 
-/// The bytes heap `heap` can hold (a compartment's private heap, or this domain's part of the shared heap).
+/// The bytes heap `heap` can hold (a compartment's private heap, or the running compartment's part of the shared heap).
 pub fn capacity(heap: usize) -> usize {
     if heap == SHARED { SHARED_PART } else { PRIVATE_HEAP_LEN }
 }
@@ -728,8 +968,16 @@ unsafe impl GlobalAlloc for CompartmentAllocator {
 mod tests {
     use super::*;
 
+    /// Held by the tests that use the shared heap, which count its bytes.
+    static SHARED_HEAP: spin::Mutex<()> = spin::Mutex::new(());
+
+    fn shared_heap() -> spin::MutexGuard<'static, ()> {
+        SHARED_HEAP.lock()
+    }
+
     #[test]
     fn each_heap_owns_its_allocations() {
+        let _shared = shared_heap();
         let layout = Layout::from_size_align(100, 16).unwrap();
         let a = alloc_in(1, layout);
         let b = alloc_in(2, layout);
@@ -760,8 +1008,8 @@ mod tests {
 
     #[test]
     fn each_heap_keeps_its_state_where_its_metadata_lies() {
-        for heap in [0, 1, 5, SHARED] {
-            assert_eq!(heap_state(heap) as *const Heap as usize, managed_span(heap).0, "heap {heap}");
+        for heap in [Arena::Private(0), Arena::Private(1), Arena::Private(5), arena_of(SHARED)] {
+            assert_eq!(heap_state(heap) as *const Heap as usize, managed_span(heap).0, "heap {heap:?}");
         }
     }
 
@@ -782,10 +1030,11 @@ mod tests {
 
     #[test]
     fn scribbling_over_the_shared_heap_leaves_its_allocator_intact() {
+        let _shared = shared_heap();
         let small = Layout::from_size_align(48, 16).unwrap();
         let big = Layout::from_size_align(70_000, 64).unwrap();
         let kept: [*mut u8; 8] = core::array::from_fn(|i| alloc_in(SHARED, if i % 2 == 0 { small } else { big }));
-        let (part, _) = span_of(SHARED);
+        let (part, _) = span_of(arena_of(SHARED));
         // What another domain may do: overwrite every byte of this domain's
         // part in use (and beyond), here with pointers back into it.
         for w in (part..part + (4 << 20)).step_by(8) {
@@ -803,12 +1052,62 @@ mod tests {
             // SAFETY: memory this test allocated, freed once with its layout.
             unsafe { free(p, if i % 2 == 0 { small } else { big }) };
         }
-        let (shadow, _) = managed_span(SHARED);
+        let (shadow, _) = managed_span(arena_of(SHARED));
         assert_eq!(owner_of(shadow), Some(compartment::home()), "the metadata lies in private memory");
     }
 
     #[test]
+    fn a_forged_or_repeated_free_of_shared_memory_is_refused_and_frees_nothing() {
+        let _shared = shared_heap();
+        let layout = Layout::from_size_align(200, 16).unwrap();
+        let a = alloc_in(SHARED, layout);
+        let b = alloc_in(SHARED, layout);
+        let part = arena_of(SHARED);
+        // SAFETY: deliberately wrong frees (the point of the test): inside a
+        // live block, and twice the same block; the allocator must refuse.
+        unsafe {
+            assert!(!free_raw(part, a.wrapping_add(64), layout), "a free inside a live block is refused");
+            assert!(free_raw(part, a, layout), "a live block is freed");
+            assert!(!free_raw(part, a, layout), "its second free is refused");
+            assert!(!free_raw(part, b.wrapping_add(16), layout), "so is one just past a record");
+        }
+        let c = alloc_in(SHARED, layout);
+        let d = alloc_in(SHARED, layout);
+        assert!(c != d && c != b && d != b, "no block is handed out twice");
+        // SAFETY: memory this test allocated, freed once with its layout.
+        unsafe {
+            for p in [b, c, d] {
+                free(p, layout);
+            }
+        }
+    }
+
+    #[test]
+    fn shared_memory_for_a_named_compartment_comes_from_its_part_and_goes_back() {
+        let _shared = shared_heap();
+        let layout = Layout::from_size_align(300, 16).unwrap();
+        let before = stats(SHARED).in_use;
+        // Without mpk compartments every compartment of a process shares its domain's part.
+        let a = alloc_shared_for(3, layout);
+        let b = alloc_in(SHARED, layout);
+        assert!(is_shared(a as usize, 300) && a != b);
+        assert_eq!(part_of(a as usize), Some(my_part()));
+        assert!(stats(SHARED).in_use >= before + 600);
+        // SAFETY: memory this test allocated, freed once with its layout
+        // (`b` through the named path too: it lies in the same part).
+        unsafe {
+            free_shared_for(3, a, layout);
+            free_shared_for(0, b, layout);
+        }
+        assert_eq!(stats(SHARED).in_use, before);
+        assert_eq!(alloc_shared_for(3, layout), a, "freed memory is reused");
+        // SAFETY: as above.
+        unsafe { free(a, layout) };
+    }
+
+    #[test]
     fn exhaustion_returns_null() {
+        let _shared = shared_heap();
         let layout = Layout::from_size_align(HEAP_SPAN * 2, 8).unwrap();
         assert!(alloc_in(4, layout).is_null());
         assert!(alloc_in(SHARED, layout).is_null());

@@ -6,7 +6,7 @@ use core::alloc::Layout;
 use core::marker::PhantomData;
 use core::ops::Range;
 use core::ptr::NonNull;
-use flexos_alloc::{SHARED, alloc_in, free, is_shared};
+use flexos_alloc::{SHARED, alloc_in, alloc_shared_for, free, free_shared_for, is_shared};
 
 /// A byte buffer allocated from the shared heap. Lend it across a gate with
 /// [`SharedBuf::shared`] or [`SharedBuf::shared_mut`].
@@ -102,8 +102,9 @@ impl Drop for SharedBuf {
 pub struct SharedLocal<'a> {
     ptr: NonNull<u8>,
     len: usize,
-    /// The heap allocation, when the local is not a mirror.
-    heap: Option<SharedBuf>,
+    /// The declaring compartment, when the local is an allocation from
+    /// its part of the shared heap (not a mirror).
+    heap_of: Option<usize>,
     _slot: PhantomData<&'a mut [u8]>,
 }
 
@@ -121,16 +122,38 @@ impl<'a> SharedLocal<'a> {
             // stack memory that no other live slot maps to.
             unsafe { core::ptr::write_bytes(mirror as *mut u8, 0, N) };
             let ptr = NonNull::new(mirror as *mut u8).expect("mirrors are not null");
-            return SharedLocal { ptr, len: N, heap: None, _slot: PhantomData };
+            return SharedLocal { ptr, len: N, heap_of: None, _slot: PhantomData };
         }
-        let mut b = SharedBuf::zeroed(N);
-        let ptr = NonNull::new(b.as_mut_ptr()).unwrap_or(NonNull::dangling());
-        SharedLocal { ptr, len: N, heap: Some(b), _slot: PhantomData }
+        Self::in_heap::<COMPARTMENT, N>()
+    }
+
+    /// A shared local of `N` bytes in compartment `COMPARTMENT`'s part of
+    /// the shared heap, which it names by its identity rather than have the
+    /// allocator find it from the thread's rights
+    /// ([`flexos_alloc::alloc_shared_for`]). Out of line: the `dss` path
+    /// stays short.
+    #[inline(never)]
+    fn in_heap<const COMPARTMENT: usize, const N: usize>() -> SharedLocal<'a> {
+        let (compartment, len) = (COMPARTMENT, N);
+        if len == 0 {
+            return SharedLocal { ptr: NonNull::dangling(), len: 0, heap_of: None, _slot: PhantomData };
+        }
+        let p = alloc_shared_for(compartment, Self::layout(len));
+        let Some(ptr) = NonNull::new(p) else { std::alloc::handle_alloc_error(Self::layout(len)) };
+        // SAFETY: `ptr` is a fresh allocation of `len` bytes.
+        unsafe { core::ptr::write_bytes(ptr.as_ptr(), 0, len) };
+        SharedLocal { ptr, len, heap_of: Some(compartment), _slot: PhantomData }
+    }
+
+    /// The layout of a shared local of `len` bytes in the shared heap.
+    #[inline(always)]
+    fn layout(len: usize) -> Layout {
+        Layout::from_size_align(len, 16).expect("shared local too large")
     }
 
     /// Whether it lives in a data shadow stack (else in the shared heap).
     pub fn is_mirror(&self) -> bool {
-        self.heap.is_none()
+        self.heap_of.is_none()
     }
 
     /// A read-only handle to the whole local.
@@ -152,6 +175,23 @@ impl<'a> SharedLocal<'a> {
     pub fn to_vec(&self) -> Vec<u8> {
         self.shared().to_vec()
     }
+}
+
+impl Drop for SharedLocal<'_> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        if let Some(compartment) = self.heap_of {
+            free_local(compartment, self.ptr, self.len);
+        }
+    }
+}
+
+/// Frees the shared local at `ptr` of `len` bytes that `SharedLocal::in_heap` made for `compartment`.
+#[inline(never)]
+fn free_local(compartment: usize, ptr: NonNull<u8>, len: usize) {
+    // SAFETY: allocated in `in_heap` for `compartment` with this layout,
+    // freed once here (by the local's drop).
+    unsafe { free_shared_for(compartment, ptr.as_ptr(), SharedLocal::layout(len)) };
 }
 
 /// A read-only view of shared memory, valid while the buffer it came from is borrowed.
