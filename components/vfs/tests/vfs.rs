@@ -210,7 +210,5 @@ fn random_positional_io_matches_a_model() {
 
 #[test]
 fn gates_cannot_be_bypassed_or_forged() {
-    let t = trybuild::TestCases::new();
-    t.pass("tests/ui/pass_*.rs");
-    t.compile_fail("tests/ui/fail_*.rs");
+    flexos_compile_checks::check("tests/ui/pass_*.rs", "tests/ui/fail_*.rs");
 }

@@ -234,7 +234,5 @@ fn re_entering_a_component_state_is_refused() {
 
 #[test]
 fn gate_misuse_does_not_compile() {
-    let t = trybuild::TestCases::new();
-    t.pass("tests/ui/pass_*.rs");
-    t.compile_fail("tests/ui/fail_*.rs");
+    flexos_compile_checks::check("tests/ui/pass_*.rs", "tests/ui/fail_*.rs");
 }
