@@ -51,6 +51,9 @@ pub fn available() -> Result<(), Unavailable> {
 
 /// Gives the pages of `[addr, addr + len)` key `key`, readable and
 /// writable (`PROT_NONE` instead when `accessible` is false, for guard pages).
+/// Key 0 works on a machine without protection keys too: there every page
+/// has key 0, and the kernel, which then knows no key at all, refuses
+/// `pkey_mprotect` even for key 0, so plain `mprotect` does the same job.
 ///
 /// # Safety
 /// The range must be a mapping the caller owns; code that touches it
@@ -60,6 +63,16 @@ pub unsafe fn protect(addr: usize, len: usize, key: u32, accessible: bool) -> st
     // SAFETY: by the contract the range is the caller's mapping; pkey_mprotect
     // changes its protection and key, nothing else.
     let rc = unsafe { libc::syscall(libc::SYS_pkey_mprotect, addr, len, prot, key) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let error = std::io::Error::last_os_error();
+    if key != 0 || error.raw_os_error() != Some(libc::EINVAL) || available().is_ok() {
+        return Err(error);
+    }
+    // SAFETY: as above; mprotect changes the protection only, and without
+    // protection keys every page already has key 0.
+    let rc = unsafe { libc::mprotect(addr as *mut libc::c_void, len, prot) };
     if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
@@ -340,6 +353,27 @@ mod tests {
         assert!(holds(&raw const WRITTEN as usize), "{ranges:x?}");
         assert!(!holds(&raw const READ_ONLY as usize), "{ranges:x?}");
         assert!(ranges.iter().all(|&(s, e)| s % 4096 == 0 && e % 4096 == 0));
+    }
+
+    #[test]
+    fn key_0_protects_with_or_without_protection_keys() {
+        let page = 4096;
+        // SAFETY: a fresh private anonymous mapping of one page, unmapped below.
+        let addr = unsafe {
+            libc::mmap(core::ptr::null_mut(), page, libc::PROT_NONE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+        };
+        assert_ne!(addr, libc::MAP_FAILED);
+        // SAFETY: the mapping above, owned by this test.
+        unsafe { protect(addr as usize, page, 0, true) }.expect("key 0, readable and writable");
+        // SAFETY: the page is now readable and writable with key 0, which PKRU always allows here.
+        unsafe {
+            addr.cast::<u64>().write_volatile(7);
+            assert_eq!(addr.cast::<u64>().read_volatile(), 7);
+        }
+        // SAFETY: as above.
+        unsafe { protect(addr as usize, page, 0, false) }.expect("key 0, inaccessible");
+        // SAFETY: the mapping above, no longer used.
+        unsafe { libc::munmap(addr, page) };
     }
 
     #[test]
