@@ -55,6 +55,10 @@ fn empty(x: u64) -> u64 {
     black_box(x)
 }
 
+/// The name of the row of the ping-pong that a remote gate's image measures
+/// in samples alternating with its own (followed by the gate's row name).
+pub const PINGPONG_BESIDE: &str = "ping-pong beside the ";
+
 /// A gate that needs an image to be measured: the probe image's empty call
 /// into a compartment with another mechanism.
 pub struct RemoteGate {
@@ -64,35 +68,62 @@ pub struct RemoteGate {
     pub image: PathBuf,
 }
 
-/// Runs `image COMMAND BATCH` and returns the numbers after `prefix` on each
-/// line that starts with it.
-fn image_lines(image: &Path, command: &str, batch: u64, prefix: &str) -> Result<Vec<Vec<f64>>, String> {
+/// Runs `image COMMAND BATCH` and returns its standard output.
+fn run_image(image: &Path, command: &str, batch: u64) -> Result<String, String> {
     let out = Command::new(image)
         .args([command, &batch.to_string()])
         .output()
         .map_err(|e| format!("cannot run {}: {e}", image.display()))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         return Err(format!("{} failed ({}): {}", image.display(), out.status, String::from_utf8_lossy(&out.stderr)));
     }
-    let lines: Vec<Vec<f64>> = stdout
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The numbers after `prefix` on each line of `stdout` that starts with it.
+fn lines_after(stdout: &str, prefix: &str) -> Result<Vec<Vec<f64>>, String> {
+    stdout
         .lines()
         .filter_map(|l| l.strip_prefix(prefix))
         .map(|l| l.split(' ').map(str::parse::<f64>).collect::<Result<Vec<_>, _>>())
         .collect::<Result<_, _>>()
-        .map_err(|_| format!("{}: malformed {prefix:?} line in {stdout}", image.display()))?;
+        .map_err(|_| format!("malformed {prefix:?} line in {stdout}"))
+}
+
+/// Runs `image COMMAND BATCH` and returns the numbers after `prefix` on each
+/// line that starts with it (at least one).
+fn image_lines(image: &Path, command: &str, batch: u64, prefix: &str) -> Result<Vec<Vec<f64>>, String> {
+    let stdout = run_image(image, command, batch)?;
+    let lines = lines_after(&stdout, prefix).map_err(|e| format!("{}: {e}", image.display()))?;
     if lines.is_empty() {
         return Err(format!("{} printed no {prefix:?} line: {stdout}", image.display()));
     }
     Ok(lines)
 }
 
-/// Runs `image bench BATCH` and reads its `roundtrip_cycles: MIN MEDIAN` line.
-fn measure_image(image: &Path, batch: u64) -> Result<(f64, f64), String> {
-    match image_lines(image, "bench", batch, "roundtrip_cycles: ")?.as_slice() {
-        [v] if v.len() == 2 => Ok((v[0], v[1])),
-        _ => Err(format!("{}: malformed roundtrip_cycles line", image.display())),
-    }
+/// The minimum and the median of a row's samples, in cycles.
+type MinMedian = (f64, f64);
+
+/// Runs `image bench BATCH` and reads its `roundtrip_cycles: MIN MEDIAN`
+/// line, and the `pingpong_cycles: MIN MEDIAN` line that a remote gate's
+/// image prints beside it.
+fn measure_image(image: &Path, batch: u64) -> Result<(MinMedian, Option<MinMedian>), String> {
+    let pair = |v: &[f64], what: &str| match v {
+        [min, median] => Ok((*min, *median)),
+        _ => Err(format!("{}: malformed {what} line", image.display())),
+    };
+    let out = run_image(image, "bench", batch)?;
+    let (gate, pingpong) = (lines_after(&out, "roundtrip_cycles: "), lines_after(&out, "pingpong_cycles: "));
+    let gate = match gate.map_err(|e| format!("{}: {e}", image.display()))?.as_slice() {
+        [v] => pair(v, "roundtrip_cycles")?,
+        _ => return Err(format!("{}: expected one roundtrip_cycles line in {out}", image.display())),
+    };
+    let pingpong = match pingpong.map_err(|e| format!("{}: {e}", image.display()))?.as_slice() {
+        [] => None,
+        [v] => Some(pair(v, "pingpong_cycles")?),
+        _ => return Err(format!("{}: more than one pingpong_cycles line", image.display())),
+    };
+    Ok((gate, pingpong))
 }
 
 /// Runs `image bench-local BATCH`: (locals, min, median) per `shared_local_cycles:` line.
@@ -107,8 +138,9 @@ fn measure_locals(image: &Path, batch: u64) -> Result<Vec<(usize, f64, f64)>, St
 }
 
 /// Runs every row; `scale` multiplies the iteration counts (1.0 for the
-/// real benchmark). The remote gates are measured right after the
-/// shared-memory ping-pong, their physical floor. `mpk` lists the probe
+/// real benchmark). The remote gates' images also measure the
+/// shared-memory ping-pong, their physical floor, in samples alternating
+/// with the gate's (a row `ping-pong beside the GATE` each). `mpk` lists the probe
 /// images of the `mpk` gates (named by sharing strategy); they are measured
 /// only where the CPU has protection keys, and their shared locals too
 /// (for `dss` and `heap`).
@@ -192,13 +224,18 @@ pub fn run(scale: f64, remote: &[RemoteGate], mpk: &[RemoteGate]) -> Result<Gate
     peer.join().expect("ping-pong peer");
 
     for gate in remote {
-        rows.borrow_mut().push(row(&gate.name, measure_image(&gate.image, n(2_000.0))?));
+        let (round_trip, pingpong) = measure_image(&gate.image, n(2_000.0))?;
+        rows.borrow_mut().push(row(&gate.name, round_trip));
+        if let Some(pingpong) = pingpong {
+            rows.borrow_mut().push(row(&format!("{PINGPONG_BESIDE}{}", gate.name), pingpong));
+        }
     }
 
     let mpk_unavailable = flexos_platform::pkey::available().err().map(|e| e.to_string());
     if mpk_unavailable.is_none() {
         for gate in mpk {
-            rows.borrow_mut().push(row(&format!("mpk gate, {}", gate.name), measure_image(&gate.image, n(10_000.0))?));
+            rows.borrow_mut()
+                .push(row(&format!("mpk gate, {}", gate.name), measure_image(&gate.image, n(10_000.0))?.0));
         }
         for gate in mpk.iter().filter(|g| g.name != "light") {
             for (locals, min, median) in measure_locals(&gate.image, n(10_000.0))? {
@@ -244,6 +281,15 @@ pub fn table(r: &GateReport) -> String {
             "{:38}  {:>10.1}  {:>10.1}  {:>9.1}  {:>9.1}\n",
             row.name, row.min_cycles, row.median_cycles, row.min_ns, row.median_ns
         );
+    }
+    for pingpong in &r.rows {
+        let Some(gate) = pingpong.name.strip_prefix(PINGPONG_BESIDE) else { continue };
+        if let Some(gate_row) = r.rows.iter().find(|g| g.name == gate) {
+            out += &format!(
+                "{gate} vs the ping-pong measured beside it (medians): {:.2}x\n",
+                gate_row.median_cycles / pingpong.median_cycles
+            );
+        }
     }
     if let Some(why) = &r.mpk_unavailable {
         out += &format!("mpk gates: not measured, this machine has no protection keys ({why})\n");

@@ -248,9 +248,11 @@ fn the_round_trip_benchmark_runs() {
     for (mechanism, config) in MECHANISMS {
         let r = run(config, &["bench", "100"]);
         assert_eq!(r.code, 0, "{mechanism}: {}", r.stderr);
-        let line = r.stdout.lines().find_map(|l| l.strip_prefix("roundtrip_cycles: ")).expect("a result line");
-        let values: Vec<f64> = line.split(' ').map(|v| v.parse().unwrap()).collect();
-        assert!(values.len() == 2 && values[0] > 0.0 && values[0] <= values[1], "{mechanism}: {line}");
+        for prefix in ["roundtrip_cycles: ", "pingpong_cycles: "] {
+            let line = r.stdout.lines().find_map(|l| l.strip_prefix(prefix)).expect("a result line");
+            let values: Vec<f64> = line.split(' ').map(|v| v.parse().unwrap()).collect();
+            assert!(values.len() == 2 && values[0] > 0.0 && values[0] <= values[1], "{mechanism}: {prefix}{line}");
+        }
     }
 }
 
@@ -298,8 +300,12 @@ fn the_gate_benchmark_has_a_row_per_isolating_mechanism() {
         .collect();
     let report = flexos::gatebench::run(0.01, &remote, &[]).unwrap();
     for (m, _) in MECHANISMS {
-        let row = report.rows.iter().find(|r| r.name == format!("{m} gate")).expect("a row per mechanism");
-        assert!(row.min_cycles > 0.0 && row.min_cycles <= row.median_cycles, "{row:?}");
+        for name in [format!("{m} gate"), format!("{}{m} gate", flexos::gatebench::PINGPONG_BESIDE)] {
+            let row = report.rows.iter().find(|r| r.name == name).expect("a row per mechanism, and its ping-pong");
+            assert!(row.min_cycles > 0.0 && row.min_cycles <= row.median_cycles, "{row:?}");
+        }
+        let table = flexos::gatebench::table(&report);
+        assert!(table.contains(&format!("{m} gate vs the ping-pong measured beside it")), "{table}");
     }
     let bad = flexos::gatebench::RemoteGate { name: "broken".into(), image: PathBuf::from("/nonexistent/probe") };
     assert!(flexos::gatebench::run(0.01, &[bad], &[]).unwrap_err().contains("cannot run"));
