@@ -67,11 +67,12 @@ pub unsafe fn protect(addr: usize, len: usize, key: u32, accessible: bool) -> st
         return Ok(());
     }
     let error = std::io::Error::last_os_error();
-    if key != 0 || error.raw_os_error() != Some(libc::EINVAL) || available().is_ok() {
+    if key != 0 || error.raw_os_error() != Some(libc::EINVAL) {
         return Err(error);
     }
     // SAFETY: as above; mprotect changes the protection only, and without
-    // protection keys every page already has key 0.
+    // protection keys every page already has key 0. (Where the machine has
+    // keys, EINVAL for key 0 means a bad range, which mprotect refuses too.)
     let rc = unsafe { libc::mprotect(addr as *mut libc::c_void, len, prot) };
     if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
