@@ -82,3 +82,70 @@ pub fn min_median(mut values: Vec<f64>) -> (f64, f64) {
     values.sort_by(f64::total_cmp);
     (values[0], values[values.len() / 2])
 }
+
+/// Two threads bouncing a counter through one cache line: the floor of
+/// any gate that crosses to another core through shared memory (`flexos
+/// bench gates`, and the probe image beside its remote gates). Between
+/// blocks of rounds the peer sleeps, so that it does not take a core from
+/// a gate's callee.
+pub struct PingPong {
+    flag: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    peer: std::thread::JoinHandle<()>,
+    next: u64,
+}
+
+impl PingPong {
+    /// The flag's value that sends the peer to sleep (even: no round pending).
+    const PAUSED: u64 = u64::MAX - 1;
+    /// The flag's value that ends the peer.
+    const STOP: u64 = u64::MAX;
+
+    /// Starts the peer, paused.
+    pub fn start() -> PingPong {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let flag = std::sync::Arc::new(AtomicU64::new(Self::PAUSED));
+        let peer = {
+            let flag = flag.clone();
+            std::thread::spawn(move || {
+                loop {
+                    match flag.load(Ordering::Acquire) {
+                        Self::STOP => break,
+                        Self::PAUSED => std::thread::park(),
+                        v if v % 2 == 1 => flag.store(v + 1, Ordering::Release),
+                        _ => std::hint::spin_loop(),
+                    }
+                }
+            })
+        };
+        PingPong { flag, peer, next: 0 }
+    }
+
+    /// Wakes the peer for a block of rounds.
+    pub fn resume(&mut self) {
+        self.flag.store(self.next, std::sync::atomic::Ordering::Release);
+        self.peer.thread().unpark();
+    }
+
+    /// One round trip: an odd value out, the next even one back.
+    pub fn round(&mut self) {
+        use std::sync::atomic::Ordering;
+        self.next += 1;
+        self.flag.store(self.next, Ordering::Release);
+        self.next += 1;
+        while self.flag.load(Ordering::Acquire) != self.next {
+            std::hint::spin_loop();
+        }
+    }
+
+    /// Sends the peer to sleep until the next [`PingPong::resume`].
+    pub fn pause(&mut self) {
+        self.flag.store(Self::PAUSED, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Ends the peer.
+    pub fn stop(self) {
+        self.flag.store(Self::STOP, std::sync::atomic::Ordering::Release);
+        self.peer.thread().unpark();
+        self.peer.join().expect("the ping-pong peer");
+    }
+}

@@ -9,14 +9,12 @@
 //! monotonic clock).
 
 use flexos_gate::layout::Component;
-use flexos_platform::clock::{cycles_per_second, min_median, sample_cycles, timer_overhead};
+use flexos_platform::clock::{PingPong, cycles_per_second, min_median, sample_cycles, timer_overhead};
 use serde::Serialize;
 use std::hint::black_box;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The identity of the benchmark's shared locals (the default compartment).
 pub(crate) const CALLER: Component =
@@ -193,35 +191,10 @@ pub fn run(scale: f64, remote: &[RemoteGate], mpk: &[RemoteGate]) -> Result<Gate
 
     // Two threads bouncing a counter through one shared cache line: the floor
     // for any gate that crosses to another core through shared memory.
-    let flag = Arc::new(AtomicU64::new(0));
-    let stop = u64::MAX;
-    let peer = {
-        let flag = flag.clone();
-        std::thread::spawn(move || {
-            loop {
-                let v = flag.load(Ordering::Acquire);
-                if v == stop {
-                    break;
-                }
-                if v % 2 == 1 {
-                    flag.store(v + 1, Ordering::Release);
-                } else {
-                    std::hint::spin_loop();
-                }
-            }
-        })
-    };
-    let mut next = 0u64;
-    add("shared-memory ping-pong (2 threads)", n(2_000.0), &mut |_| {
-        next += 1;
-        flag.store(next, Ordering::Release);
-        next += 1;
-        while flag.load(Ordering::Acquire) != next {
-            std::hint::spin_loop();
-        }
-    });
-    flag.store(stop, Ordering::Release);
-    peer.join().expect("ping-pong peer");
+    let mut pingpong = PingPong::start();
+    pingpong.resume();
+    add("shared-memory ping-pong (2 threads)", n(2_000.0), &mut |_| pingpong.round());
+    pingpong.stop();
 
     for gate in remote {
         let (round_trip, pingpong) = measure_image(&gate.image, n(2_000.0))?;
