@@ -446,15 +446,21 @@ fn a_flood_of_connections_beyond_the_limit_is_refused_cleanly() {
     let tag = tag("kv-flood");
     let _cleanup = common::Cleanup(tag.clone());
     let mut kv = Forwarded::start("configs/kv.toml", &["--port", "16381", "--max-connections", "8"], &tag);
-    let mut open = Vec::new();
+    // All at once: a client the image refuses waits (the relay tries again
+    // for two seconds) and then loses its connection.
+    let mut open: Vec<TcpStream> = (0..60).filter_map(|_| TcpStream::connect(("127.0.0.1", kv.port)).ok()).collect();
+    for s in &mut open {
+        let _ = s.write_all(b"PING\r\n");
+    }
+    let deadline = Instant::now() + Duration::from_secs(6);
     let mut served = 0;
-    for _ in 0..60 {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", kv.port)) else { continue };
-        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        if exchange(&mut s, b"PING\r\n", 7) == b"+PONG\r\n" {
+    for s in &mut open {
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+        s.set_read_timeout(Some(left)).unwrap();
+        let mut reply = [0u8; 7];
+        if s.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n" {
             served += 1;
         }
-        open.push(s);
     }
     assert!((1..=8).contains(&served), "{served} connections served with a limit of 8");
     kv.assert_running();
@@ -471,6 +477,37 @@ fn a_flood_of_connections_beyond_the_limit_is_refused_cleanly() {
     }
     kv.assert_running();
     drop(kv);
+    assert_nothing_left(&tag);
+}
+
+/// A client that comes while the image is at its connection limit waits
+/// (the relay tries again, as a client's own retransmitted connection
+/// requests would) and is served as soon as a connection closes; before,
+/// the relay closed it at once with nothing sent, and the test's last
+/// client got no reply.
+#[test]
+fn a_client_beyond_the_limit_is_served_when_a_connection_closes() {
+    let tag = tag("kv-beyond-limit");
+    let _cleanup = common::Cleanup(tag.clone());
+    let mut kv = Forwarded::start("configs/kv.toml", &["--port", "16388", "--max-connections", "8"], &tag);
+    let mut served = Vec::new();
+    let mut beyond = loop {
+        let mut s = kv.connect();
+        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        if exchange(&mut s, b"PING\r\n", 7) != b"+PONG\r\n" {
+            break s;
+        }
+        served.push(s);
+        assert!(served.len() <= 8, "more connections served than the limit of 8");
+    };
+    assert!(!served.is_empty(), "no connection served");
+    drop(served.pop());
+    beyond.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut reply = [0u8; 7];
+    beyond.read_exact(&mut reply).expect("the waiting client is served once a connection closed");
+    assert_eq!(&reply, b"+PONG\r\n");
+    kv.assert_running();
+    drop((served, beyond, kv));
     assert_nothing_left(&tag);
 }
 

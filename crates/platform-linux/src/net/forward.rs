@@ -33,6 +33,16 @@ const RELAY_BUFFER: usize = 64 * 1024;
 /// asks the image for more connections at once than it keeps listening.
 const MAX_CONNECTING: usize = 32;
 
+/// How long the relay keeps trying to connect a client to the image while
+/// the image refuses it (a stack at its connection limit resets connection
+/// requests): the client, already connected to 127.0.0.1, waits as it
+/// would for its own retransmitted connection requests to a Linux listener
+/// whose queue is full, instead of losing its connection at once.
+const REFUSED_RETRY_FOR: Duration = Duration::from_millis(2000);
+
+/// The pause before the relay tries again to connect a refused client.
+const REFUSED_RETRY_AFTER: Duration = Duration::from_millis(50);
+
 /// The backlog of the relay's listening sockets on 127.0.0.1.
 const HOST_BACKLOG: i32 = 1024;
 
@@ -95,10 +105,26 @@ impl Device for RelayDevice {
     }
 }
 
+/// A client accepted on 127.0.0.1 and not connected to the image yet.
+struct Waiting {
+    stream: TcpStream,
+    /// The image's port it goes to.
+    image_port: u16,
+    /// When the relay accepted it.
+    since: Instant,
+    /// When the relay may try to connect it (after a refusal: a little later).
+    not_before: Instant,
+}
+
 /// One relayed connection: a host socket and the relay's socket to the image.
 struct Conn {
     stream: TcpStream,
     handle: SocketHandle,
+    /// The image's port, when the client was accepted, and whether the
+    /// image ever accepted the connection: a refused one is tried again.
+    image_port: u16,
+    since: Instant,
+    connected: bool,
     /// The events `epoll` watches for on the host socket.
     interest: u32,
     /// `epoll` reported the host socket readable and it was not read dry since.
@@ -124,8 +150,8 @@ pub struct Forwarder {
     listeners: Vec<(TcpListener, u16)>,
     /// Listeners `epoll` reported readable.
     listeners_ready: bool,
-    /// Accepted clients not yet connected to the image (and its port).
-    waiting: VecDeque<(TcpStream, u16)>,
+    /// Accepted clients not yet connected to the image, oldest first.
+    waiting: VecDeque<Waiting>,
     /// Relayed connections; a connection's index is its `epoll` token.
     conns: Vec<Option<Conn>>,
     next_port: u16,
@@ -215,10 +241,9 @@ impl Forwarder {
         }
         let now = self.now();
         let relay_due = self.iface.poll_delay(now, &self.sockets).map(|d| Duration::from_micros(d.total_micros()));
-        let timeout = match (timeout, relay_due) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let now = Instant::now();
+        let retry_due = self.waiting.iter().map(|w| w.not_before.saturating_duration_since(now)).min();
+        let timeout = [timeout, relay_due, retry_due].into_iter().flatten().min();
         self.step(timeout);
     }
 
@@ -277,7 +302,8 @@ impl Forwarder {
                         continue;
                     }
                     let _ = stream.set_nodelay(true);
-                    self.waiting.push_back((stream, *image_port));
+                    let now = Instant::now();
+                    self.waiting.push_back(Waiting { stream, image_port: *image_port, since: now, not_before: now });
                 }
             }
         }
@@ -291,8 +317,14 @@ impl Forwarder {
             .flatten()
             .filter(|c| sockets.get::<tcp::Socket>(c.handle).state() == tcp::State::SynSent)
             .count();
-        while connecting < MAX_CONNECTING {
-            let Some((stream, image_port)) = self.waiting.pop_front() else { break };
+        let now = Instant::now();
+        let mut next = 0;
+        while connecting < MAX_CONNECTING && next < self.waiting.len() {
+            if self.waiting[next].not_before > now {
+                next += 1;
+                continue;
+            }
+            let Some(Waiting { stream, image_port, since, .. }) = self.waiting.remove(next) else { break };
             let mut sock = tcp::Socket::new(
                 tcp::SocketBuffer::new(vec![0; RELAY_BUFFER]),
                 tcp::SocketBuffer::new(vec![0; RELAY_BUFFER]),
@@ -315,6 +347,9 @@ impl Forwarder {
             let conn = Conn {
                 stream,
                 handle,
+                image_port,
+                since,
+                connected: false,
                 interest: 0,
                 readable: false,
                 write_blocked: false,
@@ -335,9 +370,25 @@ impl Forwarder {
     /// Moves bytes both ways for every connection; drops finished ones.
     fn pump(&mut self) {
         let sockets = &mut self.sockets;
+        let mut refused = Vec::new();
         for entry in self.conns.iter_mut() {
             let Some(c) = entry else { continue };
             let sock = sockets.get_mut::<tcp::Socket>(c.handle);
+            c.connected |= !matches!(sock.state(), tcp::State::SynSent | tcp::State::Closed);
+            if !c.connected && sock.state() == tcp::State::Closed && !c.host_gone {
+                // The image refused the connection: the client waits and
+                // is tried again, up to `REFUSED_RETRY_FOR` after it came.
+                sockets.remove(c.handle);
+                let c = entry.take().expect("the entry is a connection");
+                let now = Instant::now();
+                if now.duration_since(c.since) < REFUSED_RETRY_FOR
+                    && watch(&self.epoll, libc::EPOLL_CTL_DEL, c.stream.as_raw_fd(), 0, 0).is_ok()
+                {
+                    let not_before = now + REFUSED_RETRY_AFTER;
+                    refused.push(Waiting { stream: c.stream, image_port: c.image_port, since: c.since, not_before });
+                }
+                continue;
+            }
             // Host → image.
             while c.readable && !c.host_eof && !c.broken && sock.can_send() {
                 let stream = &mut c.stream;
@@ -395,6 +446,10 @@ impl Forwarder {
         }
         while matches!(self.conns.last(), Some(None)) {
             self.conns.pop();
+        }
+        // Refused clients came before any client still waiting.
+        for w in refused.into_iter().rev() {
+            self.waiting.push_front(w);
         }
     }
 
