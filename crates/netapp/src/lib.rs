@@ -120,27 +120,10 @@ pub struct Timeouts {
 /// waited this long is closed.
 pub const EVICT_AFTER_MS: u64 = 1000;
 
-/// Nearly out of connections (see [`crowded_threshold`]), a connection that
-/// has waited this long is closed: a flood of slow clients that comes back
-/// faster than [`EVICT_AFTER_MS`] would otherwise fill the stack to its
-/// limit, where it refuses every new client for up to that long. A real
-/// client sends its request as soon as it connects, and the longest waiting
-/// go first.
-pub const EVICT_CROWDED_AFTER_MS: u64 = 100;
-
 /// The number of connections from which the server is short of them: the
 /// stack's limit less room for its listening endpoints and a burst.
 pub fn busy_threshold(max_connections: u32) -> usize {
     (max_connections as usize).saturating_sub(256).max(max_connections as usize / 2)
-}
-
-/// The number of connections from which the server is nearly out of them:
-/// halfway from [`busy_threshold`] to the most connections it can have
-/// while its listener keeps [`flexos_net::MAX_LISTENING`] endpoints listening.
-pub fn crowded_threshold(max_connections: u32) -> usize {
-    let busy = busy_threshold(max_connections);
-    let usable = (max_connections as usize).saturating_sub(flexos_net::MAX_LISTENING as usize).max(busy);
-    busy + (usable - busy) / 2
 }
 
 /// The default of [`Options::output_limit`]: 64 MiB.
@@ -419,18 +402,10 @@ pub fn serve<const C: usize, Me: Identity, P: Protocol>(
 fn next_deadline<S>(conns: &[Conn<S>], now: u64, options: &Options) -> i64 {
     let t = &options.timeouts;
     let busy = t.evict_when_busy && conns.len() >= busy_threshold(options.max_connections);
-    let crowded = t.evict_when_busy && conns.len() >= crowded_threshold(options.max_connections);
     let mut next: Option<u64> = None;
     for c in conns {
         let Some((waited, limit)) = c.waiting(now, t) else { continue };
-        let evict_after = if crowded {
-            EVICT_CROWDED_AFTER_MS
-        } else if busy {
-            EVICT_AFTER_MS
-        } else {
-            0
-        };
-        for limit in [limit, evict_after] {
+        for limit in [limit, if busy { EVICT_AFTER_MS } else { 0 }] {
             if limit > 0 {
                 let left = limit.saturating_sub(waited);
                 next = Some(next.map_or(left, |n| n.min(left)));
@@ -442,44 +417,31 @@ fn next_deadline<S>(conns: &[Conn<S>], now: u64, options: &Options) -> i64 {
 
 /// Closes the connections that have kept the server waiting too long, and,
 /// when connections run short, the ones that have waited longest (at least
-/// [`EVICT_AFTER_MS`]) until [`EVICT_MARGIN`] connections are free below
-/// [`busy_threshold`] again; if the server is still nearly out of them,
-/// also ones that waited [`EVICT_CROWDED_AFTER_MS`], until
-/// [`EVICT_MARGIN`] are free below [`crowded_threshold`]. New clients,
-/// which are the ones that send their requests at once, are the last to go.
+/// [`EVICT_AFTER_MS`]) until [`EVICT_MARGIN`] connections are free below the
+/// threshold again: new clients, which are the ones that send their
+/// requests at once, are the last to go.
 fn close_waiting<S>(conns: &mut [Conn<S>], now: u64, options: &Options) {
     let t = &options.timeouts;
-    let mut waiting = Vec::new();
+    let mut long_waiting = Vec::new();
     for (i, c) in conns.iter_mut().enumerate() {
         let Some((waited, limit)) = c.waiting(now, t) else { continue };
         if limit > 0 && waited >= limit {
             c.closing = true;
             c.reset = true;
             c.input.clear();
-        } else if waited >= EVICT_CROWDED_AFTER_MS {
-            waiting.push((waited, i));
+        } else if waited >= EVICT_AFTER_MS {
+            long_waiting.push((waited, i));
         }
     }
-    if !t.evict_when_busy {
-        return;
-    }
-    waiting.sort_unstable_by(|a, b| b.cmp(a));
-    let mut waiting = waiting.into_iter().peekable();
-    let mut open = conns.iter().filter(|c| !c.closing).count();
-    let max = options.max_connections;
-    for (threshold, after) in [(busy_threshold(max), EVICT_AFTER_MS), (crowded_threshold(max), EVICT_CROWDED_AFTER_MS)]
-    {
-        if open < threshold {
-            continue;
-        }
-        let target = threshold.saturating_sub(EVICT_MARGIN);
-        while open > target {
-            let Some((_, i)) = waiting.next_if(|&(waited, _)| waited >= after) else { break };
+    let open = conns.iter().filter(|c| !c.closing).count();
+    let threshold = busy_threshold(options.max_connections);
+    if t.evict_when_busy && open >= threshold {
+        long_waiting.sort_unstable_by(|a, b| b.cmp(a));
+        for &(_, i) in long_waiting.iter().take(open + EVICT_MARGIN - threshold) {
             let c = &mut conns[i];
             c.closing = true;
             c.reset = true;
             c.input.clear();
-            open -= 1;
         }
     }
 }
@@ -645,16 +607,5 @@ mod tests {
         close_waiting(&mut few, 5000, &options);
         assert!(few.iter().all(|c| !c.closing));
         assert_eq!(next_deadline(&few, 5000, &options), -1);
-        // Nearly out of connections (6, with 4 usable besides the listening
-        // endpoints): those that waited 100 ms or more go as well, the
-        // longest waiting first; the newest two stay.
-        assert_eq!(crowded_threshold(8), 4);
-        assert_eq!(crowded_threshold(1024), 832);
-        let mut crowded: Vec<_> = [4500, 4700, 4800, 4850, 4950, 4990].into_iter().map(conn).collect();
-        assert_eq!(next_deadline(&crowded[4..], 5000, &options), -1, "two connections are not crowded");
-        assert_eq!(next_deadline(&crowded, 5000, &options), 0);
-        close_waiting(&mut crowded, 5000, &options);
-        let closed: Vec<bool> = crowded.iter().map(|c| c.closing && c.reset).collect();
-        assert_eq!(closed, [true, true, true, true, false, false]);
     }
 }
