@@ -420,6 +420,7 @@ fn release(block: Block) {
 /// nothing but this compartment's memory, whereas std's default report
 /// reads the thread's name in the default compartment's heap).
 pub fn prepare() {
+    deny_kernel_copies();
     gatestack::reserve();
     gatestack::set_release(release);
     flexos_alloc::in_shared_heap(|| drop(std::io::stdout()));
@@ -431,6 +432,38 @@ pub fn prepare() {
         flexos_platform::console::write_err(report.as_bytes());
         flexos_platform::process_abort()
     }));
+}
+
+/// System calls that make the kernel copy between the caller's memory and
+/// a process's, the caller's own included: the kernel reaches the target
+/// through its own mapping of the pages (a foreign access), where
+/// protection keys are not checked, so with them any `mpk` compartment
+/// could read and write every other's memory (attack `kernel-copy`: before
+/// this filter it read and changed main's secret with every sharing). No
+/// image needs them.
+const KERNEL_COPIES: [i64; 2] = [libc::SYS_process_vm_readv, libc::SYS_process_vm_writev];
+
+/// Makes [`KERNEL_COPIES`] fail with `EPERM` in every thread of the image,
+/// now and later (a seccomp filter; every other system call is allowed).
+fn deny_kernel_copies() {
+    let installed = (|| {
+        let rules = KERNEL_COPIES.iter().map(|&nr| (nr, vec![])).collect();
+        let deny = seccompiler::SeccompAction::Errno(libc::EPERM as u32);
+        let filter = seccompiler::SeccompFilter::new(
+            rules,
+            seccompiler::SeccompAction::Allow,
+            deny,
+            seccompiler::TargetArch::x86_64,
+        )
+        .map_err(|e| e.to_string())?;
+        let program: seccompiler::BpfProgram = filter.try_into().map_err(|e| format!("{e:?}"))?;
+        seccompiler::apply_filter_all_threads(&program).map_err(|e| e.to_string())
+    })();
+    if let Err(e) = installed {
+        let report = format!("flexos: cannot deny the kernel's copies between processes (seccomp): {e}\n");
+        flexos_platform::console::write_err(report.as_bytes());
+        flexos_platform::process_abort()
+    }
 }
 
 /// The address of the data shadow stack's mirror of `[addr, addr + len)`,
