@@ -241,8 +241,12 @@ impl Forwarder {
         }
         let now = self.now();
         let relay_due = self.iface.poll_delay(now, &self.sockets).map(|d| Duration::from_micros(d.total_micros()));
-        let now = Instant::now();
-        let retry_due = self.waiting.iter().map(|w| w.not_before.saturating_duration_since(now)).min();
+        let retry_due = if self.waiting.is_empty() {
+            None
+        } else {
+            let now = Instant::now();
+            self.waiting.iter().map(|w| w.not_before.saturating_duration_since(now)).min()
+        };
         let timeout = [timeout, relay_due, retry_due].into_iter().flatten().min();
         self.step(timeout);
     }
