@@ -421,6 +421,7 @@ fn release(block: Block) {
 /// reads the thread's name in the default compartment's heap).
 pub fn prepare() {
     deny_kernel_copies();
+    keep_out_of_proc();
     gatestack::reserve();
     gatestack::set_release(release);
     flexos_alloc::in_shared_heap(|| drop(std::io::stdout()));
@@ -464,6 +465,40 @@ fn deny_kernel_copies() {
         flexos_platform::console::write_err(report.as_bytes());
         flexos_platform::process_abort()
     }
+}
+
+/// Keeps the image out of `/proc` for reading and writing files, with a
+/// Landlock ruleset that allows both beneath every other entry of `/`:
+/// `/proc/self/mem` (and `/proc/PID/mem`) reaches the process's memory
+/// through the kernel's own mapping, where protection keys are not checked
+/// (attack `proc-mem`). Called at boot, before the image starts any thread,
+/// so every thread and process it starts inherits the ruleset; only those
+/// two rights are handled, so starting a `proc` compartment (executing
+/// `/proc/self/exe`) still works. Where the kernel has no Landlock the
+/// image says so on standard error and runs with `/proc` open.
+fn keep_out_of_proc() {
+    use landlock::{AccessFs, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus};
+    let rights = AccessFs::ReadFile | AccessFs::WriteFile;
+    let elsewhere: Vec<std::path::PathBuf> = match std::fs::read_dir("/") {
+        Ok(entries) => entries.flatten().filter(|e| e.file_name() != "proc").map(|e| e.path()).collect(),
+        Err(_) => Vec::new(),
+    };
+    let status = (|| {
+        Ruleset::default()
+            .handle_access(rights)?
+            .create()?
+            .add_rules(landlock::path_beneath_rules(&elsewhere, rights))?
+            .restrict_self()
+    })();
+    let problem = match status {
+        Ok(s) if s.ruleset == RulesetStatus::FullyEnforced => return,
+        Ok(_) => "this kernel has no Landlock".to_string(),
+        Err(e) => e.to_string(),
+    };
+    let report = format!(
+        "flexos: cannot keep the image out of /proc ({problem}): every mpk compartment can reach all memory through /proc/self/mem\n"
+    );
+    flexos_platform::console::write_err(report.as_bytes());
 }
 
 /// The address of the data shadow stack's mirror of `[addr, addr + len)`,
