@@ -411,6 +411,13 @@ fn connections_ended_with_an_error_leave_nothing_behind_in_the_forwarder() {
 
 /// A client program in Python with room for thousands of sockets (a test
 /// process may have a limit of 1,024 descriptors).
+/// [`python_with_many_sockets`] for the Python file `path`, with `args`.
+fn python_file_with_many_sockets(path: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new("bash");
+    cmd.args(["-c", "ulimit -n 4096 2>/dev/null; exec python3 \"$@\"", "python3", path]).args(args);
+    cmd
+}
+
 fn python_with_many_sockets(script: &str) -> Command {
     let mut cmd = Command::new("bash");
     cmd.args(["-c", "ulimit -n 4096 2>/dev/null; exec python3 -c \"$0\"", script]);
@@ -862,35 +869,13 @@ fn httpd_keeps_serving_during_a_slowloris_attack() {
     let reply = exchange(&mut s, b"GET /index.html HTTP/1.1\r\n\r\n", usize::MAX);
     assert!(reply.starts_with(b"HTTP/1.1 400 Bad Request"), "{}", String::from_utf8_lossy(&reply));
 
-    let attack = format!(
-        r#"
-import socket, time
-head = b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: " + b"a" * 100000
-socks = {{}}
-def connect():
-    try:
-        s = socket.socket(); s.setblocking(False); s.connect_ex(('127.0.0.1', {port})); return s
-    except OSError:
-        return None
-end = time.time() + 60
-step = 0
-while time.time() < end:
-    for i in range(1100):
-        s = socks.get(i)
-        if s is None:
-            socks[i] = connect()
-            continue
-        try:
-            s.send(head[step:step + 1])
-        except OSError:
-            s.close(); socks[i] = connect()
-    step += 1
-    time.sleep(1)
-"#,
-        port = httpd.port
+    // 1,100 connections, one byte of a head each per second, reconnecting when dropped.
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../slowloris-probe.py");
+    let mut attacker = common::Running::spawn(
+        python_file_with_many_sockets(script, &[&httpd.port.to_string(), "0"])
+            .env("FLEXOS_TEST_TAG", &tag)
+            .stdout(Stdio::null()),
     );
-    let mut attacker =
-        common::Running::spawn(python_with_many_sockets(&attack).env("FLEXOS_TEST_TAG", &tag).stdout(Stdio::null()));
     std::thread::sleep(Duration::from_secs(4));
     let mut outcomes = Vec::new();
     let mut retries = 0;
