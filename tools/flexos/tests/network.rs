@@ -411,16 +411,16 @@ fn connections_ended_with_an_error_leave_nothing_behind_in_the_forwarder() {
 
 /// A client program in Python with room for thousands of sockets (a test
 /// process may have a limit of 1,024 descriptors).
+fn python_with_many_sockets(script: &str) -> Command {
+    let mut cmd = Command::new("bash");
+    cmd.args(["-c", "ulimit -n 4096 2>/dev/null; exec python3 -c \"$0\"", script]);
+    cmd
+}
+
 /// [`python_with_many_sockets`] for the Python file `path`, with `args`.
 fn python_file_with_many_sockets(path: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new("bash");
     cmd.args(["-c", "ulimit -n 4096 2>/dev/null; exec python3 \"$@\"", "python3", path]).args(args);
-    cmd
-}
-
-fn python_with_many_sockets(script: &str) -> Command {
-    let mut cmd = Command::new("bash");
-    cmd.args(["-c", "ulimit -n 4096 2>/dev/null; exec python3 -c \"$0\"", script]);
     cmd
 }
 
