@@ -17,7 +17,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::time::Duration;
 use flexos_platform::net::{Addressing, MAX_FRAME, Port};
-use smoltcp::phy::{Device, DeviceCapabilities, Medium};
+use smoltcp::phy::{Checksum, Device, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
 flexos_gate::component!(NETDEV);
@@ -141,10 +141,17 @@ pub struct Tx<'a> {
 impl smoltcp::phy::RxToken for Rx<'_> {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
         let r = f(&self.frame);
-        if self.spare.len() < RX_BATCH {
-            self.spare.push(self.frame);
-        }
+        recycle(self.spare, self.frame);
         r
+    }
+}
+
+/// Keeps `frame`'s buffer for a later frame, unless enough are kept or it
+/// held a large segment (a tap with segmentation offload hands over frames
+/// of up to 64 KiB; keeping those would hold megabytes for small frames).
+fn recycle(spare: &mut Vec<Vec<u8>>, frame: Vec<u8>) {
+    if spare.len() < RX_BATCH && frame.capacity() <= 2 * MAX_FRAME {
+        spare.push(frame);
     }
 }
 
@@ -172,9 +179,7 @@ impl Device for NetDevice {
                 break frame;
             }
             self.stats.syns_held += 1;
-            if self.spare.len() < RX_BATCH {
-                self.spare.push(frame);
-            }
+            recycle(&mut self.spare, frame);
         };
         let NetDevice { port, spare, tx, stats, .. } = self;
         Some((Rx { frame, spare }, Tx { port, buf: tx, sent: &mut stats.tx_frames }))
@@ -189,6 +194,10 @@ impl Device for NetDevice {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ethernet;
         caps.max_transmission_unit = MAX_FRAME;
+        // The port checks the TCP checksums that need it: a tap's kernel
+        // leaves those of its own segments partial, and the forwarder's
+        // frames come from its own stack (flexos_platform::net::tap).
+        caps.checksum.tcp = Checksum::Tx;
         caps
     }
 }
