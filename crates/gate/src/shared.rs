@@ -244,6 +244,23 @@ impl<'a> SharedRef<'a> {
         }
     }
 
+    /// Appends a copy of the bytes to `out` (see
+    /// [`SharedRef::copy_to_slice`]), without first zero-filling the room
+    /// they take; fails, changing nothing, when `out` cannot grow.
+    pub fn append_to(&self, out: &mut Vec<u8>) -> Result<(), std::collections::TryReserveError> {
+        out.try_reserve(self.len)?;
+        let start = out.len();
+        // SAFETY: the source is live shared memory for 'a (as in
+        // `copy_to_slice`); the destination is the `self.len` bytes of room
+        // just reserved after `out`'s end, which nothing else can reach, and
+        // the copy initializes them all before the length takes them in.
+        unsafe {
+            core::ptr::copy_nonoverlapping(self.ptr.as_ptr(), out.as_mut_ptr().add(start), self.len);
+            out.set_len(start + self.len);
+        }
+        Ok(())
+    }
+
     /// The bytes, copied into private memory (see [`SharedRef::copy_to_slice`]).
     pub fn to_vec(&self) -> Vec<u8> {
         let mut v = vec![0; self.len];
@@ -384,6 +401,10 @@ mod tests {
         let mut whole = [0; 11];
         b.read_at(0, &mut whole);
         assert_eq!(&whole, b"HELLO world");
+        let mut appended = b"say ".to_vec();
+        b.shared().slice(0..5).append_to(&mut appended).unwrap();
+        b.shared().slice(5..5).append_to(&mut appended).unwrap();
+        assert_eq!(appended, b"say HELLO");
         assert_eq!(flexos_alloc::owner_of(b.as_mut_ptr() as usize), Some(SHARED));
         assert!(SharedBuf::zeroed(0).shared().validate());
     }

@@ -465,15 +465,12 @@ fn read_input<const C: usize, Me: Identity, P: Protocol>(
                 break;
             }
             Ok(n) => {
-                if c.input.try_reserve(n).is_err() || !flexos_alloc::has_room(n) {
+                if !flexos_alloc::has_room(n) || io.shared().slice(0..n).append_to(&mut c.input).is_err() {
                     // No room for this client's input: it loses its connection, nobody else anything.
                     c.closing = true;
                     c.output.clear();
                     return;
                 }
-                let start = c.input.len();
-                c.input.resize(start + n, 0);
-                io.read_at(0, &mut c.input[start..]);
                 if n < io.len() || c.input.len() > MAX_PENDING {
                     break;
                 }
