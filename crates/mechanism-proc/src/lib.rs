@@ -117,13 +117,15 @@ const ALLOWED: &[i64] = &[
 ];
 
 /// What the compartment that holds the network device may do besides
-/// [`ALLOWED`]: open and drive the tap device (`/dev/net/tun`, its ioctl,
-/// polling) or run the 127.0.0.1 forwarder (listening TCP sockets on the
+/// [`ALLOWED`]: open and drive the tap device (`/dev/net/tun`, its ioctls,
+/// `readv`/`writev` of a frame behind its virtio-net header, polling) or run the 127.0.0.1 forwarder (listening TCP sockets on the
 /// host, watched with `epoll`). No other file, no process, no signal.
 pub const NETWORK_DEVICE: &[i64] = &[
     libc::SYS_openat,
     libc::SYS_close,
     libc::SYS_ioctl,
+    libc::SYS_readv,
+    libc::SYS_writev,
     libc::SYS_poll,
     libc::SYS_ppoll,
     libc::SYS_epoll_create1,

@@ -126,20 +126,53 @@ impl Server {
         matches!(self.child.try_wait(), Ok(None))
     }
 
-    /// Runs `program` `args` inside the server's namespace; returns its standard output.
+    /// Runs `program` `args` inside the server's namespace; returns its
+    /// standard output. Fails, stopping `program`, if the server ends
+    /// meanwhile (a client such as `redis-benchmark` would otherwise wait
+    /// for it forever).
     pub fn client(&self, program: &str, args: &[String]) -> Result<String, String> {
-        let out = self
+        let mut child = self
             .ns
             .exec(program)
             .args(args)
             .stdin(Stdio::null())
-            .output()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .map_err(|e| format!("cannot run {program}: {e} (is it installed?)"))?;
-        if !out.status.success() {
-            return Err(format!("{program} {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr)));
+        let read_all = |mut pipe: Box<dyn std::io::Read + Send>| {
+            std::thread::spawn(move || {
+                let mut bytes = Vec::new();
+                let _ = pipe.read_to_end(&mut bytes);
+                String::from_utf8_lossy(&bytes).into_owned()
+            })
+        };
+        let stdout = read_all(Box::new(child.stdout.take().expect("piped")));
+        let stderr = read_all(Box::new(child.stderr.take().expect("piped")));
+        let status = loop {
+            if let Some(status) = child.try_wait().map_err(|e| format!("{program}: {e}"))? {
+                break status;
+            }
+            if !process_lives(self.child.id()) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("the server ended while {program} ran"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let (stdout, stderr) = (stdout.join().unwrap_or_default(), stderr.join().unwrap_or_default());
+        if !status.success() {
+            return Err(format!("{program} {} failed: {stderr}", args.join(" ")));
         }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        Ok(stdout)
     }
+}
+
+/// Whether process `pid` (a child not yet waited for) still runs: it
+/// exists and is not a zombie.
+fn process_lives(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -365,6 +398,24 @@ pub fn iperf(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A client that would wait for a dead server forever (as
+    /// `redis-benchmark` does) is stopped when the server ends. Needs root
+    /// (a network namespace).
+    #[test]
+    fn a_client_is_stopped_when_the_server_ends() {
+        let server = Server::linux("python3", &["-m", "http.server", "18555"], 18555).unwrap();
+        let pid = server.child.id().to_string();
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(500));
+            std::process::Command::new("kill").args(["-9", &pid]).status().unwrap();
+        });
+        // Left running, `sleep 60` would succeed.
+        let result = server.client("sleep", &["60".into()]);
+        killer.join().unwrap();
+        assert_eq!(result, Err("the server ended while sleep ran".to_owned()));
+        assert!(server.client("true", &[]).is_err(), "nor does a later client run");
+    }
 
     #[test]
     fn parses_client_outputs() {
