@@ -39,9 +39,20 @@ pub fn boot() {
         flexos_gate::mpk::prepare();
     }
     flexos_platform::hardening::install_panic_report();
-    if !has_remote_domains() {
-        return;
+    if has_remote_domains() {
+        start_remote_compartments();
     }
+    // Last: the processes and VMs just started mapped memory at fixed
+    // addresses, which the memory-call filter denies (and a process
+    // inherits it).
+    if flexos_layout::has_mpk() {
+        flexos_gate::mpk::confine_memory();
+    }
+}
+
+/// Starts the `proc` and `kvm` compartments (in a compartment's own
+/// process: serves its calls instead, and never returns).
+fn start_remote_compartments() {
     #[cfg(feature = "proc")]
     if flexos_platform::domain::child_role().is_some() {
         serve_as_compartment_process();

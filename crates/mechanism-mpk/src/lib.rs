@@ -34,6 +34,8 @@
 //! neither side can read the other's stack; never through shared memory,
 //! which a third compartment could change while the call runs.
 
+mod memory_filter;
+
 use core::mem::{ManuallyDrop, MaybeUninit};
 use flexos_alloc::{SHARED, alloc_in, free};
 use flexos_layout::{COMPARTMENTS, PKEYS, PKRU, SHARED_PKEY, SHARED_STACKS, stack_domain};
@@ -420,9 +422,16 @@ fn release(block: Block) {
 /// nothing but this compartment's memory, whereas std's default report
 /// reads the thread's name in the default compartment's heap).
 pub fn prepare() {
-    deny_kernel_copies();
+    // Each domain's row of gate stacks gets its key now: after start-up an
+    // `mpk` image makes no `pkey_mprotect` (a compartment's own process,
+    // in an image that mixes in `proc`, uses no keys).
+    let keys = core::array::from_fn(|d| {
+        let exists = d == SHARED_STACKS || d < PKEYS.len();
+        if exists && flexos_platform::pkey::in_use() { domain_key(d) } else { 0 }
+    });
+    gatestack::reserve(&keys);
+    deny_forbidden_calls();
     keep_out_of_proc();
-    gatestack::reserve();
     gatestack::set_release(release);
     flexos_alloc::in_shared_heap(|| drop(std::io::stdout()));
     // SAFETY: the switcher is called only by trusted platform code (starting
@@ -435,20 +444,40 @@ pub fn prepare() {
     }));
 }
 
-/// System calls that make the kernel copy between the caller's memory and
-/// a process's, the caller's own included: the kernel reaches the target
-/// through its own mapping of the pages (a foreign access), where
-/// protection keys are not checked, so with them any `mpk` compartment
-/// could read and write every other's memory (attack `kernel-copy`: before
-/// this filter it read and changed main's secret with every sharing). No
-/// image needs them.
-const KERNEL_COPIES: [i64; 2] = [libc::SYS_process_vm_readv, libc::SYS_process_vm_writev];
+/// System calls no `mpk` image makes after start-up, which would let a
+/// compartment around its keys:
+/// * `process_vm_readv` and `process_vm_writev` make the kernel copy
+///   between the caller's memory and a process's, the caller's own
+///   included, through the kernel's own mapping of the pages, where
+///   protection keys are not checked (attack `kernel-copy`: before this
+///   filter it read and changed main's secret with every sharing);
+/// * `pkey_mprotect` gives pages another key (attack `remap-memory`), and
+///   `pkey_alloc`/`pkey_free` hand keys out: every key and every keyed
+///   mapping is made at start-up (the gate-stack rows included);
+/// * `remap_file_pages`, `shmat`, `userfaultfd`, `io_uring_setup` (whose
+///   rings can `madvise`) and `process_madvise` change or watch mappings
+///   behind the memory-call filter's back ([`confine_memory`]); no image
+///   uses them.
+const FORBIDDEN_CALLS: [i64; 10] = [
+    libc::SYS_process_vm_readv,
+    libc::SYS_process_vm_writev,
+    libc::SYS_pkey_mprotect,
+    libc::SYS_pkey_alloc,
+    libc::SYS_pkey_free,
+    libc::SYS_remap_file_pages,
+    libc::SYS_shmat,
+    libc::SYS_userfaultfd,
+    libc::SYS_io_uring_setup,
+    libc::SYS_process_madvise,
+];
 
-/// Makes [`KERNEL_COPIES`] fail with `EPERM` in every thread of the image,
-/// now and later (a seccomp filter; every other system call is allowed).
-fn deny_kernel_copies() {
+/// Makes [`FORBIDDEN_CALLS`] fail with `EPERM` in every thread of the
+/// image, now and later (a seccomp filter; every other system call is
+/// allowed here). Inherited by a `proc` compartment's process, which makes
+/// none of them either (it uses no keys).
+fn deny_forbidden_calls() {
     let installed = (|| {
-        let rules = KERNEL_COPIES.iter().map(|&nr| (nr, vec![])).collect();
+        let rules = FORBIDDEN_CALLS.iter().map(|&nr| (nr, vec![])).collect();
         let deny = seccompiler::SeccompAction::Errno(libc::EPERM as u32);
         let filter = seccompiler::SeccompFilter::new(
             rules,
@@ -461,7 +490,48 @@ fn deny_kernel_copies() {
         seccompiler::apply_filter_all_threads(&program).map_err(|e| e.to_string())
     })();
     if let Err(e) = installed {
-        let report = format!("flexos: cannot deny the kernel's copies between processes (seccomp): {e}\n");
+        let report = format!("flexos: cannot deny the system calls that bypass protection keys (seccomp): {e}\n");
+        flexos_platform::console::write_err(report.as_bytes());
+        flexos_platform::process_abort()
+    }
+}
+
+/// Confines the image's memory calls (the memory-call filter,
+/// [`memory_filter`]): from now on no thread may `munmap`, `madvise`,
+/// `mremap`, `mprotect` or `mmap` with `MAP_FIXED` over the memory the
+/// keys protect: the heaps (private and shared), the gate-stack arena
+/// (where `mprotect`, which keeps keys, opens and closes slots), the
+/// program's segments (its code included: made writable, it would be
+/// rewritten under every compartment), the main stack with the room it may
+/// grow into, and the vDSO. Called at the end of boot, once every
+/// compartment's process and VM is started (their setup maps at fixed
+/// addresses, and a process inherits the filter).
+pub fn confine_memory() {
+    use memory_filter::{Policy, Range};
+    let range = |(start, end): (usize, usize)| Range { start: start as u64, end: end as u64 };
+    let heaps = flexos_alloc::region();
+    let heaps = (heaps.base.as_ptr() as usize, heaps.base.as_ptr() as usize + heaps.len);
+    let mut protected = vec![range(heaps), range(flexos_platform::pkey::program_extent())];
+    if let Some((start, end)) = flexos_platform::pkey::main_stack() {
+        // With the room below it that the stack may still grow into.
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit writes the struct it is given.
+        let grows = if unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut limit) } == 0
+            && limit.rlim_cur != libc::RLIM_INFINITY
+        {
+            (limit.rlim_cur as usize).div_ceil(4096) * 4096
+        } else {
+            end - start
+        };
+        protected.push(range((end.saturating_sub(grows.max(end - start)), end)));
+    }
+    for special in [&b"[vdso]"[..], b"[vvar]", b"[vvar_vclock]"] {
+        protected.extend(flexos_platform::pkey::named_mapping(special).map(range));
+    }
+    let policy = Policy { protected, mprotect_allowed: vec![range(gatestack::arena())] };
+    let program = memory_filter::program(&policy);
+    if let Err(e) = seccompiler::apply_filter_all_threads(&program) {
+        let report = format!("flexos: cannot confine the image's memory calls (seccomp): {e}\n");
         flexos_platform::console::write_err(report.as_bytes());
         flexos_platform::process_abort()
     }

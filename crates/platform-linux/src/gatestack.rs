@@ -22,7 +22,7 @@
 use crate::memory::PAGE_SIZE;
 use core::cell::Cell;
 use core::ptr::null_mut;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 /// Stack domains: one per compartment, and one for the shared stacks.
 pub const DOMAINS: usize = crate::compartment::MAX_COMPARTMENTS + 1;
@@ -48,10 +48,18 @@ static USED: AtomicUsize = AtomicUsize::new(0);
 /// Words of occupancy bits per domain.
 const USED_WORDS: usize = SLOTS / 64;
 
+/// Each row's protection key, given at start-up ([`reserve`]): 0 until then,
+/// and for rows no gate uses. A static, so it carries the trusted core's key.
+static ROW_KEYS: [AtomicU32; DOMAINS] = [const { AtomicU32::new(0) }; DOMAINS];
+
 /// Reserves the arena of gate stacks (address space only; nothing is backed
-/// until a slot is used). Called once at start-up, before any gate runs, by
-/// the default compartment (the statics are written here and never again).
-pub fn reserve() {
+/// until a slot is used), and gives each domain's row of slots its key
+/// (`keys[domain]`; 0 leaves the row with the default key), inaccessible,
+/// so that opening a slot later is an `mprotect`, which keeps the key: an
+/// `mpk` image allows no `pkey_mprotect` after start-up (docs/mpk.md,
+/// "System calls"). Called once at start-up, before any gate runs, by the
+/// default compartment (the statics are written here and never again).
+pub fn reserve(keys: &[u32; DOMAINS]) {
     if ARENA.load(Ordering::Acquire) != 0 {
         return;
     }
@@ -60,9 +68,27 @@ pub fn reserve() {
         crate::console::write_err(b"flexos: cannot map the gate stacks' occupancy bits\n");
         crate::process_abort()
     };
+    for (domain, &key) in keys.iter().enumerate() {
+        if key == 0 {
+            continue;
+        }
+        // SAFETY: the domain's row of the reservation just made, unused yet;
+        // it stays inaccessible, now with the domain's key.
+        if unsafe { crate::pkey::protect(arena + domain * SLOTS * SLOT_SPAN, SLOTS * SLOT_SPAN, key, false) }.is_err() {
+            crate::console::write_err(b"flexos: cannot give the gate stacks their protection keys\n");
+            crate::process_abort()
+        }
+        ROW_KEYS[domain].store(key, Ordering::Release);
+    }
     USED.store(used.base.as_ptr() as usize, Ordering::Release);
     TABLES.store(tables, Ordering::Release);
     ARENA.store(arena, Ordering::Release);
+}
+
+/// The arena of gate stacks, `[start, end)` (empty before [`reserve`]).
+pub fn arena() -> (usize, usize) {
+    let base = ARENA.load(Ordering::Acquire);
+    if base == 0 { (0, 0) } else { (base, base + DOMAINS * SLOTS * SLOT_SPAN) }
 }
 
 /// Reserves `len` bytes of inaccessible address space (nothing backed).
@@ -124,26 +150,36 @@ fn free(row: usize, slot: usize) {
     used_word(row, slot / 64).fetch_and(!(1 << (slot % 64)), Ordering::AcqRel);
 }
 
-/// Makes `[addr, addr + len)` of a slot just taken usable with key `key`.
-fn open_slot(addr: usize, len: usize, key: u32) {
-    // SAFETY: part of the arena (reserved, never unmapped) that belongs to
-    // a slot the caller just took and nobody uses; pkey_mprotect makes it
-    // readable and writable with `key`.
-    if let Err(e) = unsafe { crate::pkey::protect(addr, len, key, true) } {
+/// Makes `[addr, addr + len)` of a slot just taken in row `row` usable
+/// with key `key`: an `mprotect` where the row already carries that key
+/// (every row of an `mpk` image's domains, and the tables' row, key 0),
+/// else `pkey_mprotect`.
+fn open_slot(row: usize, addr: usize, len: usize, key: u32) {
+    let keyed = row == DOMAINS || ROW_KEYS[row].load(Ordering::Acquire) == key;
+    let opened = if keyed {
+        // SAFETY: part of the arena (reserved, never unmapped) that belongs
+        // to a slot the caller just took and nobody uses; mprotect makes it
+        // readable and writable and keeps its key.
+        let rc = unsafe { libc::mprotect(addr as *mut libc::c_void, len, libc::PROT_READ | libc::PROT_WRITE) };
+        if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    } else {
+        // SAFETY: as above; pkey_mprotect also gives it `key`.
+        unsafe { crate::pkey::protect(addr, len, key, true) }
+    };
+    if let Err(e) = opened {
         panic!("cannot open a gate stack with protection key {key}: {e}")
     }
 }
 
-/// Drops the memory of `[addr, addr + len)`, part of a slot being given
-/// back, and makes it inaccessible again.
+/// Makes `[addr, addr + len)`, part of a slot being given back,
+/// inaccessible again. Its pages stay (no `madvise`, which an `mpk` image
+/// denies in the arena): the next context to take the slot, of the same
+/// domain, finds the old frames of its own compartment there.
 fn close_slot(addr: usize, len: usize) {
     // SAFETY: part of the arena (reserved, never unmapped) of a slot on
     // which no context runs any more (the contract of `destroy`); it stays
-    // reserved, only its pages go.
-    unsafe {
-        libc::madvise(addr as *mut libc::c_void, len, libc::MADV_DONTNEED);
-        libc::mprotect(addr as *mut libc::c_void, len, libc::PROT_NONE);
-    }
+    // reserved and keeps its key.
+    unsafe { libc::mprotect(addr as *mut libc::c_void, len, libc::PROT_NONE) };
 }
 
 /// Takes a free stack of `domain` and makes it usable with key `key`.
@@ -152,7 +188,7 @@ fn close_slot(addr: usize, len: usize) {
 fn take_stack(domain: usize, key: u32) -> usize {
     let slot = take(domain);
     let bottom = slot_top(domain, slot) - STACK_SIZE;
-    open_slot(bottom, STACK_SIZE, key);
+    open_slot(domain, bottom, STACK_SIZE, key);
     // A slot may hold an old stack's redzones.
     crate::kasan::unpoison_stack(bottom, STACK_SIZE);
     slot
@@ -162,6 +198,27 @@ fn take_stack(domain: usize, key: u32) -> usize {
 fn give_back_stack(domain: usize, slot: usize) {
     close_slot(slot_top(domain, slot) - STACK_SIZE, STACK_SIZE);
     free(domain, slot);
+}
+
+/// A thread's first stack with protection key `key`, as a slot of the
+/// arena's row that carries that key (so no `pkey_mprotect` is needed
+/// after start-up): `(row, slot, top)`, or `None` when no row has that key
+/// or the stack would be larger than a slot's [`STACK_SIZE`].
+pub fn take_keyed_stack(key: u32, size: usize) -> Option<(usize, usize, usize)> {
+    if key == 0 || size > STACK_SIZE || ARENA.load(Ordering::Acquire) == 0 {
+        return None;
+    }
+    let row = ROW_KEYS.iter().position(|k| k.load(Ordering::Acquire) == key)?;
+    let slot = take_stack(row, key);
+    Some((row, slot, slot_top(row, slot)))
+}
+
+/// Gives back a stack of [`take_keyed_stack`].
+///
+/// # Safety
+/// No context runs on it any more.
+pub unsafe fn give_back_keyed_stack(row: usize, slot: usize) {
+    give_back_stack(row, slot)
 }
 
 /// A table that is not what the gates wrote: another compartment changed
@@ -276,7 +333,7 @@ impl GateStacks {
         const { assert!(size_of::<GateStacks>() <= PAGE_SIZE) };
         let slot = take(DOMAINS);
         let p = table_address(slot) as *mut GateStacks;
-        open_slot(p as usize, PAGE_SIZE, 0);
+        open_slot(DOMAINS, p as usize, PAGE_SIZE, 0);
         // SAFETY: the page of a table slot just taken: readable, writable,
         // page-aligned and used by nobody; the table is moved into it.
         unsafe {
@@ -434,7 +491,7 @@ mod tests {
 
     #[test]
     fn a_threads_table_and_stacks_are_slots_of_the_arena_and_are_given_back_when_it_ends() {
-        reserve();
+        reserve(&[0; DOMAINS]);
         let before = (taken(DOMAINS), taken(3));
         std::thread::spawn(|| {
             let table = active();

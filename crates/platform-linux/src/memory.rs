@@ -147,6 +147,9 @@ pub fn create_shared_memory(len: usize) -> Option<i32> {
 pub struct Stack {
     mapping: NonNull<u8>,
     mapping_len: usize,
+    /// Where a stack with a protection key came from: a slot (row, slot)
+    /// of the gate-stack arena, which is given back instead of unmapped.
+    arena_slot: Option<(usize, usize)>,
 }
 
 impl Stack {
@@ -158,12 +161,20 @@ impl Stack {
         // SAFETY: the first page of the mapping we just created; nothing uses it yet.
         let rc = unsafe { libc::mprotect(mapping.as_ptr().cast(), PAGE_SIZE, libc::PROT_NONE) };
         assert_eq!(rc, 0, "cannot protect the stack guard page");
-        Stack { mapping, mapping_len }
+        Stack { mapping, mapping_len, arena_slot: None }
     }
 
-    /// Maps a stack like [`Stack::new`] whose usable pages carry protection
-    /// key `key` (0: the default key, as [`Stack::new`]).
+    /// A stack like [`Stack::new`] whose usable pages carry protection key
+    /// `key` (0: the default key, as [`Stack::new`]). In an `mpk` image it
+    /// is a slot of the gate-stack arena's row with that key (keyed at
+    /// start-up, since the image allows no `pkey_mprotect` afterwards);
+    /// elsewhere a fresh mapping given the key.
     pub fn with_key(size: usize, key: u32) -> Stack {
+        if let Some((row, slot, top)) = crate::gatestack::take_keyed_stack(key, size) {
+            let len = crate::gatestack::STACK_SIZE + PAGE_SIZE;
+            let mapping = NonNull::new((top - len) as *mut u8).expect("an arena slot is not at address 0");
+            return Stack { mapping, mapping_len: len, arena_slot: Some((row, slot)) };
+        }
         let stack = Stack::new(size);
         // A new mapping may lie where an old stack's frames left redzones.
         crate::kasan::unpoison_stack(stack.top() as usize - stack.size(), stack.size());
@@ -195,6 +206,12 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
+        if let Some((row, slot)) = self.arena_slot {
+            // SAFETY: the slot this stack took; by the contract of
+            // `context`, no context runs on it any more.
+            unsafe { crate::gatestack::give_back_keyed_stack(row, slot) };
+            return;
+        }
         // SAFETY: the mapping is ours and, by the contract of `context`, no
         // context runs on it any more when its Stack is dropped.
         unsafe { libc::munmap(self.mapping.as_ptr().cast(), self.mapping_len) };

@@ -247,6 +247,35 @@ pub fn writable_statics() -> [(usize, usize); MAX_STATIC_RANGES] {
     found
 }
 
+/// The whole of the program's image in memory: from its lowest to its
+/// highest loaded segment (`PT_LOAD`), page-aligned, as `[start, end)`:
+/// its code, read-only data and statics (and the C library's, in a static
+/// image).
+pub fn program_extent() -> (usize, usize) {
+    extern "C" fn each(info: *mut libc::dl_phdr_info, _size: usize, data: *mut libc::c_void) -> libc::c_int {
+        const PAGE: usize = 4096;
+        // SAFETY: dl_iterate_phdr passes a valid entry and our pair; the
+        // program headers it points at are mapped as long as the object is.
+        unsafe {
+            let extent = &mut *data.cast::<(usize, usize)>();
+            let info = &*info;
+            let headers = core::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize);
+            let base = info.dlpi_addr as usize;
+            for h in headers.iter().filter(|h| h.p_type == libc::PT_LOAD) {
+                let start = (base + h.p_vaddr as usize) & !(PAGE - 1);
+                let end = (base + (h.p_vaddr + h.p_memsz) as usize).div_ceil(PAGE) * PAGE;
+                *extent = if extent.1 == 0 { (start, end) } else { (extent.0.min(start), extent.1.max(end)) };
+            }
+        }
+        1 // the first object is the program itself: stop there
+    }
+    let mut extent = (0, 0);
+    // SAFETY: the callback matches the C signature and only reads the
+    // entries; `extent` outlives the call.
+    unsafe { libc::dl_iterate_phdr(Some(each), (&raw mut extent).cast()) };
+    extent
+}
+
 /// The key that stacks of compartment `compartment`'s threads carry (0: none).
 pub fn stack_key(compartment: usize) -> u32 {
     STACK_KEYS.get(compartment).map_or(0, |k| k.load(Ordering::Relaxed))
@@ -256,6 +285,12 @@ pub fn stack_key(compartment: usize) -> u32 {
 /// in /proc/self/maps). Reads the file without allocating, since the
 /// allocator calls it while it sets itself up.
 pub fn main_stack() -> Option<(usize, usize)> {
+    named_mapping(b"[stack]")
+}
+
+/// The bounds `[start, end)` of the mapping that /proc/self/maps names
+/// `name` (`[stack]`, `[vdso]`, `[vvar]`, ...). Does not allocate.
+pub fn named_mapping(name: &[u8]) -> Option<(usize, usize)> {
     // SAFETY: the path is NUL-terminated; the descriptor is closed below.
     let fd = unsafe { libc::open(c"/proc/self/maps".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
     if fd < 0 {
@@ -275,7 +310,7 @@ pub fn main_stack() -> Option<(usize, usize)> {
         let mut start = 0;
         while let Some(len) = buf[start..have].iter().position(|&b| b == b'\n') {
             let line = &buf[start..start + len];
-            if line.ends_with(b"[stack]") {
+            if line.ends_with(name) && line.get(line.len().wrapping_sub(name.len() + 1)) == Some(&b' ') {
                 found = parse_range(line);
             }
             start += len + 1;
@@ -383,5 +418,16 @@ mod tests {
         assert_eq!(parse_range(b"zz-1 rw-p"), None);
         let (start, end) = main_stack().expect("a [stack] line");
         assert!(start < end && end - start >= 4096);
+    }
+
+    #[test]
+    fn finds_the_program_and_the_vdso() {
+        let (start, end) = program_extent();
+        let code = finds_the_program_and_the_vdso as fn() as usize;
+        let data = (&raw const KEYS) as usize;
+        assert!(start <= code && code < end && start <= data && data < end, "{start:#x}..{end:#x}");
+        let (start, end) = named_mapping(b"[vdso]").expect("a [vdso] line");
+        assert!(start < end && start.is_multiple_of(4096));
+        assert_eq!(named_mapping(b"[no such mapping]"), None);
     }
 }

@@ -1,0 +1,407 @@
+//! The memory-call filter of an `mpk` image: a seccomp program that makes
+//! the system calls which change mappings fail with `EPERM` where they
+//! would touch memory the keys protect.
+//!
+//! Protection keys check loads and stores, not system calls: a compromised
+//! compartment could otherwise `munmap` another's heap page and map its
+//! own in its place, `madvise(MADV_DONTNEED)` it to zeros, `mprotect` the
+//! program's code writable and rewrite what another compartment runs, or
+//! `mremap` pages away. This filter denies `munmap`, `madvise`, `mremap`,
+//! `mprotect` and `mmap` with `MAP_FIXED` whenever their range overlaps a
+//! *protected range* (the compartments' heaps and the shared heap, the
+//! gate-stack arena, the program's segments, the main stack, the vDSO).
+//! The image itself makes none of these calls there after boot, with one
+//! exception: the gate-stack arena's slots are opened and closed with
+//! `mprotect`, which keeps each page's key ([`Policy::mprotect_allowed`]).
+//!
+//! seccompiler compares arguments with constants only; a range test needs
+//! the sum `addr + len`, so the program is written here, in classic BPF,
+//! with a small assembler that resolves labels (and a test interpreter).
+
+use seccompiler::sock_filter;
+
+/// A range `[start, end)` of addresses, page-aligned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Range {
+    /// First byte.
+    pub start: u64,
+    /// One past the last byte.
+    pub end: u64,
+}
+
+/// What the filter protects.
+#[derive(Clone, Debug, Default)]
+pub struct Policy {
+    /// Ranges no memory call may touch.
+    pub protected: Vec<Range>,
+    /// Ranges where `mprotect` (which keeps protection keys) is allowed,
+    /// but no other memory call.
+    pub mprotect_allowed: Vec<Range>,
+}
+
+/// Arguments at or above this (2^57, beyond any user address on x86-64)
+/// are denied outright, so that `addr + len` never overflows 64 bits.
+const ARG_LIMIT_HIGH_WORD: u32 = 1 << 25;
+
+/// `AUDIT_ARCH_X86_64`.
+const ARCH_X86_64: u32 = 0xc000_003e;
+/// System call numbers of the x32 ABI carry this bit.
+const X32_BIT: u32 = 0x4000_0000;
+
+/// `SECCOMP_RET_ALLOW`.
+const RET_ALLOW: u32 = 0x7fff_0000;
+/// `SECCOMP_RET_ERRNO | EPERM`.
+const RET_EPERM: u32 = 0x0005_0000 | libc::EPERM as u32;
+
+// Classic BPF opcodes (linux/filter.h).
+const LD_W_ABS: u16 = 0x20;
+const LD_IMM: u16 = 0x00;
+const LD_MEM: u16 = 0x60;
+const LDX_MEM: u16 = 0x61;
+const ST: u16 = 0x02;
+const ADD_X: u16 = 0x0c;
+const JA: u16 = 0x05;
+const JEQ_K: u16 = 0x15;
+const JGT_K: u16 = 0x25;
+const JGE_K: u16 = 0x35;
+const JSET_K: u16 = 0x45;
+const JGE_X: u16 = 0x3d;
+const RET_K: u16 = 0x06;
+
+/// Offsets in `struct seccomp_data`.
+const NR: u32 = 0;
+const ARCH: u32 = 4;
+fn arg_low(i: u32) -> u32 {
+    16 + 8 * i
+}
+fn arg_high(i: u32) -> u32 {
+    20 + 8 * i
+}
+
+// Scratch words of the program.
+const M_TMP: u32 = 0;
+const M_END_LOW: u32 = 1;
+const M_CARRY: u32 = 2;
+const M_END_HIGH: u32 = 3;
+
+/// A jump target: a label not yet placed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Label(usize);
+
+/// One instruction, its jumps still symbolic.
+enum Op {
+    Plain(u16, u32),
+    Jump(u16, u32, Label, Label),
+    Always(Label),
+}
+
+/// An assembler for classic BPF with forward labels.
+#[derive(Default)]
+struct Asm {
+    ops: Vec<Op>,
+    places: Vec<Option<usize>>,
+}
+
+impl Asm {
+    fn label(&mut self) -> Label {
+        self.places.push(None);
+        Label(self.places.len() - 1)
+    }
+    fn place(&mut self, l: Label) {
+        self.places[l.0] = Some(self.ops.len());
+    }
+    fn op(&mut self, code: u16, k: u32) {
+        self.ops.push(Op::Plain(code, k));
+    }
+    /// A conditional jump: to `yes` if the test holds, else to `no`.
+    fn jump(&mut self, code: u16, k: u32, yes: Label, no: Label) {
+        self.ops.push(Op::Jump(code, k, yes, no));
+    }
+    fn goto(&mut self, l: Label) {
+        self.ops.push(Op::Always(l));
+    }
+    fn finish(self) -> Vec<sock_filter> {
+        let at = |l: Label, from: usize| {
+            let to = self.places[l.0].expect("every label is placed");
+            assert!(to > from, "BPF jumps go forward only");
+            to - from - 1
+        };
+        let short = |n: usize| u8::try_from(n).expect("a conditional jump within 255 instructions");
+        self.ops
+            .iter()
+            .enumerate()
+            .map(|(i, op)| match *op {
+                Op::Plain(code, k) => sock_filter { code, jt: 0, jf: 0, k },
+                Op::Jump(code, k, yes, no) => sock_filter { code, jt: short(at(yes, i)), jf: short(at(no, i)), k },
+                Op::Always(l) => sock_filter { code: JA, jt: 0, jf: 0, k: at(l, i) as u32 },
+            })
+            .collect()
+    }
+}
+
+/// Appends a test of `[arg addr, arg addr + arg len)` against `ranges`:
+/// jumps to `deny` if they overlap one (or an argument is beyond any user
+/// address), and falls through otherwise.
+fn overlap_test(a: &mut Asm, addr: u32, len: u32, ranges: &[Range], deny: Label) {
+    // Both arguments below 2^57: the sum cannot overflow.
+    for arg in [addr, len] {
+        let next = a.label();
+        a.op(LD_W_ABS, arg_high(arg));
+        a.jump(JGE_K, ARG_LIMIT_HIGH_WORD, deny, next);
+        a.place(next);
+    }
+    // end = addr + len, in two words with the carry.
+    let (carry, no_carry, store) = (a.label(), a.label(), a.label());
+    a.op(LD_W_ABS, arg_low(len));
+    a.op(ST, M_TMP);
+    a.op(LDX_MEM, M_TMP);
+    a.op(LD_W_ABS, arg_low(addr));
+    a.op(ADD_X, 0);
+    a.op(ST, M_END_LOW);
+    a.jump(JGE_X, 0, no_carry, carry);
+    a.place(carry);
+    a.op(LD_IMM, 1);
+    a.goto(store);
+    a.place(no_carry);
+    a.op(LD_IMM, 0);
+    a.place(store);
+    a.op(ST, M_CARRY);
+    a.op(LD_W_ABS, arg_high(len));
+    a.op(ST, M_TMP);
+    a.op(LDX_MEM, M_TMP);
+    a.op(LD_W_ABS, arg_high(addr));
+    a.op(ADD_X, 0);
+    a.op(LDX_MEM, M_CARRY);
+    a.op(ADD_X, 0);
+    a.op(ST, M_END_HIGH);
+    for r in ranges {
+        let (start_high, start_low) = ((r.start >> 32) as u32, r.start as u32);
+        let (end_high, end_low) = ((r.end >> 32) as u32, r.end as u32);
+        let (next, high_equal, below_end, end_equal) = (a.label(), a.label(), a.label(), a.label());
+        // addr < r.end?
+        let not_above = a.label();
+        a.op(LD_W_ABS, arg_high(addr));
+        a.jump(JGT_K, end_high, next, not_above);
+        a.place(not_above);
+        a.jump(JEQ_K, end_high, high_equal, below_end);
+        a.place(high_equal);
+        a.op(LD_W_ABS, arg_low(addr));
+        a.jump(JGE_K, end_low, next, below_end);
+        // end > r.start?
+        a.place(below_end);
+        let not_above = a.label();
+        a.op(LD_MEM, M_END_HIGH);
+        a.jump(JGT_K, start_high, deny, not_above);
+        a.place(not_above);
+        a.jump(JEQ_K, start_high, end_equal, next);
+        a.place(end_equal);
+        a.op(LD_MEM, M_END_LOW);
+        a.jump(JGT_K, start_low, deny, next);
+        a.place(next);
+    }
+}
+
+/// The filter program for `policy`: every other system call is allowed
+/// (other filters of the image deny what they deny).
+pub fn program(policy: &Policy) -> Vec<sock_filter> {
+    let mut a = Asm::default();
+    // Other architectures' and the x32 ABI's numbers are denied.
+    let (x86_64, native, foreign) = (a.label(), a.label(), a.label());
+    a.op(LD_W_ABS, ARCH);
+    a.jump(JEQ_K, ARCH_X86_64, x86_64, foreign);
+    a.place(x86_64);
+    a.op(LD_W_ABS, NR);
+    a.jump(JGE_K, X32_BIT, foreign, native);
+    a.place(foreign);
+    a.op(RET_K, RET_EPERM);
+    a.place(native);
+    let everything: Vec<Range> = policy.protected.iter().chain(&policy.mprotect_allowed).copied().collect();
+    let calls = [libc::SYS_munmap, libc::SYS_madvise, libc::SYS_mprotect, libc::SYS_mmap, libc::SYS_mremap];
+    // Dispatch: `jeq nr` to a long jump into the call's block (a block may
+    // lie beyond the 255 instructions a conditional jump reaches).
+    let allow = a.label();
+    let mut blocks = Vec::new();
+    for nr in calls {
+        let (block, this, not_this) = (a.label(), a.label(), a.label());
+        a.jump(JEQ_K, nr as u32, this, not_this);
+        a.place(this);
+        a.goto(block);
+        a.place(not_this);
+        blocks.push((nr, block));
+    }
+    a.goto(allow);
+    // Each block ends in its own two returns, within a short jump's reach.
+    for (nr, block) in blocks {
+        a.place(block);
+        let (allow_here, deny_here) = (a.label(), a.label());
+        if nr == libc::SYS_mmap {
+            // Only MAP_FIXED replaces what is mapped there.
+            let fixed = a.label();
+            a.op(LD_W_ABS, arg_low(3));
+            a.jump(JSET_K, libc::MAP_FIXED as u32, fixed, allow_here);
+            a.place(fixed);
+            overlap_test(&mut a, 0, 1, &everything, deny_here);
+        } else if nr == libc::SYS_mremap {
+            // Moving to a chosen address, or leaving the old range mapped, is
+            // never needed; otherwise neither the old range nor its new
+            // length in place may touch a protected range.
+            let plain = a.label();
+            a.op(LD_W_ABS, arg_low(3));
+            a.jump(JSET_K, (libc::MREMAP_FIXED | libc::MREMAP_DONTUNMAP) as u32, deny_here, plain);
+            a.place(plain);
+            overlap_test(&mut a, 0, 1, &everything, deny_here);
+            overlap_test(&mut a, 0, 2, &everything, deny_here);
+        } else if nr == libc::SYS_mprotect {
+            overlap_test(&mut a, 0, 1, &policy.protected, deny_here);
+        } else {
+            overlap_test(&mut a, 0, 1, &everything, deny_here);
+        }
+        a.place(allow_here);
+        a.op(RET_K, RET_ALLOW);
+        a.place(deny_here);
+        a.op(RET_K, RET_EPERM);
+    }
+    a.place(allow);
+    a.op(RET_K, RET_ALLOW);
+    a.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `prog` on a system call as the kernel would (the instructions
+    /// the assembler emits only); returns the action.
+    fn run(prog: &[sock_filter], nr: i64, args: [u64; 6]) -> u32 {
+        let mut data = [0u8; 64];
+        data[0..4].copy_from_slice(&(nr as u32).to_le_bytes());
+        data[4..8].copy_from_slice(&ARCH_X86_64.to_le_bytes());
+        for (i, v) in args.iter().enumerate() {
+            data[16 + 8 * i..24 + 8 * i].copy_from_slice(&v.to_le_bytes());
+        }
+        let word = |k: u32| u32::from_le_bytes(data[k as usize..k as usize + 4].try_into().unwrap());
+        let (mut a, mut x, mut mem, mut pc) = (0u32, 0u32, [0u32; 16], 0usize);
+        loop {
+            let i = &prog[pc];
+            pc += 1;
+            let jump = |cond: bool| if cond { i.jt as usize } else { i.jf as usize };
+            match i.code {
+                LD_W_ABS => a = word(i.k),
+                LD_IMM => a = i.k,
+                LD_MEM => a = mem[i.k as usize],
+                LDX_MEM => x = mem[i.k as usize],
+                ST => mem[i.k as usize] = a,
+                ADD_X => a = a.wrapping_add(x),
+                JA => pc += i.k as usize,
+                JEQ_K => pc += jump(a == i.k),
+                JGT_K => pc += jump(a > i.k),
+                JGE_K => pc += jump(a >= i.k),
+                JSET_K => pc += jump(a & i.k != 0),
+                JGE_X => pc += jump(a >= x),
+                RET_K => return i.k,
+                other => panic!("unknown opcode {other:#x}"),
+            }
+        }
+    }
+
+    fn policy() -> Policy {
+        Policy {
+            protected: vec![
+                Range { start: 0x5555_0000_0000, end: 0x5555_0010_0000 },
+                Range { start: 0x7fff_ffff_0000, end: 0x8000_0000_0000 },
+                Range { start: 0xffff_f000, end: 0x1_0000_3000 },
+            ],
+            mprotect_allowed: vec![Range { start: 0x7f00_0000_0000, end: 0x7f10_0000_0000 }],
+        }
+    }
+
+    /// What the filter must decide: deny arguments beyond any user address,
+    /// and ranges that overlap one of `ranges`.
+    fn overlaps(ranges: &[Range], addr: u64, len: u64) -> bool {
+        let beyond = 1u64 << 57;
+        addr >= beyond || len >= beyond || ranges.iter().any(|r| addr < r.end && addr + len > r.start)
+    }
+
+    #[test]
+    fn memory_calls_are_denied_exactly_where_they_touch_a_protected_range() {
+        let p = policy();
+        let prog = program(&p);
+        let all: Vec<Range> = p.protected.iter().chain(&p.mprotect_allowed).copied().collect();
+        // Addresses around every edge, lengths around every distance.
+        let mut points = vec![0u64, 4096, 0x7fff_ffff_f000];
+        for r in &all {
+            for base in [r.start, r.end] {
+                for d in [0u64, 1, 4096, 0x1_0000_0000, 0xffff_ffff] {
+                    points.push(base.wrapping_sub(d));
+                    points.push(base + d);
+                }
+            }
+        }
+        let lens = [0u64, 1, 4096, 0x1000_0000, 0xffff_ffff, 0x1_0000_0000, 0x1_0000_1000, 0x100_0000_0000];
+        let mut denied = 0;
+        for &addr in &points {
+            for &len in &lens {
+                let args = [addr, len, 0, 0, 0, 0];
+                let expect = |ranges: &[Range]| if overlaps(ranges, addr, len) { RET_EPERM } else { RET_ALLOW };
+                assert_eq!(run(&prog, libc::SYS_munmap, args), expect(&all), "munmap({addr:#x}, {len:#x})");
+                assert_eq!(run(&prog, libc::SYS_madvise, args), expect(&all), "madvise({addr:#x}, {len:#x})");
+                assert_eq!(run(&prog, libc::SYS_mprotect, args), expect(&p.protected), "mprotect({addr:#x}, {len:#x})");
+                let fixed = [addr, len, 3, (libc::MAP_FIXED | libc::MAP_PRIVATE) as u64, 0, 0];
+                assert_eq!(run(&prog, libc::SYS_mmap, fixed), expect(&all), "mmap({addr:#x}, {len:#x}, MAP_FIXED)");
+                let hint = [addr, len, 3, libc::MAP_PRIVATE as u64, 0, 0];
+                assert_eq!(run(&prog, libc::SYS_mmap, hint), RET_ALLOW, "mmap({addr:#x}, {len:#x}) without MAP_FIXED");
+                let grow = [addr, len, len, libc::MREMAP_MAYMOVE as u64, 0, 0];
+                assert_eq!(run(&prog, libc::SYS_mremap, grow), expect(&all), "mremap({addr:#x}, {len:#x})");
+                assert_eq!(run(&prog, libc::SYS_read, args), RET_ALLOW);
+                denied += usize::from(overlaps(&all, addr, len));
+            }
+        }
+        assert!(denied > 100, "the edges were exercised ({denied} denied)");
+    }
+
+    #[test]
+    fn out_of_range_arguments_moves_to_a_chosen_address_and_other_abis_are_denied() {
+        let prog = program(&policy());
+        assert_eq!(run(&prog, libc::SYS_munmap, [1 << 60, 4096, 0, 0, 0, 0]), RET_EPERM);
+        assert_eq!(run(&prog, libc::SYS_munmap, [4096, u64::MAX - 4096, 0, 0, 0, 0]), RET_EPERM);
+        let fixed = [4096, 4096, 4096, (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64, 0x5555_0000_0000, 0];
+        assert_eq!(run(&prog, libc::SYS_mremap, fixed), RET_EPERM);
+        assert_eq!(run(&prog, libc::SYS_munmap | X32_BIT as i64, [4096, 4096, 0, 0, 0, 0]), RET_EPERM);
+    }
+
+    #[test]
+    fn the_filter_stops_a_real_munmap_and_lets_others_through() {
+        // In a child process, so the filter does not stay on the test runner.
+        // SAFETY: the child only makes system calls and exits with _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let page = 4096;
+            let map = || {
+                // SAFETY: a fresh private anonymous page.
+                unsafe {
+                    libc::mmap(core::ptr::null_mut(), page, 3, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0) as u64
+                }
+            };
+            let (guarded, free) = (map(), map());
+            let prog = program(&Policy {
+                protected: vec![Range { start: guarded, end: guarded + page as u64 }],
+                mprotect_allowed: vec![],
+            });
+            // SAFETY: PR_SET_NO_NEW_PRIVS has no memory effects.
+            unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+            let ok = seccompiler::apply_filter(&prog).is_ok()
+                // SAFETY: both pages are this child's own mappings.
+                && unsafe { libc::munmap(guarded as *mut libc::c_void, page) } == -1
+                && std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+                // SAFETY: as above.
+                && unsafe { libc::munmap(free as *mut libc::c_void, page) } == 0;
+            // SAFETY: ends the child without running the test harness's code.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) }
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child just forked.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "status {status:#x}");
+    }
+}
