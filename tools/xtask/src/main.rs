@@ -64,6 +64,8 @@ const REQUIREMENTS: &[Requirement] = &[
     Requirement { program: "bash", package: "bash", why: "probes ports inside namespaces" },
     Requirement { program: "sh", package: "dash", why: "shell steps of tests" },
     Requirement { program: "cat", package: "coreutils", why: "shell steps of tests" },
+    Requirement { program: "sleep", package: "coreutils", why: "a client that outlives its server (netbench)" },
+    Requirement { program: "true", package: "coreutils", why: "a client that must not start (netbench)" },
     Requirement { program: "tar", package: "tar", why: "the mpk guest test unpacks a kernel" },
     Requirement { program: "apt-get", package: "apt", why: "the mpk guest test downloads QEMU and a kernel" },
     Requirement { program: "apt-cache", package: "apt", why: "the mpk guest test finds their versions" },
