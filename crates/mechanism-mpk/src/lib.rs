@@ -454,11 +454,16 @@ pub fn prepare() {
 /// * `pkey_mprotect` gives pages another key (attack `remap-memory`), and
 ///   `pkey_alloc`/`pkey_free` hand keys out: every key and every keyed
 ///   mapping is made at start-up (the gate-stack rows included);
+/// * `ptrace`: a child the attacker forks (root may trace any process)
+///   reads and writes the image through the kernel's mapping too (attack
+///   `ptrace-parent`);
 /// * `remap_file_pages`, `shmat`, `userfaultfd`, `io_uring_setup` (whose
 ///   rings can `madvise`) and `process_madvise` change or watch mappings
-///   behind the memory-call filter's back ([`confine_memory`]); no image
-///   uses them.
-const FORBIDDEN_CALLS: [i64; 10] = [
+///   behind the memory-call filter's back ([`confine_memory`]), and so
+///   does `prctl(PR_SET_MM)` (root may move the heap's bounds, and a
+///   shrinking `brk` then unmaps what lies between); no image uses them.
+const FORBIDDEN_CALLS: [i64; 11] = [
+    libc::SYS_ptrace,
     libc::SYS_process_vm_readv,
     libc::SYS_process_vm_writev,
     libc::SYS_pkey_mprotect,
@@ -477,7 +482,11 @@ const FORBIDDEN_CALLS: [i64; 10] = [
 /// none of them either (it uses no keys).
 fn deny_forbidden_calls() {
     let installed = (|| {
-        let rules = FORBIDDEN_CALLS.iter().map(|&nr| (nr, vec![])).collect();
+        use seccompiler::{SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule};
+        let set_mm = SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, libc::PR_SET_MM as u64)
+            .map_err(|e| e.to_string())?;
+        let set_mm = SeccompRule::new(vec![set_mm]).map_err(|e| e.to_string())?;
+        let rules = FORBIDDEN_CALLS.iter().map(|&nr| (nr, vec![])).chain([(libc::SYS_prctl, vec![set_mm])]).collect();
         let deny = seccompiler::SeccompAction::Errno(libc::EPERM as u32);
         let filter = seccompiler::SeccompFilter::new(
             rules,
