@@ -120,6 +120,14 @@ impl Asm {
     fn goto(&mut self, l: Label) {
         self.ops.push(Op::Always(l));
     }
+    /// A = word `x` + word `y` of the data (32 bits, wrapping), X = word `y`.
+    fn add_words(&mut self, x: u32, y: u32) {
+        self.op(LD_W_ABS, y);
+        self.op(ST, M_TMP);
+        self.op(LDX_MEM, M_TMP);
+        self.op(LD_W_ABS, x);
+        self.op(ADD_X, 0);
+    }
     fn finish(self) -> Vec<sock_filter> {
         let at = |l: Label, from: usize| {
             let to = self.places[l.0].expect("every label is placed");
@@ -152,11 +160,7 @@ fn overlap_test(a: &mut Asm, addr: u32, len: u32, ranges: &[Range], deny: Label)
     }
     // end = addr + len, in two words with the carry.
     let (carry, no_carry, store) = (a.label(), a.label(), a.label());
-    a.op(LD_W_ABS, arg_low(len));
-    a.op(ST, M_TMP);
-    a.op(LDX_MEM, M_TMP);
-    a.op(LD_W_ABS, arg_low(addr));
-    a.op(ADD_X, 0);
+    a.add_words(arg_low(addr), arg_low(len));
     a.op(ST, M_END_LOW);
     a.jump(JGE_X, 0, no_carry, carry);
     a.place(carry);
@@ -166,11 +170,7 @@ fn overlap_test(a: &mut Asm, addr: u32, len: u32, ranges: &[Range], deny: Label)
     a.op(LD_IMM, 0);
     a.place(store);
     a.op(ST, M_CARRY);
-    a.op(LD_W_ABS, arg_high(len));
-    a.op(ST, M_TMP);
-    a.op(LDX_MEM, M_TMP);
-    a.op(LD_W_ABS, arg_high(addr));
-    a.op(ADD_X, 0);
+    a.add_words(arg_high(addr), arg_high(len));
     a.op(LDX_MEM, M_CARRY);
     a.op(ADD_X, 0);
     a.op(ST, M_END_HIGH);
