@@ -14,6 +14,10 @@
 //! exception: the gate-stack arena's slots are opened and closed with
 //! `mprotect`, which keeps each page's key ([`Policy::mprotect_allowed`]).
 //!
+//! It also denies `rt_sigreturn`, which loads PKRU from a signal frame in
+//! user memory that a compartment can forge; no handler of an `mpk` image
+//! returns (the fault reporter raises its signal again instead).
+//!
 //! seccompiler compares arguments with constants only; a range test needs
 //! the sum `addr + len`, so the program is written here, in classic BPF,
 //! with a small assembler that resolves labels (and a test interpreter).
@@ -215,6 +219,13 @@ pub fn program(policy: &Policy) -> Vec<sock_filter> {
     a.place(foreign);
     a.op(RET_K, RET_EPERM);
     a.place(native);
+    // No handler of the image returns, and a frame the caller forged would
+    // load PKRU: `rt_sigreturn` is denied.
+    let (sigreturn, other) = (a.label(), a.label());
+    a.jump(JEQ_K, libc::SYS_rt_sigreturn as u32, sigreturn, other);
+    a.place(sigreturn);
+    a.op(RET_K, RET_EPERM);
+    a.place(other);
     let everything: Vec<Range> = policy.protected.iter().chain(&policy.mprotect_allowed).copied().collect();
     let calls = [libc::SYS_munmap, libc::SYS_madvise, libc::SYS_mprotect, libc::SYS_mmap, libc::SYS_mremap];
     // Dispatch: `jeq nr` to a long jump into the call's block (a block may
@@ -360,13 +371,14 @@ mod tests {
     }
 
     #[test]
-    fn out_of_range_arguments_moves_to_a_chosen_address_and_other_abis_are_denied() {
+    fn out_of_range_arguments_moves_to_a_chosen_address_other_abis_and_sigreturn_are_denied() {
         let prog = program(&policy());
         assert_eq!(run(&prog, libc::SYS_munmap, [1 << 60, 4096, 0, 0, 0, 0]), RET_EPERM);
         assert_eq!(run(&prog, libc::SYS_munmap, [4096, u64::MAX - 4096, 0, 0, 0, 0]), RET_EPERM);
         let fixed = [4096, 4096, 4096, (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64, 0x5555_0000_0000, 0];
         assert_eq!(run(&prog, libc::SYS_mremap, fixed), RET_EPERM);
         assert_eq!(run(&prog, libc::SYS_munmap | X32_BIT as i64, [4096, 4096, 0, 0, 0, 0]), RET_EPERM);
+        assert_eq!(run(&prog, libc::SYS_rt_sigreturn, [0; 6]), RET_EPERM);
     }
 
     #[test]

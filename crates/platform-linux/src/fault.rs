@@ -1,7 +1,7 @@
 //! Reports a hardware fault (bad memory access, illegal instruction such as
 //! a trap, arithmetic fault, a system call a seccomp filter forbids) as "compartment NAME faulted at ADDRESS
-//! (reason)", naming the compartment that was running, then lets the fault
-//! take its default course (the image dies of the same signal).
+//! (reason)", naming the compartment that was running, then ends the
+//! image with the same signal (never returning from the handler).
 
 use crate::compartment;
 use crate::pkey::KeyOwner;
@@ -208,7 +208,7 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, context: *m
     // SAFETY: pc is the address of the instruction that raised SIGILL.
     if let Some((option, what)) = (sig == libc::SIGILL).then(|| unsafe { crate::hardening::trap_kind(pc) }).flatten() {
         crate::hardening::report(option, what, pc, b"");
-        return; // SA_RESETHAND: the trap re-runs and ends the process with SIGILL.
+        end_with(sig);
     }
     let mut line = Line { buf: [0; 256], len: 0 };
     line.push(b"flexos: compartment \"");
@@ -253,14 +253,27 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, context: *m
     line.push(b"\n");
     // SAFETY: write(2) is async-signal-safe; the buffer is valid for `len` bytes.
     unsafe { libc::write(2, line.buf.as_ptr().cast(), line.len) };
-    // SA_RESETHAND restored the default action: returning re-runs the
-    // faulting instruction, which now ends the process with the same signal.
-    // A forbidden system call is not re-run (it just fails), so SIGSYS is
-    // raised again; it is blocked inside this handler and ends the process
-    // as soon as the handler returns.
-    if sig == libc::SIGSYS {
-        // SAFETY: raise(3) is async-signal-safe.
-        unsafe { libc::raise(libc::SIGSYS) };
+    end_with(sig);
+}
+
+/// Ends the process with signal `sig` from inside its handler, without
+/// returning: the default action (which SA_RESETHAND restored) of the
+/// signal, unblocked and raised again, ends the process as the fault itself
+/// would have. The handler never returns because an `mpk` image denies
+/// `rt_sigreturn`, through which a forged signal frame would load PKRU
+/// (docs/mpk.md, "System calls").
+fn end_with(sig: libc::c_int) -> ! {
+    // SAFETY: signal (to the default action, no handler code), sigemptyset,
+    // sigaddset, sigprocmask, raise and _exit are async-signal-safe and
+    // touch only `set`, a local.
+    unsafe {
+        let mut set: libc::sigset_t = core::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+        libc::signal(sig, libc::SIG_DFL);
+        libc::sigprocmask(libc::SIG_UNBLOCK, &set, core::ptr::null_mut());
+        libc::raise(sig);
+        libc::_exit(128 + sig)
     }
 }
 
