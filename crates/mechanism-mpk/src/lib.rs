@@ -430,6 +430,9 @@ pub fn prepare() {
         if exists && flexos_platform::pkey::in_use() { domain_key(d) } else { 0 }
     });
     gatestack::reserve(&keys);
+    // The memory-call filter's ranges are read now: the main stack and the
+    // vDSO come from /proc/self/maps, which the image closes to itself next.
+    let _ = MEMORY_FILTER.set(memory_filter::program(&protected_ranges()));
     deny_forbidden_calls();
     keep_out_of_proc();
     gatestack::set_release(release);
@@ -516,6 +519,24 @@ fn deny_forbidden_calls() {
 /// compartment's process and VM is started (their setup maps at fixed
 /// addresses, and a process inherits the filter).
 pub fn confine_memory() {
+    let Some(program) = MEMORY_FILTER.get() else {
+        flexos_platform::console::write_err(b"flexos: the memory-call filter was not prepared\n");
+        flexos_platform::process_abort()
+    };
+    if let Err(e) = seccompiler::apply_filter_all_threads(program) {
+        let report = format!("flexos: cannot confine the image's memory calls (seccomp): {e}\n");
+        flexos_platform::console::write_err(report.as_bytes());
+        flexos_platform::process_abort()
+    }
+}
+
+/// The memory-call filter's program, made by [`prepare`] and installed by
+/// [`confine_memory`].
+static MEMORY_FILTER: std::sync::OnceLock<seccompiler::BpfProgram> = std::sync::OnceLock::new();
+
+/// What the memory-call filter protects (see [`confine_memory`]); read
+/// while /proc/self/maps is still open to the image.
+fn protected_ranges() -> memory_filter::Policy {
     use memory_filter::{Policy, Range};
     let range = |(start, end): (usize, usize)| Range { start: start as u64, end: end as u64 };
     let heaps = flexos_alloc::region();
@@ -525,25 +546,19 @@ pub fn confine_memory() {
         // With the room below it that the stack may still grow into.
         let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         // SAFETY: getrlimit writes the struct it is given.
-        let grows = if unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut limit) } == 0
+        let room = if unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut limit) } == 0
             && limit.rlim_cur != libc::RLIM_INFINITY
         {
             (limit.rlim_cur as usize).div_ceil(4096) * 4096
         } else {
-            end - start
+            0
         };
-        protected.push(range((end.saturating_sub(grows.max(end - start)), end)));
+        protected.push(range((start.min(end.saturating_sub(room)), end)));
     }
     for special in [&b"[vdso]"[..], b"[vvar]", b"[vvar_vclock]"] {
         protected.extend(flexos_platform::pkey::named_mapping(special).map(range));
     }
-    let policy = Policy { protected, mprotect_allowed: vec![range(gatestack::arena())] };
-    let program = memory_filter::program(&policy);
-    if let Err(e) = seccompiler::apply_filter_all_threads(&program) {
-        let report = format!("flexos: cannot confine the image's memory calls (seccomp): {e}\n");
-        flexos_platform::console::write_err(report.as_bytes());
-        flexos_platform::process_abort()
-    }
+    Policy { protected, mprotect_allowed: vec![range(gatestack::arena())] }
 }
 
 /// Keeps the image out of `/proc` for reading and writing files, with a
