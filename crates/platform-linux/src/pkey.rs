@@ -326,6 +326,18 @@ pub fn named_mapping(name: &[u8]) -> Option<(usize, usize)> {
     found
 }
 
+/// The first word of the vDSO (its ELF header), which attack tests watch
+/// for a replaced page; `None` where the process has no vDSO.
+pub fn vdso_header() -> Option<&'static core::sync::atomic::AtomicU64> {
+    // SAFETY: getauxval only reads the auxiliary vector.
+    let base = unsafe { libc::getauxval(libc::AT_SYSINFO_EHDR) } as usize;
+    // SAFETY: the vDSO is mapped readable for the process's whole life, at
+    // a page boundary (so 8-byte aligned); it is only ever loaded through
+    // this reference, and an atomic load of 8 bytes is allowed on
+    // read-only memory.
+    (base != 0).then(|| unsafe { &*(base as *const core::sync::atomic::AtomicU64) })
+}
+
 /// Parses the `START-END` hexadecimal range at the start of a maps line.
 fn parse_range(line: &[u8]) -> Option<(usize, usize)> {
     let range = line.split(|&b| b == b' ').next()?;
