@@ -464,9 +464,13 @@ pub fn prepare() {
 ///   rings can `madvise`) and `process_madvise` change or watch mappings
 ///   behind the memory-call filter's back ([`confine_memory`]), and so
 ///   does `prctl(PR_SET_MM)` (root may move the heap's bounds, and a
-///   shrinking `brk` then unmaps what lies between); no image uses them.
-const FORBIDDEN_CALLS: [i64; 11] = [
+///   shrinking `brk` then unmaps what lies between); no image uses them;
+/// * `personality`: with `READ_IMPLIES_EXEC` every readable mapping the
+///   process makes later is executable too, around the memory-call
+///   filter's denial of new executable memory (attack `new-code`).
+const FORBIDDEN_CALLS: [i64; 12] = [
     libc::SYS_ptrace,
+    libc::SYS_personality,
     libc::SYS_process_vm_readv,
     libc::SYS_process_vm_writev,
     libc::SYS_pkey_mprotect,

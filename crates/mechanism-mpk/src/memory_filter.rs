@@ -14,6 +14,11 @@
 //! exception: the gate-stack arena's slots are opened and closed with
 //! `mprotect`, which keeps each page's key ([`Policy::mprotect_allowed`]).
 //!
+//! `mmap` and `mprotect` with `PROT_EXEC` are denied everywhere: after
+//! boot no memory becomes executable, since code a compartment wrote
+//! could hold a `wrpkru` that no check follows (the program's own code is
+//! audited for that at build time).
+//!
 //! It also denies `rt_sigreturn`, which loads PKRU from a signal frame in
 //! user memory that a compartment can forge; no handler of an `mpk` image
 //! returns (the fault reporter raises its signal again instead).
@@ -246,6 +251,12 @@ pub fn program(policy: &Policy) -> Vec<sock_filter> {
         a.place(block);
         let (allow_here, deny_here) = (a.label(), a.label());
         if nr == libc::SYS_mmap {
+            // No new executable memory: code of the caller's own could hold a
+            // `wrpkru` that no check follows.
+            let not_executable = a.label();
+            a.op(LD_W_ABS, arg_low(2));
+            a.jump(JSET_K, libc::PROT_EXEC as u32, deny_here, not_executable);
+            a.place(not_executable);
             // Only MAP_FIXED replaces what is mapped there.
             let fixed = a.label();
             a.op(LD_W_ABS, arg_low(3));
@@ -263,6 +274,11 @@ pub fn program(policy: &Policy) -> Vec<sock_filter> {
             overlap_test(&mut a, 0, 1, &everything, deny_here);
             overlap_test(&mut a, 0, 2, &everything, deny_here);
         } else if nr == libc::SYS_mprotect {
+            // No memory made executable (as for `mmap`).
+            let not_executable = a.label();
+            a.op(LD_W_ABS, arg_low(2));
+            a.jump(JSET_K, libc::PROT_EXEC as u32, deny_here, not_executable);
+            a.place(not_executable);
             overlap_test(&mut a, 0, 1, &policy.protected, deny_here);
         } else {
             overlap_test(&mut a, 0, 1, &everything, deny_here);
@@ -364,6 +380,12 @@ mod tests {
                 let grow = [addr, len, len, libc::MREMAP_MAYMOVE as u64, 0, 0];
                 assert_eq!(run(&prog, libc::SYS_mremap, grow), expect(&all), "mremap({addr:#x}, {len:#x})");
                 assert_eq!(run(&prog, libc::SYS_read, args), RET_ALLOW);
+                // New executable memory is denied anywhere.
+                let exec = (libc::PROT_READ | libc::PROT_EXEC) as u64;
+                let new_code = [addr, len, exec, (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64, 0, 0];
+                assert_eq!(run(&prog, libc::SYS_mmap, new_code), RET_EPERM, "mmap({addr:#x}, {len:#x}, PROT_EXEC)");
+                let made_code = [addr, len, exec, 0, 0, 0];
+                assert_eq!(run(&prog, libc::SYS_mprotect, made_code), RET_EPERM, "mprotect({addr:#x}, PROT_EXEC)");
                 denied += usize::from(overlaps(&all, addr, len));
             }
         }
