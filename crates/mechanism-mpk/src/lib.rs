@@ -422,6 +422,7 @@ fn release(block: Block) {
 /// nothing but this compartment's memory, whereas std's default report
 /// reads the thread's name in the default compartment's heap).
 pub fn prepare() {
+    supervise_faults();
     // Each domain's row of gate stacks gets its key now: after start-up an
     // `mpk` image makes no `pkey_mprotect` (a compartment's own process,
     // in an image that mixes in `proc`, uses no keys).
@@ -445,6 +446,28 @@ pub fn prepare() {
         flexos_platform::console::write_err(report.as_bytes());
         flexos_platform::process_abort()
     }));
+}
+
+/// Starts the fault supervisor ([`flexos_platform::supervisor`]), which
+/// places every fault's signal frame where no compartment chose, and has
+/// the fault reporter run without a signal stack; where it cannot start
+/// (the image is traced already), says so and keeps the signal stack.
+/// Only where keys are in use: a `proc` compartment's own process of a
+/// mixed image uses none.
+fn supervise_faults() {
+    if !flexos_platform::pkey::in_use() {
+        return;
+    }
+    match flexos_platform::supervisor::start() {
+        Ok(()) => flexos_platform::fault::without_signal_stack(),
+        Err(e) => {
+            let report = format!(
+                "flexos: no fault supervisor ({e}): a compartment can have the kernel write a signal frame into \
+                 another's memory (docs/mpk.md, \"Signal frames\")\n"
+            );
+            flexos_platform::console::write_err(report.as_bytes());
+        }
+    }
 }
 
 /// System calls no `mpk` image makes after start-up, which would let a

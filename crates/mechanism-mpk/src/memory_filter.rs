@@ -19,6 +19,11 @@
 //! could hold a `wrpkru` that no check follows (the program's own code is
 //! audited for that at build time).
 //!
+//! It denies new signal handlers (`rt_sigaction` with a new action),
+//! `clone` with `CLONE_UNTRACED` and `clone3` (ENOSYS), so that every
+//! frame stays where the fault supervisor puts it
+//! (`flexos_platform::supervisor`).
+//!
 //! It also denies `rt_sigreturn`, which loads PKRU from a signal frame in
 //! user memory that a compartment can forge; no handler of an `mpk` image
 //! returns (the fault reporter raises its signal again instead).
@@ -61,6 +66,8 @@ const X32_BIT: u32 = 0x4000_0000;
 const RET_ALLOW: u32 = 0x7fff_0000;
 /// `SECCOMP_RET_ERRNO | EPERM`.
 const RET_EPERM: u32 = 0x0005_0000 | libc::EPERM as u32;
+/// `SECCOMP_RET_ERRNO | ENOSYS`.
+const RET_ENOSYS: u32 = 0x0005_0000 | libc::ENOSYS as u32;
 
 // Classic BPF opcodes (linux/filter.h).
 const LD_W_ABS: u16 = 0x20;
@@ -231,6 +238,39 @@ pub fn program(policy: &Policy) -> Vec<sock_filter> {
     a.place(sigreturn);
     a.op(RET_K, RET_EPERM);
     a.place(other);
+    // No new signal handler (a handler's frame is written wherever the
+    // thread's stack pointer points: docs/mpk.md, "Signal frames"); asking
+    // for the current one (a null new action) stays allowed.
+    let (sigaction, not_sigaction, new_action) = (a.label(), a.label(), a.label());
+    a.jump(JEQ_K, libc::SYS_rt_sigaction as u32, sigaction, not_sigaction);
+    a.place(sigaction);
+    let (low_zero, query) = (a.label(), a.label());
+    a.op(LD_W_ABS, arg_low(1));
+    a.jump(JEQ_K, 0, low_zero, new_action);
+    a.place(low_zero);
+    a.op(LD_W_ABS, arg_high(1));
+    a.jump(JEQ_K, 0, query, new_action);
+    a.place(new_action);
+    a.op(RET_K, RET_EPERM);
+    a.place(query);
+    a.op(RET_K, RET_ALLOW);
+    a.place(not_sigaction);
+    // Every new task stays traced by the fault supervisor: no
+    // `CLONE_UNTRACED`, and `clone3` (whose flags lie in memory a filter
+    // cannot read) answers ENOSYS, so that the C library uses `clone`.
+    let (clone3, not_clone3) = (a.label(), a.label());
+    a.jump(JEQ_K, libc::SYS_clone3 as u32, clone3, not_clone3);
+    a.place(clone3);
+    a.op(RET_K, RET_ENOSYS);
+    a.place(not_clone3);
+    let (clone, not_clone, untraced) = (a.label(), a.label(), a.label());
+    a.jump(JEQ_K, libc::SYS_clone as u32, clone, not_clone);
+    a.place(clone);
+    a.op(LD_W_ABS, arg_low(0));
+    a.jump(JSET_K, libc::CLONE_UNTRACED as u32, untraced, not_clone);
+    a.place(untraced);
+    a.op(RET_K, RET_EPERM);
+    a.place(not_clone);
     let everything: Vec<Range> = policy.protected.iter().chain(&policy.mprotect_allowed).copied().collect();
     let calls = [libc::SYS_munmap, libc::SYS_madvise, libc::SYS_mprotect, libc::SYS_mmap, libc::SYS_mremap];
     // Dispatch: `jeq nr` to a long jump into the call's block (a block may
@@ -401,6 +441,15 @@ mod tests {
         assert_eq!(run(&prog, libc::SYS_mremap, fixed), RET_EPERM);
         assert_eq!(run(&prog, libc::SYS_munmap | X32_BIT as i64, [4096, 4096, 0, 0, 0, 0]), RET_EPERM);
         assert_eq!(run(&prog, libc::SYS_rt_sigreturn, [0; 6]), RET_EPERM);
+        // New signal handlers are denied, queries allowed.
+        assert_eq!(run(&prog, libc::SYS_rt_sigaction, [11, 0x7000_1000, 0, 8, 0, 0]), RET_EPERM);
+        assert_eq!(run(&prog, libc::SYS_rt_sigaction, [11, 0x1_0000_0000, 0, 8, 0, 0]), RET_EPERM);
+        assert_eq!(run(&prog, libc::SYS_rt_sigaction, [11, 0, 0x7000_1000, 8, 0, 0]), RET_ALLOW);
+        // Tasks the fault supervisor would not trace are denied.
+        assert_eq!(run(&prog, libc::SYS_clone3, [0x7000_1000, 88, 0, 0, 0, 0]), RET_ENOSYS);
+        let thread = (libc::CLONE_VM | libc::CLONE_THREAD | libc::CLONE_SIGHAND) as u64;
+        assert_eq!(run(&prog, libc::SYS_clone, [thread, 0, 0, 0, 0, 0]), RET_ALLOW);
+        assert_eq!(run(&prog, libc::SYS_clone, [thread | libc::CLONE_UNTRACED as u64, 0, 0, 0, 0, 0]), RET_EPERM);
     }
 
     #[test]

@@ -21,6 +21,18 @@ pub fn install(names: &'static [&'static str]) {
     let stack = libc::stack_t { ss_sp: alt.base.as_ptr().cast(), ss_flags: 0, ss_size: alt.len };
     // SAFETY: `stack` describes a mapping that is never unmapped.
     unsafe { libc::sigaltstack(&stack, std::ptr::null_mut()) };
+    set_handlers(libc::SA_ONSTACK);
+}
+
+/// Has the fault reporter's handlers run on the interrupted stack, never on
+/// a signal stack: for an image whose fault supervisor places every fault
+/// frame ([`crate::supervisor`]); a signal stack is the thread's to move.
+pub fn without_signal_stack() {
+    set_handlers(0);
+}
+
+/// Installs [`on_fault`] for every fault signal, with `extra` flags.
+fn set_handlers(extra: libc::c_int) {
     for sig in SIGNALS {
         // SAFETY: a zeroed sigaction is valid; the handler is an
         // `extern "C" fn(c_int, *mut siginfo_t, *mut c_void)` as SA_SIGINFO requires.
@@ -28,7 +40,7 @@ pub fn install(names: &'static [&'static str]) {
             let mut action: libc::sigaction = std::mem::zeroed();
             action.sa_sigaction =
                 on_fault as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) as usize;
-            action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_RESETHAND;
+            action.sa_flags = libc::SA_SIGINFO | libc::SA_RESETHAND | extra;
             libc::sigemptyset(&mut action.sa_mask);
             libc::sigaction(sig, &action, std::ptr::null_mut());
         }

@@ -24,6 +24,7 @@ pub mod net;
 pub mod pkey;
 pub mod process;
 pub mod random;
+pub mod supervisor;
 
 /// Ends the image at once with SIGABRT (after a message on the console
 /// has said why). Not the C library's `abort`, which takes a lock and
