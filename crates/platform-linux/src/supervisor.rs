@@ -48,9 +48,11 @@ pub fn start() -> Result<(), String> {
     let base = region.base.as_ptr() as usize;
     let (mut to_child, mut to_parent) = ([0; 2], [0; 2]);
     // SAFETY: pipe2 writes two descriptors into each array.
-    if unsafe { libc::pipe2(to_child.as_mut_ptr(), libc::O_CLOEXEC) } != 0
-        || unsafe { libc::pipe2(to_parent.as_mut_ptr(), libc::O_CLOEXEC) } != 0
-    {
+    let piped = unsafe {
+        libc::pipe2(to_child.as_mut_ptr(), libc::O_CLOEXEC) == 0
+            && libc::pipe2(to_parent.as_mut_ptr(), libc::O_CLOEXEC) == 0
+    };
+    if !piped {
         return Err(format!("pipe: {}", std::io::Error::last_os_error()));
     }
     // SAFETY: getpid has no preconditions.
