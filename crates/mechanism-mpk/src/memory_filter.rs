@@ -136,6 +136,23 @@ impl Asm {
     fn goto(&mut self, l: Label) {
         self.ops.push(Op::Always(l));
     }
+    /// Returns `action` for system call `nr`; other calls go on (the
+    /// accumulator must hold the call's number, and still does after).
+    fn answer_call(&mut self, nr: i64, action: u32) {
+        let (this, other) = (self.label(), self.label());
+        self.jump(JEQ_K, nr as u32, this, other);
+        self.place(this);
+        self.op(RET_K, action);
+        self.place(other);
+    }
+    /// Jumps to `to` if any of `bits` is set in data word `word`; goes on
+    /// otherwise, with that word in the accumulator.
+    fn jump_if_bits(&mut self, word: u32, bits: u32, to: Label) {
+        let clear = self.label();
+        self.op(LD_W_ABS, word);
+        self.jump(JSET_K, bits, to, clear);
+        self.place(clear);
+    }
     /// A = word `x` + word `y` of the data (32 bits, wrapping), X = word `y`.
     fn add_words(&mut self, x: u32, y: u32) {
         self.op(LD_W_ABS, y);
@@ -233,44 +250,33 @@ pub fn program(policy: &Policy) -> Vec<sock_filter> {
     a.place(native);
     // No handler of the image returns, and a frame the caller forged would
     // load PKRU: `rt_sigreturn` is denied.
-    let (sigreturn, other) = (a.label(), a.label());
-    a.jump(JEQ_K, libc::SYS_rt_sigreturn as u32, sigreturn, other);
-    a.place(sigreturn);
-    a.op(RET_K, RET_EPERM);
-    a.place(other);
+    a.answer_call(libc::SYS_rt_sigreturn, RET_EPERM);
+    // Every new task stays traced by the fault supervisor: `clone3` (whose
+    // flags lie in memory a filter cannot read) answers ENOSYS, so that the
+    // C library uses `clone`, which may not ask for `CLONE_UNTRACED`.
+    a.answer_call(libc::SYS_clone3, RET_ENOSYS);
+    let (clone, not_clone, deny, allow_call) = (a.label(), a.label(), a.label(), a.label());
+    a.jump(JEQ_K, libc::SYS_clone as u32, clone, not_clone);
+    a.place(clone);
+    a.jump_if_bits(arg_low(0), libc::CLONE_UNTRACED as u32, deny);
+    a.goto(allow_call);
+    a.place(not_clone);
     // No new signal handler (a handler's frame is written wherever the
     // thread's stack pointer points: docs/mpk.md, "Signal frames"); asking
     // for the current one (a null new action) stays allowed.
-    let (sigaction, not_sigaction, new_action) = (a.label(), a.label(), a.label());
+    let (sigaction, not_sigaction, low_zero) = (a.label(), a.label(), a.label());
     a.jump(JEQ_K, libc::SYS_rt_sigaction as u32, sigaction, not_sigaction);
     a.place(sigaction);
-    let (low_zero, query) = (a.label(), a.label());
     a.op(LD_W_ABS, arg_low(1));
-    a.jump(JEQ_K, 0, low_zero, new_action);
+    a.jump(JEQ_K, 0, low_zero, deny);
     a.place(low_zero);
     a.op(LD_W_ABS, arg_high(1));
-    a.jump(JEQ_K, 0, query, new_action);
-    a.place(new_action);
+    a.jump(JEQ_K, 0, allow_call, deny);
+    a.place(deny);
     a.op(RET_K, RET_EPERM);
-    a.place(query);
+    a.place(allow_call);
     a.op(RET_K, RET_ALLOW);
     a.place(not_sigaction);
-    // Every new task stays traced by the fault supervisor: no
-    // `CLONE_UNTRACED`, and `clone3` (whose flags lie in memory a filter
-    // cannot read) answers ENOSYS, so that the C library uses `clone`.
-    let (clone3, not_clone3) = (a.label(), a.label());
-    a.jump(JEQ_K, libc::SYS_clone3 as u32, clone3, not_clone3);
-    a.place(clone3);
-    a.op(RET_K, RET_ENOSYS);
-    a.place(not_clone3);
-    let (clone, not_clone, untraced) = (a.label(), a.label(), a.label());
-    a.jump(JEQ_K, libc::SYS_clone as u32, clone, not_clone);
-    a.place(clone);
-    a.op(LD_W_ABS, arg_low(0));
-    a.jump(JSET_K, libc::CLONE_UNTRACED as u32, untraced, not_clone);
-    a.place(untraced);
-    a.op(RET_K, RET_EPERM);
-    a.place(not_clone);
     let everything: Vec<Range> = policy.protected.iter().chain(&policy.mprotect_allowed).copied().collect();
     let calls = [libc::SYS_munmap, libc::SYS_madvise, libc::SYS_mprotect, libc::SYS_mmap, libc::SYS_mremap];
     // Dispatch: `jeq nr` to a long jump into the call's block (a block may
@@ -293,10 +299,7 @@ pub fn program(policy: &Policy) -> Vec<sock_filter> {
         if nr == libc::SYS_mmap {
             // No new executable memory: code of the caller's own could hold a
             // `wrpkru` that no check follows.
-            let not_executable = a.label();
-            a.op(LD_W_ABS, arg_low(2));
-            a.jump(JSET_K, libc::PROT_EXEC as u32, deny_here, not_executable);
-            a.place(not_executable);
+            a.jump_if_bits(arg_low(2), libc::PROT_EXEC as u32, deny_here);
             // Only MAP_FIXED replaces what is mapped there.
             let fixed = a.label();
             a.op(LD_W_ABS, arg_low(3));
@@ -315,10 +318,7 @@ pub fn program(policy: &Policy) -> Vec<sock_filter> {
             overlap_test(&mut a, 0, 2, &everything, deny_here);
         } else if nr == libc::SYS_mprotect {
             // No memory made executable (as for `mmap`).
-            let not_executable = a.label();
-            a.op(LD_W_ABS, arg_low(2));
-            a.jump(JSET_K, libc::PROT_EXEC as u32, deny_here, not_executable);
-            a.place(not_executable);
+            a.jump_if_bits(arg_low(2), libc::PROT_EXEC as u32, deny_here);
             overlap_test(&mut a, 0, 1, &policy.protected, deny_here);
         } else {
             overlap_test(&mut a, 0, 1, &everything, deny_here);
@@ -450,6 +450,14 @@ mod tests {
         let thread = (libc::CLONE_VM | libc::CLONE_THREAD | libc::CLONE_SIGHAND) as u64;
         assert_eq!(run(&prog, libc::SYS_clone, [thread, 0, 0, 0, 0, 0]), RET_ALLOW);
         assert_eq!(run(&prog, libc::SYS_clone, [thread | libc::CLONE_UNTRACED as u64, 0, 0, 0, 0, 0]), RET_EPERM);
+        // A clone is judged as a clone, whatever its flags' value: flags
+        // equal to `munmap`'s number, with arguments over a protected
+        // range, are no `munmap`.
+        let p = policy();
+        let prog = program(&p);
+        let inside = p.protected[0].start;
+        assert_eq!(run(&prog, libc::SYS_munmap, [inside, 4096, 0, 0, 0, 0]), RET_EPERM);
+        assert_eq!(run(&prog, libc::SYS_clone, [libc::SYS_munmap as u64, inside, 0, 0, 0, 0]), RET_ALLOW);
     }
 
     #[test]
