@@ -9,7 +9,9 @@ use std::sync::OnceLock;
 
 static NAMES: OnceLock<&'static [&'static str]> = OnceLock::new();
 
-const SIGNALS: [libc::c_int; 5] = [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, libc::SIGSYS];
+/// The signals the fault reporter handles (and whose frames the fault
+/// supervisor places).
+pub(crate) const SIGNALS: [libc::c_int; 5] = [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, libc::SIGSYS];
 const ALT_STACK_SIZE: usize = 64 * 1024;
 
 /// Installs the fault reporter for this process; `names[i]` is compartment `i`'s name.

@@ -28,14 +28,11 @@ const SLOTS: usize = 64;
 /// Bytes of one slot: room for the frame (with the XSAVE area) and the
 /// fault reporter's own stack.
 const SLOT_LEN: usize = 64 * 1024;
-/// The signals whose frames the supervisor places: those the fault
-/// reporter handles (`fault::SIGNALS`).
-const FAULT_SIGNALS: [libc::c_int; 5] = [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, libc::SIGSYS];
 /// `PTRACE_EVENT_STOP`: a group stop, or a new task's first stop.
 const EVENT_STOP: libc::c_int = 128;
 
 /// Starts the supervisor and has it attach to this process, which must
-/// still be a single thread. Returns why it could not (this process is
+/// still be a single thread (checked). Returns why it could not (this process is
 /// traced already, by a debugger say, or `ptrace` is refused); then the
 /// image runs unsupervised.
 pub fn start() -> Result<(), String> {
@@ -57,8 +54,8 @@ pub fn start() -> Result<(), String> {
     }
     // SAFETY: getpid has no preconditions.
     let image = unsafe { libc::getpid() };
-    // SAFETY: this process is one thread (the caller's promise), so the
-    // child may run any code; it never returns from `supervise`.
+    // SAFETY: this process is one thread (checked above), so the child may
+    // run any code; it never returns from `supervise`.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         return Err(format!("fork: {}", std::io::Error::last_os_error()));
@@ -166,7 +163,8 @@ fn place_frames(base: usize) -> ! {
         let (sig, event) = (libc::WSTOPSIG(status), status >> 16);
         let deliver = match event {
             0 => {
-                if FAULT_SIGNALS.contains(&sig) && !executed.contains(pid) {
+                // The signals the fault reporter handles.
+                if crate::fault::SIGNALS.contains(&sig) && !executed.contains(pid) {
                     move_stack(pid, base);
                 }
                 sig
