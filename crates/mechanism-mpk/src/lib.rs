@@ -539,7 +539,7 @@ fn deny_forbidden_calls() {
 /// [`memory_filter`]): from now on no thread may `munmap`, `madvise`,
 /// `mremap`, `mprotect` or `mmap` with `MAP_FIXED` over the memory the
 /// keys protect: the heaps (private and shared), the gate-stack arena
-/// (where `mprotect`, which keeps keys, opens and closes slots), the
+/// (where only `mprotect` opening one slot's stack is allowed), the
 /// program's segments (its code included: made writable, it would be
 /// rewritten under every compartment), the main stack with the room it may
 /// grow into, and the vDSO. Called at the end of boot, once every
@@ -585,7 +585,12 @@ fn protected_ranges() -> memory_filter::Policy {
     for special in [&b"[vdso]"[..], b"[vvar]", b"[vvar_vclock]"] {
         protected.extend(flexos_platform::pkey::named_mapping(special).map(range));
     }
-    Policy { protected, mprotect_allowed: vec![range(gatestack::arena())] }
+    let slots = memory_filter::SlotArena {
+        range: range(gatestack::arena()),
+        span: gatestack::SLOT_SPAN as u64,
+        stack_offset: gatestack::SLOT_STACK_OFFSET as u64,
+    };
+    Policy { protected, slots: Some(slots) }
 }
 
 /// Keeps the image out of `/proc` for reading and writing files, with a

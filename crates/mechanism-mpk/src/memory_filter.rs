@@ -11,8 +11,11 @@
 //! *protected range* (the compartments' heaps and the shared heap, the
 //! gate-stack arena, the program's segments, the main stack, the vDSO).
 //! The image itself makes none of these calls there after boot, with one
-//! exception: the gate-stack arena's slots are opened and closed with
-//! `mprotect`, which keeps each page's key ([`Policy::mprotect_allowed`]).
+//! exception: a slot of the gate-stack arena is opened with `mprotect`
+//! (which keeps each page's key) when a context first takes it, and never
+//! closed; that one call, read and write over exactly one slot's stack, is
+//! the only memory call allowed in the arena ([`Policy::slots`]), so that no
+//! compartment can make another's gate stacks inaccessible.
 //!
 //! `mmap` and `mprotect` with `PROT_EXEC` are denied everywhere: after
 //! boot no memory becomes executable, since code a compartment wrote
@@ -48,9 +51,21 @@ pub struct Range {
 pub struct Policy {
     /// Ranges no memory call may touch.
     pub protected: Vec<Range>,
-    /// Ranges where `mprotect` (which keeps protection keys) is allowed,
-    /// but no other memory call.
-    pub mprotect_allowed: Vec<Range>,
+    /// The arena of gate stacks, where only a slot's opening is allowed.
+    pub slots: Option<SlotArena>,
+}
+
+/// An arena of equal slots, each a guard below a stack, in which the one
+/// memory call allowed is `mprotect(stack, stack_len, PROT_READ |
+/// PROT_WRITE)` over exactly one slot's stack (it keeps protection keys).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotArena {
+    /// The arena; its start is a multiple of `span`.
+    pub range: Range,
+    /// A slot's length: a power of two of at most 2^31 bytes.
+    pub span: u64,
+    /// Where a slot's stack begins, from the slot's start.
+    pub stack_offset: u64,
 }
 
 /// Arguments at or above this (2^57, beyond any user address on x86-64)
@@ -76,6 +91,7 @@ const LD_MEM: u16 = 0x60;
 const LDX_MEM: u16 = 0x61;
 const ST: u16 = 0x02;
 const ADD_X: u16 = 0x0c;
+const AND_K: u16 = 0x54;
 const JA: u16 = 0x05;
 const JEQ_K: u16 = 0x15;
 const JGT_K: u16 = 0x25;
@@ -234,6 +250,38 @@ fn overlap_test(a: &mut Asm, addr: u32, len: u32, ranges: &[Range], deny: Label)
     }
 }
 
+/// Appends a test of `mprotect`'s arguments: jumps to `allow` if they
+/// open exactly one slot's stack in `slots` (read and write, the stack's
+/// length, at a slot's stack offset; the range is known to overlap the
+/// arena), to `deny` otherwise.
+fn slot_opening_test(a: &mut Asm, slots: &SlotArena, allow: Label, deny: Label) {
+    assert!(
+        slots.span.is_power_of_two() && slots.span <= 1 << 31 && slots.range.start.is_multiple_of(slots.span),
+        "a slot arena starts at a multiple of its slots' span, a power of two below 2^32"
+    );
+    let stack_len = slots.span - slots.stack_offset;
+    // Each word must equal its value; the last test jumps to `allow`.
+    let words = [
+        (arg_high(2), 0, None),
+        (arg_low(2), (libc::PROT_READ | libc::PROT_WRITE) as u32, None),
+        (arg_high(1), (stack_len >> 32) as u32, None),
+        (arg_low(1), stack_len as u32, None),
+        // The span divides 2^32, so the low word decides the offset in a slot.
+        (arg_low(0), slots.stack_offset as u32, Some((slots.span - 1) as u32)),
+    ];
+    for (i, (word, value, mask)) in words.into_iter().enumerate() {
+        a.op(LD_W_ABS, word);
+        if let Some(mask) = mask {
+            a.op(AND_K, mask);
+        }
+        let next = if i + 1 == words.len() { allow } else { a.label() };
+        a.jump(JEQ_K, value, next, deny);
+        if i + 1 < words.len() {
+            a.place(next);
+        }
+    }
+}
+
 /// The filter program for `policy`: every other system call is allowed
 /// (other filters of the image deny what they deny).
 pub fn program(policy: &Policy) -> Vec<sock_filter> {
@@ -277,7 +325,8 @@ pub fn program(policy: &Policy) -> Vec<sock_filter> {
     a.place(allow_call);
     a.op(RET_K, RET_ALLOW);
     a.place(not_sigaction);
-    let everything: Vec<Range> = policy.protected.iter().chain(&policy.mprotect_allowed).copied().collect();
+    let everything: Vec<Range> =
+        policy.protected.iter().chain(policy.slots.as_ref().map(|s| &s.range)).copied().collect();
     let calls = [libc::SYS_munmap, libc::SYS_madvise, libc::SYS_mprotect, libc::SYS_mmap, libc::SYS_mremap];
     // Dispatch: `jeq nr` to a long jump into the call's block (a block may
     // lie beyond the 255 instructions a conditional jump reaches).
@@ -320,6 +369,14 @@ pub fn program(policy: &Policy) -> Vec<sock_filter> {
             // No memory made executable (as for `mmap`).
             a.jump_if_bits(arg_low(2), libc::PROT_EXEC as u32, deny_here);
             overlap_test(&mut a, 0, 1, &policy.protected, deny_here);
+            if let Some(slots) = &policy.slots {
+                // In the arena, only a slot's opening.
+                let in_arena = a.label();
+                overlap_test(&mut a, 0, 1, &[slots.range], in_arena);
+                a.goto(allow_here);
+                a.place(in_arena);
+                slot_opening_test(&mut a, slots, allow_here, deny_here);
+            }
         } else {
             overlap_test(&mut a, 0, 1, &everything, deny_here);
         }
@@ -359,6 +416,7 @@ mod tests {
                 LDX_MEM => x = mem[i.k as usize],
                 ST => mem[i.k as usize] = a,
                 ADD_X => a = a.wrapping_add(x),
+                AND_K => a &= i.k,
                 JA => pc += i.k as usize,
                 JEQ_K => pc += jump(a == i.k),
                 JGT_K => pc += jump(a > i.k),
@@ -378,8 +436,30 @@ mod tests {
                 Range { start: 0x7fff_ffff_0000, end: 0x8000_0000_0000 },
                 Range { start: 0xffff_f000, end: 0x1_0000_3000 },
             ],
-            mprotect_allowed: vec![Range { start: 0x7f00_0000_0000, end: 0x7f10_0000_0000 }],
+            slots: Some(SlotArena {
+                range: Range { start: 0x7f00_0000_0000, end: 0x7f10_0000_0000 },
+                span: 512 * 1024,
+                stack_offset: 256 * 1024,
+            }),
         }
+    }
+
+    /// Whether `mprotect(addr, len, prot)` opens exactly one slot's stack
+    /// (what the filter allows in the arena), decided with 64-bit arithmetic.
+    fn is_opening(slots: &SlotArena, addr: u64, len: u64, prot: u64) -> bool {
+        prot == (libc::PROT_READ | libc::PROT_WRITE) as u64
+            && len == slots.span - slots.stack_offset
+            && addr % slots.span == slots.stack_offset
+    }
+
+    /// What the filter must answer to `mprotect(addr, len, prot)` (not
+    /// executable): denied over a protected range, and in the arena unless
+    /// it opens exactly one slot's stack.
+    fn mprotect_expected(p: &Policy, addr: u64, len: u64, prot: u64) -> u32 {
+        let slots = p.slots.expect("the test policy has an arena");
+        let denied = overlaps(&p.protected, addr, len)
+            || overlaps(&[slots.range], addr, len) && !is_opening(&slots, addr, len, prot);
+        if denied { RET_EPERM } else { RET_ALLOW }
     }
 
     /// What the filter must decide: deny arguments beyond any user address,
@@ -393,7 +473,7 @@ mod tests {
     fn memory_calls_are_denied_exactly_where_they_touch_a_protected_range() {
         let p = policy();
         let prog = program(&p);
-        let all: Vec<Range> = p.protected.iter().chain(&p.mprotect_allowed).copied().collect();
+        let all: Vec<Range> = p.protected.iter().chain(p.slots.as_ref().map(|s| &s.range)).copied().collect();
         // Addresses around every edge, lengths around every distance.
         let mut points = vec![0u64, 4096, 0x7fff_ffff_f000];
         for r in &all {
@@ -412,7 +492,11 @@ mod tests {
                 let expect = |ranges: &[Range]| if overlaps(ranges, addr, len) { RET_EPERM } else { RET_ALLOW };
                 assert_eq!(run(&prog, libc::SYS_munmap, args), expect(&all), "munmap({addr:#x}, {len:#x})");
                 assert_eq!(run(&prog, libc::SYS_madvise, args), expect(&all), "madvise({addr:#x}, {len:#x})");
-                assert_eq!(run(&prog, libc::SYS_mprotect, args), expect(&p.protected), "mprotect({addr:#x}, {len:#x})");
+                for prot in [0, libc::PROT_READ as u64, (libc::PROT_READ | libc::PROT_WRITE) as u64] {
+                    let args = [addr, len, prot, 0, 0, 0];
+                    let expected = mprotect_expected(&p, addr, len, prot);
+                    assert_eq!(run(&prog, libc::SYS_mprotect, args), expected, "mprotect({addr:#x}, {len:#x}, {prot})");
+                }
                 let fixed = [addr, len, 3, (libc::MAP_FIXED | libc::MAP_PRIVATE) as u64, 0, 0];
                 assert_eq!(run(&prog, libc::SYS_mmap, fixed), expect(&all), "mmap({addr:#x}, {len:#x}, MAP_FIXED)");
                 let hint = [addr, len, 3, libc::MAP_PRIVATE as u64, 0, 0];
@@ -430,6 +514,42 @@ mod tests {
             }
         }
         assert!(denied > 100, "the edges were exercised ({denied} denied)");
+    }
+
+    #[test]
+    fn in_the_gate_stack_arena_only_a_slots_opening_is_allowed() {
+        let p = policy();
+        let prog = program(&p);
+        let slots = p.slots.unwrap();
+        let stack_len = slots.span - slots.stack_offset;
+        let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+        // Slots at both ends of the arena, one in the middle, and one whose
+        // stack starts 2^32 bytes beyond another's (same low word).
+        let firsts = [slots.range.start, slots.range.start + 0x1_0000_0000, slots.range.end - slots.span];
+        let mut opened = 0;
+        for first in firsts {
+            for at in [0, 4096, slots.stack_offset - 4096, slots.stack_offset, slots.stack_offset + 4096, slots.span] {
+                for len in [4096, stack_len - 4096, stack_len, stack_len + 4096, slots.span, 0x1_0000_0000 + stack_len]
+                {
+                    for prot in [0, libc::PROT_READ as u64, libc::PROT_WRITE as u64, rw, rw | 0x1_0000_0000] {
+                        let addr = first + at;
+                        let args = [addr, len, prot, 0, 0, 0];
+                        let expected = mprotect_expected(&p, addr, len, prot);
+                        opened += usize::from(expected == RET_ALLOW && overlaps(&[slots.range], addr, len));
+                        assert_eq!(
+                            run(&prog, libc::SYS_mprotect, args),
+                            expected,
+                            "mprotect({addr:#x}, {len:#x}, {prot:#x})"
+                        );
+                    }
+                }
+            }
+        }
+        assert_eq!(opened, firsts.len(), "each slot's opening was exercised, and allowed");
+        // Closing a slot, or the whole arena, is denied.
+        assert_eq!(run(&prog, libc::SYS_mprotect, [firsts[0] + slots.stack_offset, stack_len, 0, 0, 0, 0]), RET_EPERM);
+        let whole = slots.range.end - slots.range.start;
+        assert_eq!(run(&prog, libc::SYS_mprotect, [slots.range.start, whole, 0, 0, 0, 0]), RET_EPERM);
     }
 
     #[test]
@@ -468,17 +588,33 @@ mod tests {
         assert!(pid >= 0);
         if pid == 0 {
             let page = 4096;
-            let map = || {
-                // SAFETY: a fresh private anonymous page.
+            let map_pages = |n: usize| {
+                // SAFETY: a fresh private anonymous mapping.
                 unsafe {
-                    libc::mmap(core::ptr::null_mut(), page, 3, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0) as u64
+                    libc::mmap(core::ptr::null_mut(), n * page, 3, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+                        as u64
                 }
             };
+            let map = || map_pages(1);
             let (guarded, free) = (map(), map());
+            // An arena of two 8 KiB slots, each a page of guard below a
+            // page of stack, at a multiple of 8 KiB.
+            let wide = map_pages(6);
+            let arena = wide.next_multiple_of(2 * page as u64);
             let prog = program(&Policy {
                 protected: vec![Range { start: guarded, end: guarded + page as u64 }],
-                mprotect_allowed: vec![],
+                slots: Some(SlotArena {
+                    range: Range { start: arena, end: arena + 4 * page as u64 },
+                    span: 2 * page as u64,
+                    stack_offset: page as u64,
+                }),
             });
+            let protect = |addr: u64, prot: i32| {
+                // SAFETY: pages of this child's own mapping `wide`, which
+                // nothing in the child uses.
+                unsafe { libc::mprotect(addr as *mut libc::c_void, page, prot) == 0 }
+            };
+            let rw = libc::PROT_READ | libc::PROT_WRITE;
             // SAFETY: PR_SET_NO_NEW_PRIVS has no memory effects.
             unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
             let ok = seccompiler::apply_filter(&prog).is_ok()
@@ -486,7 +622,12 @@ mod tests {
                 && unsafe { libc::munmap(guarded as *mut libc::c_void, page) } == -1
                 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
                 // SAFETY: as above.
-                && unsafe { libc::munmap(free as *mut libc::c_void, page) } == 0;
+                && unsafe { libc::munmap(free as *mut libc::c_void, page) } == 0
+                // A slot's stack opens; closing it, and opening a guard, fail.
+                && protect(arena + page as u64, rw)
+                && !protect(arena + page as u64, libc::PROT_NONE)
+                && !protect(arena, rw)
+                && protect(arena + 3 * page as u64, rw);
             // SAFETY: ends the child without running the test harness's code.
             unsafe { libc::_exit(if ok { 0 } else { 1 }) }
         }

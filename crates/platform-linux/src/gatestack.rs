@@ -33,12 +33,22 @@ pub const STACK_SIZE: usize = 256 * 1024;
 /// How many contexts may hold a stack in one domain at once.
 pub const SLOTS: usize = 8192;
 
-/// One slot of the arena: a guard page below a stack.
-const SLOT_SPAN: usize = STACK_SIZE + PAGE_SIZE;
+/// One slot of the arena: a guard below a stack ([`STACK_SIZE`] at the
+/// slot's top). A power of two, and the arena starts at a multiple of it,
+/// so that a filter can tell a slot's stack from any other range by its
+/// address's low bits ([`SLOT_STACK_OFFSET`]).
+pub const SLOT_SPAN: usize = 512 * 1024;
 
-/// The arena's first byte: `DOMAINS * SLOTS` slots, inaccessible until a
-/// slot is handed out. Set once at start-up ([`reserve`]), by the default
-/// compartment; a static, so it carries the trusted core's key.
+/// Where a slot's stack begins, from the slot's first byte (the guard
+/// below it is this long).
+pub const SLOT_STACK_OFFSET: usize = SLOT_SPAN - STACK_SIZE;
+
+const _: () = assert!(SLOT_SPAN.is_power_of_two() && SLOT_STACK_OFFSET >= PAGE_SIZE);
+
+/// The arena's first byte (a multiple of [`SLOT_SPAN`]): `DOMAINS * SLOTS`
+/// slots, inaccessible until a slot is first handed out. Set once at
+/// start-up ([`reserve`]), by the default compartment; a static, so it
+/// carries the trusted core's key.
 static ARENA: AtomicUsize = AtomicUsize::new(0);
 
 /// Where the arena's occupancy bits are (one bit per slot, a mapping of its
@@ -63,7 +73,8 @@ pub fn reserve(keys: &[u32; DOMAINS]) {
     if ARENA.load(Ordering::Acquire) != 0 {
         return;
     }
-    let (arena, tables) = (reserve_inaccessible(DOMAINS * SLOTS * SLOT_SPAN), reserve_inaccessible(SLOTS * PAGE_SIZE));
+    let (arena, tables) =
+        (reserve_aligned(DOMAINS * SLOTS * SLOT_SPAN, SLOT_SPAN), reserve_inaccessible(SLOTS * PAGE_SIZE));
     let Some(used) = crate::memory::Region::reserve((DOMAINS + 1) * USED_WORDS * 8) else {
         crate::console::write_err(b"flexos: cannot map the gate stacks' occupancy bits\n");
         crate::process_abort()
@@ -89,6 +100,22 @@ pub fn reserve(keys: &[u32; DOMAINS]) {
 pub fn arena() -> (usize, usize) {
     let base = ARENA.load(Ordering::Acquire);
     if base == 0 { (0, 0) } else { (base, base + DOMAINS * SLOTS * SLOT_SPAN) }
+}
+
+/// Reserves `len` bytes of inaccessible address space (nothing backed)
+/// that start at a multiple of `align` (a power of two, of whole pages).
+fn reserve_aligned(len: usize, align: usize) -> usize {
+    let wide = reserve_inaccessible(len + align);
+    let start = wide.next_multiple_of(align);
+    for (from, to) in [(wide, start), (start + len, wide + len + align)] {
+        if to > from {
+            // SAFETY: the slack before and after the aligned part of the
+            // reservation just made, which nothing uses; unmapping it
+            // leaves the aligned part as it is.
+            unsafe { libc::munmap(from as *mut libc::c_void, to - from) };
+        }
+    }
+    start
 }
 
 /// Reserves `len` bytes of inaccessible address space (nothing backed).
@@ -171,15 +198,12 @@ fn open_slot(row: usize, addr: usize, len: usize, key: u32) {
     }
 }
 
-/// Makes `[addr, addr + len)`, part of a slot being given back,
-/// inaccessible again. Its pages stay (no `madvise`, which an `mpk` image
-/// denies in the arena): the next context to take the slot, of the same
-/// domain, finds the old frames of its own compartment there.
-fn close_slot(addr: usize, len: usize) {
-    // SAFETY: part of the arena (reserved, never unmapped) of a slot on
-    // which no context runs any more (the contract of `destroy`); it stays
-    // reserved and keeps its key.
-    unsafe { libc::mprotect(addr as *mut libc::c_void, len, libc::PROT_NONE) };
+/// Makes the table at `addr` (a page of the tables' arena, being given
+/// back) inaccessible again.
+fn close_table(addr: usize) {
+    // SAFETY: a page of the tables' arena (reserved, never unmapped) that
+    // no context uses any more (the contract of `destroy`).
+    unsafe { libc::mprotect(addr as *mut libc::c_void, PAGE_SIZE, libc::PROT_NONE) };
 }
 
 /// Takes a free stack of `domain` and makes it usable with key `key`.
@@ -194,9 +218,13 @@ fn take_stack(domain: usize, key: u32) -> usize {
     slot
 }
 
-/// Gives stack `slot` of `domain` back.
+/// Gives stack `slot` of `domain` back. It stays open, with its pages
+/// (the next context to take the slot, of the same domain, finds old
+/// frames of its own compartment there): opening a slot's stack is the one
+/// `mprotect` an `mpk` image allows in the arena after boot, so that no
+/// compartment can make another's stacks inaccessible (docs/mpk.md,
+/// "System calls").
 fn give_back_stack(domain: usize, slot: usize) {
-    close_slot(slot_top(domain, slot) - STACK_SIZE, STACK_SIZE);
     free(domain, slot);
 }
 
@@ -357,7 +385,7 @@ impl GateStacks {
             }
         }
         t.mirrors.iter().copied().for_each(release);
-        close_slot(table as usize, PAGE_SIZE);
+        close_table(table as usize);
         free(DOMAINS, slot);
     }
 
