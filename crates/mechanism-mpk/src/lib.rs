@@ -538,8 +538,9 @@ fn deny_forbidden_calls() {
 /// Confines the image's memory calls (the memory-call filter,
 /// [`memory_filter`]): from now on no thread may `munmap`, `madvise`,
 /// `mremap`, `mprotect` or `mmap` with `MAP_FIXED` over the memory the
-/// keys protect: the heaps (private and shared), the gate-stack arena
-/// (where only `mprotect` opening one slot's stack is allowed), the
+/// keys protect: the heaps (private and shared), the gate-stack arena and
+/// the arena of gate-stack tables (where only `mprotect` opening one
+/// slot's stack, or one table's page, is allowed), the
 /// program's segments (its code included: made writable, it would be
 /// rewritten under every compartment), the main stack with the room it may
 /// grow into, and the vDSO. Called at the end of boot, once every
@@ -585,12 +586,14 @@ fn protected_ranges() -> memory_filter::Policy {
     for special in [&b"[vdso]"[..], b"[vvar]", b"[vvar_vclock]"] {
         protected.extend(flexos_platform::pkey::named_mapping(special).map(range));
     }
-    let slots = memory_filter::SlotArena {
+    let stacks = memory_filter::SlotArena {
         range: range(gatestack::arena()),
         span: gatestack::SLOT_SPAN as u64,
         stack_offset: gatestack::SLOT_STACK_OFFSET as u64,
     };
-    Policy { protected, slots: Some(slots) }
+    // The tables' arena: a slot is a page, all of it opened at once.
+    let tables = memory_filter::SlotArena { range: range(gatestack::tables()), span: 4096, stack_offset: 0 };
+    Policy { protected, slots: vec![stacks, tables] }
 }
 
 /// Keeps the image out of `/proc` for reading and writing files, with a

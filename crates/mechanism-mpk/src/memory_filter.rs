@@ -11,11 +11,12 @@
 //! *protected range* (the compartments' heaps and the shared heap, the
 //! gate-stack arena, the program's segments, the main stack, the vDSO).
 //! The image itself makes none of these calls there after boot, with one
-//! exception: a slot of the gate-stack arena is opened with `mprotect`
-//! (which keeps each page's key) when a context first takes it, and never
-//! closed; that one call, read and write over exactly one slot's stack, is
-//! the only memory call allowed in the arena ([`Policy::slots`]), so that no
-//! compartment can make another's gate stacks inaccessible.
+//! exception: a slot of the gate-stack arena (or a page of the arena of
+//! gate-stack tables) is opened with `mprotect` (which keeps each page's
+//! key) when a context first takes it, and never closed; that one call,
+//! read and write over exactly one slot's stack, is the only memory call
+//! allowed in those arenas ([`Policy::slots`]), so that no compartment can
+//! make another's gate stacks or tables inaccessible.
 //!
 //! `mmap` and `mprotect` with `PROT_EXEC` are denied everywhere: after
 //! boot no memory becomes executable, since code a compartment wrote
@@ -51,8 +52,9 @@ pub struct Range {
 pub struct Policy {
     /// Ranges no memory call may touch.
     pub protected: Vec<Range>,
-    /// The arena of gate stacks, where only a slot's opening is allowed.
-    pub slots: Option<SlotArena>,
+    /// Arenas of slots (the gate stacks, the gate-stack tables), where
+    /// only a slot's opening is allowed.
+    pub slots: Vec<SlotArena>,
 }
 
 /// An arena of equal slots, each a guard below a stack, in which the one
@@ -326,7 +328,7 @@ pub fn program(policy: &Policy) -> Vec<sock_filter> {
     a.op(RET_K, RET_ALLOW);
     a.place(not_sigaction);
     let everything: Vec<Range> =
-        policy.protected.iter().chain(policy.slots.as_ref().map(|s| &s.range)).copied().collect();
+        policy.protected.iter().chain(policy.slots.iter().map(|s| &s.range)).copied().collect();
     let calls = [libc::SYS_munmap, libc::SYS_madvise, libc::SYS_mprotect, libc::SYS_mmap, libc::SYS_mremap];
     // Dispatch: `jeq nr` to a long jump into the call's block (a block may
     // lie beyond the 255 instructions a conditional jump reaches).
@@ -369,13 +371,14 @@ pub fn program(policy: &Policy) -> Vec<sock_filter> {
             // No memory made executable (as for `mmap`).
             a.jump_if_bits(arg_low(2), libc::PROT_EXEC as u32, deny_here);
             overlap_test(&mut a, 0, 1, &policy.protected, deny_here);
-            if let Some(slots) = &policy.slots {
-                // In the arena, only a slot's opening.
-                let in_arena = a.label();
+            // In an arena of slots, only a slot's opening.
+            for slots in &policy.slots {
+                let (in_arena, next) = (a.label(), a.label());
                 overlap_test(&mut a, 0, 1, &[slots.range], in_arena);
-                a.goto(allow_here);
+                a.goto(next);
                 a.place(in_arena);
                 slot_opening_test(&mut a, slots, allow_here, deny_here);
+                a.place(next);
             }
         } else {
             overlap_test(&mut a, 0, 1, &everything, deny_here);
@@ -436,12 +439,30 @@ mod tests {
                 Range { start: 0x7fff_ffff_0000, end: 0x8000_0000_0000 },
                 Range { start: 0xffff_f000, end: 0x1_0000_3000 },
             ],
-            slots: Some(SlotArena {
-                range: Range { start: 0x7f00_0000_0000, end: 0x7f10_0000_0000 },
-                span: 512 * 1024,
-                stack_offset: 256 * 1024,
-            }),
+            slots: vec![
+                SlotArena {
+                    range: Range { start: 0x7f00_0000_0000, end: 0x7f10_0000_0000 },
+                    span: 512 * 1024,
+                    stack_offset: 256 * 1024,
+                },
+                // Pages, as the gate-stack tables' arena.
+                SlotArena {
+                    range: Range { start: 0x7e00_0000_0000, end: 0x7e00_0200_0000 },
+                    span: 4096,
+                    stack_offset: 0,
+                },
+            ],
         }
+    }
+
+    /// A policy as large as an image's: six protected ranges and two
+    /// arenas (the program's jumps must stay within reach).
+    fn large_policy() -> Policy {
+        let mut p = policy();
+        p.protected.push(Range { start: 0x6000_0000_0000, end: 0x6000_1000_0000 });
+        p.protected.push(Range { start: 0x7ffd_0000_0000, end: 0x7ffd_0000_2000 });
+        p.protected.push(Range { start: 0x7ffd_0000_4000, end: 0x7ffd_0000_6000 });
+        p
     }
 
     /// Whether `mprotect(addr, len, prot)` opens exactly one slot's stack
@@ -456,9 +477,8 @@ mod tests {
     /// executable): denied over a protected range, and in the arena unless
     /// it opens exactly one slot's stack.
     fn mprotect_expected(p: &Policy, addr: u64, len: u64, prot: u64) -> u32 {
-        let slots = p.slots.expect("the test policy has an arena");
         let denied = overlaps(&p.protected, addr, len)
-            || overlaps(&[slots.range], addr, len) && !is_opening(&slots, addr, len, prot);
+            || p.slots.iter().any(|s| overlaps(&[s.range], addr, len) && !is_opening(s, addr, len, prot));
         if denied { RET_EPERM } else { RET_ALLOW }
     }
 
@@ -473,7 +493,7 @@ mod tests {
     fn memory_calls_are_denied_exactly_where_they_touch_a_protected_range() {
         let p = policy();
         let prog = program(&p);
-        let all: Vec<Range> = p.protected.iter().chain(p.slots.as_ref().map(|s| &s.range)).copied().collect();
+        let all: Vec<Range> = p.protected.iter().chain(p.slots.iter().map(|s| &s.range)).copied().collect();
         // Addresses around every edge, lengths around every distance.
         let mut points = vec![0u64, 4096, 0x7fff_ffff_f000];
         for r in &all {
@@ -517,27 +537,42 @@ mod tests {
     }
 
     #[test]
-    fn in_the_gate_stack_arena_only_a_slots_opening_is_allowed() {
-        let p = policy();
+    fn in_an_arena_of_slots_only_a_slots_opening_is_allowed() {
+        let p = large_policy();
         let prog = program(&p);
-        let slots = p.slots.unwrap();
+        for slots in &p.slots {
+            slots_opened_exactly(&p, &prog, slots);
+        }
+    }
+
+    /// Checks `mprotect` around slots of `slots` (an arena of `p`) against
+    /// [`mprotect_expected`].
+    fn slots_opened_exactly(p: &Policy, prog: &[sock_filter], slots: &SlotArena) {
         let stack_len = slots.span - slots.stack_offset;
         let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
         // Slots at both ends of the arena, one in the middle, and one whose
         // stack starts 2^32 bytes beyond another's (same low word).
-        let firsts = [slots.range.start, slots.range.start + 0x1_0000_0000, slots.range.end - slots.span];
+        let far = 0x1_0000_0000u64.min((slots.range.end - slots.range.start) / 2 / slots.span * slots.span);
+        let firsts = [slots.range.start, slots.range.start + far, slots.range.end - slots.span];
         let mut opened = 0;
         for first in firsts {
-            for at in [0, 4096, slots.stack_offset - 4096, slots.stack_offset, slots.stack_offset + 4096, slots.span] {
-                for len in [4096, stack_len - 4096, stack_len, stack_len + 4096, slots.span, 0x1_0000_0000 + stack_len]
-                {
+            let mut near = vec![0, 4096, slots.stack_offset.saturating_sub(4096), slots.stack_offset];
+            near.extend([slots.stack_offset + 4096, slots.span]);
+            near.sort_unstable();
+            near.dedup();
+            for at in near {
+                let mut lens =
+                    vec![4096, stack_len - 4096, stack_len, stack_len + 4096, slots.span, 0x1_0000_0000 + stack_len];
+                lens.sort_unstable();
+                lens.dedup();
+                for len in lens {
                     for prot in [0, libc::PROT_READ as u64, libc::PROT_WRITE as u64, rw, rw | 0x1_0000_0000] {
                         let addr = first + at;
                         let args = [addr, len, prot, 0, 0, 0];
-                        let expected = mprotect_expected(&p, addr, len, prot);
+                        let expected = mprotect_expected(p, addr, len, prot);
                         opened += usize::from(expected == RET_ALLOW && overlaps(&[slots.range], addr, len));
                         assert_eq!(
-                            run(&prog, libc::SYS_mprotect, args),
+                            run(prog, libc::SYS_mprotect, args),
                             expected,
                             "mprotect({addr:#x}, {len:#x}, {prot:#x})"
                         );
@@ -545,11 +580,15 @@ mod tests {
                 }
             }
         }
-        assert_eq!(opened, firsts.len(), "each slot's opening was exercised, and allowed");
+        assert!(opened >= firsts.len(), "openings were exercised ({opened})");
+        for first in firsts {
+            let args = [first + slots.stack_offset, stack_len, rw, 0, 0, 0];
+            assert_eq!(run(prog, libc::SYS_mprotect, args), RET_ALLOW, "the opening of the slot at {first:#x}");
+        }
         // Closing a slot, or the whole arena, is denied.
-        assert_eq!(run(&prog, libc::SYS_mprotect, [firsts[0] + slots.stack_offset, stack_len, 0, 0, 0, 0]), RET_EPERM);
+        assert_eq!(run(prog, libc::SYS_mprotect, [firsts[0] + slots.stack_offset, stack_len, 0, 0, 0, 0]), RET_EPERM);
         let whole = slots.range.end - slots.range.start;
-        assert_eq!(run(&prog, libc::SYS_mprotect, [slots.range.start, whole, 0, 0, 0, 0]), RET_EPERM);
+        assert_eq!(run(prog, libc::SYS_mprotect, [slots.range.start, whole, 0, 0, 0, 0]), RET_EPERM);
     }
 
     #[test]
@@ -603,11 +642,11 @@ mod tests {
             let arena = wide.next_multiple_of(2 * page as u64);
             let prog = program(&Policy {
                 protected: vec![Range { start: guarded, end: guarded + page as u64 }],
-                slots: Some(SlotArena {
+                slots: vec![SlotArena {
                     range: Range { start: arena, end: arena + 4 * page as u64 },
                     span: 2 * page as u64,
                     stack_offset: page as u64,
-                }),
+                }],
             });
             let protect = |addr: u64, prot: i32| {
                 // SAFETY: pages of this child's own mapping `wide`, which

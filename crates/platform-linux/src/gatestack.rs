@@ -102,6 +102,14 @@ pub fn arena() -> (usize, usize) {
     if base == 0 { (0, 0) } else { (base, base + DOMAINS * SLOTS * SLOT_SPAN) }
 }
 
+/// The tables' arena, `[start, end)`: one page per table (empty before
+/// [`reserve`]). A page is opened when a context first takes it and never
+/// closed, like a stack's slot.
+pub fn tables() -> (usize, usize) {
+    let base = TABLES.load(Ordering::Acquire);
+    if base == 0 { (0, 0) } else { (base, base + SLOTS * PAGE_SIZE) }
+}
+
 /// Reserves `len` bytes of inaccessible address space (nothing backed)
 /// that start at a multiple of `align` (a power of two, of whole pages).
 fn reserve_aligned(len: usize, align: usize) -> usize {
@@ -196,14 +204,6 @@ fn open_slot(row: usize, addr: usize, len: usize, key: u32) {
     if let Err(e) = opened {
         panic!("cannot open a gate stack with protection key {key}: {e}")
     }
-}
-
-/// Makes the table at `addr` (a page of the tables' arena, being given
-/// back) inaccessible again.
-fn close_table(addr: usize) {
-    // SAFETY: a page of the tables' arena (reserved, never unmapped) that
-    // no context uses any more (the contract of `destroy`).
-    unsafe { libc::mprotect(addr as *mut libc::c_void, PAGE_SIZE, libc::PROT_NONE) };
 }
 
 /// Takes a free stack of `domain` and makes it usable with key `key`.
@@ -385,7 +385,7 @@ impl GateStacks {
             }
         }
         t.mirrors.iter().copied().for_each(release);
-        close_table(table as usize);
+        // The page stays open, like a stack's slot (`give_back_stack`).
         free(DOMAINS, slot);
     }
 
