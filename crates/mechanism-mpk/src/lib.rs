@@ -592,7 +592,11 @@ fn protected_ranges() -> memory_filter::Policy {
         stack_offset: gatestack::SLOT_STACK_OFFSET as u64,
     };
     // The tables' arena: a slot is a page, all of it opened at once.
-    let tables = memory_filter::SlotArena { range: range(gatestack::tables()), span: 4096, stack_offset: 0 };
+    let tables = memory_filter::SlotArena {
+        range: range(gatestack::tables()),
+        span: flexos_platform::memory::PAGE_SIZE as u64,
+        stack_offset: 0,
+    };
     Policy { protected, slots: vec![stacks, tables] }
 }
 
