@@ -27,6 +27,7 @@ use alloc::vec::Vec;
 use core::time::Duration;
 use flexos_gate::abi::Errno;
 use flexos_gate::abi::poll::{ENTRY as POLL_ENTRY, POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT};
+use flexos_gate::abi::round::{self as round_abi, Answer, ENTRY as ROUND_ENTRY};
 use flexos_gate::{SharedMut, SharedRef, gate};
 use flexos_netdev::NetDevice;
 use flexos_platform::clock;
@@ -52,6 +53,7 @@ flexos_gate::exports!(
     set_nonblocking(i32, bool) -> Result<(), Errno>,
     poll(SharedMut<'_>, i64) -> Result<usize, Errno>,
     open_sockets() -> (usize, usize),
+    round(SharedMut<'_>, SharedRef<'_>, SharedMut<'_>, i64) -> Result<usize, Errno>,
 );
 
 /// The first socket number handed out.
@@ -515,34 +517,38 @@ fn stream(n: &mut Net, fd: i32) -> Result<(SocketHandle, bool), Errno> {
 
 /// Receives into `buf`; returns the byte count, 0 at the end of the stream.
 pub(crate) fn recv(fd: i32, mut buf: SharedMut<'_>) -> Result<usize, Errno> {
-    blocking(fd, |n| {
-        let (handle, shut_rd) = stream(n, fd)?;
-        if shut_rd {
-            return Ok(0);
+    blocking(fd, |n| recv_now(n, fd, &mut buf))
+}
+
+/// One non-blocking receive into `buf`: the byte count, 0 at the end of
+/// the stream, `EAGAIN` when nothing has arrived.
+fn recv_now(n: &mut Net, fd: i32, buf: &mut SharedMut<'_>) -> Result<usize, Errno> {
+    let (handle, shut_rd) = stream(n, fd)?;
+    if shut_rd {
+        return Ok(0);
+    }
+    let s = n.stack()?.tcp(handle);
+    if s.can_recv() {
+        // Straight from the socket's buffer into shared memory (in two
+        // steps when the data wraps around the end of the ring buffer).
+        let mut done = 0;
+        while done < buf.len() && s.can_recv() {
+            let room = buf.len() - done;
+            let target = &mut *buf;
+            done += s
+                .recv(|bytes| {
+                    let n = bytes.len().min(room);
+                    target.write_at(done, &bytes[..n]);
+                    (n, n)
+                })
+                .map_err(|_| Errno::ECONNRESET)?;
         }
-        let s = n.stack()?.tcp(handle);
-        if s.can_recv() {
-            // Straight from the socket's buffer into shared memory (in two
-            // steps when the data wraps around the end of the ring buffer).
-            let mut done = 0;
-            while done < buf.len() && s.can_recv() {
-                let room = buf.len() - done;
-                let target = &mut buf;
-                done += s
-                    .recv(|bytes| {
-                        let n = bytes.len().min(room);
-                        target.write_at(done, &bytes[..n]);
-                        (n, n)
-                    })
-                    .map_err(|_| Errno::ECONNRESET)?;
-            }
-            return Ok(done);
-        }
-        if !s.may_recv() && s.state() != State::SynSent {
-            return Ok(0);
-        }
-        Err(Errno::EAGAIN)
-    })
+        return Ok(done);
+    }
+    if !s.may_recv() && s.state() != State::SynSent {
+        return Ok(0);
+    }
+    Err(Errno::EAGAIN)
 }
 
 /// Sends from `data`; returns how many bytes the stack took (at least one,
@@ -551,27 +557,31 @@ pub(crate) fn send(fd: i32, data: SharedRef<'_>) -> Result<usize, Errno> {
     if data.is_empty() {
         return Ok(0);
     }
-    blocking(fd, |n| {
-        let (handle, _) = stream(n, fd)?;
-        let s = n.stack()?.tcp(handle);
-        if !s.may_send() {
-            return Err(if s.state() == State::SynSent { Errno::EAGAIN } else { Errno::EPIPE });
-        }
-        // Each byte is copied once, from shared memory into the socket's
-        // ring buffer (in two steps when free space wraps around its end).
-        let mut done = 0;
-        while done < data.len() && s.can_send() {
-            let rest = data.slice(done..data.len());
-            done += s
-                .send(|space| {
-                    let n = space.len().min(rest.len());
-                    rest.slice(0..n).copy_to_slice(&mut space[..n]);
-                    (n, n)
-                })
-                .map_err(|_| Errno::EPIPE)?;
-        }
-        if done == 0 { Err(Errno::EAGAIN) } else { Ok(done) }
-    })
+    blocking(fd, |n| send_now(n, fd, data))
+}
+
+/// One non-blocking send of `data` (not empty): the bytes taken, or
+/// `EAGAIN` when the send buffer is full.
+fn send_now(n: &mut Net, fd: i32, data: SharedRef<'_>) -> Result<usize, Errno> {
+    let (handle, _) = stream(n, fd)?;
+    let s = n.stack()?.tcp(handle);
+    if !s.may_send() {
+        return Err(if s.state() == State::SynSent { Errno::EAGAIN } else { Errno::EPIPE });
+    }
+    // Each byte is copied once, from shared memory into the socket's
+    // ring buffer (in two steps when free space wraps around its end).
+    let mut done = 0;
+    while done < data.len() && s.can_send() {
+        let rest = data.slice(done..data.len());
+        done += s
+            .send(|space| {
+                let n = space.len().min(rest.len());
+                rest.slice(0..n).copy_to_slice(&mut space[..n]);
+                (n, n)
+            })
+            .map_err(|_| Errno::EPIPE)?;
+    }
+    if done == 0 { Err(Errno::EAGAIN) } else { Ok(done) }
 }
 
 /// Shuts down receiving ([`SHUT_RD`]), sending ([`SHUT_WR`]: sends FIN
@@ -650,20 +660,30 @@ pub(crate) fn poll(mut entries: SharedMut<'_>, timeout_ms: i64) -> Result<usize,
     if entries.len() % POLL_ENTRY != 0 {
         return Err(Errno::EINVAL);
     }
+    wait_ready(timeout_ms, |n| {
+        let mut ready = 0;
+        for i in 0..entries.len() / POLL_ENTRY {
+            let mut e = [0u8; 6];
+            entries.read_at(i * POLL_ENTRY, &mut e);
+            let fd = i32::from_le_bytes([e[0], e[1], e[2], e[3]]);
+            let events = u16::from_le_bytes([e[4], e[5]]);
+            let revents = if fd < 0 { 0 } else { n.readiness(fd, events) };
+            entries.write_at(i * POLL_ENTRY + 6, &revents.to_le_bytes());
+            ready += usize::from(revents != 0);
+        }
+        ready
+    })
+}
+
+/// Drives the stack and counts the ready entries with `check`, parking in
+/// between, until `check` finds some or `timeout_ms` passes (negative: no
+/// limit); returns the last count.
+fn wait_ready(timeout_ms: i64, mut check: impl FnMut(&mut Net) -> usize) -> Result<usize, Errno> {
     let deadline = (timeout_ms >= 0).then(|| clock::monotonic_ns().saturating_add(timeout_ms as u64 * 1_000_000));
     loop {
         let (ready, delay) = with(|n| {
             n.drive()?;
-            let mut ready = 0;
-            for i in 0..entries.len() / POLL_ENTRY {
-                let mut e = [0u8; 6];
-                entries.read_at(i * POLL_ENTRY, &mut e);
-                let fd = i32::from_le_bytes([e[0], e[1], e[2], e[3]]);
-                let events = u16::from_le_bytes([e[4], e[5]]);
-                let revents = if fd < 0 { 0 } else { n.readiness(fd, events) };
-                entries.write_at(i * POLL_ENTRY + 6, &revents.to_le_bytes());
-                ready += usize::from(revents != 0);
-            }
+            let ready = check(n);
             let delay = n.stack.as_mut().and_then(Stack::delay);
             Ok::<_, Errno>((ready, delay))
         })?;
@@ -678,6 +698,90 @@ pub(crate) fn poll(mut entries: SharedMut<'_>, timeout_ms: i64) -> Result<usize,
         };
         park(wait);
     }
+}
+
+/// One round of an event loop in one call (the table in `entries` is laid
+/// out as in `flexos_gate::abi::round`): takes each entry's output from
+/// `sends` (as a non-blocking [`send`]); waits like [`poll`] until an entry
+/// is ready or `timeout_ms` passes; then receives the input of every ready
+/// connection that asked for it (`POLLIN`) into `input`, as a non-blocking
+/// [`recv`] until the connection has no more, in entry order, as far as
+/// `input` has room. An entry whose output was not all taken also waits
+/// for `POLLOUT`. Returns how many entries have events; fails with
+/// `EINVAL`, doing nothing, if the table is malformed or an output lies
+/// outside `sends`.
+pub(crate) fn round(
+    mut entries: SharedMut<'_>,
+    sends: SharedRef<'_>,
+    mut input: SharedMut<'_>,
+    timeout_ms: i64,
+) -> Result<usize, Errno> {
+    if entries.len() % ROUND_ENTRY != 0 {
+        return Err(Errno::EINVAL);
+    }
+    // One private copy of the table: each shared byte is read once.
+    let mut table = Vec::new();
+    table.try_reserve_exact(entries.len()).map_err(|_| Errno::ENOMEM)?;
+    table.resize(entries.len(), 0);
+    entries.read_at(0, &mut table);
+    let mut rows = Vec::new();
+    rows.try_reserve_exact(table.len() / ROUND_ENTRY).map_err(|_| Errno::ENOMEM)?;
+    for e in table.chunks_exact(ROUND_ENTRY) {
+        let r = round_abi::request(e.try_into().expect("chunks of ROUND_ENTRY bytes"));
+        let end = (r.send_at as usize).checked_add(r.send_len as usize);
+        if r.send_len > 0 && end.is_none_or(|end| end > sends.len()) {
+            return Err(Errno::EINVAL);
+        }
+        rows.push((r, Answer::default()));
+    }
+    with(|n| {
+        for (r, a) in rows.iter_mut().filter(|(r, _)| r.fd >= 0 && r.send_len > 0) {
+            let data = sends.slice(r.send_at as usize..(r.send_at + r.send_len) as usize);
+            a.sent = match send_now(n, r.fd, data) {
+                Ok(k) => k as i32,
+                Err(Errno::EAGAIN) => 0,
+                Err(e) => -e.0,
+            };
+        }
+    });
+    let ready = wait_ready(timeout_ms, |n| {
+        let mut ready = 0;
+        for (r, a) in rows.iter_mut() {
+            let short = r.send_len > 0 && (0..r.send_len as i32).contains(&a.sent);
+            let events = if short { r.events | POLLOUT } else { r.events };
+            a.revents = if r.fd < 0 { 0 } else { n.readiness(r.fd, events) };
+            ready += usize::from(a.revents != 0);
+        }
+        ready
+    })?;
+    with(|n| {
+        let (mut at, room) = (0, input.len());
+        for (r, a) in rows.iter_mut() {
+            let readable = a.revents & (POLLIN | POLLHUP | POLLERR) != 0;
+            if r.fd < 0 || r.events & POLLIN == 0 || !readable || stream(n, r.fd).is_err() {
+                continue;
+            }
+            a.recv_at = at as u32;
+            while at < room {
+                match recv_now(n, r.fd, &mut input.reborrow().slice_mut(at..room)) {
+                    Ok(0) => a.ended = true,
+                    Ok(k) => {
+                        at += k;
+                        a.recv_len += k as u32;
+                        continue;
+                    }
+                    Err(Errno::EAGAIN) => {}
+                    Err(_) => a.ended = true,
+                }
+                break;
+            }
+        }
+    });
+    for (e, (_, a)) in table.chunks_exact_mut(ROUND_ENTRY).zip(&rows) {
+        round_abi::put_answer(e.try_into().expect("chunks of ROUND_ENTRY bytes"), a);
+    }
+    entries.write_at(0, &table);
+    Ok(ready)
 }
 
 /// How many sockets are open and how many TCP endpoints exist.

@@ -249,3 +249,122 @@ pub mod poll {
         u16::from_le_bytes([buf[index * ENTRY + 6], buf[index * ENTRY + 7]])
     }
 }
+
+/// The entries of the network stack's round call (`net::round`): one call
+/// that hands the stack every connection's pending output, waits for
+/// readiness like `net::poll`, and returns every readable connection's
+/// input, so that an event loop crosses into the stack once per round
+/// instead of once per poll, receive and send.
+///
+/// A shared buffer of [`ENTRY`](round::ENTRY)-byte records, little-endian,
+/// one per socket:
+///
+/// | bytes | field | written by |
+/// |---|---|---|
+/// | 0..4 | socket (i32; negative: skipped) | caller |
+/// | 4..6 | requested events ([`poll`] bits; [`POLLIN`](poll::POLLIN) also asks for the input) | caller |
+/// | 6..8 | returned events | stack |
+/// | 8..12 | where this socket's output starts in the send area (u32) | caller |
+/// | 12..16 | its length (u32; 0: nothing to send) | caller |
+/// | 16..20 | bytes of it the stack took (i32), or a negative errno | stack |
+/// | 20..24 | where this socket's input starts in the receive area (u32) | stack |
+/// | 24..28 | its length (u32) | stack |
+/// | 28..32 | [`ENDED`](round::ENDED) when the stream ended or failed after that input | stack |
+pub mod round {
+    /// Bytes per entry.
+    pub const ENTRY: usize = 32;
+    /// Flag: the peer closed the stream, or it failed, after the input returned.
+    pub const ENDED: u32 = 1;
+
+    /// What the caller asks of one socket in a round.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Request {
+        /// The socket (negative: the entry is skipped).
+        pub fd: i32,
+        /// Requested [`poll`](super::poll) events; `POLLIN` also asks for the input.
+        pub events: u16,
+        /// Where its output starts in the send area.
+        pub send_at: u32,
+        /// The output's length (0: nothing to send).
+        pub send_len: u32,
+    }
+
+    /// What the stack answers for one socket.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Answer {
+        /// Returned events.
+        pub revents: u16,
+        /// Bytes of the output the stack took, or a negative errno.
+        pub sent: i32,
+        /// Where its input starts in the receive area.
+        pub recv_at: u32,
+        /// The input's length.
+        pub recv_len: u32,
+        /// The stream ended or failed after that input.
+        pub ended: bool,
+    }
+
+    fn u32_at(e: &[u8], at: usize) -> u32 {
+        u32::from_le_bytes([e[at], e[at + 1], e[at + 2], e[at + 3]])
+    }
+
+    /// Writes entry `index` of `buf` with request `r` and an empty answer.
+    pub fn put_request(buf: &mut [u8], index: usize, r: &Request) {
+        let e = &mut buf[index * ENTRY..(index + 1) * ENTRY];
+        e.fill(0);
+        e[..4].copy_from_slice(&r.fd.to_le_bytes());
+        e[4..6].copy_from_slice(&r.events.to_le_bytes());
+        e[8..12].copy_from_slice(&r.send_at.to_le_bytes());
+        e[12..16].copy_from_slice(&r.send_len.to_le_bytes());
+    }
+
+    /// The request in entry bytes `e` (one entry).
+    pub fn request(e: &[u8; ENTRY]) -> Request {
+        Request {
+            fd: u32_at(e, 0) as i32,
+            events: u16::from_le_bytes([e[4], e[5]]),
+            send_at: u32_at(e, 8),
+            send_len: u32_at(e, 12),
+        }
+    }
+
+    /// Writes answer `a` into entry bytes `e` (one entry), keeping the request.
+    pub fn put_answer(e: &mut [u8; ENTRY], a: &Answer) {
+        e[6..8].copy_from_slice(&a.revents.to_le_bytes());
+        e[16..20].copy_from_slice(&a.sent.to_le_bytes());
+        e[20..24].copy_from_slice(&a.recv_at.to_le_bytes());
+        e[24..28].copy_from_slice(&a.recv_len.to_le_bytes());
+        e[28..32].copy_from_slice(&(if a.ended { ENDED } else { 0 }).to_le_bytes());
+    }
+
+    /// The answer in entry `index` of `buf`.
+    pub fn answer(buf: &[u8], index: usize) -> Answer {
+        let e = &buf[index * ENTRY..(index + 1) * ENTRY];
+        Answer {
+            revents: u16::from_le_bytes([e[6], e[7]]),
+            sent: u32_at(e, 16) as i32,
+            recv_at: u32_at(e, 20),
+            recv_len: u32_at(e, 24),
+            ended: u32_at(e, 28) & ENDED != 0,
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn an_entry_carries_the_request_and_its_answer() {
+            let mut buf = [0xffu8; 2 * ENTRY];
+            let r = Request { fd: 7, events: 0x5, send_at: 100, send_len: 20 };
+            put_request(&mut buf, 1, &r);
+            let e: &mut [u8; ENTRY] = (&mut buf[ENTRY..]).try_into().unwrap();
+            assert_eq!(request(e), r);
+            let a = Answer { revents: 0x11, sent: -32, recv_at: 64, recv_len: 9, ended: true };
+            put_answer(e, &a);
+            assert_eq!(request(e), r, "the answer keeps the request");
+            assert_eq!(answer(&buf, 1), a);
+            assert_eq!(buf[..ENTRY], [0xff; ENTRY], "entry 0 untouched");
+        }
+    }
+}

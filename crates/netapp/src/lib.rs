@@ -20,7 +20,8 @@
 #![forbid(unsafe_code)]
 
 use flexos_gate::abi::Errno;
-use flexos_gate::abi::poll::{ENTRY as POLL_ENTRY, POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT, put_entry, revents};
+use flexos_gate::abi::poll::{POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT};
+use flexos_gate::abi::round::{Answer, ENTRY as ROUND_ENTRY, Request, answer, put_request};
 use flexos_gate::{Caller, Identity, SharedBuf, gate};
 
 /// A connection whose unconsumed input grows beyond this is closed.
@@ -302,53 +303,86 @@ pub fn serve<const C: usize, Me: Identity, P: Protocol>(
     let start_ms = clock();
     let mut cx = Context { output_limit: options.output_limit, ..Context::default() };
     let mut conns: Vec<Conn<P::Conn>> = Vec::new();
-    let mut io = SharedBuf::zeroed(options.recv_size.max(1));
-    let mut entries = SharedBuf::zeroed(POLL_ENTRY * 64);
-    // The poll table is made and read back here, in private memory, each
-    // copied once to or from `entries` (kept across rounds).
+    // The three shared buffers of a round (kept across rounds): the table,
+    // the connections' output, and their input.
+    let mut entries = SharedBuf::zeroed(ROUND_ENTRY * 64);
+    let mut sends = SharedBuf::zeroed(64 * 1024);
+    // Room for at least one connection's whole receive buffer, so that a
+    // round drains a connection as a loop of `recv` calls did.
+    let mut input = SharedBuf::zeroed(round_input_size(&options));
+    // The table is made and read back here, in private memory, each copied
+    // once to or from `entries`.
     let mut table: Vec<u8> = Vec::new();
+    let mut plan: Vec<Planned> = Vec::new();
+    let mut first = 0;
     loop {
-        let needed = (conns.len() + 1) * POLL_ENTRY;
+        let needed = (conns.len() + 1) * ROUND_ENTRY;
         if entries.len() < needed {
             entries = SharedBuf::zeroed(needed * 2);
         }
         table.clear();
         table.resize(needed, 0);
-        put_entry(&mut table, 0, listener, POLLIN);
-        for (i, c) in conns.iter().enumerate() {
-            let events = if c.output.is_empty() {
-                POLLIN
-            } else if c.output.len() >= OUTPUT_HIGH_WATER {
-                POLLOUT // backpressure: the peer takes its replies first
-            } else {
-                POLLIN | POLLOUT
-            };
-            put_entry(&mut table, i + 1, c.fd, events);
+        put_request(&mut table, 0, &Request { fd: listener, events: POLLIN, ..Request::default() });
+        plan_round(&conns, &mut plan, first, options.buffer_size as usize);
+        first = if conns.is_empty() { 0 } else { (first + 1) % conns.len() };
+        let send_total = plan.iter().map(|p| p.send_at + p.send_len).max().unwrap_or(0);
+        if sends.len() < send_total {
+            sends = SharedBuf::zeroed(send_total.next_power_of_two());
+        }
+        for (i, (c, p)) in conns.iter().zip(&plan).enumerate() {
+            sends.write_at(p.send_at, &c.output[..p.send_len]);
+            let request =
+                Request { fd: c.fd, events: p.events, send_at: p.send_at as u32, send_len: p.send_len as u32 };
+            put_request(&mut table, i + 1, &request);
         }
         entries.write_at(0, &table);
         let wait_ms = next_deadline(&conns, cx.now_ms, &options);
-        net!(app, poll(entries.shared_mut().slice_mut(0..needed), wait_ms)).map_err(errno("poll"))?;
+        net!(
+            app,
+            round(
+                entries.shared_mut().slice_mut(0..needed),
+                sends.shared().slice(0..send_total),
+                input.shared_mut(),
+                wait_ms
+            )
+        )
+        .map_err(errno("round"))?;
         cx.now_ms = clock();
         cx.uptime_ms = cx.now_ms - start_ms;
 
         entries.read_at(0, &mut table);
-        let ready_events: Vec<u16> = (0..=conns.len()).map(|i| revents(&table, i)).collect();
-        for (i, c) in conns.iter_mut().enumerate() {
-            let ev = ready_events[i + 1];
-            if ev & POLLNVAL != 0 {
+        let listener_events = answer(&table, 0).revents;
+        for (i, (c, p)) in conns.iter_mut().zip(&plan).enumerate() {
+            let a = answer(&table, i + 1);
+            if p.send_len > 0 {
+                match usize::try_from(a.sent) {
+                    Ok(sent) => drop(c.output.drain(..sent.min(p.send_len))),
+                    Err(_) => {
+                        c.closing = true;
+                        c.output.clear();
+                    }
+                }
+            }
+            if a.revents & POLLNVAL != 0 {
                 c.closing = true;
                 c.output.clear();
             }
-            let backpressured = c.output.len() >= OUTPUT_HIGH_WATER;
-            if !c.closing && (ev & (POLLHUP | POLLERR) != 0 || ev & POLLIN != 0 && !backpressured) {
-                read_input::<C, Me, P>(app, c, &mut io, protocol, &cx);
+            if c.stalled && c.output.len() < OUTPUT_HIGH_WATER && !c.closing {
+                // The peer took its replies: handle the input that waited.
+                handle_input(c, protocol, &cx);
             }
-            if !c.output.is_empty() {
-                write_output::<C, Me, P::Conn>(app, c, &mut io);
-                if c.stalled && c.output.len() < OUTPUT_HIGH_WATER && !c.closing {
-                    // The peer took its replies: handle the input that waited.
-                    handle_input(c, protocol, &cx);
+            if c.closing {
+                continue;
+            }
+            if p.events & POLLIN != 0 {
+                if a.recv_len > 0 || a.ended {
+                    take_input(c, &input, &a, protocol, &cx);
                 }
+            } else if a.revents & (POLLHUP | POLLERR) != 0 {
+                // Backpressured, and the peer is gone: its replies go nowhere.
+                c.peer_closed = true;
+                c.closing = true;
+                c.output.clear();
             }
         }
         close_waiting(&mut conns, cx.now_ms, &options);
@@ -366,7 +400,7 @@ pub fn serve<const C: usize, Me: Identity, P: Protocol>(
                 i += 1;
             }
         }
-        if ready_events[0] & POLLIN != 0 {
+        if listener_events & POLLIN != 0 {
             loop {
                 match net!(app, accept(listener)) {
                     Ok((fd, _, _)) => {
@@ -449,39 +483,24 @@ fn close_waiting<S>(conns: &mut [Conn<S>], now: u64, options: &Options) {
 /// How far below [`busy_threshold`] eviction takes the connections.
 pub const EVICT_MARGIN: usize = 64;
 
-/// Reads what the connection has and hands it to the protocol.
-fn read_input<const C: usize, Me: Identity, P: Protocol>(
-    app: Caller<Me>,
-    c: &mut Conn<P::Conn>,
-    io: &mut SharedBuf,
-    p: &mut P,
-    cx: &Context,
-) {
+/// Takes the input that a round brought for the connection (`a`: where
+/// it lies in `input`, and whether the stream ended after it) and hands it
+/// to the protocol.
+fn take_input<P: Protocol>(c: &mut Conn<P::Conn>, input: &SharedBuf, a: &Answer, p: &mut P, cx: &Context) {
     let was_empty = c.input.is_empty();
-    loop {
-        match net!(app, recv(c.fd, io.shared_mut())) {
-            Ok(0) => {
-                c.peer_closed = true;
-                break;
-            }
-            Ok(n) => {
-                if !flexos_alloc::has_room(n) || io.shared().slice(0..n).append_to(&mut c.input).is_err() {
-                    // No room for this client's input: it loses its connection, nobody else anything.
-                    c.closing = true;
-                    c.output.clear();
-                    return;
-                }
-                if n < io.len() || c.input.len() > MAX_PENDING {
-                    break;
-                }
-            }
-            Err(Errno::EAGAIN) => break,
-            Err(_) => {
-                c.peer_closed = true;
-                break;
-            }
+    let (at, len) = (a.recv_at as usize, a.recv_len as usize);
+    if len > 0 {
+        let fits = at.checked_add(len).is_some_and(|end| end <= input.len());
+        if !fits || !flexos_alloc::has_room(len) || input.shared().slice(at..at + len).append_to(&mut c.input).is_err()
+        {
+            // No room for this client's input (or an answer the stack got
+            // wrong): it loses its connection, nobody else anything.
+            c.closing = true;
+            c.output.clear();
+            return;
         }
     }
+    c.peer_closed |= a.ended;
     if was_empty && !c.input.is_empty() {
         c.partial_since_ms = cx.now_ms;
     }
@@ -520,23 +539,51 @@ fn handle_input<P: Protocol>(c: &mut Conn<P::Conn>, p: &mut P, cx: &Context) {
     c.stalled = !c.closing && !c.input.is_empty() && c.output.len() >= OUTPUT_HIGH_WATER;
 }
 
-/// Sends as much of the connection's output as the stack takes.
-fn write_output<const C: usize, Me: Identity, S>(app: Caller<Me>, c: &mut Conn<S>, io: &mut SharedBuf) {
-    let mut sent = 0;
-    while sent < c.output.len() {
-        let n = (c.output.len() - sent).min(io.len());
-        io.write_at(0, &c.output[sent..sent + n]);
-        match net!(app, send(c.fd, io.shared().slice(0..n))) {
-            Ok(k) => sent += k,
-            Err(Errno::EAGAIN) => break,
-            Err(_) => {
-                c.closing = true;
-                c.output.clear();
-                return;
-            }
-        }
+/// What a round asks for one connection: its events, and where its
+/// output lies in the send area.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Planned {
+    events: u16,
+    send_at: usize,
+    send_len: usize,
+}
+
+/// The most bytes of output one round hands the stack, from all connections.
+pub const MAX_ROUND_OUTPUT: usize = 4 << 20;
+
+/// The room a round has for input, from all connections together: the
+/// receive buffer size (`--recv-size`), but at least one connection's
+/// whole buffer in the stack (`--buffer-size`).
+pub fn round_input_size(options: &Options) -> usize {
+    options.recv_size.max(options.buffer_size as usize).max(1)
+}
+
+/// Plans a round for `conns` (into `plan`, one row each): each connection
+/// hands the stack up to `per_conn` bytes of its output (what its send
+/// buffer can take), taken in turn from connection `first` on while the
+/// round has room ([`MAX_ROUND_OUTPUT`]); it asks for input unless it is
+/// closing or its output has reached [`OUTPUT_HIGH_WATER`]
+/// (backpressure), and for `POLLOUT` if output is left over or it is closing.
+fn plan_round<S>(conns: &[Conn<S>], plan: &mut Vec<Planned>, first: usize, per_conn: usize) {
+    plan.clear();
+    plan.resize(conns.len(), Planned::default());
+    let mut at = 0;
+    for k in 0..conns.len() {
+        let i = (first + k) % conns.len();
+        let c = &conns[i];
+        let len = c.output.len().min(per_conn).min(MAX_ROUND_OUTPUT - at);
+        let wants_input = !c.closing && c.output.len() < OUTPUT_HIGH_WATER;
+        // A closing connection waits only to send its output, so it wants
+        // `POLLOUT` even when all of it goes now: the round then ends at
+        // once, and the connection is closed after it.
+        let wants_out = c.output.len() > len || c.closing && !c.output.is_empty();
+        plan[i] = Planned {
+            events: if wants_input { POLLIN } else { 0 } | if wants_out { POLLOUT } else { 0 },
+            send_at: at,
+            send_len: len,
+        };
+        at += len;
     }
-    c.output.drain(..sent);
 }
 
 #[cfg(test)]
@@ -569,6 +616,61 @@ mod tests {
         let o = parse(&["--output-limit", "2000000", "--header-timeout", "3", "--idle-timeout", "4"]).unwrap();
         assert_eq!((o.output_limit, o.timeouts.request_ms, o.timeouts.idle_ms), (2_000_000, 3000, 4000));
         assert!(parse(&["--output-limit", "1000"]).unwrap_err().contains("at least"));
+    }
+
+    fn conn_with(output: usize, closing: bool) -> Conn<()> {
+        Conn {
+            fd: 0,
+            input: Vec::new(),
+            output: vec![b'x'; output],
+            closing,
+            peer_closed: false,
+            stalled: false,
+            last_request_ms: 0,
+            partial_since_ms: 0,
+            reset: false,
+            state: (),
+        }
+    }
+
+    #[test]
+    fn a_round_hands_over_each_output_up_to_the_send_buffer_and_asks_for_input_unless_backpressured() {
+        let conns = vec![
+            conn_with(0, false),
+            conn_with(100, false),
+            conn_with(5000, false),
+            conn_with(OUTPUT_HIGH_WATER, false),
+            conn_with(10, true),
+        ];
+        let mut plan = Vec::new();
+        plan_round(&conns, &mut plan, 0, 4096);
+        let p = |events, send_at, send_len| Planned { events, send_at, send_len };
+        assert_eq!(
+            plan,
+            [
+                p(POLLIN, 0, 0),
+                p(POLLIN, 0, 100),
+                p(POLLIN | POLLOUT, 100, 4096),
+                p(POLLOUT, 4196, 4096),
+                p(POLLOUT, 8292, 10),
+            ]
+        );
+        // Taken in turn from another connection, the outputs lie in that order.
+        plan_round(&conns, &mut plan, 3, 4096);
+        assert_eq!((plan[3].send_at, plan[4].send_at, plan[1].send_at, plan[2].send_at), (0, 4096, 4106, 4206));
+    }
+
+    #[test]
+    fn a_round_hands_over_at_most_its_limit_of_output() {
+        let conns: Vec<Conn<()>> = (0..5).map(|_| conn_with(OUTPUT_HIGH_WATER, false)).collect();
+        let mut plan = Vec::new();
+        plan_round(&conns, &mut plan, 2, OUTPUT_HIGH_WATER);
+        let total: usize = plan.iter().map(|p| p.send_len).sum();
+        assert_eq!(total, MAX_ROUND_OUTPUT);
+        assert_eq!(plan[2].send_len, OUTPUT_HIGH_WATER, "the first in turn gets its whole output");
+        assert_eq!(plan[1].send_len, 0, "the last in turn gets what is left: nothing");
+        let events: Vec<u16> = plan.iter().map(|p| p.events).collect();
+        assert_eq!(events, [0, POLLOUT, 0, 0, 0], "none reads; only the one left out waits to send");
     }
 
     #[test]
