@@ -503,44 +503,108 @@ impl Inbox {
     }
 }
 
+/// How long a thread spins while it waits (an answer to its call, or a
+/// partner's next request) before it sleeps: up to [`SPIN_NS`] (past the
+/// first 1024 spins, after which the clock is first read), unless its last
+/// wait outlasted that. Then the other side is busy for long stretches
+/// (a call that does a whole round of the network stack, a caller that
+/// works between calls), so this wait spins only [`BRIEF_SPINS`] times
+/// before it sleeps: on a machine with few cores a longer spin only takes
+/// a core from the side it waits for, or from another process. A wait that
+/// ends sooner than [`SPIN_NS`] makes the next one spin in full again.
+struct Pace {
+    spins: u32,
+    /// When the spin's clock started (0: not read yet).
+    started_ns: u64,
+    /// This wait spins only briefly.
+    brief: bool,
+    /// This wait has slept.
+    slept: bool,
+}
+
+/// Spins of a brief wait (a few microseconds) before it sleeps.
+pub const BRIEF_SPINS: u32 = 256;
+
+thread_local! {
+    /// This thread's last wait outlasted its spin.
+    static LAST_WAIT_LONG: Cell<bool> = const { Cell::new(false) };
+}
+
+impl Pace {
+    fn start() -> Pace {
+        let brief = LAST_WAIT_LONG.with(Cell::get);
+        // A brief wait reads the clock once now, to learn when it ends
+        // whether a full spin would have been enough.
+        Pace { spins: 0, started_ns: if brief { clock::monotonic_ns() } else { 0 }, brief, slept: false }
+    }
+
+    /// Counts one spin; false when it is time to sleep.
+    fn spin(&mut self) -> bool {
+        self.spins = self.spins.wrapping_add(1);
+        if self.brief {
+            return self.spins < BRIEF_SPINS;
+        }
+        // The clock is read only every 1024 spins (in a VM it costs more
+        // than a spin), so a short wait never reads it.
+        if self.spins.is_multiple_of(1024) {
+            let now = clock::monotonic_ns();
+            if self.started_ns == 0 {
+                self.started_ns = now;
+            } else if now - self.started_ns > SPIN_NS {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The thread woke up: a wait that goes on spins again (a full spin
+    /// restarts its clock).
+    fn woke(&mut self) {
+        self.slept = true;
+        self.spins = 0;
+        if !self.brief {
+            self.started_ns = 0;
+        }
+    }
+
+    /// The wait ended: remembers whether it was long.
+    fn finish(&self) {
+        let long = self.slept && (!self.brief || clock::monotonic_ns() - self.started_ns > SPIN_NS);
+        LAST_WAIT_LONG.with(|l| l.set(long));
+    }
+}
+
 /// Waits until `mine` (this thread's call at `depth` on `chain`) is
 /// answered, serving deeper frames addressed to this domain meanwhile.
 /// Without a call of its own (`depth` 0) it never returns (a partner thread's loop).
 fn wait(chain: usize, depth: usize, mine: Option<&Frame>) {
     let me = this_domain();
     let answered = || mine.is_some_and(|f| matches!(f.state.load(Acquire), DONE | REFUSED));
-    let mut spins = 0u32;
-    let mut spin_start = 0;
     let in_vm = flexos_platform::guest::in_guest();
     let inbox = Inbox::new(me, chain, depth);
     let waker = inbox.waker;
+    let mut pace = Pace::start();
     loop {
         if answered() {
+            pace.finish();
             return;
         }
         // The hint is another domain's word: every 1024 spins, look at every frame.
-        if let Some((caller, k)) = inbox.find(spins % 1024 == 1023) {
+        if let Some((caller, k)) = inbox.find(pace.spins % 1024 == 1023) {
+            pace.finish();
             if waker.pending.load(Relaxed) & (1 << k) != 0 {
                 waker.pending.fetch_and(!(1 << k), AcqRel);
             }
             let outer = DEPTH.with(|d| d.replace(k));
             serve(chain, caller, k);
             DEPTH.with(|d| d.set(outer));
-            spins = 0;
+            pace = Pace::start();
             continue;
         }
-        spins += 1;
-        // The clock is read only every 1024 spins (in a VM it costs more
-        // than a spin), so a short wait never reads it.
-        if spins.is_multiple_of(1024) {
-            let now = clock::monotonic_ns();
-            if spins == 1024 {
-                spin_start = now;
-            } else if now - spin_start > SPIN_NS {
-                waker.park(20_000_000, || answered() || inbox.find(true).is_some());
-                spins = 0;
-                continue;
-            }
+        if !pace.spin() {
+            waker.park(20_000_000, || answered() || inbox.find(true).is_some());
+            pace.woke();
+            continue;
         }
         if !in_vm {
             core::hint::spin_loop();
