@@ -25,7 +25,8 @@
 //! first reaches it; each is that host thread's part of the domain, so a
 //! callee that blocks stalls only its own chain.
 //!
-//! Waiting spins for [`SPIN_NS`], then sleeps on this domain's futex word of
+//! Waiting spins for [`SPIN_NS`] (only [`BRIEF_SPINS`] times after a wait
+//! that outlasted that: `Pace`), then sleeps on this domain's futex word of
 //! the chain (a notifier wakes only the domain that must act), so that
 //! several domains on a two-core machine do not starve each other. The
 //! futex words, a hint of which depths hold requests, and each domain's
