@@ -788,3 +788,40 @@ pub(crate) fn round(
 pub(crate) fn open_sockets() -> (usize, usize) {
     with(|n| (n.table.iter().flatten().count(), n.endpoints))
 }
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use flexos_gate::SharedBuf;
+    use flexos_gate::abi::round::{Request, put_request};
+
+    /// A round table of `requests`, in shared memory.
+    fn table(requests: &[Request]) -> SharedBuf {
+        let mut t = alloc::vec![0u8; requests.len() * ROUND_ENTRY];
+        for (i, r) in requests.iter().enumerate() {
+            put_request(&mut t, i, r);
+        }
+        SharedBuf::from_slice(&t)
+    }
+
+    #[test]
+    fn a_malformed_round_fails_before_anything_is_done() {
+        let sends = SharedBuf::from_slice(&[7u8; 100]);
+        let mut input = SharedBuf::zeroed(64);
+        let out = |at, len| Request { fd: FIRST_FD, events: POLLIN, send_at: at, send_len: len };
+        // An output past the end of the send area, or one whose end overflows.
+        for bad in [out(90, 11), out(u32::MAX, 2), out(100, 1)] {
+            let mut t = table(&[out(0, 10), bad]);
+            let before = t.to_vec(t.len());
+            let r = round(t.shared_mut(), sends.shared(), input.shared_mut(), 0);
+            assert_eq!(r, Err(Errno::EINVAL), "{bad:?}");
+            assert_eq!(t.to_vec(t.len()), before, "nothing answered in the table");
+        }
+        // A table that is not whole entries.
+        let mut short = SharedBuf::zeroed(ROUND_ENTRY + 1);
+        assert_eq!(round(short.shared_mut(), sends.shared(), input.shared_mut(), 0), Err(Errno::EINVAL));
+        // The stack was never started: the checks come before any socket is looked at.
+        assert!(with(|n| n.stack.is_none()));
+    }
+}
