@@ -323,9 +323,8 @@ pub fn serve<const C: usize, Me: Identity, P: Protocol>(
         table.clear();
         table.resize(needed, 0);
         put_request(&mut table, 0, &Request { fd: listener, events: POLLIN, ..Request::default() });
-        plan_round(&conns, &mut plan, first, options.buffer_size as usize);
+        let send_total = plan_round(&conns, &mut plan, first, options.buffer_size as usize);
         first = if conns.is_empty() { 0 } else { (first + 1) % conns.len() };
-        let send_total = plan.iter().map(|p| p.send_at + p.send_len).max().unwrap_or(0);
         if sends.len() < send_total {
             sends = SharedBuf::zeroed(send_total.next_power_of_two());
         }
@@ -563,8 +562,9 @@ pub fn round_input_size(options: &Options) -> usize {
 /// buffer can take), taken in turn from connection `first` on while the
 /// round has room ([`MAX_ROUND_OUTPUT`]); it asks for input unless it is
 /// closing or its output has reached [`OUTPUT_HIGH_WATER`]
-/// (backpressure), and for `POLLOUT` if output is left over or it is closing.
-fn plan_round<S>(conns: &[Conn<S>], plan: &mut Vec<Planned>, first: usize, per_conn: usize) {
+/// (backpressure), and for `POLLOUT` if output is left over or it is
+/// closing. Returns the bytes of output the round hands over.
+fn plan_round<S>(conns: &[Conn<S>], plan: &mut Vec<Planned>, first: usize, per_conn: usize) -> usize {
     plan.clear();
     plan.resize(conns.len(), Planned::default());
     let mut at = 0;
@@ -584,6 +584,7 @@ fn plan_round<S>(conns: &[Conn<S>], plan: &mut Vec<Planned>, first: usize, per_c
         };
         at += len;
     }
+    at
 }
 
 #[cfg(test)]
@@ -643,7 +644,7 @@ mod tests {
             conn_with(10, true),
         ];
         let mut plan = Vec::new();
-        plan_round(&conns, &mut plan, 0, 4096);
+        assert_eq!(plan_round(&conns, &mut plan, 0, 4096), 8302, "the bytes handed over");
         let p = |events, send_at, send_len| Planned { events, send_at, send_len };
         assert_eq!(
             plan,
@@ -677,18 +678,7 @@ mod tests {
     fn eviction_starts_below_the_limit_and_takes_the_longest_waiting_first() {
         assert_eq!(busy_threshold(1024), 768);
         assert_eq!(busy_threshold(8), 4);
-        let conn = |since: u64| Conn {
-            fd: 0,
-            input: Vec::new(),
-            output: Vec::new(),
-            closing: false,
-            peer_closed: false,
-            stalled: false,
-            last_request_ms: since,
-            partial_since_ms: since,
-            reset: false,
-            state: (),
-        };
+        let conn = |since: u64| Conn { last_request_ms: since, partial_since_ms: since, ..conn_with(0, false) };
         let options = Options {
             max_connections: 8,
             timeouts: Timeouts { request_ms: 0, idle_ms: 0, evict_when_busy: true },
