@@ -282,6 +282,57 @@ fn measured_hardening_costs_replace_the_calibration_runs() {
     assert!(e[0].fix.contains("flexos bench hardening --app kv"), "{e:?}");
 }
 
+/// One call into one component can carry far more work than one into
+/// another (a network round against a scheduler yield). Priced per kind of
+/// boundary and callee, the model predicts every configuration of such a
+/// space exactly from its calibration runs; one price per kind (the model
+/// before, the negative control) cannot fit it even given every
+/// configuration's measurement.
+#[test]
+fn crossings_are_priced_per_kind_and_callee() {
+    use flexos::explore::model::{Features, Model, features};
+    // A round into net every 100 operations at 40 µs; the scheduler's
+    // crossings stay at 150 ns.
+    let text = space_text("tools/flexos/tests/spaces/synthetic-kv.toml")
+        .replace("\"kv->net\" = 2.0", "\"kv->net\" = 0.01")
+        .replace("gate-ns = { proc = 150.0 }", "gate-ns = { proc = 150.0, \"proc net\" = 40000.0 }");
+    let s = parse(&text);
+    let (x, measured) = run(&s, &Settings { exhaustive: true, ..Settings::default() }, &mut Memory::default(), None);
+    assert_eq!(measured, 80);
+    // Calibration: the base, a proc crossing into net, one into sched.
+    assert!(x.model.coefficients.contains_key("gate proc net") && x.model.coefficients.contains_key("gate proc sched"));
+    let mape = x.model_mape.unwrap();
+    assert!(mape < 1e-6, "every prediction made before measuring is exact: {mape}");
+    let ratio = x.model.coefficients["gate proc net"] / x.model.coefficients["gate proc sched"];
+    assert!((ratio - 40_000.0 / 150.0).abs() < 0.01, "{ratio}: {:?}", x.model);
+
+    // The negative control: every crossing of a kind at one price.
+    let calls = SyntheticMeasurer::new(&s).unwrap().calls(x.enumeration.baseline().unwrap()).unwrap();
+    let per_kind: Vec<Features> = x
+        .enumeration
+        .candidates
+        .iter()
+        .map(|c| {
+            let mut f = Features::new();
+            for (k, v) in features(&s, &calls, c) {
+                let k = if k.starts_with("gate ") { k.rsplit_once(' ').unwrap().0.to_string() } else { k };
+                *f.entry(k).or_default() += v;
+            }
+            f
+        })
+        .collect();
+    let cost = |i: usize| x.budget.cost(x.value(i).unwrap());
+    let data: Vec<(&Features, f64)> = per_kind.iter().enumerate().map(|(i, f)| (f, cost(i))).collect();
+    let coarse = Model::fit(&data);
+    let worst = (0..80).map(|i| (coarse.cost(&per_kind[i]) - cost(i)).abs() / cost(i)).fold(0.0, f64::max);
+    assert!(worst > 0.10, "one price per kind errs by more than 10% somewhere: {worst}");
+
+    // A price for a component the application lacks is refused.
+    let bad = text.replace("\"proc net\" = 40000.0", "\"proc sqlite\" = 1.0");
+    let e = space::parse(&root().join("spaces/test.toml"), &bad).unwrap_err();
+    assert!(e[0].message.contains("\"proc sqlite\" is not a mechanism"), "{e:?}");
+}
+
 #[test]
 fn non_monotone_edges_are_reported() {
     let s = synthetic(500_000.0, 0.3);

@@ -51,15 +51,19 @@ impl Candidate {
     }
 
     /// The calls of `calls` (caller, callee, count) that cross a compartment
-    /// boundary in this configuration, with the kind of boundary crossed.
+    /// boundary in this configuration: the kind of boundary crossed, the
+    /// callee's name ([`Space::group_name`]) and the count.
     pub fn crossings<'a>(
         &'a self,
         space: &'a Space,
         calls: &'a [(String, String, f64)],
-    ) -> impl Iterator<Item = (Protection, f64)> + 'a {
+    ) -> impl Iterator<Item = (Protection, &'a str, f64)> + 'a {
         calls.iter().filter_map(move |(from, to, n)| {
             let (a, b) = (self.slot_of_unit(space.unit_of(from)), self.slot_of_unit(space.unit_of(to)));
-            (a != b).then(|| (super::model::crossing_kind(self.protection_of_slot(a), self.protection_of_slot(b)), *n))
+            (a != b).then(|| {
+                let kind = super::model::crossing_kind(self.protection_of_slot(a), self.protection_of_slot(b));
+                (kind, space.group_name(to), *n)
+            })
         })
     }
 

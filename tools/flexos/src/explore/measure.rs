@@ -39,8 +39,9 @@ impl SyntheticMeasurer {
     pub fn value(&self, c: &Candidate) -> f64 {
         let s = &self.synthetic;
         let mut ns = 1e9 / s.base;
-        for (kind, n) in c.crossings(&self.space, &s.calls) {
-            ns += n * s.gate_ns.get(&kind.name()).copied().unwrap_or(0.0);
+        for (kind, callee, n) in c.crossings(&self.space, &s.calls) {
+            let price = s.gate_ns.get(&format!("{} {callee}", kind.name())).or_else(|| s.gate_ns.get(&kind.name()));
+            ns += n * price.copied().unwrap_or(0.0);
         }
         for (group, options) in self.space.harden_groups.iter().zip(&c.harden) {
             ns += options.len() as f64 * s.hardening_ns.get(group[0]).copied().unwrap_or(0.0);

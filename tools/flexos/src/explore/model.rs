@@ -3,15 +3,18 @@
 //! A configuration's cost (time per operation, or the workload's time) is
 //! predicted as
 //!
-//! `cost = base + Σ_k crossings_k × gate_k + Σ_h hardened_h × harden_h`
+//! `cost = base + Σ_(k,c) crossings_(k,c) × gate_(k,c) + Σ_h hardened_h × harden_h`
 //!
-//! where `crossings_k` counts the gate calls of the one-compartment image
-//! (`--gate-stats`, per caller and callee component) that cross a
-//! compartment boundary of kind `k` in this configuration (`proc`,
-//! `mpk/dss`, ...), and `hardened_h` is 1 when hardening choice `h` (a
-//! group's bundle, or one option of a group) is on. The coefficients are
-//! fitted by least squares on relative errors over every measured
-//! configuration; the calibration configurations make each one determined.
+//! where `crossings_(k,c)` counts the gate calls of the one-compartment
+//! image (`--gate-stats`, per caller and callee component) into callee `c`
+//! (its movable group) that cross a compartment boundary of kind `k` in
+//! this configuration (`proc`, `mpk/dss`, ...), and `hardened_h` is 1 when
+//! hardening choice `h` (a group's bundle, or one option of a group) is on.
+//! A crossing is priced per kind *and* callee because one call into one
+//! component can carry much more work than one into another (a network
+//! round against a scheduler yield). The coefficients are fitted by least
+//! squares on relative errors over every measured configuration; the
+//! calibration configurations make each one determined.
 
 use super::enumerate::Candidate;
 use super::space::{Protection, Space};
@@ -39,8 +42,8 @@ pub fn crossing_kind(from: Protection, to: Protection) -> Protection {
 pub fn features(space: &Space, calls: &Calls, c: &Candidate) -> Features {
     let mut f = Features::new();
     f.insert("base".into(), 1.0);
-    for (kind, n) in c.crossings(space, calls) {
-        *f.entry(format!("gate {}", kind.name())).or_default() += n;
+    for (kind, callee, n) in c.crossings(space, calls) {
+        *f.entry(format!("gate {} {callee}", kind.name())).or_default() += n;
     }
     for (group, options) in space.harden_groups.iter().zip(&c.harden) {
         if space.bundle {
@@ -187,9 +190,9 @@ impl Model {
 }
 
 /// The calibration configurations: the one-compartment image without
-/// hardening; per kind of boundary, the unhardened configuration with the
-/// most crossings of that kind (preferring ones that cross no other
-/// kind); per hardening choice, the one-compartment image with only it,
+/// hardening; per kind of boundary and callee, the unhardened
+/// configuration with the most such crossings (preferring ones that cross
+/// into nothing else); per hardening choice, the one-compartment image with only it,
 /// unless `priors` (the measured table) gives its cost.
 pub fn calibration(
     space: &Space,
@@ -243,7 +246,7 @@ mod tests {
 
     #[test]
     fn the_fit_recovers_the_coefficients_of_exact_data() {
-        let truth = [("base", 2.0), ("gate proc", 0.5), ("harden kv", 0.25)];
+        let truth = [("base", 2.0), ("gate proc net", 0.5), ("harden kv", 0.25)];
         let rows: Vec<Features> = [[1.0, 0.0, 0.0], [1.0, 4.0, 0.0], [1.0, 0.0, 1.0], [1.0, 4.0, 1.0], [1.0, 2.0, 1.0]]
             .iter()
             .map(|r| truth.iter().zip(r).filter(|(_, v)| **v != 0.0).map(|((k, _), v)| (k.to_string(), *v)).collect())
@@ -256,7 +259,7 @@ mod tests {
         }
         // A feature never measured is not guessed.
         let mut f = rows[0].clone();
-        f.insert("gate kvm".into(), 10.0);
+        f.insert("gate kvm net".into(), 10.0);
         assert!((m.cost(&f) - 2.0).abs() < 1e-6);
     }
 

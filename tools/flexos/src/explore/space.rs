@@ -59,6 +59,8 @@ pub enum Workload {
 
 /// The synthetic workload's cost function: time per operation in ns is
 /// `1e9 / base + Σ calls(a→b) × gate_ns[crossing mechanism] + Σ hardening_ns[component] × options`,
+/// where `gate_ns["MECHANISM CALLEE"]`, if given, prices the crossings into
+/// one callee (its group's name) instead of `gate_ns["MECHANISM"]`,
 /// times `1 + jitter × u` with `u` in [-1, 1] fixed per configuration.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Synthetic {
@@ -66,7 +68,8 @@ pub struct Synthetic {
     pub base: f64,
     /// Gate calls per operation, per (caller, callee) component.
     pub calls: Vec<(String, String, f64)>,
-    /// Nanoseconds per crossing, per mechanism name (`fcall`, `mpk/dss`, `proc`, ...).
+    /// Nanoseconds per crossing, per mechanism name (`fcall`, `mpk/dss`,
+    /// `proc`, ...), or per mechanism and callee (`"proc net"`).
     pub gate_ns: BTreeMap<String, f64>,
     /// Nanoseconds per operation per hardening option, per component.
     pub hardening_ns: BTreeMap<String, f64>,
@@ -318,10 +321,28 @@ pub fn parse(path: &Path, text: &str) -> Result<Space, Vec<ConfigError>> {
             if base <= 0.0 {
                 err(w.base.as_ref().map_or(0, |b| b.span().start), "base must be positive".into(), "give ops/s".into());
             }
+            // Keys as the model names them: the mechanism's full name, then the callee if given.
+            let mut gate_ns = BTreeMap::new();
+            for (key, ns) in &w.gate_ns {
+                let (mechanism, callee) =
+                    key.get_ref().split_once(' ').map_or((key.get_ref().as_str(), None), |(m, c)| (m, Some(c.trim())));
+                let known_callee = callee.is_none_or(|c| component_info(c).is_some_and(|i| i.in_app(&app)));
+                match Protection::parse(mechanism) {
+                    Some(p) if known_callee => {
+                        let name = callee.map_or(p.name(), |c| format!("{} {c}", p.name()));
+                        gate_ns.insert(name, *ns.get_ref());
+                    }
+                    _ => err(
+                        key.span().start,
+                        format!("{:?} is not a mechanism, or a mechanism and a component of {app}", key.get_ref()),
+                        "write \"proc\" (every crossing of a proc boundary) or \"proc net\" (those into net)".into(),
+                    ),
+                }
+            }
             Workload::Synthetic(Synthetic {
                 base,
                 calls,
-                gate_ns: map(&w.gate_ns),
+                gate_ns,
                 hardening_ns: map(&w.hardening_ns),
                 jitter: w.jitter.as_ref().map_or(0.0, |j| *j.get_ref()),
             })
@@ -547,6 +568,12 @@ impl Space {
     /// in the default compartment).
     pub fn unit_of(&self, component: &str) -> usize {
         self.movable.iter().position(|g| g.contains(&component)).map_or(0, |g| g + 1)
+    }
+
+    /// The name calls into `component` are priced under: its movable
+    /// group's (the group's first member, as in `movable`), else its own.
+    pub fn group_name<'a>(&'a self, component: &'a str) -> &'a str {
+        self.movable.iter().find(|g| g.contains(&component)).map_or(component, |g| g[0])
     }
 }
 
