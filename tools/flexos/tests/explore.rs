@@ -224,6 +224,30 @@ fn the_search_finds_the_exhaustive_maximal_set_on_a_monotone_cost_and_measures_l
     }
 }
 
+/// A budget written as a share of the baseline (the one-compartment
+/// image without hardening, measured in calibration) decides as the same
+/// bound written as a number; a malformed share is refused with the fix.
+#[test]
+fn a_budget_can_be_a_share_of_the_baseline() {
+    for (share, bound) in [("40%", 400_000.0), ("65%", 650_000.0), ("95%", 950_000.0)] {
+        let absolute = synthetic(bound, 0.0);
+        let relative = parse(&absolute.text.replace(&format!("at-least = {bound}"), &format!("at-least = {share:?}")));
+        assert_eq!(relative.budget.relative, Some(bound / 1e6));
+        let (x, _) = run(&absolute, &Settings::default(), &mut Memory::default(), None);
+        let (y, _) = run(&relative, &Settings::default(), &mut Memory::default(), None);
+        assert!((y.budget.bound - bound).abs() < 1e-6, "{share}: {}", y.budget.bound);
+        assert_eq!(ids(&x, &x.maximal), ids(&y, &y.maximal), "{share}");
+        let text = flexos::explore::report::table(&relative, &y);
+        assert!(text.contains(&format!("ops/s >= {} of the baseline ({bound})", share)), "{text}");
+    }
+    for bad in ["\"-5%\"", "\"fast\"", "0"] {
+        let text = synthetic(400_000.0, 0.0).text.replace("at-least = 400000", &format!("at-least = {bad}"));
+        let e = space::parse(&root().join("spaces/test.toml"), &text).unwrap_err();
+        assert!(e[0].message.contains("positive number or a positive percentage"), "{bad}: {e:?}");
+        assert!(e[0].fix.contains("at-least = \"72%\""), "{bad}: {e:?}");
+    }
+}
+
 /// With the measured cost of every hardening option per component
 /// (`[hardening] costs`, here exactly the synthetic cost function's), the
 /// search skips the four hardening calibration runs, predicts hardened
@@ -272,6 +296,16 @@ fn measured_hardening_costs_replace_the_calibration_runs() {
         let kv = y.model.coefficients["harden kv"];
         assert!((kv / base - 0.48).abs() < 0.05, "budget {budget}: {kv} / {base}");
     }
+    // A ratio below 1 is noise, not a hardening that saves work: it is priced at 0.
+    let mut faster = table.clone();
+    for c in &mut faster.costs {
+        c.time_ratio = if c.component == "kv" { 0.9 } else { 1.02 };
+    }
+    std::fs::write(&file, serde_json::to_string(&faster).unwrap()).unwrap();
+    let s = parse(&format!("{}costs = {:?}\n", synthetic(450_000.0, 0.0).text, file.display().to_string()));
+    let priors = flexos::explore::model::hardening_priors(&s);
+    assert_eq!(priors["harden kv"], 0.0, "{priors:?}");
+    assert!((priors["harden sched"] - 0.08).abs() < 1e-9, "4 options at 2%: {priors:?}");
     // A table for another application is refused, naming the fix.
     let mut kv_table = table.clone();
     kv_table.app = "sqlite".into();

@@ -3,7 +3,7 @@
 //! measured configuration with its configuration matrix).
 
 use super::search::Exploration;
-use super::space::{Goal, Space};
+use super::space::{Budget, Goal, Space};
 use serde::Serialize;
 use std::fmt::Write as _;
 
@@ -101,7 +101,7 @@ pub fn json(space: &Space, x: &Exploration) -> JsonReport {
         .collect();
     JsonReport {
         space: space.source.display().to_string(),
-        budget: budget_text(space),
+        budget: budget_text(&x.budget),
         total: c.len(),
         labeled: x.enumeration.labeled,
         duplicates: x.enumeration.duplicates,
@@ -119,9 +119,12 @@ pub fn json(space: &Space, x: &Exploration) -> JsonReport {
     }
 }
 
-fn budget_text(space: &Space) -> String {
-    let b = &space.budget;
-    format!("{} {} {}", b.metric, if b.goal == Goal::AtLeast { ">=" } else { "<=" }, number(b.bound))
+fn budget_text(b: &Budget) -> String {
+    let bound = match b.relative {
+        Some(r) => format!("{}% of the baseline ({})", (r * 1e8).round() / 1e6, number(b.bound)),
+        None => number(b.bound),
+    };
+    format!("{} {} {bound}", b.metric, if b.goal == Goal::AtLeast { ">=" } else { "<=" })
 }
 
 fn number(v: f64) -> String {
@@ -147,7 +150,7 @@ pub fn table(space: &Space, x: &Exploration) -> String {
     let _ = writeln!(
         s,
         "budget: {}; measured {} of {} ({} from the results database); model error {}; {} Hasse edges, {} non-monotone",
-        budget_text(space),
+        budget_text(&x.budget),
         x.measured.len(),
         c.len(),
         x.reused,
@@ -282,7 +285,7 @@ pub fn svg(space: &Space, x: &Exploration) -> String {
         escape(&space.source.display().to_string()),
         n,
         x.edges.len(),
-        escape(&budget_text(space))
+        escape(&budget_text(&x.budget))
     );
     // Colour scale with the budget.
     for k in 0..50 {

@@ -144,7 +144,7 @@ pub fn explore(
 ) -> Result<Exploration, String> {
     let cands = &enumeration.candidates;
     let n = cands.len();
-    let budget = space.budget.clone();
+    let mut budget = space.budget.clone();
     let order = Order::new(cands);
     let edges = order.hasse();
     let baseline = enumeration
@@ -170,15 +170,30 @@ pub fn explore(
         reused: 0,
         inferred: Vec::new(),
     };
-    let value = |outcomes: &[Option<Outcome>], i: usize| -> Option<f64> {
-        outcomes[i].as_ref().and_then(|o| o.median(&budget.metric))
-    };
     let mut io = Io { cands, measurer, store, settings, progress };
 
-    // 1. Calibration.
+    // 1. Calibration (the baseline first), which settles a relative budget.
     for chunk in calibration.chunks(settings.batch.max(1)) {
         io.measure(&mut st, chunk, None)?;
     }
+    if budget.relative.is_some() {
+        let base = cands.iter().position(|c| std::ptr::eq(c, baseline)).expect("the baseline is a candidate");
+        match st.outcomes[base].as_ref().and_then(|o| o.median(&budget.metric)) {
+            Some(v) => budget.resolve(v),
+            None => {
+                let error = st.outcomes[base].as_ref().and_then(|o| o.error.clone());
+                let why = error.or_else(|| baseline.unrunnable.clone()).unwrap_or_default();
+                return Err(format!(
+                    "the budget is a share of the baseline ({}), which gave no {}: {why}",
+                    baseline.id, budget.metric
+                ));
+            }
+        }
+    }
+    let budget = budget;
+    let value = |outcomes: &[Option<Outcome>], i: usize| -> Option<f64> {
+        outcomes[i].as_ref().and_then(|o| o.median(&budget.metric))
+    };
 
     // 2. Predict, decide, measure what cannot be decided.
     let fit = |outcomes: &[Option<Outcome>]| {

@@ -93,11 +93,22 @@ pub struct Budget {
     pub metric: String,
     /// Which way it points.
     pub goal: Goal,
-    /// The bound.
+    /// The bound (for a relative budget, known once the baseline is measured).
     pub bound: f64,
+    /// For a budget written as a percentage (`at-least = "72%"`), that
+    /// fraction of the baseline's measured value (the one-compartment
+    /// image without hardening) is the bound.
+    pub relative: Option<f64>,
 }
 
 impl Budget {
+    /// Sets a relative budget's bound from the baseline's measured value.
+    pub fn resolve(&mut self, baseline: f64) {
+        if let Some(r) = self.relative {
+            self.bound = r * baseline;
+        }
+    }
+
     /// Whether `value` meets the budget.
     pub fn met_by(&self, value: f64) -> bool {
         match self.goal {
@@ -202,8 +213,16 @@ struct RawWorkload {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawBudget {
     metric: Spanned<String>,
-    at_least: Option<Spanned<f64>>,
-    at_most: Option<Spanned<f64>>,
+    at_least: Option<Spanned<Bound>>,
+    at_most: Option<Spanned<Bound>>,
+}
+
+/// A budget's bound as written: a number, or a percentage of the baseline.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Bound {
+    Number(f64),
+    Text(String),
 }
 
 #[derive(Deserialize)]
@@ -379,19 +398,34 @@ pub fn parse(path: &Path, text: &str) -> Result<Space, Vec<ConfigError>> {
             format!("use one of: {}", known.join(", ")),
         );
     }
-    let (goal, bound) = match (&b.at_least, &b.at_most) {
-        (Some(v), None) => (Goal::AtLeast, v),
-        (None, Some(v)) => (Goal::AtMost, v),
+    let (goal, bound, relative) = match (&b.at_least, &b.at_most) {
+        (Some(v), None) | (None, Some(v)) => {
+            let goal = if b.at_least.is_some() { Goal::AtLeast } else { Goal::AtMost };
+            match v.get_ref() {
+                Bound::Number(n) if *n > 0.0 => (goal, *n, None),
+                Bound::Text(t) if percentage(t).is_some() => (goal, f64::NAN, percentage(t)),
+                _ => {
+                    err(
+                        v.span().start,
+                        "a bound must be a positive number or a positive percentage".into(),
+                        "write a value of the metric (at-least = 1100000) or a share of the one-compartment image's \
+                         (at-least = \"72%\")"
+                            .into(),
+                    );
+                    (goal, 0.0, None)
+                }
+            }
+        }
         _ => {
             err(
                 raw.budget.span().start,
                 "the budget needs exactly one bound".into(),
                 "write at-least = N (throughputs) or at-most = N (times)".into(),
             );
-            (Goal::AtLeast, &Spanned::new(0..0, 0.0))
+            (Goal::AtLeast, 0.0, None)
         }
     };
-    let budget = Budget { metric: b.metric.get_ref().clone(), goal, bound: *bound.get_ref() };
+    let budget = Budget { metric: b.metric.get_ref().clone(), goal, bound, relative };
 
     // Placement.
     let in_app = |name: &str| component_info(name).is_some_and(|c| c.in_app(&app));
@@ -575,6 +609,12 @@ impl Space {
     pub fn group_name<'a>(&'a self, component: &'a str) -> &'a str {
         self.movable.iter().find(|g| g.contains(&component)).map_or(component, |g| g[0])
     }
+}
+
+/// `"72%"` as 0.72; `None` unless a positive number followed by `%`.
+fn percentage(text: &str) -> Option<f64> {
+    let n: f64 = text.trim().strip_suffix('%')?.trim().parse().ok()?;
+    (n > 0.0 && n.is_finite()).then_some(n / 100.0)
 }
 
 /// `component` and the components of `app` that must share its compartment with it.
