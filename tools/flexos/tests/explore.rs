@@ -365,6 +365,11 @@ fn crossings_are_priced_per_kind_and_callee() {
     let bad = text.replace("\"proc net\" = 40000.0", "\"proc sqlite\" = 1.0");
     let e = space::parse(&root().join("spaces/test.toml"), &bad).unwrap_err();
     assert!(e[0].message.contains("\"proc sqlite\" is not a mechanism"), "{e:?}");
+    // netdev moves with net: a price into it would never apply, so it is refused.
+    let bad = text.replace("\"proc net\" = 40000.0", "\"proc netdev\" = 1.0");
+    let e = space::parse(&root().join("spaces/test.toml"), &bad).unwrap_err();
+    assert!(e[0].message.contains("netdev moves with net"), "{e:?}");
+    assert!(e[0].fix.contains("\"net\""), "{e:?}");
 }
 
 #[test]

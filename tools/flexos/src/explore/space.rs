@@ -308,6 +308,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Space, Vec<ConfigError>> {
 
     // Workload.
     let w = raw.workload.get_ref();
+    let mut priced_callees: Vec<(usize, String)> = Vec::new(); // synthetic "MECHANISM CALLEE" keys
     let positive = |v: &Option<Spanned<i64>>, default: i64, err: &mut dyn FnMut(usize, String, String)| match v {
         Some(n) if *n.get_ref() < 1 => {
             err(n.span().start, "must be at least 1".into(), "give a positive whole number".into());
@@ -343,6 +344,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Space, Vec<ConfigError>> {
             // Keys as the model names them: the mechanism's full name, then the callee if given.
             let mut gate_ns = BTreeMap::new();
             for (key, ns) in &w.gate_ns {
+                if let Some((_, c)) = key.get_ref().split_once(' ') {
+                    priced_callees.push((key.span().start, c.trim().to_string()));
+                }
                 let (mechanism, callee) =
                     key.get_ref().split_once(' ').map_or((key.get_ref().as_str(), None), |(m, c)| (m, Some(c.trim())));
                 let known_callee = callee.is_none_or(|c| component_info(c).is_some_and(|i| i.in_app(&app)));
@@ -570,6 +574,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Space, Vec<ConfigError>> {
                     "add an option of its language to options, or leave it out".into(),
                 );
             }
+        }
+    }
+
+    // A price into a group is written with the group's name, as the model names it.
+    for (at, callee) in &priced_callees {
+        if let Some(group) = movable.iter().find(|g| g.contains(&callee.as_str()) && g[0] != callee.as_str()) {
+            err(
+                *at,
+                format!("{callee} moves with {}, so crossings into it are priced as {}'s", group[0], group[0]),
+                format!("write the key with {:?}", group[0]),
+            );
         }
     }
 
