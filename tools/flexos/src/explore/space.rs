@@ -344,11 +344,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Space, Vec<ConfigError>> {
             // Keys as the model names them: the mechanism's full name, then the callee if given.
             let mut gate_ns = BTreeMap::new();
             for (key, ns) in &w.gate_ns {
-                if let Some((_, c)) = key.get_ref().split_once(' ') {
-                    priced_callees.push((key.span().start, c.trim().to_string()));
-                }
                 let (mechanism, callee) =
                     key.get_ref().split_once(' ').map_or((key.get_ref().as_str(), None), |(m, c)| (m, Some(c.trim())));
+                if let Some(c) = callee {
+                    priced_callees.push((key.span().start, c.to_string()));
+                }
                 let known_callee = callee.is_none_or(|c| component_info(c).is_some_and(|i| i.in_app(&app)));
                 match Protection::parse(mechanism) {
                     Some(p) if known_callee => {
@@ -405,10 +405,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Space, Vec<ConfigError>> {
     let (goal, bound, relative) = match (&b.at_least, &b.at_most) {
         (Some(v), None) | (None, Some(v)) => {
             let goal = if b.at_least.is_some() { Goal::AtLeast } else { Goal::AtMost };
-            match v.get_ref() {
-                Bound::Number(n) if *n > 0.0 => (goal, *n, None),
-                Bound::Text(t) if percentage(t).is_some() => (goal, f64::NAN, percentage(t)),
-                _ => {
+            let parsed = match v.get_ref() {
+                Bound::Number(n) => (*n > 0.0).then_some((*n, None)),
+                Bound::Text(t) => percentage(t).map(|r| (f64::NAN, Some(r))),
+            };
+            match parsed {
+                Some((bound, relative)) => (goal, bound, relative),
+                None => {
                     err(
                         v.span().start,
                         "a bound must be a positive number or a positive percentage".into(),
