@@ -10,7 +10,9 @@
 //!
 //! Limits: at most `max_connections` TCP endpoints exist at once
 //! (listening slots, connections and connections still closing), each with
-//! `buffer_size` bytes of receive and of send buffer ([`configure`]). A
+//! `buffer_size` bytes of receive and of send buffer ([`configure`]), as
+//! far as the heap has room for them (an endpoint the heap cannot hold is
+//! not made: the connection attempt is dropped or refused as below). A
 //! listening socket keeps up to `backlog` endpoints listening, besides the
 //! connections established and not yet accepted; connection requests
 //! beyond the endpoints listening at a moment are dropped (the peer sends
@@ -201,12 +203,14 @@ impl Net {
         i as i32 + FIRST_FD
     }
 
-    /// A new TCP endpoint, if the connection limit allows one.
+    /// A new TCP endpoint, if the connection limit and the heap allow one
+    /// (`ENOBUFS` otherwise: buffers too large for the heap cost a
+    /// connection, never the image).
     fn new_endpoint(&mut self) -> Result<SocketHandle, Errno> {
-        if self.endpoints >= self.max_connections {
+        let size = self.buffer_size;
+        if self.endpoints >= self.max_connections || !flexos_alloc::has_room(2 * size) {
             return Err(Errno::ENOBUFS);
         }
-        let size = self.buffer_size;
         let mut sock = tcp::Socket::new(
             tcp::SocketBuffer::new(alloc::vec![0; size]),
             tcp::SocketBuffer::new(alloc::vec![0; size]),

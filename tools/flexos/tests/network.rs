@@ -937,38 +937,52 @@ fn tap_iperf_client_reports_a_rate() {
             Server::image(&image(config), &["--recv-size".into(), "1024".into()], &[("FLEXOS_TEST_TAG", &tag)])
                 .unwrap();
         let ns = server.ns.name.clone();
-        let out = server
-            .client(
-                "iperf",
-                &[
-                    "-c".into(),
-                    server.host.clone(),
-                    "-p".into(),
-                    server.port.to_string(),
-                    "-t".into(),
-                    "1".into(),
-                    "-f".into(),
-                    "m".into(),
-                ],
-            )
-            .unwrap();
-        let rate = netbench::parse_iperf(&out);
-        assert!(rate.is_some_and(|r| r > 0.0), "{config}: {out}");
-        // The image saw the bytes too.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let received = loop {
-            let lines = server.output.lock().unwrap().clone();
-            if let Some(l) = lines.iter().find(|l| l.starts_with("received: ")) {
-                break l.clone();
-            }
-            assert!(Instant::now() < deadline, "{config}: the image reported no stream: {lines:?}");
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let bytes: u64 = received["received: ".len()..].split(' ').next().unwrap().parse().unwrap();
-        assert!(bytes > 1_000_000, "{config}: {received}");
+        iperf_stream_is_received(&server, config, 1);
         drop(server);
         assert_namespace_gone(&ns);
     }
+    assert_nothing_left(&tag);
+}
+
+/// One `iperf -c` stream of a second into `server`: the client reports a
+/// rate, and the image the stream's bytes (its `received:` line number `n`).
+fn iperf_stream_is_received(server: &Server, what: &str, n: usize) {
+    let args = ["-c", &server.host, "-p", &server.port.to_string(), "-t", "1", "-f", "m"].map(String::from);
+    let out = server.client("iperf", &args).unwrap();
+    let rate = netbench::parse_iperf(&out);
+    assert!(rate.is_some_and(|r| r > 0.0), "{what}: {out}");
+    // The image saw the bytes too.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let received = loop {
+        let lines = server.output.lock().unwrap().clone();
+        if let Some(l) = lines.iter().filter(|l| l.starts_with("received: ")).nth(n - 1) {
+            break l.clone();
+        }
+        assert!(Instant::now() < deadline, "{what}: the image reported no stream: {lines:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let bytes: u64 = received["received: ".len()..].split(' ').next().unwrap().parse().unwrap();
+    assert!(bytes > 1_000_000, "{what}: {received}");
+}
+
+/// TCP buffers larger than the heap can hold for every endpoint the limit
+/// allows (16 MiB each way, 64 endpoints: 2 GiB against a heap of 704 MiB)
+/// make only the endpoints that fit, and the image serves with them. Before
+/// `new_endpoint` asked the heap, this configuration aborted the image at
+/// start-up ("memory allocation of 16777216 bytes failed").
+#[test]
+fn buffers_too_large_for_the_heap_cost_endpoints_not_the_image() {
+    let tag = tag("iperf-big");
+    let _cleanup = common::Cleanup(tag.clone());
+    let args = ["--buffer-size", "16777216", "--max-connections", "64"].map(String::from);
+    let mut server = Server::image(&image("configs/iperf.toml"), &args, &[("FLEXOS_TEST_TAG", &tag)]).unwrap();
+    let ns = server.ns.name.clone();
+    for n in 1..=2 {
+        iperf_stream_is_received(&server, "16 MiB buffers", n);
+    }
+    assert!(server.is_running(), "the image still runs");
+    drop(server);
+    assert_namespace_gone(&ns);
     assert_nothing_left(&tag);
 }
 
