@@ -6,7 +6,11 @@
 //! `received: BYTES bytes in SECONDS s = RATE Mbit/s`.
 //!
 //! `flexos-iperf [--port P] [--recv-size BYTES] [--max-connections N] [--buffer-size BYTES]`
-//! (defaults 5001, 128 KiB, 64, 256 KiB).
+//! (defaults 5001, 128 KiB, 16, 1 MiB). The TCP window is the buffer: a
+//! bulk receiver on a fast link needs a large one (Linux's receiver grows
+//! its own up to `tcp_rmem`'s 6 MiB or more; docs/benchmarks.md, "iperf at
+//! 16 KiB reads"). Every endpoint's buffers are made when it starts to
+//! listen, so the 16 connections keep the 32 MiB that 64 of 256 KiB took.
 //!
 //! `flexos-iperf --threads PORT` serves each connection in a scheduler
 //! thread of its own with blocking `accept` and `recv` (threads park in
@@ -65,8 +69,8 @@ fn main() {
     let defaults = flexos_netapp::Options {
         port: 5001,
         recv_size: 128 * 1024,
-        max_connections: 64,
-        buffer_size: 256 * 1024,
+        max_connections: 16,
+        buffer_size: 1024 * 1024,
         output_limit: flexos_netapp::DEFAULT_OUTPUT_LIMIT,
         timeouts: flexos_netapp::Timeouts::default(),
         gate_stats: false,
