@@ -372,6 +372,49 @@ fn crossings_are_priced_per_kind_and_callee() {
     assert!(e[0].fix.contains("\"net\""), "{e:?}");
 }
 
+/// The synthetic kv space whose measurements show their noise: 5 runs each,
+/// spread by `spread` around a value that is off by up to `jitter`.
+fn noisy(budget: f64, jitter: f64, spread: f64) -> Space {
+    let text = space_text("tools/flexos/tests/spaces/synthetic-kv.toml")
+        .replace("at-least = 400000", &format!("at-least = {budget}"))
+        .replace("runs = 1", "runs = 5")
+        .replace("base = 1000000", &format!("base = 1000000\njitter = {jitter}\nspread = {spread}"));
+    parse(&text)
+}
+
+/// Where noise breaks the order, a configuration that failed its budget by
+/// less than its runs' noise says nothing of the safer ones above it: the
+/// search measures those instead of taking them to fail, and finds the
+/// exhaustive maximal set. The negative control: the same values with runs
+/// that hide their noise (every run equal) make the search take a safer
+/// configuration that meets the budget to fail, and miss a maximal one.
+#[test]
+fn a_failure_within_its_noise_does_not_condemn_safer_configurations() {
+    let budgets = [450_000.0, 500_000.0, 550_000.0, 600_000.0, 650_000.0, 700_000.0, 750_000.0];
+    let mut missed_when_hidden = 0;
+    for budget in budgets {
+        for (spread, hidden) in [(0.1, false), (0.0, true)] {
+            let s = noisy(budget, 0.06, spread);
+            let (x, measured) = run(&s, &Settings::default(), &mut Memory::default(), None);
+            let (all, _) = run(&s, &Settings { exhaustive: true, ..Settings::default() }, &mut Memory::default(), None);
+            if hidden {
+                missed_when_hidden += usize::from(ids(&x, &x.maximal) != ids(&all, &all.maximal));
+            } else {
+                assert_eq!(ids(&x, &x.maximal), ids(&all, &all.maximal), "budget {budget}");
+                assert!(measured * 2 <= 80, "budget {budget}: measured {measured}");
+            }
+        }
+    }
+    assert!(missed_when_hidden > 0, "with the noise hidden, some budget's maximal set is missed");
+    // Noise is a fraction; anything else is refused with the fix.
+    for bad in ["spread = 1.5", "spread = -0.1", "jitter = 2"] {
+        let text = space_text("tools/flexos/tests/spaces/synthetic-kv.toml").replace("runs = 1", bad);
+        let e = space::parse(&root().join("spaces/test.toml"), &text).unwrap_err();
+        assert!(e[0].message.contains("must be a fraction in [0, 1)"), "{bad}: {e:?}");
+        assert!(e[0].fix.contains("0.05"), "{bad}: {e:?}");
+    }
+}
+
 #[test]
 fn non_monotone_edges_are_reported() {
     let s = synthetic(500_000.0, 0.3);

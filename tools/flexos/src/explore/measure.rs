@@ -52,6 +52,16 @@ impl SyntheticMeasurer {
     }
 }
 
+impl SyntheticMeasurer {
+    /// The runs of one measurement of `c`: its value, spread evenly by
+    /// [`Synthetic::spread`] (their median is the value).
+    fn runs(&self, c: &Candidate) -> Vec<f64> {
+        let (v, n) = (self.value(c), self.space.runs);
+        let k = |r: usize| if n < 2 { 0.0 } else { 2.0 * r as f64 / (n - 1) as f64 - 1.0 };
+        (0..n).map(|r| v * (1.0 + self.synthetic.spread * k(r))).collect()
+    }
+}
+
 impl Measurer for SyntheticMeasurer {
     fn calls(&mut self, _baseline: &Candidate) -> Result<Calls, String> {
         Ok(self.synthetic.calls.iter().map(|(a, b, n)| (a.clone(), b.clone(), n * SYNTHETIC_OPS)).collect())
@@ -60,10 +70,7 @@ impl Measurer for SyntheticMeasurer {
     fn measure(&mut self, batch: &[&Candidate], _note: &mut dyn FnMut(&str)) -> Vec<Outcome> {
         batch
             .iter()
-            .map(|c| Outcome {
-                metrics: BTreeMap::from([("ops/s".to_string(), vec![self.value(c); self.space.runs])]),
-                error: None,
-            })
+            .map(|c| Outcome { metrics: BTreeMap::from([("ops/s".to_string(), self.runs(c))]), error: None })
             .collect()
     }
 }

@@ -93,7 +93,7 @@ pub fn json(space: &Space, x: &Exploration) -> JsonReport {
             } else if let Some(u) = &c[i].unrunnable {
                 Some(u.clone())
             } else if x.inferred.contains(&i) {
-                Some("taken to fail: safer than a measured configuration that failed".into())
+                Some("taken to fail: safer than a measured configuration that failed beyond its noise".into())
             } else {
                 None
             },

@@ -28,6 +28,18 @@ impl Outcome {
             .unwrap_or(0.0)
     }
 
+    /// The standard error of `metric`'s median, estimated from its runs:
+    /// for normal noise the standard deviation is about 1.4826 times the
+    /// median absolute deviation, and the median of `n` runs errs by about
+    /// 1.2533 σ / √n (0 with fewer than two runs).
+    pub fn median_error(&self, metric: &str) -> f64 {
+        let n = self.metrics.get(metric).map_or(0, Vec::len);
+        if n < 2 {
+            return 0.0;
+        }
+        1.2533 * 1.4826 * self.spread(metric) / (n as f64).sqrt()
+    }
+
     /// The median of `metric`'s runs, if measured.
     pub fn median(&self, metric: &str) -> Option<f64> {
         let mut v = self.metrics.get(metric)?.clone();
@@ -112,7 +124,8 @@ pub struct Exploration {
     /// The maximal configurations that meet the budget (measured).
     pub maximal: Vec<usize>,
     /// Candidates taken to fail without a measurement because a measured
-    /// configuration below them failed and the model could not decide.
+    /// configuration below them failed by more than its noise and the model
+    /// could not decide.
     pub inferred: Vec<usize>,
     /// Mean absolute percentage error of `predicted_before` over the measured ones.
     pub model_mape: Option<f64>,
@@ -207,6 +220,7 @@ pub fn explore(
         let mape = mape(&st.predicted_before, &st.outcomes, &budget.metric);
         let margin = settings.margin.max(2.0 * mape.unwrap_or(0.0));
         let passes = |i: usize| value(&st.outcomes, i).map(|v| budget.met_by(v));
+        let clearly_fails = |i: usize| st.outcomes[i].as_ref().is_some_and(|o| misses_beyond_noise(&budget, o));
         let todo: Vec<usize> = if settings.exhaustive {
             (0..n).filter(|&i| st.outcomes[i].is_none() && cands[i].unrunnable.is_none()).collect()
         } else {
@@ -224,8 +238,9 @@ pub fn explore(
                 if fail {
                     continue;
                 }
-                if !pass && (0..n).any(|j| passes(j) == Some(false) && order.above(i, j)) {
-                    st.inferred.push(i); // safer than one that failed, and the model cannot say
+                if !pass && (0..n).any(|j| clearly_fails(j) && order.above(i, j)) {
+                    // Safer than one that failed beyond its noise, and the model cannot say.
+                    st.inferred.push(i);
                     continue;
                 }
                 todo.push(i);
@@ -404,6 +419,20 @@ fn most_telling(
         }
     }
     picked
+}
+
+/// Whether outcome `o` misses the budget by more than twice its median's
+/// standard error ([`Outcome::median_error`]). A miss within its own noise
+/// says nothing of the configurations above it: one of them may measure
+/// better, so the search measures them instead of taking them to fail.
+fn misses_beyond_noise(budget: &Budget, o: &Outcome) -> bool {
+    let Some(m) = o.median(&budget.metric) else { return false };
+    let noise = 2.0 * o.median_error(&budget.metric);
+    let hopeful = match budget.goal {
+        super::space::Goal::AtLeast => m + noise,
+        super::space::Goal::AtMost => m - noise,
+    };
+    !budget.met_by(hopeful)
 }
 
 /// Whether a prediction clearly passes or clearly fails the budget (by more than `margin`).

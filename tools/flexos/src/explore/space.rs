@@ -61,7 +61,9 @@ pub enum Workload {
 /// `1e9 / base + Σ calls(a→b) × gate_ns[crossing mechanism] + Σ hardening_ns[component] × options`,
 /// where `gate_ns["MECHANISM CALLEE"]`, if given, prices the crossings into
 /// one callee (its group's name) instead of `gate_ns["MECHANISM"]`,
-/// times `1 + jitter × u` with `u` in [-1, 1] fixed per configuration.
+/// times `1 + jitter × u` with `u` in [-1, 1] fixed per configuration;
+/// the runs of one measurement lie around that value by `spread` (see
+/// [`Synthetic::spread`]).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Synthetic {
     /// Operations per second of the one-compartment image without hardening.
@@ -75,6 +77,10 @@ pub struct Synthetic {
     pub hardening_ns: BTreeMap<String, f64>,
     /// Relative noise per configuration (0: the cost falls monotonically along the safety order).
     pub jitter: f64,
+    /// Relative spread of one measurement's runs around its value: the runs
+    /// are the value times `1 + spread × k` for `k` spaced evenly in [-1, 1]
+    /// (0: every run gives the same value), so a measurement shows its noise.
+    pub spread: f64,
 }
 
 /// Which way the budget points.
@@ -207,6 +213,7 @@ struct RawWorkload {
     #[serde(default)]
     hardening_ns: BTreeMap<Spanned<String>, Spanned<f64>>,
     jitter: Option<Spanned<f64>>,
+    spread: Option<Spanned<f64>>,
 }
 
 #[derive(Deserialize)]
@@ -341,6 +348,16 @@ pub fn parse(path: &Path, text: &str) -> Result<Space, Vec<ConfigError>> {
             if base <= 0.0 {
                 err(w.base.as_ref().map_or(0, |b| b.span().start), "base must be positive".into(), "give ops/s".into());
             }
+            let fraction = |v: &Option<Spanned<f64>>, err: &mut dyn FnMut(usize, String, String)| match v {
+                Some(f) if !(0.0..1.0).contains(f.get_ref()) => {
+                    err(f.span().start, "must be a fraction in [0, 1)".into(), "give 0.05 for 5% noise".into());
+                    0.0
+                }
+                Some(f) => *f.get_ref(),
+                None => 0.0,
+            };
+            let jitter = fraction(&w.jitter, &mut err);
+            let spread = fraction(&w.spread, &mut err);
             // Keys as the model names them: the mechanism's full name, then the callee if given.
             let mut gate_ns = BTreeMap::new();
             for (key, ns) in &w.gate_ns {
@@ -362,13 +379,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Space, Vec<ConfigError>> {
                     ),
                 }
             }
-            Workload::Synthetic(Synthetic {
-                base,
-                calls,
-                gate_ns,
-                hardening_ns: map(&w.hardening_ns),
-                jitter: w.jitter.as_ref().map_or(0.0, |j| *j.get_ref()),
-            })
+            Workload::Synthetic(Synthetic { base, calls, gate_ns, hardening_ns: map(&w.hardening_ns), jitter, spread })
         }
         other => {
             err(
