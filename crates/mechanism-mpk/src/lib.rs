@@ -490,8 +490,14 @@ fn supervise_faults() {
 ///   shrinking `brk` then unmaps what lies between); no image uses them;
 /// * `personality`: with `READ_IMPLIES_EXEC` every readable mapping the
 ///   process makes later is executable too, around the memory-call
-///   filter's denial of new executable memory (attack `new-code`).
-const FORBIDDEN_CALLS: [i64; 12] = [
+///   filter's denial of new executable memory (attack `new-code`);
+/// * `perf_event_open`: a sample of a thread is taken by the kernel on that
+///   thread, with the rights of the compartment it runs in at that moment,
+///   and copies its registers and the top of its stack into a buffer the
+///   caller maps (attack `perf-sample`: it read main's secret from main's
+///   stack), and `bpf`: tracing programs read user memory the same way
+///   (`bpf_probe_read_user`) in whatever thread they fire.
+const FORBIDDEN_CALLS: [i64; 14] = [
     libc::SYS_ptrace,
     libc::SYS_personality,
     libc::SYS_process_vm_readv,
@@ -504,6 +510,8 @@ const FORBIDDEN_CALLS: [i64; 12] = [
     libc::SYS_userfaultfd,
     libc::SYS_io_uring_setup,
     libc::SYS_process_madvise,
+    libc::SYS_perf_event_open,
+    libc::SYS_bpf,
 ];
 
 /// Makes [`FORBIDDEN_CALLS`] fail with `EPERM` in every thread of the
