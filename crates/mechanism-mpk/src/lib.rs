@@ -496,8 +496,17 @@ fn supervise_faults() {
 ///   and copies its registers and the top of its stack into a buffer the
 ///   caller maps (attack `perf-sample`: it read main's secret from main's
 ///   stack), and `bpf`: tracing programs read user memory the same way
-///   (`bpf_probe_read_user`) in whatever thread they fire.
-const FORBIDDEN_CALLS: [i64; 14] = [
+///   (`bpf_probe_read_user`) in whatever thread they fire;
+/// * `rseq`: see [`unregister_restartable_sequences`]; a thread started
+///   later finds it denied, and glibc then runs that thread without one;
+/// * `set_tid_address`: the kernel writes 0 to that address when the
+///   thread exits, with the rights of the compartment it exits in, so a
+///   compartment called on another's thread could have a word of that
+///   compartment's memory cleared (attack `tid-address`); glibc calls it
+///   only for the first thread, at start-up, and gives later threads
+///   their word through `clone` (a thread started by a compartment exits
+///   in that compartment's code, with its rights).
+const FORBIDDEN_CALLS: [i64; 16] = [
     libc::SYS_ptrace,
     libc::SYS_personality,
     libc::SYS_process_vm_readv,
@@ -512,13 +521,77 @@ const FORBIDDEN_CALLS: [i64; 14] = [
     libc::SYS_process_madvise,
     libc::SYS_perf_event_open,
     libc::SYS_bpf,
+    libc::SYS_rseq,
+    libc::SYS_set_tid_address,
 ];
+
+unsafe extern "C" {
+    /// glibc's offset of a thread's `struct rseq` from its thread pointer.
+    static __rseq_offset: isize;
+    /// The length glibc registered its `struct rseq` with (0: none).
+    static __rseq_size: u32;
+}
+
+/// The signature glibc registers restartable sequences with on x86-64.
+const RSEQ_SIG: u32 = 0x5305_3053;
+
+/// Takes back the main thread's registration of restartable sequences,
+/// which glibc made at start-up (the image's only thread at this point).
+/// The registered area lies in the thread's control block (key 0, which
+/// every compartment may write), and on each preemption the kernel follows
+/// its `rseq_cs` pointer and moves the thread to that descriptor's abort
+/// address, wherever the thread runs then, with the rights of the
+/// compartment running there. Attack `rseq-abort`: a compartment called on
+/// main's thread points it at a descriptor over every address that
+/// aborts without the signature, and the kernel killed main's thread at
+/// its next sleep (SIGSEGV, no report); with a signature of its choosing
+/// (`rseq` registers one) it would move main's thread to code of its choice.
+fn unregister_restartable_sequences() -> Result<(), String> {
+    // SAFETY: glibc's constants, set before `main`.
+    let (offset, size) = unsafe { (__rseq_offset, __rseq_size) };
+    if size == 0 {
+        return Ok(()); // glibc registered none (tunable glibc.pthread.rseq=0)
+    }
+    let tp: usize;
+    // SAFETY: reads the thread pointer: on x86-64 the first word of the
+    // thread's control block holds its own address.
+    unsafe { core::arch::asm!("mov {}, qword ptr fs:0", out(reg) tp, options(nostack, readonly)) };
+    let area = (tp as isize + offset) as usize;
+    // glibc 2.35-2.39 registers 32 bytes and says so; later ones say 20 (the
+    // features' size) but still register 32.
+    let lens: [u32; 2] = [size.max(32), size];
+    let mut last = 0;
+    for len in lens {
+        // SAFETY: unregisters this thread's area (the kernel only compares
+        // the arguments with the registration and then stops using it).
+        let rc = unsafe {
+            libc::syscall(libc::SYS_rseq, area, len, 1 /* RSEQ_FLAG_UNREGISTER */, RSEQ_SIG)
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        last = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+    }
+    // SAFETY: `cpu_id` (offset 4) of the thread's area: negative when the
+    // kernel has none registered (glibc's registration failed).
+    let cpu_id = unsafe { core::ptr::read_volatile((area + 4) as *const i32) };
+    if cpu_id < 0 {
+        return Ok(());
+    }
+    Err(std::io::Error::from_raw_os_error(last).to_string())
+}
 
 /// Makes [`FORBIDDEN_CALLS`] fail with `EPERM` in every thread of the
 /// image, now and later (a seccomp filter; every other system call is
 /// allowed here). Inherited by a `proc` compartment's process, which makes
 /// none of them either (it uses no keys).
 fn deny_forbidden_calls() {
+    // Before the filter, which denies `rseq` too.
+    if let Err(e) = unregister_restartable_sequences() {
+        let report = format!("flexos: cannot take back the main thread's restartable sequences (rseq): {e}\n");
+        flexos_platform::console::write_err(report.as_bytes());
+        flexos_platform::process_abort()
+    }
     let installed = (|| {
         use seccompiler::{SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule};
         let set_mm = SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, libc::PR_SET_MM as u64)
