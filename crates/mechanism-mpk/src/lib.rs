@@ -505,8 +505,11 @@ fn supervise_faults() {
 ///   compartment's memory cleared (attack `tid-address`); glibc calls it
 ///   only for the first thread, at start-up, and gives later threads
 ///   their word through `clone` (a thread started by a compartment exits
-///   in that compartment's code, with its rights).
-const FORBIDDEN_CALLS: [i64; 16] = [
+///   in that compartment's code, with its rights);
+/// * `set_robust_list`: see [`unregister_robust_list`]; glibc calls it for
+///   every thread it starts and goes on without one when it is refused
+///   (an image's locks are not robust).
+const FORBIDDEN_CALLS: [i64; 17] = [
     libc::SYS_ptrace,
     libc::SYS_personality,
     libc::SYS_process_vm_readv,
@@ -523,6 +526,7 @@ const FORBIDDEN_CALLS: [i64; 16] = [
     libc::SYS_bpf,
     libc::SYS_rseq,
     libc::SYS_set_tid_address,
+    libc::SYS_set_robust_list,
 ];
 
 unsafe extern "C" {
@@ -581,14 +585,35 @@ fn unregister_restartable_sequences() -> Result<(), String> {
     Err(std::io::Error::from_raw_os_error(last).to_string())
 }
 
+/// Takes back the main thread's robust list, which glibc registered at
+/// start-up (the image's only thread at this point). When a thread exits,
+/// the kernel walks that list with the rights of the compartment the
+/// thread exits in, and every lock word on it that holds the thread's id
+/// gets the owner-died bit and loses the id. The list's head lies in the
+/// thread's control block (key 0, which every compartment may write), so
+/// a compartment called on main's thread could point it at main's words
+/// (attack `robust-list`: main's lock word went from its thread's id to
+/// 0x40000000 when the thread ended).
+fn unregister_robust_list() -> Result<(), String> {
+    // SAFETY: a null head stops the kernel's use of this thread's list
+    // (24 bytes: the size of `struct robust_list_head`, which it requires).
+    let rc = unsafe { libc::syscall(libc::SYS_set_robust_list, 0usize, 24usize) };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error().to_string()) }
+}
+
 /// Makes [`FORBIDDEN_CALLS`] fail with `EPERM` in every thread of the
 /// image, now and later (a seccomp filter; every other system call is
 /// allowed here). Inherited by a `proc` compartment's process, which makes
 /// none of them either (it uses no keys).
 fn deny_forbidden_calls() {
-    // Before the filter, which denies `rseq` too.
+    // Before the filter, which denies `rseq` and `set_robust_list` too.
     if let Err(e) = unregister_restartable_sequences() {
         let report = format!("flexos: cannot take back the main thread's restartable sequences (rseq): {e}\n");
+        flexos_platform::console::write_err(report.as_bytes());
+        flexos_platform::process_abort()
+    }
+    if let Err(e) = unregister_robust_list() {
+        let report = format!("flexos: cannot take back the main thread's robust list (set_robust_list): {e}\n");
         flexos_platform::console::write_err(report.as_bytes());
         flexos_platform::process_abort()
     }
