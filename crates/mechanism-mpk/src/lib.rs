@@ -35,6 +35,7 @@
 //! which a third compartment could change while the call runs.
 
 mod memory_filter;
+mod thread_stacks;
 
 use core::mem::{ManuallyDrop, MaybeUninit};
 use flexos_alloc::{SHARED, alloc_in, free};

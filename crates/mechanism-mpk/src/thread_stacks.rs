@@ -1,0 +1,113 @@
+//! Host threads' bodies on stacks of their compartment's key.
+//!
+//! The C library maps a new thread's stack itself, with key 0, which every
+//! `mpk` compartment may read and write: a thread of main's (started with
+//! `std::thread::spawn`) held main's locals and return addresses where any
+//! compartment could read and rewrite them (attack `thread-stack`). In a
+//! static image this crate's `pthread_create` takes the place of the C
+//! library's (which is a weak alias there): where the creating compartment
+//! has stacks of its own (an `mpk` compartment with `dss` or `heap`), the
+//! new thread runs its body on its context's gate stack of that
+//! compartment (a slot of the gate-stack arena, with the compartment's
+//! key), as if a gate had entered it. The C library's stack then holds
+//! only the thread's start and end, the thread's control block and
+//! thread-locals (key 0, as before).
+
+use core::ffi::{c_int, c_void};
+use flexos_layout::{SHARED_STACKS, stack_domain};
+use flexos_platform::{compartment, gatestack};
+
+/// A thread's start routine, as `pthread_create` takes it.
+type StartRoutine = extern "C" fn(*mut c_void) -> *mut c_void;
+
+unsafe extern "C" {
+    /// The C library's `pthread_create` under its own name (in a static
+    /// image, `pthread_create` is a weak alias of it).
+    fn __pthread_create(
+        thread: *mut libc::pthread_t,
+        attr: *const libc::pthread_attr_t,
+        start: StartRoutine,
+        arg: *mut c_void,
+    ) -> c_int;
+}
+
+/// What the new thread runs, handed over in the creator's heap.
+struct Start {
+    start: StartRoutine,
+    arg: *mut c_void,
+}
+
+/// The stack domain whose gate stack a thread created now runs its body
+/// on: the running compartment's, if its stacks are its own and the gate
+/// stacks' arena is reserved (after start-up, in an image with keys).
+fn private_domain() -> Option<usize> {
+    let domain = stack_domain(compartment::current());
+    (domain != SHARED_STACKS && gatestack::arena().0 != 0).then_some(domain)
+}
+
+/// Starts a thread as the C library's `pthread_create` does; its body runs
+/// on a stack of the creating compartment's key (see the module's doc).
+///
+/// # Safety
+/// The contract of `pthread_create(3)`.
+#[cfg_attr(target_feature = "crt-static", unsafe(no_mangle))]
+#[cfg_attr(not(target_feature = "crt-static"), allow(dead_code))]
+pub unsafe extern "C" fn pthread_create(
+    thread: *mut libc::pthread_t,
+    attr: *const libc::pthread_attr_t,
+    start: StartRoutine,
+    arg: *mut c_void,
+) -> c_int {
+    if private_domain().is_none() {
+        // SAFETY: the caller's arguments, under the same contract.
+        return unsafe { __pthread_create(thread, attr, start, arg) };
+    }
+    let handed = Box::into_raw(Box::new(Start { start, arg }));
+    // SAFETY: the caller's arguments, with a start routine that runs
+    // theirs; `handed` is taken by that routine exactly once.
+    let rc = unsafe { __pthread_create(thread, attr, on_keyed_stack, handed.cast()) };
+    if rc != 0 {
+        // SAFETY: no thread was made, so nothing else took it.
+        drop(unsafe { Box::from_raw(handed) });
+    }
+    rc
+}
+
+/// The start routine of a thread made by [`pthread_create`]: moves onto
+/// the thread's gate stack of its compartment and runs the caller's
+/// routine there. The thread holds the creator's rights (a new thread
+/// inherits PKRU), so it is in the creator's compartment.
+extern "C" fn on_keyed_stack(handed: *mut c_void) -> *mut c_void {
+    // SAFETY: `pthread_create` handed this box to this thread only.
+    let Start { start, arg } = *unsafe { Box::from_raw(handed.cast::<Start>()) };
+    let Some(domain) = private_domain() else { return start(arg) };
+    // SAFETY: this thread's table, which nothing else uses while it runs.
+    let table = unsafe { &mut *gatestack::active() };
+    // The top of the thread's stack in its domain: no gate has entered it
+    // in this new context (checked like a gate's entry).
+    let top = table.checked_entry(domain, crate::domain_key(domain), 0, 0);
+    let result: *mut c_void;
+    // SAFETY: `top` is the 16-byte aligned top of this context's stack of
+    // the domain, readable and writable with this thread's rights and used
+    // by nothing else (a gate into the domain from this context would
+    // start below the frames the routine holds there: gates write down
+    // where they leave a domain's gate stack). The caller's stack pointer
+    // is kept in R12, which the routine preserves (C ABI), and restored
+    // after it returns; every other register the C ABI lets it change is
+    // declared clobbered.
+    unsafe {
+        core::arch::asm!(
+            "mov r12, rsp",
+            "mov rsp, {top}",
+            "call {routine}",
+            "mov rsp, r12",
+            top = in(reg) top,
+            routine = in(reg) start,
+            in("rdi") arg,
+            out("r12") _,
+            lateout("rax") result,
+            clobber_abi("C"),
+        )
+    };
+    result
+}
