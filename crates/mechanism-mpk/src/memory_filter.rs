@@ -28,6 +28,10 @@
 //! frame stays where the fault supervisor puts it
 //! (`flexos_platform::supervisor`).
 //!
+//! Being the image's last filter, it also denies new filters (`seccomp`,
+//! `prctl(PR_SET_SECCOMP)`): a compartment's own filter would act on the
+//! calls of every compartment that runs on its threads.
+//!
 //! It also denies `rt_sigreturn`, which loads PKRU from a signal frame in
 //! user memory that a compartment can forge; no handler of an `mpk` image
 //! returns (the fault reporter raises its signal again instead).
@@ -301,6 +305,22 @@ pub fn program(policy: &Policy) -> Vec<sock_filter> {
     // No handler of the image returns, and a frame the caller forged would
     // load PKRU: `rt_sigreturn` is denied.
     a.answer_call(libc::SYS_rt_sigreturn, RET_EPERM);
+    // No filter of a compartment's own: one installed in every thread
+    // (`SECCOMP_FILTER_FLAG_TSYNC`), or in the thread that called it, which
+    // goes back to its caller's compartment, acts on other compartments'
+    // calls; `SECCOMP_RET_TRAP` stopped the image in main's name (attack
+    // `install-filter`). This is the image's last filter.
+    a.answer_call(libc::SYS_seccomp, RET_EPERM);
+    let (prctl, not_prctl, deny_prctl, allow_prctl) = (a.label(), a.label(), a.label(), a.label());
+    a.jump(JEQ_K, libc::SYS_prctl as u32, prctl, not_prctl);
+    a.place(prctl);
+    a.op(LD_W_ABS, arg_low(0));
+    a.jump(JEQ_K, libc::PR_SET_SECCOMP as u32, deny_prctl, allow_prctl);
+    a.place(deny_prctl);
+    a.op(RET_K, RET_EPERM);
+    a.place(allow_prctl);
+    a.op(RET_K, RET_ALLOW);
+    a.place(not_prctl);
     // Every new task stays traced by the fault supervisor: `clone3` (whose
     // flags lie in memory a filter cannot read) answers ENOSYS, so that the
     // C library uses `clone`, which may not ask for `CLONE_UNTRACED`.
@@ -600,6 +620,10 @@ mod tests {
         assert_eq!(run(&prog, libc::SYS_mremap, fixed), RET_EPERM);
         assert_eq!(run(&prog, libc::SYS_munmap | X32_BIT as i64, [4096, 4096, 0, 0, 0, 0]), RET_EPERM);
         assert_eq!(run(&prog, libc::SYS_rt_sigreturn, [0; 6]), RET_EPERM);
+        // No new filters, by either call; other prctl options stay allowed.
+        assert_eq!(run(&prog, libc::SYS_seccomp, [1, 1, 0x7000_1000, 0, 0, 0]), RET_EPERM);
+        assert_eq!(run(&prog, libc::SYS_prctl, [libc::PR_SET_SECCOMP as u64, 2, 0x7000_1000, 0, 0, 0]), RET_EPERM);
+        assert_eq!(run(&prog, libc::SYS_prctl, [libc::PR_SET_NAME as u64, 0x7000_1000, 0, 0, 0, 0]), RET_ALLOW);
         // New signal handlers are denied, queries allowed.
         assert_eq!(run(&prog, libc::SYS_rt_sigaction, [11, 0x7000_1000, 0, 8, 0, 0]), RET_EPERM);
         assert_eq!(run(&prog, libc::SYS_rt_sigaction, [11, 0x1_0000_0000, 0, 8, 0, 0]), RET_EPERM);
