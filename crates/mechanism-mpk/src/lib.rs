@@ -615,15 +615,15 @@ fn unregister_robust_list() -> Result<(), String> {
 /// none of them either (it uses no keys).
 fn deny_forbidden_calls() {
     // Before the filter, which denies `rseq` and `set_robust_list` too.
-    if let Err(e) = unregister_restartable_sequences() {
-        let report = format!("flexos: cannot take back the main thread's restartable sequences (rseq): {e}\n");
-        flexos_platform::console::write_err(report.as_bytes());
-        flexos_platform::process_abort()
-    }
-    if let Err(e) = unregister_robust_list() {
-        let report = format!("flexos: cannot take back the main thread's robust list (set_robust_list): {e}\n");
-        flexos_platform::console::write_err(report.as_bytes());
-        flexos_platform::process_abort()
+    for (what, taken_back) in [
+        ("restartable sequences (rseq)", unregister_restartable_sequences()),
+        ("robust list (set_robust_list)", unregister_robust_list()),
+    ] {
+        if let Err(e) = taken_back {
+            let report = format!("flexos: cannot take back the main thread's {what}: {e}\n");
+            flexos_platform::console::write_err(report.as_bytes());
+            flexos_platform::process_abort()
+        }
     }
     let installed = (|| {
         use seccompiler::{SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule};

@@ -3,11 +3,11 @@
 //! The C library maps a new thread's stack itself, with key 0, which every
 //! `mpk` compartment may read and write: a thread of main's (started with
 //! `std::thread::spawn`) held main's locals and return addresses where any
-//! compartment could read and rewrite them (attack `thread-stack`). In a
-//! static image this crate's `pthread_create` takes the place of the C
-//! library's (which is a weak alias there): where the creating compartment
-//! has stacks of its own (an `mpk` compartment with `dss` or `heap`), the
-//! new thread runs its body on its context's gate stack of that
+//! compartment could read and rewrite them (attacks `read-thread-stack`,
+//! `write-thread-stack`). In a static image this crate's `pthread_create`
+//! takes the place of the C library's (a weak alias there): where the
+//! creating compartment has stacks of its own (an `mpk` compartment with
+//! `dss` or `heap`), the new thread runs its body on its context's gate stack of that
 //! compartment (a slot of the gate-stack arena, with the compartment's
 //! key), as if a gate had entered it. The C library's stack then holds
 //! only the thread's start and end, the thread's control block and
