@@ -257,32 +257,58 @@ impl Cpio {
     }
 }
 
+/// Builds the static init and images: (path in the guest, stripped bytes).
+fn build_guest_files(root: &Path, dir: &Path, progress: bool) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let options = BuildOptions { release: true, gate_stats: false, progress, static_link: true };
+    let mut files = vec![("init".to_string(), stripped(&build_init(root, dir)?)?)];
+    for image in IMAGES {
+        let layout = flexos_config::load(&root.join(image.config))
+            .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))?;
+        let path = build_image(root, &layout, &options)?;
+        files.push((format!("images/{}", image.name), stripped(&path)?));
+    }
+    Ok(files)
+}
+
 /// Builds the static images and the init, and packs them into an initramfs.
 fn build_initramfs(root: &Path, dir: &Path, progress: bool) -> Result<PathBuf, String> {
-    let options = BuildOptions { release: true, gate_stats: false, progress, static_link: true };
     let mut cpio = Cpio::default();
     for d in ["dev", "proc", "tmp", "images"] {
         cpio.dir(d);
     }
     cpio.char_device("dev/console", 5, 1);
-    let init = build_init(root, dir)?;
-    cpio.file("init", &stripped(&init)?);
-    for image in IMAGES {
-        let layout = flexos_config::load(&root.join(image.config))
-            .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))?;
-        let path = build_image(root, &layout, &options)?;
-        cpio.file(&format!("images/{}", image.name), &stripped(&path)?);
+    for (name, bytes) in build_guest_files(root, dir, progress)? {
+        cpio.file(&name, &bytes);
     }
     let out = dir.join("initramfs.cpio");
     std::fs::write(&out, cpio.finish()).map_err(|e| format!("{}: {e}", out.display()))?;
     Ok(out)
 }
 
-/// The bytes of `binary` without its debugging information.
+/// `flexos guest-test --pack DIR`: writes the guest's init and its static
+/// images into `out` (`out/init`, `out/images/NAME`) instead of booting, so
+/// that a machine with protection keys and no toolchain runs the same checks
+/// natively with `out/init out/images`.
+pub fn pack(root: &Path, out: &Path, progress: bool) -> Result<(), String> {
+    let dir = guest_dir(root);
+    std::fs::create_dir_all(out.join("images")).map_err(|e| format!("{}: {e}", out.display()))?;
+    for (name, bytes) in build_guest_files(root, &dir, progress)? {
+        let path = out.join(name);
+        std::fs::write(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The bytes of `binary` without its debugging information (through a file
+/// of this process's own, since two runs may strip the same image at once).
 fn stripped(binary: &Path) -> Result<Vec<u8>, String> {
-    let out = binary.with_extension("stripped");
+    let out = binary.with_extension(format!("stripped-{}", std::process::id()));
     run_command(Command::new("strip").arg("-o").arg(&out).arg(binary), "strip")?;
-    std::fs::read(&out).map_err(|e| format!("{}: {e}", out.display()))
+    let bytes = std::fs::read(&out).map_err(|e| format!("{}: {e}", out.display()));
+    let _ = std::fs::remove_file(&out);
+    bytes
 }
 
 /// Boots the guest on QEMU CPU model `cpu` and collects its report.

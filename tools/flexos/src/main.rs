@@ -74,6 +74,11 @@ enum Cmd {
         /// Run only the checks whose names contain this (for development).
         #[arg(long)]
         only: Option<String>,
+        /// Boot nothing: write the guest's init and static images into this
+        /// folder, to run the checks natively on a machine with protection
+        /// keys and no toolchain (`DIR/init DIR/images [ONLY]`).
+        #[arg(long, conflicts_with = "only")]
+        pack: Option<PathBuf>,
     },
 }
 
@@ -707,7 +712,11 @@ fn main() {
         Cmd::Bench { which: BenchCmd::Hardening { app, components, options, runs, instructions, json } } => {
             bench_hardening(&app, &components, &options, runs, instructions, json)
         }
-        Cmd::GuestTest { limit, only } => guest_test(limit, only.as_deref()),
+        Cmd::GuestTest { pack: Some(dir), .. } => flexos::guest::pack(&workspace_root(), &dir, true).map_err(|e| {
+            eprintln!("error: {e}");
+            exit::GUEST_FAILED
+        }),
+        Cmd::GuestTest { limit, only, pack: None } => guest_test(limit, only.as_deref()),
         Cmd::Explore { step, run } => explore_cmd(step, run),
         Cmd::Bench { which: BenchCmd::Kv { configs, runs, net, json } } => network_images(configs, "kv.toml", runs)
             .and_then(|images| report_network(flexos::netbench::kv(&images, runs, net), json, "kv")),

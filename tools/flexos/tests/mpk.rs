@@ -161,3 +161,33 @@ fn the_gate_benchmark_measures_mpk_or_says_why_not() {
     }
     assert!(!report.rows.iter().any(|r| r.name.contains("mpk light")), "light has no shared-local rows: {table}");
 }
+
+/// `flexos guest-test --pack DIR` writes the guest's init and images; run
+/// natively, the init runs the checks on this machine's CPU: with keys every
+/// `mpk` check passes (exit 0); without them the `mpk` images refuse, the
+/// one-compartment image still answers, and the exit status says that
+/// nothing was proven here (2).
+#[test]
+fn packed_checks_run_natively_and_say_what_this_cpu_proves() {
+    let dir = std::env::temp_dir().join(format!("flexos-pack-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_flexos"))
+        .args(["guest-test", "--pack"])
+        .arg(&dir)
+        .status()
+        .expect("flexos runs");
+    assert!(status.success(), "pack failed: {status}");
+    let out = std::process::Command::new(dir.join("init")).arg(dir.join("images")).arg("query").output().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("flexos-check sqlite-one-compartment-query pass"), "{stdout}");
+    assert!(stdout.lines().last() == Some("flexos-guest: done"), "{stdout}");
+    if pku() {
+        assert_eq!(out.status.code(), Some(0), "{stdout}");
+        assert!(stdout.contains("flexos-check sqlite-mpk-query pass"), "{stdout}");
+    } else {
+        assert_eq!(out.status.code(), Some(2), "{stdout}");
+        assert!(stdout.contains("flexos-check sqlite-mpk-query fail"), "{stdout}");
+        assert!(stdout.contains("has no protection keys"), "{stdout}");
+    }
+}
