@@ -10,6 +10,8 @@ int flexos_libc_open(const char *path, int flags, int mode);
 int flexos_libc_close(int fd);
 ssize_t flexos_libc_pread(int fd, void *buf, size_t n, int64_t offset);
 ssize_t flexos_libc_pwrite(int fd, const void *buf, size_t n, int64_t offset);
+/* pwrite with write-behind: queued, reported done at once; errors come from the next file call (fsync). */
+ssize_t flexos_libc_pwrite_behind(int fd, const void *buf, size_t n, int64_t offset);
 int flexos_libc_ftruncate(int fd, int64_t size);
 int flexos_libc_fsync(int fd);
 int64_t flexos_libc_fsize(int fd);

@@ -30,18 +30,19 @@ typedef struct FlexosFile {
 
 static int fx_close(sqlite3_file *f) {
     FlexosFile *p = (FlexosFile *)f;
+    /* Sends the writes still queued: their error is this call's. */
     int rc = flexos_libc_close(p->fd);
     if (p->delete_on_close) {
         flexos_libc_unlink(p->delete_on_close);
         sqlite3_free(p->delete_on_close);
         p->delete_on_close = 0;
     }
-    return rc < 0 ? SQLITE_IOERR_CLOSE : SQLITE_OK;
+    return rc < 0 ? io_error(rc, SQLITE_IOERR_CLOSE) : SQLITE_OK;
 }
 
 static int fx_read(sqlite3_file *f, void *buf, int amt, sqlite3_int64 off) {
     ssize_t n = flexos_libc_pread(((FlexosFile *)f)->fd, buf, (size_t)amt, off);
-    if (n < 0) return SQLITE_IOERR_READ;
+    if (n < 0) return io_error(n, SQLITE_IOERR_READ);
     if (n < amt) {
         memset((char *)buf + n, 0, (size_t)(amt - n));
         return SQLITE_IOERR_SHORT_READ;
@@ -49,8 +50,12 @@ static int fx_read(sqlite3_file *f, void *buf, int amt, sqlite3_int64 off) {
     return SQLITE_OK;
 }
 
+/* Write-behind: SQLite makes what it needs durable with xSync and reads
+ * what it wrote through this VFS, and both send the queued writes first; a
+ * failed queued write is reported by xSync (or whichever call comes next),
+ * as by a write-back cache. */
 static int fx_write(sqlite3_file *f, const void *buf, int amt, sqlite3_int64 off) {
-    ssize_t n = flexos_libc_pwrite(((FlexosFile *)f)->fd, buf, (size_t)amt, off);
+    ssize_t n = flexos_libc_pwrite_behind(((FlexosFile *)f)->fd, buf, (size_t)amt, off);
     return n == amt ? SQLITE_OK : io_error(n, SQLITE_IOERR_WRITE);
 }
 
@@ -61,12 +66,13 @@ static int fx_truncate(sqlite3_file *f, sqlite3_int64 size) {
 
 static int fx_sync(sqlite3_file *f, int flags) {
     (void)flags;
-    return flexos_libc_fsync(((FlexosFile *)f)->fd) < 0 ? SQLITE_IOERR_FSYNC : SQLITE_OK;
+    int rc = flexos_libc_fsync(((FlexosFile *)f)->fd);
+    return rc < 0 ? io_error(rc, SQLITE_IOERR_FSYNC) : SQLITE_OK;
 }
 
 static int fx_file_size(sqlite3_file *f, sqlite3_int64 *size) {
     int64_t s = flexos_libc_fsize(((FlexosFile *)f)->fd);
-    if (s < 0) return SQLITE_IOERR_FSTAT;
+    if (s < 0) return io_error(s, SQLITE_IOERR_FSTAT);
     *size = s;
     return SQLITE_OK;
 }
@@ -114,13 +120,15 @@ static int fx_delete(sqlite3_vfs *vfs, const char *name, int sync_dir) {
     (void)vfs; (void)sync_dir;
     int rc = flexos_libc_unlink(name);
     if (rc == -FLEXOS_ENOENT) return SQLITE_IOERR_DELETE_NOENT;
-    return rc < 0 ? SQLITE_IOERR_DELETE : SQLITE_OK;
+    return rc < 0 ? io_error(rc, SQLITE_IOERR_DELETE) : SQLITE_OK;
 }
 
 static int fx_access(sqlite3_vfs *vfs, const char *name, int flags, int *out) {
     (void)vfs; (void)flags;
-    *out = flexos_libc_access(name) > 0;
-    return SQLITE_OK;
+    int rc = flexos_libc_access(name);
+    *out = rc > 0;
+    /* Absent is an answer; any other error (a queued write's) is not. */
+    return rc < 0 && rc != -FLEXOS_ENOENT ? io_error(rc, SQLITE_IOERR_ACCESS) : SQLITE_OK;
 }
 
 static int fx_full_pathname(sqlite3_vfs *vfs, const char *name, int n, char *out) {

@@ -4,6 +4,7 @@
 //! buffer in the shared heap, the only kind of memory that crosses a gate.
 
 use core::ffi::{c_char, c_int};
+use flexos_gate::abi::file_batch::{self, Record};
 use flexos_gate::abi::{Errno, FileKind, Whence};
 use flexos_gate::{SharedBuf, gate};
 
@@ -24,26 +25,122 @@ fn ret_len(r: Result<usize, Errno>) -> isize {
 /// The largest scratch buffer kept between calls.
 const MAX_SCRATCH: usize = 1 << 20;
 
-/// This machine's reusable shared buffer for file data, so that reads and
-/// writes do not allocate and free shared memory on every call. (Its old
-/// contents are visible to the other compartments, like any shared memory.)
+/// This thread's file state (a component has one state type).
 #[derive(Default)]
-struct Scratch {
-    buf: Option<SharedBuf>,
+struct FileState {
+    /// A reusable shared buffer for file data, so that reads and writes do
+    /// not allocate and free shared memory on every call. (Its old contents
+    /// are visible to the other compartments, like any shared memory.)
+    scratch: Option<SharedBuf>,
+    /// The write-behind log ([`flexos_libc_pwrite_behind`]): records of
+    /// [`file_batch`], sent to `vfs` in one crossing by the next file call.
+    behind: Option<SharedBuf>,
+    /// Bytes of `behind` in use.
+    behind_used: usize,
 }
 
 /// Runs `f` with a shared buffer of at least `n` bytes.
 fn with_scratch<R>(n: usize, f: impl FnOnce(&mut SharedBuf) -> R) -> R {
-    let cached = flexos_gate::with_state(flexos_gate::me!(), |s: &mut Scratch| s.buf.take());
+    let cached = flexos_gate::with_state(flexos_gate::me!(), |s: &mut FileState| s.scratch.take());
     let mut buf = match cached {
         Some(b) if b.len() >= n => b,
         _ => SharedBuf::zeroed(n.next_power_of_two().max(4096)),
     };
     let result = f(&mut buf);
     if buf.len() <= MAX_SCRATCH {
-        flexos_gate::with_state(flexos_gate::me!(), |s: &mut Scratch| s.buf = Some(buf));
+        flexos_gate::with_state(flexos_gate::me!(), |s: &mut FileState| s.scratch = Some(buf));
     }
     result
+}
+
+/// Bytes of this thread's write-behind log (queued records and their data).
+const BEHIND_LOG: usize = 256 << 10;
+/// The largest write that is queued; larger ones cross at once.
+const MAX_BEHIND_WRITE: usize = 64 << 10;
+
+/// Takes this thread's log if it holds records: (log, bytes used).
+fn take_queued() -> Option<(SharedBuf, usize)> {
+    flexos_gate::with_state(flexos_gate::me!(), |w: &mut FileState| {
+        if w.behind_used == 0 { None } else { w.behind.take().map(|log| (log, core::mem::take(&mut w.behind_used))) }
+    })
+}
+
+/// Gives the log back with `used` bytes queued.
+fn put_log(log: SharedBuf, used: usize) {
+    flexos_gate::with_state(flexos_gate::me!(), |w: &mut FileState| {
+        w.behind = Some(log);
+        w.behind_used = used;
+    })
+}
+
+/// Sends this thread's queued records, with `last` (an `FSYNC` or `CLOSE`)
+/// appended, in one crossing; `None` when nothing was queued (`last` is
+/// then not sent). Records after one that fails are dropped, and its error
+/// is the result.
+fn send_queued(last: Option<Record>) -> Option<Result<(), Errno>> {
+    let (mut log, mut used) = take_queued()?;
+    if let Some(r) = last {
+        // `queue` always leaves room for one more header.
+        log.write_at(used, &file_batch::header(&r));
+        used += file_batch::HEADER;
+    }
+    let result = gate!(flexos_vfs::submit(log.shared().slice(0..used)));
+    put_log(log, 0);
+    Some(result)
+}
+
+/// Sends the queued writes before a call that must see them: their error, if one failed.
+fn flush() -> Result<(), Errno> {
+    send_queued(None).unwrap_or(Ok(()))
+}
+
+/// Queues a write of `data` at `offset` of `fd` (sending the log first when
+/// it is full; that send's error is returned and `data` is not queued).
+fn queue_write(fd: c_int, data: &[u8], offset: u64) -> Result<(), Errno> {
+    let r = Record { op: file_batch::PWRITE, fd, offset, len: data.len() as u64 };
+    let size = file_batch::record_size(r.len).ok_or(Errno::EINVAL)?;
+    let (mut log, mut used) = take_queued().unwrap_or_else(|| {
+        let free = flexos_gate::with_state(flexos_gate::me!(), |w: &mut FileState| w.behind.take());
+        (free.unwrap_or_else(|| SharedBuf::zeroed(BEHIND_LOG)), 0)
+    });
+    if used + size + file_batch::HEADER > log.len() {
+        let sent = gate!(flexos_vfs::submit(log.shared().slice(0..used)));
+        used = 0;
+        if let Err(e) = sent {
+            put_log(log, 0);
+            return Err(e);
+        }
+    }
+    log.write_at(used, &file_batch::header(&r));
+    log.write_at(used + file_batch::HEADER, data);
+    put_log(log, used + size);
+    Ok(())
+}
+
+/// `pwrite(fd, buf, n, offset)` with write-behind: a write of up to 64 KiB
+/// at an offset is queued and reported done (`n`) at once; the thread's
+/// next file call sends the queue before its own work, in the same crossing
+/// for `fsync` and `close`. A queued write that fails is reported by that
+/// next call (which then does nothing else), like a write-back cache
+/// reports errors at `fsync`; the writes queued after it are dropped.
+/// Until then the data is invisible to other threads and compartments, and
+/// a thread that ends with writes queued loses them: for callers that sync
+/// what they need (SQLite's VFS), not a drop-in `pwrite`.
+///
+/// # Safety
+/// `buf` has `n` readable bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn flexos_libc_pwrite_behind(fd: c_int, buf: *const u8, n: usize, offset: i64) -> isize {
+    if offset < 0 || n > MAX_BEHIND_WRITE {
+        // SAFETY: forwarded contract.
+        return unsafe { flexos_libc_pwrite(fd, buf, n, offset) };
+    }
+    // SAFETY: the caller's contract.
+    let data = unsafe { core::slice::from_raw_parts(buf, n) };
+    match queue_write(fd, data, offset as u64) {
+        Ok(()) => n as isize,
+        Err(e) => -(e.0 as isize),
+    }
 }
 
 /// Runs `f` with a C path copied into the scratch buffer.
@@ -74,6 +171,9 @@ unsafe fn shared_path(path: *const c_char) -> SharedBuf {
 /// `path` is NUL-terminated.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn flexos_libc_open(path: *const c_char, flags: c_int, mode: c_int) -> c_int {
+    if let Err(e) = flush() {
+        return -e.0;
+    }
     // SAFETY: forwarded contract.
     match unsafe { with_path(path, |p| gate!(flexos_vfs::open(p, flags as u32, mode as u32))) } {
         Ok(fd) => fd,
@@ -84,7 +184,8 @@ pub unsafe extern "C" fn flexos_libc_open(path: *const c_char, flags: c_int, mod
 /// `close(fd)`.
 #[unsafe(no_mangle)]
 pub extern "C" fn flexos_libc_close(fd: c_int) -> c_int {
-    ret(gate!(flexos_vfs::close(fd)))
+    let queued = send_queued(Some(Record { op: file_batch::CLOSE, fd, offset: 0, len: 0 }));
+    ret(queued.unwrap_or_else(|| gate!(flexos_vfs::close(fd))))
 }
 
 /// `pread(fd, buf, n, offset)`; a negative offset reads at the descriptor's offset (`read`).
@@ -93,6 +194,9 @@ pub extern "C" fn flexos_libc_close(fd: c_int) -> c_int {
 /// `buf` has `n` writable bytes.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn flexos_libc_pread(fd: c_int, buf: *mut u8, n: usize, offset: i64) -> isize {
+    if let Err(e) = flush() {
+        return -(e.0 as isize);
+    }
     // At most one scratch buffer per call: a larger read is short, as POSIX allows.
     let n = n.min(MAX_SCRATCH);
     ret_len(with_scratch(n, |shared| {
@@ -127,6 +231,9 @@ pub unsafe extern "C" fn flexos_libc_read(fd: c_int, buf: *mut u8, n: usize) -> 
 /// `buf` has `n` readable bytes.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn flexos_libc_pwrite(fd: c_int, buf: *const u8, n: usize, offset: i64) -> isize {
+    if let Err(e) = flush() {
+        return -(e.0 as isize);
+    }
     // At most one scratch buffer per call: a larger write is short, as POSIX allows.
     let n = n.min(MAX_SCRATCH);
     ret_len(with_scratch(n, |shared| {
@@ -150,6 +257,9 @@ pub unsafe extern "C" fn flexos_libc_write(fd: c_int, buf: *const u8, n: usize) 
 /// `lseek(fd, offset, whence)` with `SEEK_SET` 0, `SEEK_CUR` 1, `SEEK_END` 2.
 #[unsafe(no_mangle)]
 pub extern "C" fn flexos_libc_lseek(fd: c_int, offset: i64, whence: c_int) -> i64 {
+    if let Err(e) = flush() {
+        return -(e.0 as i64);
+    }
     let whence = match whence {
         0 => Whence::Set,
         1 => Whence::Cur,
@@ -165,6 +275,9 @@ pub extern "C" fn flexos_libc_lseek(fd: c_int, offset: i64, whence: c_int) -> i6
 /// `ftruncate(fd, size)`.
 #[unsafe(no_mangle)]
 pub extern "C" fn flexos_libc_ftruncate(fd: c_int, size: i64) -> c_int {
+    if let Err(e) = flush() {
+        return -e.0;
+    }
     if size < 0 {
         return -Errno::EINVAL.0;
     }
@@ -174,12 +287,16 @@ pub extern "C" fn flexos_libc_ftruncate(fd: c_int, size: i64) -> c_int {
 /// `fsync(fd)`.
 #[unsafe(no_mangle)]
 pub extern "C" fn flexos_libc_fsync(fd: c_int) -> c_int {
-    ret(gate!(flexos_vfs::fsync(fd)))
+    let queued = send_queued(Some(Record { op: file_batch::FSYNC, fd, offset: 0, len: 0 }));
+    ret(queued.unwrap_or_else(|| gate!(flexos_vfs::fsync(fd))))
 }
 
 /// The size of the open file `fd`, or `-errno`.
 #[unsafe(no_mangle)]
 pub extern "C" fn flexos_libc_fsize(fd: c_int) -> i64 {
+    if let Err(e) = flush() {
+        return -(e.0 as i64);
+    }
     match gate!(flexos_vfs::fstat(fd)) {
         Ok(st) => st.size as i64,
         Err(e) => -(e.0 as i64),
@@ -192,6 +309,9 @@ pub extern "C" fn flexos_libc_fsize(fd: c_int) -> i64 {
 /// `path` is NUL-terminated.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn flexos_libc_unlink(path: *const c_char) -> c_int {
+    if let Err(e) = flush() {
+        return -e.0;
+    }
     // SAFETY: forwarded contract.
     ret(unsafe { with_path(path, |p| gate!(flexos_vfs::unlink(p))) })
 }
@@ -202,6 +322,9 @@ pub unsafe extern "C" fn flexos_libc_unlink(path: *const c_char) -> c_int {
 /// `path` is NUL-terminated.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn flexos_libc_access(path: *const c_char) -> c_int {
+    if let Err(e) = flush() {
+        return -e.0;
+    }
     // SAFETY: forwarded contract.
     match unsafe { with_path(path, |p| gate!(flexos_vfs::stat(p))) } {
         Ok(st) if st.kind == FileKind::Dir => 2,
@@ -216,6 +339,9 @@ pub unsafe extern "C" fn flexos_libc_access(path: *const c_char) -> c_int {
 /// `path` is NUL-terminated.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn flexos_libc_mkdir(path: *const c_char, mode: c_int) -> c_int {
+    if let Err(e) = flush() {
+        return -e.0;
+    }
     // SAFETY: forwarded contract.
     ret(unsafe { with_path(path, |p| gate!(flexos_vfs::mkdir(p, mode as u32))) })
 }
@@ -226,6 +352,9 @@ pub unsafe extern "C" fn flexos_libc_mkdir(path: *const c_char, mode: c_int) -> 
 /// `path` is NUL-terminated.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn flexos_libc_rmdir(path: *const c_char) -> c_int {
+    if let Err(e) = flush() {
+        return -e.0;
+    }
     // SAFETY: forwarded contract.
     ret(unsafe { with_path(path, |p| gate!(flexos_vfs::rmdir(p))) })
 }
@@ -236,6 +365,9 @@ pub unsafe extern "C" fn flexos_libc_rmdir(path: *const c_char) -> c_int {
 /// Both are NUL-terminated.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn flexos_libc_rename(from: *const c_char, to: *const c_char) -> c_int {
+    if let Err(e) = flush() {
+        return -e.0;
+    }
     // SAFETY: forwarded contract.
     let (f, t) = unsafe { (shared_path(from), shared_path(to)) };
     ret(gate!(flexos_vfs::rename(f.shared(), t.shared())))
@@ -274,12 +406,62 @@ pub fn install_file(path: &str, data: &[u8]) -> Result<(), Errno> {
 /// largest file and total capacity in bytes (0 keeps a limit); 0 or -errno.
 #[unsafe(no_mangle)]
 pub extern "C" fn flexos_libc_fs_limits(max_file_size: u64, capacity: u64) -> c_int {
+    if let Err(e) = flush() {
+        return -e.0;
+    }
     ret(gate!(flexos_vfs::set_fs_limits(max_file_size, capacity)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Write-behind: queued writes are seen by the thread's next call, are
+    /// sent with an fsync or close in one crossing, and a queued write that
+    /// fails is reported by the next call, which then does nothing else.
+    #[test]
+    fn queued_writes_are_sent_by_the_next_call_and_their_errors_reported_there() {
+        // SAFETY: NUL-terminated literals and buffers of the lengths passed, as the C calls require.
+        unsafe {
+            let fd = flexos_libc_open(c"/behind".as_ptr(), 2 | 0o100, 0o644);
+            assert!(fd >= 3);
+            assert_eq!(flexos_libc_pwrite_behind(fd, b"hello".as_ptr(), 5, 0), 5);
+            assert_eq!(flexos_libc_pwrite_behind(fd, b"J".as_ptr(), 1, 0), 1);
+            let queued = flexos_gate::with_state(flexos_gate::me!(), |w: &mut FileState| w.behind_used);
+            assert_eq!(queued, 2 * 32, "two records queued, nothing sent");
+            let mut buf = [0u8; 8];
+            assert_eq!(flexos_libc_pread(fd, buf.as_mut_ptr(), 8, 0), 5, "the read sent them first");
+            assert_eq!(&buf[..5], b"Jello");
+            // A write past the largest file fails when it is sent: the fsync
+            // reports it, and the write queued after it is dropped.
+            assert_eq!(flexos_libc_pwrite_behind(fd, b"x".as_ptr(), 1, 1 << 40), 1);
+            assert_eq!(flexos_libc_pwrite_behind(fd, b"Y".as_ptr(), 1, 0), 1);
+            assert_eq!(flexos_libc_fsync(fd), -Errno::EFBIG.0);
+            assert_eq!(flexos_libc_fsync(fd), 0, "reported once");
+            assert_eq!(flexos_libc_pread(fd, buf.as_mut_ptr(), 8, 0), 5);
+            assert_eq!(&buf[..5], b"Jello", "the write after the failed one was dropped");
+            // A close sends what is queued, in order, then closes.
+            assert_eq!(flexos_libc_pwrite_behind(fd, b"!".as_ptr(), 1, 5), 1);
+            assert_eq!(flexos_libc_close(fd), 0);
+            assert_eq!(flexos_libc_close(fd), -Errno::EBADF.0);
+            let fd = flexos_libc_open(c"/behind".as_ptr(), 0, 0);
+            assert_eq!(flexos_libc_pread(fd, buf.as_mut_ptr(), 8, 0), 6);
+            assert_eq!(&buf[..6], b"Jello!");
+            // More than the log holds is sent as the log fills; large writes cross at once.
+            let wfd = flexos_libc_open(c"/big".as_ptr(), 2 | 0o100, 0o644);
+            let page = [7u8; 4096];
+            for i in 0..200 {
+                assert_eq!(flexos_libc_pwrite_behind(wfd, page.as_ptr(), 4096, i * 4096), 4096);
+            }
+            let big = alloc::vec![9u8; MAX_BEHIND_WRITE + 1];
+            assert_eq!(flexos_libc_pwrite_behind(wfd, big.as_ptr(), big.len(), 0), big.len() as isize);
+            assert_eq!(flexos_libc_fsize(wfd), 200 * 4096);
+            assert_eq!(flexos_libc_pread(wfd, buf.as_mut_ptr(), 1, MAX_BEHIND_WRITE as i64), 1);
+            assert_eq!(buf[0], 9, "the large write came after the queued pages");
+            assert_eq!(flexos_libc_close(wfd), 0);
+            assert_eq!(flexos_libc_close(fd), 0);
+        }
+    }
 
     #[test]
     fn c_file_calls_reach_vfs() {

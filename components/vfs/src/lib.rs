@@ -11,6 +11,7 @@
 extern crate alloc;
 
 use alloc::vec::Vec;
+use flexos_gate::abi::file_batch;
 use flexos_gate::abi::open_flags::*;
 use flexos_gate::abi::{DirEntry, Errno, FileKind, Stat, Whence};
 use flexos_gate::{SharedMut, SharedRef, gate};
@@ -35,6 +36,7 @@ flexos_gate::exports!(
     readdir(i32, u64) -> Result<Option<DirEntry>, Errno>,
     open_count() -> usize,
     set_fs_limits(u64, u64) -> Result<(), Errno>,
+    submit(SharedRef<'_>) -> Result<(), Errno>,
 );
 
 /// The most file descriptors open at once.
@@ -278,4 +280,36 @@ pub(crate) fn readdir(fd: i32, index: u64) -> Result<Option<DirEntry>, Errno> {
 /// How many descriptors are open.
 pub(crate) fn open_count() -> usize {
     with(|v| Ok(v.files.iter().flatten().count())).unwrap_or(0)
+}
+
+/// Applies a caller's queued file operations ([`file_batch`]) in order and
+/// stops at the first that fails, whose error it returns; a record that
+/// does not parse (an unknown operation, data past the buffer) is `EINVAL`.
+/// Each header is copied out of shared memory once and only the copy is
+/// checked and used, so a caller that changes the buffer meanwhile changes
+/// at most the bytes a write stores, never which record is applied where.
+pub(crate) fn submit(log: SharedRef<'_>) -> Result<(), Errno> {
+    let mut at = 0;
+    while at < log.len() {
+        let header_end = at.checked_add(file_batch::HEADER).filter(|&e| e <= log.len()).ok_or(Errno::EINVAL)?;
+        let mut h = [0u8; file_batch::HEADER];
+        log.slice(at..header_end).copy_to_slice(&mut h);
+        let r = file_batch::parse(&h);
+        let size = file_batch::record_size(r.len).ok_or(Errno::EINVAL)?;
+        let end = at.checked_add(size).filter(|&e| e <= log.len()).ok_or(Errno::EINVAL)?;
+        match r.op {
+            file_batch::PWRITE => {
+                let data_end = header_end + r.len as usize;
+                let n = pwrite(r.fd, log.slice(header_end..data_end), r.offset)?;
+                if n as u64 != r.len {
+                    return Err(Errno::EIO);
+                }
+            }
+            file_batch::FSYNC if r.len == 0 => fsync(r.fd)?,
+            file_batch::CLOSE if r.len == 0 => close(r.fd)?,
+            _ => return Err(Errno::EINVAL),
+        }
+        at = end;
+    }
+    Ok(())
 }

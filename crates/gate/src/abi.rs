@@ -368,3 +368,73 @@ pub mod round {
         }
     }
 }
+
+/// Write-behind for files (`vfs::submit`): a caller queues writes whose
+/// results it does not wait for and sends them, in order, with the call
+/// that needs them (an `fsync`, a `close`, or any other file call), in one
+/// crossing instead of one per write.
+///
+/// A shared buffer of records, little-endian, each a
+/// [`HEADER`](file_batch::HEADER)-byte header followed, for
+/// [`PWRITE`](file_batch::PWRITE), by its data, padded to 8 bytes:
+///
+/// | bytes | field |
+/// |---|---|
+/// | 0..4 | operation: [`PWRITE`](file_batch::PWRITE), [`FSYNC`](file_batch::FSYNC) or [`CLOSE`](file_batch::CLOSE) (u32) |
+/// | 4..8 | descriptor (i32) |
+/// | 8..16 | offset (u64; `PWRITE` only) |
+/// | 16..24 | data length (u64; 0 but for `PWRITE`) |
+///
+/// `vfs` applies the records in order and stops at the first that fails
+/// (its error is the call's); a record it cannot parse is `EINVAL`.
+pub mod file_batch {
+    /// Bytes of a record's header.
+    pub const HEADER: usize = 24;
+    /// `pwrite(fd, data, offset)`.
+    pub const PWRITE: u32 = 1;
+    /// `fsync(fd)`.
+    pub const FSYNC: u32 = 2;
+    /// `close(fd)`.
+    pub const CLOSE: u32 = 3;
+
+    /// One record's header.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Record {
+        /// [`PWRITE`], [`FSYNC`] or [`CLOSE`].
+        pub op: u32,
+        /// The descriptor.
+        pub fd: i32,
+        /// Where the data goes (`PWRITE`).
+        pub offset: u64,
+        /// Bytes of data after the header (`PWRITE`).
+        pub len: u64,
+    }
+
+    /// Bytes a record with `len` bytes of data takes (`None` if that
+    /// overflows).
+    pub fn record_size(len: u64) -> Option<usize> {
+        let len = usize::try_from(len).ok()?;
+        HEADER.checked_add(len)?.checked_next_multiple_of(8)
+    }
+
+    /// The header bytes of `r`.
+    pub fn header(r: &Record) -> [u8; HEADER] {
+        let mut h = [0u8; HEADER];
+        h[..4].copy_from_slice(&r.op.to_le_bytes());
+        h[4..8].copy_from_slice(&r.fd.to_le_bytes());
+        h[8..16].copy_from_slice(&r.offset.to_le_bytes());
+        h[16..24].copy_from_slice(&r.len.to_le_bytes());
+        h
+    }
+
+    /// The record in header bytes `h`.
+    pub fn parse(h: &[u8; HEADER]) -> Record {
+        let u64_at = |at: usize| u64::from_le_bytes(h[at..at + 8].try_into().unwrap_or_default());
+        Record {
+            op: u32::from_le_bytes([h[0], h[1], h[2], h[3]]),
+            fd: i32::from_le_bytes([h[4], h[5], h[6], h[7]]),
+            offset: u64_at(8),
+            len: u64_at(16),
+        }
+    }
+}
