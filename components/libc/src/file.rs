@@ -57,9 +57,18 @@ fn with_scratch<R>(n: usize, f: impl FnOnce(&mut SharedBuf) -> R) -> R {
 const BEHIND_LOG: usize = 256 << 10;
 /// The largest write that is queued; larger ones cross at once.
 const MAX_BEHIND_WRITE: usize = 64 << 10;
+/// Whether writes are queued at all: only where `vfs` is a remote call away
+/// (another process or VM), whose round trip costs far more than queuing;
+/// elsewhere `flexos_libc_pwrite_behind` writes at once (a queue of none).
+const WRITE_BEHIND: bool = flexos_gate::is_remote_call::<crate::FlexosIdentity, flexos_vfs::submit::Entry>();
 
 /// Takes this thread's log if it holds records: (log, bytes used).
 fn take_queued() -> Option<(SharedBuf, usize)> {
+    // Without write-behind nothing is ever queued: no state to look up (the
+    // unit tests queue in an image of one compartment).
+    if !WRITE_BEHIND && !cfg!(test) {
+        return None;
+    }
     flexos_gate::with_state(flexos_gate::me!(), |w: &mut FileState| {
         if w.behind_used == 0 { None } else { w.behind.take().map(|log| (log, core::mem::take(&mut w.behind_used))) }
     })
@@ -117,7 +126,8 @@ fn queue_write(fd: c_int, data: &[u8], offset: u64) -> Result<(), Errno> {
     Ok(())
 }
 
-/// `pwrite(fd, buf, n, offset)` with write-behind: a write of up to 64 KiB
+/// `pwrite(fd, buf, n, offset)` with write-behind where `vfs` is a remote
+/// call away (elsewhere it writes at once): a write of up to 64 KiB
 /// at an offset is queued and reported done (`n`) at once; the thread's
 /// next file call sends the queue before its own work, in the same crossing
 /// for `fsync` and `close`. A queued write that fails is reported by that
@@ -131,7 +141,16 @@ fn queue_write(fd: c_int, data: &[u8], offset: u64) -> Result<(), Errno> {
 /// `buf` has `n` readable bytes.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn flexos_libc_pwrite_behind(fd: c_int, buf: *const u8, n: usize, offset: i64) -> isize {
-    if offset < 0 || n > MAX_BEHIND_WRITE {
+    // SAFETY: forwarded contract.
+    unsafe { pwrite_behind(WRITE_BEHIND, fd, buf, n, offset) }
+}
+
+/// [`flexos_libc_pwrite_behind`], queuing only if `queue`.
+///
+/// # Safety
+/// `buf` has `n` readable bytes.
+unsafe fn pwrite_behind(queue: bool, fd: c_int, buf: *const u8, n: usize, offset: i64) -> isize {
+    if !queue || offset < 0 || n > MAX_BEHIND_WRITE {
         // SAFETY: forwarded contract.
         return unsafe { flexos_libc_pwrite(fd, buf, n, offset) };
     }
@@ -194,17 +213,25 @@ pub extern "C" fn flexos_libc_close(fd: c_int) -> c_int {
 /// `buf` has `n` writable bytes.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn flexos_libc_pread(fd: c_int, buf: *mut u8, n: usize, offset: i64) -> isize {
-    if let Err(e) = flush() {
-        return -(e.0 as isize);
-    }
+    // A read at an offset takes the queued writes along (one crossing); any other sends them first.
+    let queued = if offset < 0 { flush().err().map(Err) } else { take_queued().map(Ok) };
+    let queued = match queued {
+        Some(Err(e)) => return -(e.0 as isize),
+        Some(Ok(q)) => Some(q),
+        None => None,
+    };
     // At most one scratch buffer per call: a larger read is short, as POSIX allows.
     let n = n.min(MAX_SCRATCH);
     ret_len(with_scratch(n, |shared| {
         let target = shared.shared_mut().slice_mut(0..n);
-        let r = if offset < 0 {
-            gate!(flexos_vfs::read(fd, target))
-        } else {
-            gate!(flexos_vfs::pread(fd, target, offset as u64))
+        let r = match (offset < 0, queued) {
+            (true, _) => gate!(flexos_vfs::read(fd, target)),
+            (false, None) => gate!(flexos_vfs::pread(fd, target, offset as u64)),
+            (false, Some((log, used))) => {
+                let r = gate!(flexos_vfs::submit_then_pread(log.shared().slice(0..used), fd, target, offset as u64));
+                put_log(log, 0);
+                r
+            }
         };
         if let Ok(got) = r {
             // SAFETY: `buf` has `n` >= `got` writable bytes (caller's contract).
@@ -416,8 +443,9 @@ pub extern "C" fn flexos_libc_fs_limits(max_file_size: u64, capacity: u64) -> c_
 mod tests {
     use super::*;
 
-    /// Write-behind: queued writes are seen by the thread's next call, are
-    /// sent with an fsync or close in one crossing, and a queued write that
+    /// Write-behind (as where `vfs` is a remote call away): queued writes
+    /// are seen by the thread's next call, are sent with an fsync or close
+    /// in one crossing, and a queued write that
     /// fails is reported by the next call, which then does nothing else.
     #[test]
     fn queued_writes_are_sent_by_the_next_call_and_their_errors_reported_there() {
@@ -425,8 +453,13 @@ mod tests {
         unsafe {
             let fd = flexos_libc_open(c"/behind".as_ptr(), 2 | 0o100, 0o644);
             assert!(fd >= 3);
-            assert_eq!(flexos_libc_pwrite_behind(fd, b"hello".as_ptr(), 5, 0), 5);
-            assert_eq!(flexos_libc_pwrite_behind(fd, b"J".as_ptr(), 1, 0), 1);
+            // This test's image has one compartment: vfs is no remote call
+            // away, so the C function writes at once.
+            assert!(!flexos_gate::is_remote_call::<crate::FlexosIdentity, flexos_vfs::submit::Entry>());
+            assert_eq!(flexos_libc_pwrite_behind(fd, b"now".as_ptr(), 3, 0), 3);
+            assert_eq!(flexos_gate::with_state(flexos_gate::me!(), |w: &mut FileState| w.behind_used), 0);
+            assert_eq!(pwrite_behind(true, fd, b"hello".as_ptr(), 5, 0), 5);
+            assert_eq!(pwrite_behind(true, fd, b"J".as_ptr(), 1, 0), 1);
             let queued = flexos_gate::with_state(flexos_gate::me!(), |w: &mut FileState| w.behind_used);
             assert_eq!(queued, 2 * 32, "two records queued, nothing sent");
             let mut buf = [0u8; 8];
@@ -434,14 +467,14 @@ mod tests {
             assert_eq!(&buf[..5], b"Jello");
             // A write past the largest file fails when it is sent: the fsync
             // reports it, and the write queued after it is dropped.
-            assert_eq!(flexos_libc_pwrite_behind(fd, b"x".as_ptr(), 1, 1 << 40), 1);
-            assert_eq!(flexos_libc_pwrite_behind(fd, b"Y".as_ptr(), 1, 0), 1);
+            assert_eq!(pwrite_behind(true, fd, b"x".as_ptr(), 1, 1 << 40), 1);
+            assert_eq!(pwrite_behind(true, fd, b"Y".as_ptr(), 1, 0), 1);
             assert_eq!(flexos_libc_fsync(fd), -Errno::EFBIG.0);
             assert_eq!(flexos_libc_fsync(fd), 0, "reported once");
             assert_eq!(flexos_libc_pread(fd, buf.as_mut_ptr(), 8, 0), 5);
             assert_eq!(&buf[..5], b"Jello", "the write after the failed one was dropped");
             // A close sends what is queued, in order, then closes.
-            assert_eq!(flexos_libc_pwrite_behind(fd, b"!".as_ptr(), 1, 5), 1);
+            assert_eq!(pwrite_behind(true, fd, b"!".as_ptr(), 1, 5), 1);
             assert_eq!(flexos_libc_close(fd), 0);
             assert_eq!(flexos_libc_close(fd), -Errno::EBADF.0);
             let fd = flexos_libc_open(c"/behind".as_ptr(), 0, 0);
@@ -451,10 +484,10 @@ mod tests {
             let wfd = flexos_libc_open(c"/big".as_ptr(), 2 | 0o100, 0o644);
             let page = [7u8; 4096];
             for i in 0..200 {
-                assert_eq!(flexos_libc_pwrite_behind(wfd, page.as_ptr(), 4096, i * 4096), 4096);
+                assert_eq!(pwrite_behind(true, wfd, page.as_ptr(), 4096, i * 4096), 4096);
             }
             let big = alloc::vec![9u8; MAX_BEHIND_WRITE + 1];
-            assert_eq!(flexos_libc_pwrite_behind(wfd, big.as_ptr(), big.len(), 0), big.len() as isize);
+            assert_eq!(pwrite_behind(true, wfd, big.as_ptr(), big.len(), 0), big.len() as isize);
             assert_eq!(flexos_libc_fsize(wfd), 200 * 4096);
             assert_eq!(flexos_libc_pread(wfd, buf.as_mut_ptr(), 1, MAX_BEHIND_WRITE as i64), 1);
             assert_eq!(buf[0], 9, "the large write came after the queued pages");

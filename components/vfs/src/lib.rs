@@ -37,6 +37,7 @@ flexos_gate::exports!(
     open_count() -> usize,
     set_fs_limits(u64, u64) -> Result<(), Errno>,
     submit(SharedRef<'_>) -> Result<(), Errno>,
+    submit_then_pread(SharedRef<'_>, i32, SharedMut<'_>, u64) -> Result<usize, Errno>,
 );
 
 /// The most file descriptors open at once.
@@ -312,4 +313,11 @@ pub(crate) fn submit(log: SharedRef<'_>) -> Result<(), Errno> {
         at = end;
     }
     Ok(())
+}
+
+/// [`submit`], then, if every record was applied, [`pread`]: a caller's
+/// queued writes and the read that must see them, in one call.
+pub(crate) fn submit_then_pread(log: SharedRef<'_>, fd: i32, buf: SharedMut<'_>, offset: u64) -> Result<usize, Errno> {
+    submit(log)?;
+    pread(fd, buf, offset)
 }

@@ -61,6 +61,26 @@ fn queued_writes_apply_in_order_and_the_first_failure_stops_the_rest() {
 }
 
 #[test]
+fn a_read_that_follows_queued_writes_sees_them_or_their_error() {
+    let d = create("/d");
+    let mut buf = SharedBuf::zeroed(8);
+    let n = gate!(vfs::submit_then_pread(
+        SharedBuf::from_slice(&log(&[(PWRITE, d, 0, b"abcdef")])).shared(),
+        d,
+        buf.shared_mut(),
+        2
+    ));
+    assert_eq!((n, buf.to_vec(4)), (Ok(4), b"cdef".to_vec()));
+    // The log fails: its error, and no read.
+    let mut buf = SharedBuf::from_slice(b"untouched");
+    let bad = log(&[(PWRITE, d, 0, b"X"), (PWRITE, 99, 0, b"?")]);
+    let n = gate!(vfs::submit_then_pread(SharedBuf::from_slice(&bad).shared(), d, buf.shared_mut(), 0));
+    assert_eq!((n, buf.to_vec(9)), (Err(Errno::EBADF), b"untouched".to_vec()));
+    assert_eq!(contents(d), b"Xbcdef");
+    gate!(vfs::close(d)).unwrap();
+}
+
+#[test]
 fn a_log_that_does_not_parse_is_einval() {
     let c = create("/c");
     let good = log(&[(PWRITE, c, 0, b"abc")]);

@@ -223,6 +223,14 @@ where
     }
 }
 
+/// Whether a call of entry `E` by component `Me` is a remote gate (a round
+/// trip to another process or VM), known when the image is built: a caller
+/// may gather work for such a call (the C library's write-behind).
+pub const fn is_remote_call<Me: Identity, E: Entry>() -> bool {
+    let (from, to) = (Me::COMPONENT.compartment, E::COMPARTMENT);
+    from != to && (COMPARTMENTS[from].mechanism.is_remote() || COMPARTMENTS[to].mechanism.is_remote())
+}
+
 /// A call between two compartments of an image with `mpk` compartments,
 /// both in this address space: the `mpk` gate (for `fcall` compartments
 /// too, whose rights are "all keys", so their stacks and rights stay right).
