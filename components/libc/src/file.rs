@@ -60,7 +60,7 @@ const MAX_BEHIND_WRITE: usize = 64 << 10;
 /// Whether writes are queued at all: only where `vfs` is a remote call away
 /// (another process or VM), whose round trip costs far more than queuing;
 /// elsewhere `flexos_libc_pwrite_behind` writes at once (a queue of none).
-const WRITE_BEHIND: bool = flexos_gate::is_remote_call::<crate::FlexosIdentity, flexos_vfs::submit::Entry>();
+const WRITE_BEHIND: bool = flexos_gate::is_remote!(flexos_vfs::submit);
 
 /// Takes this thread's log if it holds records: (log, bytes used).
 fn take_queued() -> Option<(SharedBuf, usize)> {
@@ -455,7 +455,7 @@ mod tests {
             assert!(fd >= 3);
             // This test's image has one compartment: vfs is no remote call
             // away, so the C function writes at once.
-            assert!(!flexos_gate::is_remote_call::<crate::FlexosIdentity, flexos_vfs::submit::Entry>());
+            assert!(!flexos_gate::is_remote!(flexos_vfs::submit));
             assert_eq!(flexos_libc_pwrite_behind(fd, b"now".as_ptr(), 3, 0), 3);
             assert_eq!(flexos_gate::with_state(flexos_gate::me!(), |w: &mut FileState| w.behind_used), 0);
             assert_eq!(pwrite_behind(true, fd, b"hello".as_ptr(), 5, 0), 5);

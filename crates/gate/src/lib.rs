@@ -168,6 +168,19 @@ macro_rules! gate {
     };
 }
 
+/// Whether a call of `callee::entry` by the calling crate's component is a
+/// remote gate, known when the image is built:
+/// `flexos_gate::is_remote!(flexos_vfs::submit)`. It names the entry and
+/// calls nothing (the bypass audit accepts it, as it accepts `gate!`).
+// `crate::FlexosIdentity` deliberately names the *calling* crate's identity.
+#[allow(clippy::crate_in_macro_def)]
+#[macro_export]
+macro_rules! is_remote {
+    ($callee:ident :: $func:ident) => {
+        $crate::is_remote_call::<crate::FlexosIdentity, $callee::$func::Entry>()
+    };
+}
+
 /// Declares shared locals: zero-filled byte buffers that may cross gates,
 /// placed by the data-sharing strategy of the calling crate's compartment
 /// (DESIGN section 5.3): `shared_local!(name: LEN, other: LEN2);` (lengths

@@ -4,8 +4,9 @@
 //!   every symbol in a writable data section of a built image is attributed
 //!   to its crate, and none may belong to a component crate.
 //! * [`gate_bypasses`]: every call from one component into another goes
-//!   through `gate!` (DESIGN 5.1): outside `gate!(...)`, a component's
-//!   source may not name another component's crate.
+//!   through `gate!` (DESIGN 5.1): outside `gate!(...)` (and
+//!   `is_remote!(...)`, a build-time query that calls nothing), a
+//!   component's source may not name another component's crate.
 
 use object::{Object, ObjectSection, ObjectSymbol, SectionKind};
 use proc_macro2::{TokenStream, TokenTree};
@@ -181,11 +182,11 @@ fn scan(tokens: TokenStream, own: &str, components: &[String], file: &Path, out:
     while i < tokens.len() {
         match &tokens[i] {
             TokenTree::Ident(id)
-                if id == "gate"
+                if (id == "gate" || id == "is_remote")
                     && matches!(tokens.get(i + 1), Some(TokenTree::Punct(p)) if p.as_char() == '!')
                     && matches!(tokens.get(i + 2), Some(TokenTree::Group(_))) =>
             {
-                i += 3; // the gated call itself may name the callee
+                i += 3; // the gated call (or the query) itself may name the callee
                 continue;
             }
             TokenTree::Punct(p)
@@ -402,6 +403,10 @@ mod tests {
         let lines: Vec<(usize, &str)> = found.iter().map(|b| (b.line, b.callee.as_str())).collect();
         assert_eq!(lines, [(3, "flexos_ramfs"), (4, "flexos_sched")]);
         assert!(bypasses_in(Path::new("x.rs"), "flexos_ramfs", "fn f() { flexos_ramfs::x(); }").unwrap().is_empty());
+        // Asking whether an entry is a remote call away calls nothing; naming its type does not pass.
+        let query = "const Q: bool = flexos_gate::is_remote!(flexos_vfs::submit);\nconst T: bool = f::<flexos_vfs::submit::Entry>();";
+        let found = bypasses_in(Path::new("x.rs"), "flexos_libc", query).unwrap();
+        assert_eq!(found.iter().map(|b| b.line).collect::<Vec<_>>(), [2], "{found:?}");
         let with_tests =
             "#[cfg(test)]\nmod tests { fn t() { flexos_sched::spawn(); } }\nfn after() { flexos_sched::yield_now(); }";
         let found = bypasses_in(Path::new("x.rs"), "flexos_time", with_tests).unwrap();
