@@ -200,11 +200,19 @@ pub unsafe extern "C" fn flexos_libc_open(path: *const c_char, flags: c_int, mod
     }
 }
 
-/// `close(fd)`.
+/// `close(fd)`. Queued writes go along; if one of them fails, that error
+/// is returned and the descriptor is closed all the same (as Linux's
+/// `close` releases it whatever it reports).
 #[unsafe(no_mangle)]
 pub extern "C" fn flexos_libc_close(fd: c_int) -> c_int {
-    let queued = send_queued(Some(Record { op: file_batch::CLOSE, fd, offset: 0, len: 0 }));
-    ret(queued.unwrap_or_else(|| gate!(flexos_vfs::close(fd))))
+    match send_queued(Some(Record { op: file_batch::CLOSE, fd, offset: 0, len: 0 })) {
+        None => ret(gate!(flexos_vfs::close(fd))),
+        Some(Ok(())) => 0,
+        Some(Err(e)) => {
+            let _ = gate!(flexos_vfs::close(fd));
+            -e.0
+        }
+    }
 }
 
 /// `pread(fd, buf, n, offset)`; a negative offset reads at the descriptor's offset (`read`).
@@ -473,6 +481,11 @@ mod tests {
             assert_eq!(flexos_libc_fsync(fd), 0, "reported once");
             assert_eq!(flexos_libc_pread(fd, buf.as_mut_ptr(), 8, 0), 5);
             assert_eq!(&buf[..5], b"Jello", "the write after the failed one was dropped");
+            // A close whose queued write fails reports it and still closes.
+            let other = flexos_libc_open(c"/behind-2".as_ptr(), 2 | 0o100, 0o644);
+            assert_eq!(pwrite_behind(true, other, b"x".as_ptr(), 1, 1 << 40), 1);
+            assert_eq!(flexos_libc_close(other), -Errno::EFBIG.0);
+            assert_eq!(flexos_libc_close(other), -Errno::EBADF.0, "closed all the same");
             // A close sends what is queued, in order, then closes.
             assert_eq!(pwrite_behind(true, fd, b"!".as_ptr(), 1, 5), 1);
             assert_eq!(flexos_libc_close(fd), 0);
