@@ -222,11 +222,12 @@ pub extern "C" fn flexos_libc_close(fd: c_int) -> c_int {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn flexos_libc_pread(fd: c_int, buf: *mut u8, n: usize, offset: i64) -> isize {
     // A read at an offset takes the queued writes along (one crossing); any other sends them first.
-    let queued = if offset < 0 { flush().err().map(Err) } else { take_queued().map(Ok) };
-    let queued = match queued {
-        Some(Err(e)) => return -(e.0 as isize),
-        Some(Ok(q)) => Some(q),
-        None => None,
+    let queued = if offset >= 0 {
+        take_queued()
+    } else if let Err(e) = flush() {
+        return -(e.0 as isize);
+    } else {
+        None
     };
     // At most one scratch buffer per call: a larger read is short, as POSIX allows.
     let n = n.min(MAX_SCRATCH);
