@@ -127,7 +127,7 @@ struct Conn {
     connected: bool,
     /// The events `epoll` watches for on the host socket.
     interest: u32,
-    /// `epoll` reported the host socket readable and it was not read dry since.
+    /// `epoll` reported the host socket readable and no read since found it empty.
     readable: bool,
     /// A write to the host socket would block; wait for `EPOLLOUT`.
     write_blocked: bool,
@@ -393,17 +393,25 @@ impl Forwarder {
                 }
                 continue;
             }
-            // Host → image.
+            // Host → image. A read that does not fill the room it was
+            // offered found the socket empty: no second read just to get
+            // `EAGAIN` (half of the relay's system calls under a
+            // pipelining client); `epoll` is level-triggered, so bytes
+            // that come later are reported again.
             while c.readable && !c.host_eof && !c.broken && sock.can_send() {
                 let stream = &mut c.stream;
                 let r = sock.send(|buf| match stream.read(buf) {
                     Ok(0) => (0, Err(true)),
-                    Ok(n) => (n, Ok(())),
+                    Ok(n) => (n, Ok(n == buf.len())),
                     Err(e) if e.kind() == ErrorKind::WouldBlock => (0, Err(false)),
                     Err(_) => (0, Err(true)),
                 });
                 match r {
-                    Ok(Ok(())) => {}
+                    Ok(Ok(true)) => {}
+                    Ok(Ok(false)) => {
+                        c.readable = false;
+                        break;
+                    }
                     Ok(Err(eof)) => {
                         c.host_eof |= eof;
                         c.readable = false;
