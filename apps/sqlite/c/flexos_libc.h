@@ -12,6 +12,10 @@ ssize_t flexos_libc_pread(int fd, void *buf, size_t n, int64_t offset);
 ssize_t flexos_libc_pwrite(int fd, const void *buf, size_t n, int64_t offset);
 /* pwrite with write-behind: queued, reported done at once; errors come from the next file call (fsync). */
 ssize_t flexos_libc_pwrite_behind(int fd, const void *buf, size_t n, int64_t offset);
+/* close with write-behind: behind queued writes it sends them (their error is
+ * its own); with nothing queued it is queued and sent by the next file call
+ * (unlink in the same crossing), whose error an error of the close becomes. */
+int flexos_libc_close_behind(int fd);
 int flexos_libc_ftruncate(int fd, int64_t size);
 int flexos_libc_fsync(int fd);
 int64_t flexos_libc_fsize(int fd);

@@ -30,8 +30,10 @@ typedef struct FlexosFile {
 
 static int fx_close(sqlite3_file *f) {
     FlexosFile *p = (FlexosFile *)f;
-    /* Sends the writes still queued: their error is this call's. */
-    int rc = flexos_libc_close(p->fd);
+    /* Sends the writes still queued (their error is this call's); with none
+     * queued, the close goes with the next file call: the journal's is
+     * followed by its deletion, and the two cross together. */
+    int rc = flexos_libc_close_behind(p->fd);
     if (p->delete_on_close) {
         flexos_libc_unlink(p->delete_on_close);
         sqlite3_free(p->delete_on_close);

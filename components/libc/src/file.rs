@@ -106,7 +106,11 @@ fn flush() -> Result<(), Errno> {
 /// Queues a write of `data` at `offset` of `fd` (sending the log first when
 /// it is full; that send's error is returned and `data` is not queued).
 fn queue_write(fd: c_int, data: &[u8], offset: u64) -> Result<(), Errno> {
-    let r = Record { op: file_batch::PWRITE, fd, offset, len: data.len() as u64 };
+    queue_record(&Record { op: file_batch::PWRITE, fd, offset, len: data.len() as u64 }, data)
+}
+
+/// Queues record `r` with its `data` (as [`queue_write`]).
+fn queue_record(r: &Record, data: &[u8]) -> Result<(), Errno> {
     let size = file_batch::record_size(r.len).ok_or(Errno::EINVAL)?;
     let (mut log, mut used) = take_queued().unwrap_or_else(|| {
         let free = flexos_gate::with_state(flexos_gate::me!(), |w: &mut FileState| w.behind.take());
@@ -120,7 +124,7 @@ fn queue_write(fd: c_int, data: &[u8], offset: u64) -> Result<(), Errno> {
             return Err(e);
         }
     }
-    log.write_at(used, &file_batch::header(&r));
+    log.write_at(used, &file_batch::header(r));
     log.write_at(used + file_batch::HEADER, data);
     put_log(log, used + size);
     Ok(())
@@ -130,7 +134,7 @@ fn queue_write(fd: c_int, data: &[u8], offset: u64) -> Result<(), Errno> {
 /// call away (elsewhere it writes at once): a write of up to 64 KiB
 /// at an offset is queued and reported done (`n`) at once; the thread's
 /// next file call sends the queue before its own work, in the same crossing
-/// for `fsync` and `close`. A queued write that fails is reported by that
+/// for `fsync`, `close`, `unlink` and a `pread` at an offset. A queued write that fails is reported by that
 /// next call (which then does nothing else), like a write-back cache
 /// reports errors at `fsync`; the writes queued after it are dropped.
 /// Until then the data is invisible to other threads and compartments, and
@@ -212,6 +216,30 @@ pub extern "C" fn flexos_libc_close(fd: c_int) -> c_int {
             let _ = gate!(flexos_vfs::close(fd));
             -e.0
         }
+    }
+}
+
+/// `close(fd)` with write-behind where `vfs` is a remote call away
+/// (elsewhere, and whenever writes are queued, it is
+/// [`flexos_libc_close`]): with nothing queued, the close is queued and
+/// reported done (0) at once, and the thread's next file call sends it
+/// (`unlink` in the same crossing, for SQLite's close-then-delete of its
+/// journal); an error it meets is that call's. Queuing it only behind no
+/// writes means that no data waits on it: a thread that ends with it
+/// queued leaves only a descriptor open in `vfs`.
+#[unsafe(no_mangle)]
+pub extern "C" fn flexos_libc_close_behind(fd: c_int) -> c_int {
+    close_behind(WRITE_BEHIND, fd)
+}
+
+/// [`flexos_libc_close_behind`], queuing only if `queue`.
+fn close_behind(queue: bool, fd: c_int) -> c_int {
+    if !queue || flexos_gate::with_state(flexos_gate::me!(), |w: &mut FileState| w.behind_used != 0) {
+        return flexos_libc_close(fd);
+    }
+    match queue_record(&Record { op: file_batch::CLOSE, fd, offset: 0, len: 0 }, &[]) {
+        Ok(()) => 0,
+        Err(e) => -e.0,
     }
 }
 
@@ -345,11 +373,20 @@ pub extern "C" fn flexos_libc_fsize(fd: c_int) -> i64 {
 /// `path` is NUL-terminated.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn flexos_libc_unlink(path: *const c_char) -> c_int {
-    if let Err(e) = flush() {
-        return -e.0;
-    }
+    // The queued records go along (one crossing): if one fails, its error
+    // is the result and the name stays.
+    let queued = take_queued();
     // SAFETY: forwarded contract.
-    ret(unsafe { with_path(path, |p| gate!(flexos_vfs::unlink(p))) })
+    ret(unsafe {
+        with_path(path, |p| match queued {
+            None => gate!(flexos_vfs::unlink(p)),
+            Some((log, used)) => {
+                let r = gate!(flexos_vfs::submit_then_unlink(log.shared().slice(0..used), p));
+                put_log(log, 0);
+                r
+            }
+        })
+    })
 }
 
 /// Whether `path` exists: 1 for a file, 2 for a directory, or `-errno`.
@@ -506,6 +543,42 @@ mod tests {
             assert_eq!(flexos_libc_pread(wfd, buf.as_mut_ptr(), 1, MAX_BEHIND_WRITE as i64), 1);
             assert_eq!(buf[0], 9, "the large write came after the queued pages");
             assert_eq!(flexos_libc_close(wfd), 0);
+            assert_eq!(flexos_libc_close(fd), 0);
+        }
+    }
+
+    /// A close with nothing queued waits for the next call (an unlink
+    /// takes it along); one behind queued writes sends them with it at
+    /// once; an error the queued close meets is the next call's.
+    #[test]
+    fn a_queued_close_goes_with_the_next_call_and_never_holds_data() {
+        let used = || flexos_gate::with_state(flexos_gate::me!(), |w: &mut FileState| w.behind_used);
+        // SAFETY: NUL-terminated literals and buffers of the lengths passed, as the C calls require.
+        unsafe {
+            let fd = flexos_libc_open(c"/journal".as_ptr(), 2 | 0o100, 0o644);
+            assert!(fd >= 3);
+            assert_eq!(flexos_libc_close_behind(fd), 0, "one compartment: closed at once");
+            assert_eq!(used(), 0);
+            assert_eq!(flexos_libc_close(fd), -Errno::EBADF.0);
+            let fd = flexos_libc_open(c"/journal".as_ptr(), 2, 0);
+            assert_eq!(close_behind(true, fd), 0);
+            assert_eq!(used(), file_batch::HEADER, "queued, not sent");
+            assert_eq!(flexos_libc_unlink(c"/journal".as_ptr()), 0, "the unlink took the close along");
+            assert_eq!(used(), 0);
+            assert_eq!(flexos_libc_access(c"/journal".as_ptr()), -Errno::ENOENT.0);
+            assert_eq!(flexos_libc_close(fd), -Errno::EBADF.0, "the queued close was applied");
+            // Behind a queued write, the close is sent at once with it.
+            let fd = flexos_libc_open(c"/data".as_ptr(), 2 | 0o100, 0o644);
+            assert_eq!(pwrite_behind(true, fd, b"kept".as_ptr(), 4, 0), 4);
+            assert_eq!(close_behind(true, fd), 0);
+            assert_eq!(used(), 0, "nothing waits on a close");
+            let fd = flexos_libc_open(c"/data".as_ptr(), 0, 0);
+            assert_eq!(flexos_libc_fsize(fd), 4);
+            // A queued close of a descriptor not open: the unlink reports it, and the name stays.
+            assert_eq!(close_behind(true, 99), 0);
+            assert_eq!(flexos_libc_unlink(c"/data".as_ptr()), -Errno::EBADF.0);
+            assert_eq!(flexos_libc_access(c"/data".as_ptr()), 1);
+            assert_eq!(flexos_libc_unlink(c"/data".as_ptr()), 0);
             assert_eq!(flexos_libc_close(fd), 0);
         }
     }

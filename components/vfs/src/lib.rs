@@ -38,6 +38,7 @@ flexos_gate::exports!(
     set_fs_limits(u64, u64) -> Result<(), Errno>,
     submit(SharedRef<'_>) -> Result<(), Errno>,
     submit_then_pread(SharedRef<'_>, i32, SharedMut<'_>, u64) -> Result<usize, Errno>,
+    submit_then_unlink(SharedRef<'_>, SharedRef<'_>) -> Result<(), Errno>,
 );
 
 /// The most file descriptors open at once.
@@ -320,4 +321,12 @@ pub(crate) fn submit(log: SharedRef<'_>) -> Result<(), Errno> {
 pub(crate) fn submit_then_pread(log: SharedRef<'_>, fd: i32, buf: SharedMut<'_>, offset: u64) -> Result<usize, Errno> {
     submit(log)?;
     pread(fd, buf, offset)
+}
+
+/// [`submit`], then, if every record was applied, [`unlink`]: a caller's
+/// queued `close` of a file and the removal of its name, in one call
+/// (SQLite closes its journal and then deletes it).
+pub(crate) fn submit_then_unlink(log: SharedRef<'_>, path: SharedRef<'_>) -> Result<(), Errno> {
+    submit(log)?;
+    unlink(path)
 }

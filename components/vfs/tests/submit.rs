@@ -1,4 +1,5 @@
-//! `vfs::submit`: a caller's queued writes, applied in order in one call;
+//! `vfs::submit`: a caller's queued writes, applied in order in one call
+//! (alone, or before a read or an unlink that must follow them);
 //! the first failure stops the rest; a log that does not parse is refused
 //! (a test binary of its own: it sets the file system's global limits).
 
@@ -78,6 +79,32 @@ fn a_read_that_follows_queued_writes_sees_them_or_their_error() {
     assert_eq!((n, buf.to_vec(9)), (Err(Errno::EBADF), b"untouched".to_vec()));
     assert_eq!(contents(d), b"Xbcdef");
     gate!(vfs::close(d)).unwrap();
+}
+
+#[test]
+fn an_unlink_that_follows_a_queued_close_removes_the_name_or_reports_the_close() {
+    let path = |p: &str| SharedBuf::from_slice(p.as_bytes());
+    let exists = |p: &str| gate!(vfs::stat(path(p).shared())).is_ok();
+    let j = create("/journal");
+    let r = gate!(vfs::submit_then_unlink(
+        SharedBuf::from_slice(&log(&[(CLOSE, j, 0, b"")])).shared(),
+        path("/journal").shared()
+    ));
+    assert_eq!(r, Ok(()));
+    assert!(!exists("/journal"), "the name is gone");
+    assert_eq!(gate!(vfs::close(j)), Err(Errno::EBADF), "the queued close was applied");
+    // The log fails (a descriptor not open): its error, and the name stays.
+    let k = create("/kept");
+    let r = gate!(vfs::submit_then_unlink(
+        SharedBuf::from_slice(&log(&[(CLOSE, 99, 0, b"")])).shared(),
+        path("/kept").shared()
+    ));
+    assert_eq!(r, Err(Errno::EBADF));
+    assert!(exists("/kept"), "no unlink after a failed record");
+    // Nothing queued: a plain unlink, with its own error.
+    let r = gate!(vfs::submit_then_unlink(SharedBuf::from_slice(&[]).shared(), path("/missing").shared()));
+    assert_eq!(r, Err(Errno::ENOENT));
+    gate!(vfs::close(k)).unwrap();
 }
 
 #[test]
