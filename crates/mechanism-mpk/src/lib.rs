@@ -34,6 +34,7 @@
 //! neither side can read the other's stack; never through shared memory,
 //! which a third compartment could change while the call runs.
 
+mod image_calls;
 mod memory_filter;
 mod thread_stacks;
 
@@ -435,6 +436,14 @@ pub fn prepare() {
     // The memory-call filter's ranges are read now: the main stack and the
     // vDSO come from /proc/self/maps, which the image closes to itself next.
     let _ = MEMORY_FILTER.set(memory_filter::program(&protected_ranges()));
+    match image_calls::program(&FORBIDDEN_CALLS) {
+        Ok(program) => drop(IMAGE_CALLS_FILTER.set(program)),
+        Err(e) => {
+            let report = format!("flexos: cannot build the allowlist of system calls: {e}\n");
+            flexos_platform::console::write_err(report.as_bytes());
+            flexos_platform::process_abort()
+        }
+    }
     deny_forbidden_calls();
     keep_out_of_proc();
     gatestack::set_release(release);
@@ -657,10 +666,20 @@ fn deny_forbidden_calls() {
 /// slot's stack, or one table's page, is allowed), the
 /// program's segments (its code included: made writable, it would be
 /// rewritten under every compartment), the main stack with the room it may
-/// grow into, and the vDSO. Called at the end of boot, once every
-/// compartment's process and VM is started (their setup maps at fixed
-/// addresses, and a process inherits the filter).
+/// grow into, and the vDSO. Before it, confines the image to the system
+/// calls a booted image makes (the allowlist, [`image_calls`]). Called at
+/// the end of boot, once every compartment's process and VM is started
+/// (their setup maps at fixed addresses and makes calls the allowlist
+/// leaves out).
 pub fn confine_memory() {
+    // First the allowlist ([`image_calls`]), which lets the other filters'
+    // calls through to them: the memory-call filter denies new filters.
+    let allowed = IMAGE_CALLS_FILTER.get().ok_or_else(|| "not prepared".to_string());
+    if let Err(e) = allowed.and_then(|p| seccompiler::apply_filter_all_threads(p).map_err(|e| e.to_string())) {
+        let report = format!("flexos: cannot confine the image to its system calls (seccomp): {e}\n");
+        flexos_platform::console::write_err(report.as_bytes());
+        flexos_platform::process_abort()
+    }
     let Some(program) = MEMORY_FILTER.get() else {
         flexos_platform::console::write_err(b"flexos: the memory-call filter was not prepared\n");
         flexos_platform::process_abort()
@@ -671,6 +690,10 @@ pub fn confine_memory() {
         flexos_platform::process_abort()
     }
 }
+
+/// The allowlist's program ([`image_calls`]), made by [`prepare`] and
+/// installed by [`confine_memory`].
+static IMAGE_CALLS_FILTER: std::sync::OnceLock<seccompiler::BpfProgram> = std::sync::OnceLock::new();
 
 /// The memory-call filter's program, made by [`prepare`] and installed by
 /// [`confine_memory`].

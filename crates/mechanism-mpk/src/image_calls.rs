@@ -1,0 +1,239 @@
+//! The system calls an `mpk` image may make once it has booted: an
+//! allowlist, the image's last seccomp filter.
+//!
+//! The boot filter (`FORBIDDEN_CALLS` in this crate) and the memory-call
+//! filter deny what is known to reach around protection keys. Everything
+//! else the kernel offers stayed open to every compartment: kernel
+//! interfaces no image uses (asynchronous I/O contexts, key rings, new
+//! namespaces, module loading when the image runs as root, `pidfd`s of
+//! the image's own compartment processes, ...), each a way into kernel
+//! code that the image never needs. After boot the image makes only the
+//! calls of [`IMAGE_CALLS`]: files and sockets it was handed or opens,
+//! polling, memory (the memory-call filter decides where), threads and
+//! futexes, clocks, sleeping, randomness, its signal mask, signals to its
+//! own threads and processes, waiting for its compartment processes, and
+//! ending. Every other call fails with `ENOSYS`, as on a kernel that lacks
+//! it: C libraries fall back or report it, and nothing is killed. The
+//! calls the other filters decide on ([`PASSED`]) pass this one, so their
+//! answers (`EPERM`, `ENOSYS` for `clone3`) stay theirs.
+
+use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+use std::collections::BTreeMap;
+
+/// What a booted image calls (x86-64 numbers).
+pub const IMAGE_CALLS: &[i64] = &[
+    // Descriptors and files: the console, the tap device, the files an
+    // application reads from the host (a script), no changes to the
+    // host's file system.
+    libc::SYS_read,
+    libc::SYS_write,
+    libc::SYS_readv,
+    libc::SYS_writev,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_preadv,
+    libc::SYS_pwritev,
+    libc::SYS_preadv2,
+    libc::SYS_pwritev2,
+    libc::SYS_open,
+    libc::SYS_openat,
+    libc::SYS_close,
+    libc::SYS_close_range,
+    libc::SYS_fstat,
+    libc::SYS_stat,
+    libc::SYS_lstat,
+    libc::SYS_newfstatat,
+    libc::SYS_statx,
+    libc::SYS_lseek,
+    libc::SYS_fcntl,
+    libc::SYS_ioctl,
+    libc::SYS_dup,
+    libc::SYS_dup2,
+    libc::SYS_dup3,
+    libc::SYS_pipe,
+    libc::SYS_pipe2,
+    libc::SYS_eventfd2,
+    libc::SYS_fsync,
+    libc::SYS_fdatasync,
+    libc::SYS_ftruncate,
+    libc::SYS_getdents64,
+    libc::SYS_readlink,
+    libc::SYS_readlinkat,
+    libc::SYS_access,
+    libc::SYS_faccessat,
+    libc::SYS_faccessat2,
+    libc::SYS_getcwd,
+    libc::SYS_statfs,
+    libc::SYS_fstatfs,
+    libc::SYS_fadvise64,
+    libc::SYS_sendfile,
+    // Sockets: the 127.0.0.1 forwarder, and servers an application runs.
+    libc::SYS_socket,
+    libc::SYS_socketpair,
+    libc::SYS_bind,
+    libc::SYS_listen,
+    libc::SYS_accept,
+    libc::SYS_accept4,
+    libc::SYS_connect,
+    libc::SYS_getsockname,
+    libc::SYS_getpeername,
+    libc::SYS_setsockopt,
+    libc::SYS_getsockopt,
+    libc::SYS_sendto,
+    libc::SYS_recvfrom,
+    libc::SYS_sendmsg,
+    libc::SYS_recvmsg,
+    libc::SYS_sendmmsg,
+    libc::SYS_recvmmsg,
+    libc::SYS_shutdown,
+    // Waiting for descriptors.
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+    libc::SYS_select,
+    libc::SYS_pselect6,
+    libc::SYS_epoll_create,
+    libc::SYS_epoll_create1,
+    libc::SYS_epoll_ctl,
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_pwait2,
+    // Memory: where, the memory-call filter decides.
+    libc::SYS_mmap,
+    libc::SYS_munmap,
+    libc::SYS_mprotect,
+    libc::SYS_madvise,
+    libc::SYS_mremap,
+    libc::SYS_brk,
+    libc::SYS_msync,
+    libc::SYS_mincore,
+    libc::SYS_membarrier,
+    // Threads (`clone`'s flags and `clone3`: the memory-call filter).
+    libc::SYS_clone,
+    libc::SYS_clone3,
+    libc::SYS_futex,
+    libc::SYS_get_robust_list,
+    libc::SYS_sched_yield,
+    libc::SYS_sched_getaffinity,
+    libc::SYS_gettid,
+    libc::SYS_getpid,
+    libc::SYS_getppid,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+    libc::SYS_prctl,
+    // Clocks, sleeping, randomness, facts about the machine and the process.
+    libc::SYS_clock_gettime,
+    libc::SYS_clock_getres,
+    libc::SYS_gettimeofday,
+    libc::SYS_time,
+    libc::SYS_nanosleep,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_getrandom,
+    libc::SYS_uname,
+    libc::SYS_sysinfo,
+    libc::SYS_getrusage,
+    libc::SYS_prlimit64,
+    libc::SYS_getrlimit,
+    libc::SYS_getuid,
+    libc::SYS_geteuid,
+    libc::SYS_getgid,
+    libc::SYS_getegid,
+    // Signals: the mask, the fault reporter's stack, signals to the
+    // image's own threads (an abort) and compartment processes (shutting
+    // the image down), and waiting for those processes.
+    libc::SYS_rt_sigaction,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_sigaltstack,
+    libc::SYS_restart_syscall,
+    libc::SYS_kill,
+    libc::SYS_tgkill,
+    libc::SYS_tkill,
+    libc::SYS_wait4,
+    libc::SYS_waitid,
+];
+
+/// The calls this filter lets through to the other filters of an `mpk`
+/// image, which decide them: the boot filter's denials and the
+/// memory-call filter's (`seccomp`).
+pub const PASSED: &[i64] = &[libc::SYS_seccomp];
+
+/// The allowlist's program: [`IMAGE_CALLS`], [`PASSED`] and `also` (the
+/// boot filter's calls) are let through; any other call fails with `ENOSYS`.
+pub fn program(also: &[i64]) -> Result<BpfProgram, String> {
+    let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> =
+        IMAGE_CALLS.iter().chain(PASSED).chain(also).map(|&nr| (nr, vec![])).collect();
+    let filter =
+        SeccompFilter::new(rules, SeccompAction::Errno(libc::ENOSYS as u32), SeccompAction::Allow, TargetArch::x86_64)
+            .map_err(|e| format!("{e}"))?;
+    filter.try_into().map_err(|e| format!("{e:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_list_names_each_call_once_and_leaves_out_what_no_image_needs() {
+        let mut all: Vec<i64> = IMAGE_CALLS.iter().chain(PASSED).copied().collect();
+        all.sort_unstable();
+        let n = all.len();
+        all.dedup();
+        assert_eq!(all.len(), n, "a call is listed twice");
+        for nr in [
+            libc::SYS_execve,
+            libc::SYS_execveat,
+            libc::SYS_fork,
+            libc::SYS_vfork,
+            libc::SYS_init_module,
+            libc::SYS_finit_module,
+            libc::SYS_kexec_load,
+            libc::SYS_mount,
+            libc::SYS_unshare,
+            libc::SYS_setns,
+            libc::SYS_io_setup,
+            libc::SYS_keyctl,
+            libc::SYS_pidfd_open,
+            libc::SYS_pidfd_getfd,
+            libc::SYS_modify_ldt,
+            libc::SYS_iopl,
+            libc::SYS_unlink,
+            libc::SYS_unlinkat,
+            libc::SYS_arch_prctl,
+        ] {
+            assert!(!all.contains(&nr), "call {nr} is let through");
+        }
+    }
+
+    #[test]
+    fn a_real_filter_answers_enosys_outside_the_list_and_passes_what_is_in_it() {
+        let prog = program(&[libc::SYS_ptrace]).expect("the allowlist compiles");
+        // In a child process, so the filter does not stay on the test runner.
+        // SAFETY: the child only makes system calls and exits with _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let errno = || std::io::Error::last_os_error().raw_os_error();
+            // SAFETY: PR_SET_NO_NEW_PRIVS has no memory effects.
+            unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+            let mut ctx: libc::c_ulong = 0;
+            let ok = seccompiler::apply_filter(&prog).is_ok()
+                // SAFETY: getpid has no arguments.
+                && unsafe { libc::getpid() } > 0
+                // SAFETY: io_setup writes the context id into `ctx`.
+                && unsafe { libc::syscall(libc::SYS_io_setup, 1, &raw mut ctx) } == -1
+                && errno() == Some(libc::ENOSYS)
+                // SAFETY: pidfd_open of this process; no memory is written.
+                && unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) } == -1
+                && errno() == Some(libc::ENOSYS)
+                // SAFETY: a ptrace request that fails (no tracee): it reaches the kernel.
+                && unsafe { libc::ptrace(libc::PTRACE_CONT, 1, 0, 0) } == -1
+                && errno() != Some(libc::ENOSYS);
+            // SAFETY: ends the child without running the test harness's code.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) }
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child just forked.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "status {status:#x}");
+    }
+}
