@@ -36,6 +36,7 @@
 
 mod image_calls;
 mod memory_filter;
+mod thread_exit;
 mod thread_stacks;
 
 use core::mem::{ManuallyDrop, MaybeUninit};

@@ -11,7 +11,9 @@
 //! compartment (a slot of the gate-stack arena, with the compartment's
 //! key), as if a gate had entered it. The C library's stack then holds
 //! only the thread's start and end, the thread's control block and
-//! thread-locals (key 0, as before).
+//! thread-locals (key 0, as before). Every thread it starts, on a keyed
+//! stack or not, runs its thread-local destructors before it ends, each
+//! in the compartment that registered it ([`crate::thread_exit`]).
 
 use core::ffi::{c_int, c_void};
 use flexos_layout::{SHARED_STACKS, stack_domain};
@@ -46,7 +48,9 @@ fn private_domain() -> Option<usize> {
 }
 
 /// Starts a thread as the C library's `pthread_create` does; its body runs
-/// on a stack of the creating compartment's key (see the module's doc).
+/// on a stack of the creating compartment's key where that compartment has
+/// stacks of its own, and its thread-local destructors run before it ends
+/// (see the module's doc).
 ///
 /// # Safety
 /// The contract of `pthread_create(3)`.
@@ -58,10 +62,6 @@ pub unsafe extern "C" fn pthread_create(
     start: StartRoutine,
     arg: *mut c_void,
 ) -> c_int {
-    if private_domain().is_none() {
-        // SAFETY: the caller's arguments, under the same contract.
-        return unsafe { __pthread_create(thread, attr, start, arg) };
-    }
     let handed = Box::into_raw(Box::new(Start { start, arg }));
     // SAFETY: the caller's arguments, with a start routine that runs
     // theirs; `handed` is taken by that routine exactly once.
@@ -74,13 +74,25 @@ pub unsafe extern "C" fn pthread_create(
 }
 
 /// The start routine of a thread made by [`pthread_create`]: moves onto
-/// the thread's gate stack of its compartment and runs the caller's
-/// routine there. The thread holds the creator's rights (a new thread
+/// the thread's gate stack of its compartment (where it has stacks of its
+/// own) and runs the caller's routine there, then the thread-local
+/// destructors. The thread holds the creator's rights (a new thread
 /// inherits PKRU), so it is in the creator's compartment.
 extern "C" fn on_keyed_stack(handed: *mut c_void) -> *mut c_void {
     // SAFETY: `pthread_create` handed this box to this thread only.
     let Start { start, arg } = *unsafe { Box::from_raw(handed.cast::<Start>()) };
-    let Some(domain) = private_domain() else { return start(arg) };
+    let result = match private_domain() {
+        Some(domain) => run_on_keyed_stack(domain, start, arg),
+        None => start(arg),
+    };
+    // Before the C library ends the thread: each compartment's thread-local
+    // destructors, with that compartment's rights (crate::thread_exit).
+    crate::thread_exit::run_destructors();
+    result
+}
+
+/// Runs `start(arg)` on this thread's gate stack of `domain`.
+fn run_on_keyed_stack(domain: usize, start: StartRoutine, arg: *mut c_void) -> *mut c_void {
     // SAFETY: this thread's table, which nothing else uses while it runs.
     let table = unsafe { &mut *gatestack::active() };
     // The top of the thread's stack in its domain: no gate has entered it
