@@ -152,9 +152,9 @@ pub const IMAGE_CALLS: &[i64] = &[
     libc::SYS_waitid,
 ];
 
-/// The calls this filter lets through to the other filters of an `mpk`
-/// image, which decide them: the boot filter's denials and the
-/// memory-call filter's (`seccomp`).
+/// A call no booted image makes that this filter still lets through, so
+/// that the memory-call filter's answer (`EPERM`) stays the one a caller
+/// sees; the boot filter's calls come in as [`program`]'s `also`.
 pub const PASSED: &[i64] = &[libc::SYS_seccomp];
 
 /// The allowlist's program: [`IMAGE_CALLS`], [`PASSED`] and `also` (the

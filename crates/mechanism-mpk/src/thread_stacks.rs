@@ -65,7 +65,7 @@ pub unsafe extern "C" fn pthread_create(
     let handed = Box::into_raw(Box::new(Start { start, arg }));
     // SAFETY: the caller's arguments, with a start routine that runs
     // theirs; `handed` is taken by that routine exactly once.
-    let rc = unsafe { __pthread_create(thread, attr, on_keyed_stack, handed.cast()) };
+    let rc = unsafe { __pthread_create(thread, attr, thread_main, handed.cast()) };
     if rc != 0 {
         // SAFETY: no thread was made, so nothing else took it.
         drop(unsafe { Box::from_raw(handed) });
@@ -78,11 +78,11 @@ pub unsafe extern "C" fn pthread_create(
 /// own) and runs the caller's routine there, then the thread-local
 /// destructors. The thread holds the creator's rights (a new thread
 /// inherits PKRU), so it is in the creator's compartment.
-extern "C" fn on_keyed_stack(handed: *mut c_void) -> *mut c_void {
+extern "C" fn thread_main(handed: *mut c_void) -> *mut c_void {
     // SAFETY: `pthread_create` handed this box to this thread only.
     let Start { start, arg } = *unsafe { Box::from_raw(handed.cast::<Start>()) };
     let result = match private_domain() {
-        Some(domain) => run_on_keyed_stack(domain, start, arg),
+        Some(domain) => run_thread_main(domain, start, arg),
         None => start(arg),
     };
     // Before the C library ends the thread: each compartment's thread-local
@@ -92,7 +92,7 @@ extern "C" fn on_keyed_stack(handed: *mut c_void) -> *mut c_void {
 }
 
 /// Runs `start(arg)` on this thread's gate stack of `domain`.
-fn run_on_keyed_stack(domain: usize, start: StartRoutine, arg: *mut c_void) -> *mut c_void {
+fn run_thread_main(domain: usize, start: StartRoutine, arg: *mut c_void) -> *mut c_void {
     // SAFETY: this thread's table, which nothing else uses while it runs.
     let table = unsafe { &mut *gatestack::active() };
     // The top of the thread's stack in its domain: no gate has entered it
