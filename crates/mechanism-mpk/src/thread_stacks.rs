@@ -82,7 +82,7 @@ extern "C" fn thread_main(handed: *mut c_void) -> *mut c_void {
     // SAFETY: `pthread_create` handed this box to this thread only.
     let Start { start, arg } = *unsafe { Box::from_raw(handed.cast::<Start>()) };
     let result = match private_domain() {
-        Some(domain) => run_thread_main(domain, start, arg),
+        Some(domain) => run_on_keyed_stack(domain, start, arg),
         None => start(arg),
     };
     // Before the C library ends the thread: each compartment's thread-local
@@ -92,7 +92,7 @@ extern "C" fn thread_main(handed: *mut c_void) -> *mut c_void {
 }
 
 /// Runs `start(arg)` on this thread's gate stack of `domain`.
-fn run_thread_main(domain: usize, start: StartRoutine, arg: *mut c_void) -> *mut c_void {
+fn run_on_keyed_stack(domain: usize, start: StartRoutine, arg: *mut c_void) -> *mut c_void {
     // SAFETY: this thread's table, which nothing else uses while it runs.
     let table = unsafe { &mut *gatestack::active() };
     // The top of the thread's stack in its domain: no gate has entered it
