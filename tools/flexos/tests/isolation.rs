@@ -51,7 +51,7 @@ fn well_behaved_calls_work_across_every_mechanism() {
         assert_eq!(r.code, 0, "{mechanism}: {}", r.stderr);
         assert_eq!(
             r.stdout,
-            "echo: 1000\nnested: 1 thread(s)\nwrote: 7\nread back: behaved\nroot entries: 1, hello among them: yes\nserved while another call slept: yes (100 echoes)\nshared locals across a gate: shared heap\nbehaved: ok\n",
+            "echo: 1000\nnested: 1 thread(s)\nwrote: 7\nread back: behaved\nroot entries: 1, hello among them: yes\nserved while another call slept: yes (100 echoes)\nshared locals across a gate: shared heap\nthread-local values dropped when their thread ends: yes\nbehaved: ok\n",
             "{mechanism}: {}",
             r.stderr
         );
