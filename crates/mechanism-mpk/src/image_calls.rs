@@ -16,6 +16,14 @@
 //! it: C libraries fall back or report it, and nothing is killed. The
 //! calls the other filters decide on ([`PASSED`]) pass this one, so their
 //! answers (`EPERM`, `ENOSYS` for `clone3`) stay theirs.
+//!
+//! `clone` is let through only for a new thread ([`THREAD_FLAGS`], no
+//! [`NAMESPACE_FLAGS`]): an image starts its compartment processes and
+//! its fault supervisor during boot, and afterwards starts threads only.
+//! A process made later would outlive the image with its descriptors (the
+//! tap, listening sockets), could trace the image where the boot filter
+//! did not deny `ptrace`, and `clone` with a namespace flag is `unshare`
+//! by another name (attack `kernel-surface`).
 
 use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
 use std::collections::BTreeMap;
@@ -107,7 +115,8 @@ pub const IMAGE_CALLS: &[i64] = &[
     libc::SYS_msync,
     libc::SYS_mincore,
     libc::SYS_membarrier,
-    // Threads (`clone`'s flags and `clone3`: the memory-call filter).
+    // Threads (`clone` with [`THREAD_FLAGS`] only, see [`program`];
+    // `clone3`: the memory-call filter answers ENOSYS).
     libc::SYS_clone,
     libc::SYS_clone3,
     libc::SYS_futex,
@@ -157,11 +166,35 @@ pub const IMAGE_CALLS: &[i64] = &[
 /// sees; the boot filter's calls come in as [`program`]'s `also`.
 pub const PASSED: &[i64] = &[libc::SYS_seccomp];
 
+/// The flags every `clone` of a booted image carries: a thread, sharing
+/// the image's memory and signal handlers.
+pub const THREAD_FLAGS: u64 = (libc::CLONE_VM | libc::CLONE_THREAD | libc::CLONE_SIGHAND) as u64;
+
+/// The flags no `clone` of a booted image carries: new namespaces, which
+/// `unshare` (left out of [`IMAGE_CALLS`]) would make too.
+pub const NAMESPACE_FLAGS: u64 = (libc::CLONE_NEWNS
+    | libc::CLONE_NEWCGROUP
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWUSER
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWNET) as u64;
+
 /// The allowlist's program: [`IMAGE_CALLS`], [`PASSED`] and `also` (the
-/// boot filter's calls) are let through; any other call fails with `ENOSYS`.
+/// boot filter's calls) are let through, `clone` only for a thread
+/// ([`THREAD_FLAGS`] set, [`NAMESPACE_FLAGS`] clear); any other call
+/// fails with `ENOSYS`.
 pub fn program(also: &[i64]) -> Result<BpfProgram, String> {
-    let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> =
+    use seccompiler::{SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq, SeccompCondition, SeccompRule};
+    let flags = |mask: u64, value: u64| SeccompCondition::new(0, Qword, MaskedEq(mask), value);
+    let thread = SeccompRule::new(vec![
+        flags(THREAD_FLAGS, THREAD_FLAGS).map_err(|e| format!("{e}"))?,
+        flags(NAMESPACE_FLAGS, 0).map_err(|e| format!("{e}"))?,
+    ])
+    .map_err(|e| format!("{e}"))?;
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         IMAGE_CALLS.iter().chain(PASSED).chain(also).map(|&nr| (nr, vec![])).collect();
+    rules.insert(libc::SYS_clone, vec![thread]);
     let filter =
         SeccompFilter::new(rules, SeccompAction::Errno(libc::ENOSYS as u32), SeccompAction::Allow, TargetArch::x86_64)
             .map_err(|e| format!("{e}"))?;
@@ -205,6 +238,39 @@ mod tests {
     }
 
     #[test]
+    fn clone_is_let_through_for_a_thread_only() {
+        use crate::memory_filter::tests::run;
+        let prog = program(&[]).expect("the allowlist compiles");
+        const ALLOW: u32 = libc::SECCOMP_RET_ALLOW;
+        const ENOSYS: u32 = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
+        // What glibc's pthread_create passes.
+        let glibc = (libc::CLONE_VM
+            | libc::CLONE_FS
+            | libc::CLONE_FILES
+            | libc::CLONE_SYSVSEM
+            | libc::CLONE_SIGHAND
+            | libc::CLONE_THREAD
+            | libc::CLONE_SETTLS
+            | libc::CLONE_PARENT_SETTID
+            | libc::CLONE_CHILD_CLEARTID) as u64;
+        let clone = |flags: u64| run(&prog, libc::SYS_clone, [flags, 0x7000_0000, 0, 0, 0, 0]);
+        assert_eq!(clone(glibc), ALLOW);
+        assert_eq!(clone(THREAD_FLAGS), ALLOW);
+        // A process (fork), a process sharing memory, a thread in new namespaces.
+        assert_eq!(clone(libc::SIGCHLD as u64), ENOSYS);
+        assert_eq!(clone((libc::CLONE_VM | libc::SIGCHLD) as u64), ENOSYS);
+        assert_eq!(clone(glibc & !(libc::CLONE_THREAD as u64)), ENOSYS);
+        assert_eq!(clone((libc::CLONE_NEWUSER | libc::SIGCHLD) as u64), ENOSYS);
+        for ns in [libc::CLONE_NEWNET, libc::CLONE_NEWNS, libc::CLONE_NEWIPC, libc::CLONE_NEWUTS] {
+            assert_eq!(clone(glibc | ns as u64), ENOSYS, "namespace flag {ns:#x}");
+        }
+        // Flags in the upper half do not count as a thread's.
+        assert_eq!(clone(THREAD_FLAGS << 32), ENOSYS);
+        assert_eq!(run(&prog, libc::SYS_getpid, [0; 6]), ALLOW);
+        assert_eq!(run(&prog, libc::SYS_fork, [0; 6]), ENOSYS);
+    }
+
+    #[test]
     fn a_real_filter_answers_enosys_outside_the_list_and_passes_what_is_in_it() {
         let prog = program(&[libc::SYS_ptrace]).expect("the allowlist compiles");
         // In a child process, so the filter does not stay on the test runner.
@@ -227,7 +293,17 @@ mod tests {
                 && errno() == Some(libc::ENOSYS)
                 // SAFETY: a ptrace request that fails (no tracee): it reaches the kernel.
                 && unsafe { libc::ptrace(libc::PTRACE_CONT, 1, 0, 0) } == -1
-                && errno() != Some(libc::ENOSYS);
+                && errno() != Some(libc::ENOSYS)
+                && [libc::SIGCHLD, libc::CLONE_NEWUSER | libc::SIGCHLD].iter().all(|&flags| {
+                    // SAFETY: a fork-like clone; where the filter let it
+                    // through, the new process ends at once.
+                    let rc = unsafe { libc::syscall(libc::SYS_clone, flags, 0, 0, 0, 0) };
+                    if rc == 0 {
+                        // SAFETY: ends the new process without running Rust code.
+                        unsafe { libc::_exit(0) }
+                    }
+                    rc == -1 && errno() == Some(libc::ENOSYS)
+                });
             // SAFETY: ends the child without running the test harness's code.
             unsafe { libc::_exit(if ok { 0 } else { 1 }) }
         }

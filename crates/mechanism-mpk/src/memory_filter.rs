@@ -414,12 +414,12 @@ pub fn program(policy: &Policy) -> Vec<sock_filter> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Runs `prog` on a system call as the kernel would (the instructions
-    /// the assembler emits only); returns the action.
-    fn run(prog: &[sock_filter], nr: i64, args: [u64; 6]) -> u32 {
+    /// the assembler and seccompiler emit only); returns the action.
+    pub(crate) fn run(prog: &[sock_filter], nr: i64, args: [u64; 6]) -> u32 {
         let mut data = [0u8; 64];
         data[0..4].copy_from_slice(&(nr as u32).to_le_bytes());
         data[4..8].copy_from_slice(&ARCH_X86_64.to_le_bytes());
