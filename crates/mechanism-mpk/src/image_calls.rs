@@ -17,13 +17,15 @@
 //! calls the other filters decide on ([`PASSED`]) pass this one, so their
 //! answers (`EPERM`, `ENOSYS` for `clone3`) stay theirs.
 //!
-//! `clone` is let through only for a new thread ([`THREAD_FLAGS`], no
-//! [`NAMESPACE_FLAGS`]): an image starts its compartment processes and
-//! its fault supervisor during boot, and afterwards starts threads only.
-//! A process made later would outlive the image with its descriptors (the
-//! tap, listening sockets), could trace the image where the boot filter
-//! did not deny `ptrace`, and `clone` with a namespace flag is `unshare`
-//! by another name (attack `kernel-surface`).
+//! `clone` is let through only for a new thread, and `ioctl` only with a
+//! request a booted image makes ([`flexos_platform::syscalls`]): an image
+//! starts its compartment processes and its fault supervisor during boot,
+//! and afterwards starts threads only. A process made later would outlive
+//! the image with its descriptors (the tap, listening sockets), could
+//! trace the image where the boot filter did not deny `ptrace`, and
+//! `clone` with a namespace flag is `unshare` by another name; an `ioctl`
+//! on a socket may change the host's interfaces and routes, and one on a
+//! terminal may type into it (attack `kernel-surface`).
 
 use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
 use std::collections::BTreeMap;
@@ -54,7 +56,7 @@ pub const IMAGE_CALLS: &[i64] = &[
     libc::SYS_statx,
     libc::SYS_lseek,
     libc::SYS_fcntl,
-    libc::SYS_ioctl,
+    libc::SYS_ioctl, // with the requests of [`program`]
     libc::SYS_dup,
     libc::SYS_dup2,
     libc::SYS_dup3,
@@ -115,8 +117,8 @@ pub const IMAGE_CALLS: &[i64] = &[
     libc::SYS_msync,
     libc::SYS_mincore,
     libc::SYS_membarrier,
-    // Threads (`clone` with [`THREAD_FLAGS`] only, see [`program`];
-    // `clone3`: the memory-call filter answers ENOSYS).
+    // Threads (`clone` for a thread only, see [`program`]; `clone3`: the
+    // memory-call filter answers ENOSYS).
     libc::SYS_clone,
     libc::SYS_clone3,
     libc::SYS_futex,
@@ -166,35 +168,16 @@ pub const IMAGE_CALLS: &[i64] = &[
 /// sees; the boot filter's calls come in as [`program`]'s `also`.
 pub const PASSED: &[i64] = &[libc::SYS_seccomp];
 
-/// The flags every `clone` of a booted image carries: a thread, sharing
-/// the image's memory and signal handlers.
-pub const THREAD_FLAGS: u64 = (libc::CLONE_VM | libc::CLONE_THREAD | libc::CLONE_SIGHAND) as u64;
-
-/// The flags no `clone` of a booted image carries: new namespaces, which
-/// `unshare` (left out of [`IMAGE_CALLS`]) would make too.
-pub const NAMESPACE_FLAGS: u64 = (libc::CLONE_NEWNS
-    | libc::CLONE_NEWCGROUP
-    | libc::CLONE_NEWUTS
-    | libc::CLONE_NEWIPC
-    | libc::CLONE_NEWUSER
-    | libc::CLONE_NEWPID
-    | libc::CLONE_NEWNET) as u64;
-
 /// The allowlist's program: [`IMAGE_CALLS`], [`PASSED`] and `also` (the
-/// boot filter's calls) are let through, `clone` only for a thread
-/// ([`THREAD_FLAGS`] set, [`NAMESPACE_FLAGS`] clear); any other call
-/// fails with `ENOSYS`.
+/// boot filter's calls) are let through, `clone` only for a thread and
+/// `ioctl` only with a request a booted image makes
+/// ([`flexos_platform::syscalls`]); any other call fails with `ENOSYS`.
 pub fn program(also: &[i64]) -> Result<BpfProgram, String> {
-    use seccompiler::{SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq, SeccompCondition, SeccompRule};
-    let flags = |mask: u64, value: u64| SeccompCondition::new(0, Qword, MaskedEq(mask), value);
-    let thread = SeccompRule::new(vec![
-        flags(THREAD_FLAGS, THREAD_FLAGS).map_err(|e| format!("{e}"))?,
-        flags(NAMESPACE_FLAGS, 0).map_err(|e| format!("{e}"))?,
-    ])
-    .map_err(|e| format!("{e}"))?;
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
+    use flexos_platform::syscalls::rules as syscall_rules;
+    let mut rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> =
         IMAGE_CALLS.iter().chain(PASSED).chain(also).map(|&nr| (nr, vec![])).collect();
-    rules.insert(libc::SYS_clone, vec![thread]);
+    rules.insert(libc::SYS_clone, syscall_rules::thread_clone()?);
+    rules.insert(libc::SYS_ioctl, syscall_rules::ioctl_requests()?);
     let filter =
         SeccompFilter::new(rules, SeccompAction::Errno(libc::ENOSYS as u32), SeccompAction::Allow, TargetArch::x86_64)
             .map_err(|e| format!("{e}"))?;
@@ -240,6 +223,7 @@ mod tests {
     #[test]
     fn clone_is_let_through_for_a_thread_only() {
         use crate::memory_filter::tests::run;
+        use flexos_platform::syscalls::THREAD_FLAGS;
         let prog = program(&[]).expect("the allowlist compiles");
         const ALLOW: u32 = libc::SECCOMP_RET_ALLOW;
         const ENOSYS: u32 = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
@@ -268,6 +252,36 @@ mod tests {
         assert_eq!(clone(THREAD_FLAGS << 32), ENOSYS);
         assert_eq!(run(&prog, libc::SYS_getpid, [0; 6]), ALLOW);
         assert_eq!(run(&prog, libc::SYS_fork, [0; 6]), ENOSYS);
+    }
+
+    #[test]
+    fn ioctl_is_let_through_with_the_requests_of_a_booted_image_only() {
+        use crate::memory_filter::tests::run;
+        use flexos_platform::syscalls::ioctl_request_allowed;
+        let prog = program(&[]).expect("the allowlist compiles");
+        let ioctl = |request: u64| run(&prog, libc::SYS_ioctl, [3, request, 0x7000_0000, 0, 0, 0]);
+        let (allow, enosys) = (libc::SECCOMP_RET_ALLOW, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32);
+        // KVM_RUN, KVM_GET_REGS; std's FIONBIO; the tap's; a terminal query.
+        for ok in [0xae80, 0x8090_ae81, libc::FIONBIO, libc::TUNSETIFF, libc::TCGETS] {
+            assert_eq!(ioctl(ok), allow, "{ok:#x}");
+            // The kernel reads the request as 32 bits: so does the filter.
+            assert_eq!(ioctl(ok | 0xdead_0000_0000), allow, "{ok:#x} with high bits");
+        }
+        let host_changes = [libc::SIOCSIFFLAGS, libc::SIOCSIFADDR, libc::SIOCADDRT, libc::TUNSETPERSIST, libc::TIOCSTI];
+        for bad in host_changes {
+            assert_eq!(ioctl(bad), enosys, "{bad:#x}");
+        }
+        // The filter and the list's rule in Rust agree on every request of
+        // the terminal, socket, tun and KVM types, in every direction and size.
+        for ty in [0x54u32, 0x89, 0xae, 0x00, 0xab] {
+            for high in [0u32, 0x4004_0000, 0x8004_0000, 0x8090_0000, 0xc008_0000] {
+                for nr in 0..=0xffu32 {
+                    let request = high | ty << 8 | nr;
+                    let expected = if ioctl_request_allowed(request) { allow } else { enosys };
+                    assert_eq!(ioctl(request.into()), expected, "{request:#x}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -117,7 +117,8 @@ const ALLOWED: &[i64] = &[
 ];
 
 /// What the compartment that holds the network device may do besides
-/// [`ALLOWED`]: open and drive the tap device (`/dev/net/tun`, its ioctls,
+/// [`ALLOWED`]: open and drive the tap device (`/dev/net/tun`, its ioctls
+/// (`flexos_platform::syscalls::IOCTL_REQUESTS`),
 /// `readv`/`writev` of a frame behind its virtio-net header, polling) or run the 127.0.0.1 forwarder (listening TCP sockets on the
 /// host, watched with `epoll`). No other file, no process, no signal.
 pub const NETWORK_DEVICE: &[i64] = &[
@@ -147,12 +148,34 @@ pub const NETWORK_DEVICE: &[i64] = &[
 
 /// Confines this process (and the threads it starts later) to [`ALLOWED`]
 /// plus `extra`; any other system call raises SIGSYS, which the fault
-/// reporter names.
+/// reporter names. `clone` may make threads only and `ioctl` take only the
+/// requests of a booted image (`flexos_platform::syscalls`); `clone3`,
+/// whose flags lie in memory a filter cannot read, answers `ENOSYS`, so
+/// that the C library starts its threads with `clone`.
 pub fn confine(extra: &[i64]) -> Result<(), String> {
-    let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> =
+    for program in programs(extra)? {
+        seccompiler::apply_filter(&program).map_err(|e| format!("seccomp: {e}"))?;
+    }
+    Ok(())
+}
+
+/// [`confine`]'s two filters, in the order they are installed: `clone3`
+/// answered with `ENOSYS` (the kernel lets the answer of the filter that
+/// refuses win over the other's `Allow`), then the list.
+fn programs(extra: &[i64]) -> Result<[BpfProgram; 2], String> {
+    use flexos_platform::syscalls::rules as syscall_rules;
+    let program = |filter: Result<SeccompFilter, seccompiler::BackendError>| -> Result<BpfProgram, String> {
+        filter.map_err(|e| format!("seccomp filter: {e}"))?.try_into().map_err(|e| format!("seccomp program: {e:?}"))
+    };
+    let clone3 = BTreeMap::from([(libc::SYS_clone3, vec![])]);
+    let no_clone3 =
+        SeccompFilter::new(clone3, SeccompAction::Allow, SeccompAction::Errno(libc::ENOSYS as u32), TargetArch::x86_64);
+    let mut rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> =
         ALLOWED.iter().chain(extra).map(|&nr| (nr, vec![])).collect();
-    let filter = SeccompFilter::new(rules, SeccompAction::Trap, SeccompAction::Allow, TargetArch::x86_64)
-        .map_err(|e| format!("seccomp filter: {e}"))?;
-    let program: BpfProgram = filter.try_into().map_err(|e| format!("seccomp program: {e:?}"))?;
-    seccompiler::apply_filter(&program).map_err(|e| format!("seccomp: {e}"))
+    rules.insert(libc::SYS_clone, syscall_rules::thread_clone()?);
+    if let Some(ioctl) = rules.get_mut(&libc::SYS_ioctl) {
+        *ioctl = syscall_rules::ioctl_requests()?;
+    }
+    let list = SeccompFilter::new(rules, SeccompAction::Trap, SeccompAction::Allow, TargetArch::x86_64);
+    Ok([program(no_clone3)?, program(list)?])
 }

@@ -42,6 +42,26 @@ pub fn enabled() -> bool {
     IN_IMAGE && MAPPED.load(Ordering::Relaxed) && !crate::guest::in_guest()
 }
 
+// The image's *code pad*: `FLEXOS_CODE_PAD` (decimal, at compile time of
+// this crate; 0 unless `flexos build` sets it) bytes of `int3` among the
+// platform's code, which the linker places after the C libraries that the
+// components and applications link (SQLite's among them) and before the
+// platform's own functions (KASan's reports, called from the C code).
+// Changing it changes the displacements of calls between the two, so that
+// `flexos build` can re-link an `mpk` image whose code happens to hold the
+// bytes of an `xrstor` inside such a call (`flexos_gate::link_pad!` moves
+// data, not code). Never executed; kept by the `R` flag. It lives in this
+// module, beside the reports: a module's assembly comes first in the
+// object its code is compiled into, so the pad precedes the reports
+// however the compiler groups the crate's modules (placed in the crate's
+// root, it once fell after them, and every pad left the same `xrstor`).
+core::arch::global_asm!(
+    ".pushsection .text.flexos_code_pad,\"axR\",@progbits",
+    ".fill {len}, 1, 0xcc",
+    ".popsection",
+    len = const crate::pad_len(option_env!("FLEXOS_CODE_PAD")),
+);
+
 /// Maps the shadow before `main` and before any allocation: the allocator
 /// decides per block whether it has redzones ([`enabled`]), so that must
 /// not change between a block's allocation and its free.

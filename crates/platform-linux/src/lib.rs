@@ -25,6 +25,7 @@ pub mod pkey;
 pub mod process;
 pub mod random;
 pub mod supervisor;
+pub mod syscalls;
 
 /// Ends the image at once with SIGABRT (after a message on the console
 /// has said why). Not the C library's `abort`, which takes a lock and
@@ -65,19 +66,3 @@ pub const fn pad_len(value: Option<&str>) -> usize {
     }
     n
 }
-
-// The image's *code pad*: `FLEXOS_CODE_PAD` (decimal, at compile time of
-// this crate; 0 unless `flexos build` sets it) bytes of `int3` among the
-// platform's code, which the linker places after the C libraries that the
-// components and applications link (SQLite's among them) and before the
-// platform's own functions (KASan's reports, called from the C code).
-// Changing it changes the displacements of calls between the two, so that
-// `flexos build` can re-link an `mpk` image whose code happens to hold the
-// bytes of an `xrstor` inside such a call (`flexos_gate::link_pad!` moves
-// data, not code). Never executed; kept by the `R` flag.
-core::arch::global_asm!(
-    ".pushsection .text.flexos_code_pad,\"axR\",@progbits",
-    ".fill {len}, 1, 0xcc",
-    ".popsection",
-    len = const pad_len(option_env!("FLEXOS_CODE_PAD")),
-);
