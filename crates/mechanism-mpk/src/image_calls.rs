@@ -223,7 +223,7 @@ mod tests {
     #[test]
     fn clone_is_let_through_for_a_thread_only() {
         use crate::memory_filter::tests::run;
-        use flexos_platform::syscalls::THREAD_FLAGS;
+        use flexos_platform::syscalls::{THREAD_FLAGS, clone_allowed};
         let prog = program(&[]).expect("the allowlist compiles");
         const ALLOW: u32 = libc::SECCOMP_RET_ALLOW;
         const ENOSYS: u32 = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
@@ -250,6 +250,15 @@ mod tests {
         }
         // Flags in the upper half do not count as a thread's.
         assert_eq!(clone(THREAD_FLAGS << 32), ENOSYS);
+        // The filter and the list's rule in Rust agree on each flag alone,
+        // and added to or taken from glibc's thread flags.
+        for bit in 0..64 {
+            let flag = 1u64 << bit;
+            for flags in [flag, glibc | flag, glibc & !flag, THREAD_FLAGS | flag] {
+                let expected = if clone_allowed(flags) { ALLOW } else { ENOSYS };
+                assert_eq!(clone(flags), expected, "flags {flags:#x}");
+            }
+        }
         assert_eq!(run(&prog, libc::SYS_getpid, [0; 6]), ALLOW);
         assert_eq!(run(&prog, libc::SYS_fork, [0; 6]), ENOSYS);
     }
