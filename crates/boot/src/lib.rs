@@ -42,6 +42,9 @@ pub fn boot() {
     if has_remote_domains() {
         start_remote_compartments();
     }
+    if drives_network_device() {
+        flexos_platform::net::open_device_at_boot();
+    }
     // Last: the processes and VMs just started mapped memory at fixed
     // addresses, which the memory-call filter denies (and a process
     // inherits it).
@@ -77,10 +80,12 @@ fn start_remote_compartments() {
 /// the host ends.
 #[cfg(feature = "proc")]
 fn serve_as_compartment_process() -> ! {
-    // The compartment of the network device drives it (tap or forwarder).
-    let netdev_here = flexos_layout::domain_of(flexos_layout::component::NETDEV.compartment)
-        == flexos_gate::remote::this_domain()
-        && flexos_layout::APP_USES_NETWORK;
+    // The compartment of the network device drives it (tap or forwarder),
+    // and opens a tap before its filter denies what that takes.
+    let netdev_here = drives_network_device();
+    if netdev_here {
+        flexos_platform::net::open_device_at_boot();
+    }
     let extra = if netdev_here { flexos_proc::NETWORK_DEVICE } else { &[] };
     if let Err(e) = flexos_proc::confine(extra) {
         eprintln!(
@@ -93,6 +98,13 @@ fn serve_as_compartment_process() -> ! {
         flexos_platform::compartment::home(),
         flexos_gate::remote::start_partner_thread,
     )
+}
+
+/// Whether this process drives the image's network device: the
+/// application uses the network, and the device's compartment runs here.
+fn drives_network_device() -> bool {
+    flexos_layout::APP_USES_NETWORK
+        && flexos_layout::domain_of(flexos_layout::component::NETDEV.compartment) == flexos_gate::remote::this_domain()
 }
 
 /// Starts the process of `proc` compartment `i`.

@@ -32,9 +32,10 @@ use std::collections::BTreeMap;
 
 /// What a booted image calls (x86-64 numbers).
 pub const IMAGE_CALLS: &[i64] = &[
-    // Descriptors and files: the console, the tap device, the files an
-    // application reads from the host (a script), no changes to the
-    // host's file system.
+    // Descriptors and files: the console and the tap device (opened at
+    // boot), the files an application reads from the host (a script;
+    // `open` and `openat` to read only, see [`program`]), no changes to
+    // the host's file system.
     libc::SYS_read,
     libc::SYS_write,
     libc::SYS_readv,
@@ -169,15 +170,18 @@ pub const IMAGE_CALLS: &[i64] = &[
 pub const PASSED: &[i64] = &[libc::SYS_seccomp];
 
 /// The allowlist's program: [`IMAGE_CALLS`], [`PASSED`] and `also` (the
-/// boot filter's calls) are let through, `clone` only for a thread and
-/// `ioctl` only with a request a booted image makes
+/// boot filter's calls) are let through, `clone` only for a thread,
+/// `open` and `openat` only to read, and `ioctl` only with a request a
+/// booted image makes, KVM's only where the image runs VMs (`kvm`)
 /// ([`flexos_platform::syscalls`]); any other call fails with `ENOSYS`.
-pub fn program(also: &[i64]) -> Result<BpfProgram, String> {
+pub fn program(also: &[i64], kvm: bool) -> Result<BpfProgram, String> {
     use flexos_platform::syscalls::rules as syscall_rules;
     let mut rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> =
         IMAGE_CALLS.iter().chain(PASSED).chain(also).map(|&nr| (nr, vec![])).collect();
     rules.insert(libc::SYS_clone, syscall_rules::thread_clone()?);
-    rules.insert(libc::SYS_ioctl, syscall_rules::ioctl_requests()?);
+    rules.insert(libc::SYS_ioctl, syscall_rules::ioctl_requests(kvm)?);
+    rules.insert(libc::SYS_open, syscall_rules::read_only_open(1)?);
+    rules.insert(libc::SYS_openat, syscall_rules::read_only_open(2)?);
     let filter =
         SeccompFilter::new(rules, SeccompAction::Errno(libc::ENOSYS as u32), SeccompAction::Allow, TargetArch::x86_64)
             .map_err(|e| format!("{e}"))?;
@@ -224,7 +228,7 @@ mod tests {
     fn clone_is_let_through_for_a_thread_only() {
         use crate::memory_filter::tests::run;
         use flexos_platform::syscalls::{THREAD_FLAGS, clone_allowed};
-        let prog = program(&[]).expect("the allowlist compiles");
+        let prog = program(&[], false).expect("the allowlist compiles");
         const ALLOW: u32 = libc::SECCOMP_RET_ALLOW;
         const ENOSYS: u32 = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
         // What glibc's pthread_create passes.
@@ -267,35 +271,83 @@ mod tests {
     fn ioctl_is_let_through_with_the_requests_of_a_booted_image_only() {
         use crate::memory_filter::tests::run;
         use flexos_platform::syscalls::ioctl_request_allowed;
-        let prog = program(&[]).expect("the allowlist compiles");
-        let ioctl = |request: u64| run(&prog, libc::SYS_ioctl, [3, request, 0x7000_0000, 0, 0, 0]);
         let (allow, enosys) = (libc::SECCOMP_RET_ALLOW, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32);
-        // KVM_RUN, KVM_GET_REGS; std's FIONBIO; the tap's; a terminal query.
-        for ok in [0xae80, 0x8090_ae81, libc::FIONBIO, libc::TUNSETIFF, libc::TCGETS] {
-            assert_eq!(ioctl(ok), allow, "{ok:#x}");
-            // The kernel reads the request as 32 bits: so does the filter.
-            assert_eq!(ioctl(ok | 0xdead_0000_0000), allow, "{ok:#x} with high bits");
-        }
-        let host_changes = [libc::SIOCSIFFLAGS, libc::SIOCSIFADDR, libc::SIOCADDRT, libc::TUNSETPERSIST, libc::TIOCSTI];
-        for bad in host_changes {
-            assert_eq!(ioctl(bad), enosys, "{bad:#x}");
-        }
-        // The filter and the list's rule in Rust agree on every request of
-        // the terminal, socket, tun and KVM types, in every direction and size.
-        for ty in [0x54u32, 0x89, 0xae, 0x00, 0xab] {
-            for high in [0u32, 0x4004_0000, 0x8004_0000, 0x8090_0000, 0xc008_0000] {
-                for nr in 0..=0xffu32 {
-                    let request = high | ty << 8 | nr;
-                    let expected = if ioctl_request_allowed(request) { allow } else { enosys };
-                    assert_eq!(ioctl(request.into()), expected, "{request:#x}");
+        for kvm in [false, true] {
+            let prog = program(&[], kvm).expect("the allowlist compiles");
+            let ioctl = |request: u64| run(&prog, libc::SYS_ioctl, [3, request, 0x7000_0000, 0, 0, 0]);
+            // std's FIONBIO; a terminal query; KVM_RUN, KVM_GET_REGS where the image runs VMs.
+            let kvm_requests = if kvm { &[0xae80, 0x8090_ae81][..] } else { &[] };
+            for &ok in [libc::FIONBIO, libc::TCGETS].iter().chain(kvm_requests) {
+                assert_eq!(ioctl(ok), allow, "{ok:#x}");
+                // The kernel reads the request as 32 bits: so does the filter.
+                assert_eq!(ioctl(ok | 0xdead_0000_0000), allow, "{ok:#x} with high bits");
+            }
+            // Host changes; a new tap device (the image's is opened at boot);
+            // a VM where the image runs none.
+            let refused = [
+                libc::SIOCSIFFLAGS,
+                libc::SIOCSIFADDR,
+                libc::SIOCADDRT,
+                libc::TUNSETPERSIST,
+                libc::TIOCSTI,
+                libc::TUNSETIFF,
+                libc::SIOCGIFINDEX,
+            ];
+            let no_vm = if kvm {
+                &[][..]
+            } else {
+                &[0xae01 /* KVM_CREATE_VM */, 0xae80]
+            };
+            for &bad in refused.iter().chain(no_vm) {
+                assert_eq!(ioctl(bad), enosys, "{bad:#x} (kvm {kvm})");
+            }
+            // The filter and the list's rule in Rust agree on every request
+            // of the terminal, socket, tun and KVM types, in every direction and size.
+            for ty in [0x54u32, 0x89, 0xae, 0x00, 0xab] {
+                for high in [0u32, 0x4004_0000, 0x8004_0000, 0x8090_0000, 0xc008_0000] {
+                    for nr in 0..=0xffu32 {
+                        let request = high | ty << 8 | nr;
+                        let expected = if ioctl_request_allowed(request, kvm) { allow } else { enosys };
+                        assert_eq!(ioctl(request.into()), expected, "{request:#x} (kvm {kvm})");
+                    }
                 }
             }
         }
     }
 
     #[test]
+    fn files_are_opened_to_read_only() {
+        use crate::memory_filter::tests::run;
+        use flexos_platform::syscalls::open_allowed;
+        let prog = program(&[], false).expect("the allowlist compiles");
+        let (allow, enosys) = (libc::SECCOMP_RET_ALLOW, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32);
+        let open = |flags: u64| run(&prog, libc::SYS_open, [0x7000_0000, flags, 0o644, 0, 0, 0]);
+        let openat =
+            |flags: u64| run(&prog, libc::SYS_openat, [libc::AT_FDCWD as u64, 0x7000_0000, flags, 0o644, 0, 0]);
+        let read = (libc::O_RDONLY | libc::O_CLOEXEC) as u64;
+        assert_eq!(open(read), allow);
+        assert_eq!(openat(read), allow);
+        let write = (libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC) as u64;
+        assert_eq!(open(write), enosys);
+        assert_eq!(openat(write), enosys);
+        // The filter and the rule in Rust agree on each flag alone, and
+        // added to a read's; the kernel reads flags as 32 bits.
+        for bit in 0..32 {
+            for flags in [1u32 << bit, read as u32 | 1 << bit] {
+                let expected = if open_allowed(flags) { allow } else { enosys };
+                assert_eq!(open(flags.into()), expected, "open {flags:#o}");
+                assert_eq!(openat(flags.into()), expected, "openat {flags:#o}");
+                assert_eq!(openat(u64::from(flags) | 1 << 40), expected, "openat {flags:#o} with high bits");
+            }
+        }
+        // `creat` and `openat2` (its flags in memory) are not on the list.
+        assert_eq!(run(&prog, libc::SYS_creat, [0x7000_0000, 0o644, 0, 0, 0, 0]), enosys);
+        assert_eq!(run(&prog, libc::SYS_openat2, [0; 6]), enosys);
+    }
+
+    #[test]
     fn a_real_filter_answers_enosys_outside_the_list_and_passes_what_is_in_it() {
-        let prog = program(&[libc::SYS_ptrace]).expect("the allowlist compiles");
+        let prog = program(&[libc::SYS_ptrace], false).expect("the allowlist compiles");
         // In a child process, so the filter does not stay on the test runner.
         // SAFETY: the child only makes system calls and exits with _exit.
         let pid = unsafe { libc::fork() };

@@ -437,7 +437,8 @@ pub fn prepare() {
     // The memory-call filter's ranges are read now: the main stack and the
     // vDSO come from /proc/self/maps, which the image closes to itself next.
     let _ = MEMORY_FILTER.set(memory_filter::program(&protected_ranges()));
-    match image_calls::program(&FORBIDDEN_CALLS) {
+    let runs_vms = flexos_layout::has_mechanism(flexos_layout::Mechanism::Kvm);
+    match image_calls::program(&FORBIDDEN_CALLS, runs_vms) {
         Ok(program) => drop(IMAGE_CALLS_FILTER.set(program)),
         Err(e) => {
             let report = format!("flexos: cannot build the allowlist of system calls: {e}\n");

@@ -117,12 +117,14 @@ const ALLOWED: &[i64] = &[
 ];
 
 /// What the compartment that holds the network device may do besides
-/// [`ALLOWED`]: open and drive the tap device (`/dev/net/tun`, its ioctls
-/// (`flexos_platform::syscalls::IOCTL_REQUESTS`),
-/// `readv`/`writev` of a frame behind its virtio-net header, polling) or run the 127.0.0.1 forwarder (listening TCP sockets on the
-/// host, watched with `epoll`). No other file, no process, no signal.
+/// [`ALLOWED`]: drive the tap device, which it opened before it was
+/// confined (`flexos_platform::net::open_device_at_boot`; `readv`/`writev`
+/// of a frame behind its virtio-net header, polling), or run the
+/// 127.0.0.1 forwarder (listening TCP sockets on the host, watched with
+/// `epoll`; `ioctl` with the requests of
+/// `flexos_platform::syscalls::IOCTL_REQUESTS`). No file opened, no
+/// process, no signal.
 pub const NETWORK_DEVICE: &[i64] = &[
-    libc::SYS_openat,
     libc::SYS_close,
     libc::SYS_ioctl,
     libc::SYS_readv,
@@ -174,7 +176,7 @@ fn programs(extra: &[i64]) -> Result<[BpfProgram; 2], String> {
         ALLOWED.iter().chain(extra).map(|&nr| (nr, vec![])).collect();
     rules.insert(libc::SYS_clone, syscall_rules::thread_clone()?);
     if let Some(ioctl) = rules.get_mut(&libc::SYS_ioctl) {
-        *ioctl = syscall_rules::ioctl_requests()?;
+        *ioctl = syscall_rules::ioctl_requests(false)?;
     }
     let list = SeccompFilter::new(rules, SeccompAction::Trap, SeccompAction::Allow, TargetArch::x86_64);
     Ok([program(no_clone3)?, program(list)?])

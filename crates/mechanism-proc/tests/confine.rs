@@ -56,7 +56,7 @@ fn clone_process(flags: i32) -> bool {
 }
 
 #[test]
-fn a_compartment_process_makes_threads_and_the_tap_ioctls_only() {
+fn a_compartment_process_makes_threads_and_the_forwarders_ioctls_only() {
     // What the network device's compartment does: a thread (glibc tries
     // `clone3`, gets ENOSYS, then uses `clone`), a non-blocking socket.
     let works = confined(|| {
@@ -94,6 +94,26 @@ fn a_compartment_process_makes_threads_and_the_tap_ioctls_only() {
         true
     });
     assert_eq!(type_keys, Ended::Killed(libc::SIGSYS));
+    // A new tap device (on no descriptor: the device was opened before
+    // the filter), a VM (on no descriptor), and a file opened at all.
+    let new_tap = confined(|| {
+        // SAFETY: on descriptor -1 the kernel would answer EBADF and read nothing.
+        unsafe { libc::ioctl(-1, libc::TUNSETIFF, std::ptr::null_mut::<libc::ifreq>()) };
+        true
+    });
+    assert_eq!(new_tap, Ended::Killed(libc::SIGSYS));
+    let new_vm = confined(|| {
+        // SAFETY: KVM_CREATE_VM on descriptor -1: EBADF if it got through.
+        unsafe { libc::ioctl(-1, 0xae01, 0) };
+        true
+    });
+    assert_eq!(new_vm, Ended::Killed(libc::SIGSYS));
+    let open_file = confined(|| {
+        // SAFETY: a path under no directory: ENOENT if it got through, nothing made.
+        unsafe { libc::open(c"/flexos-no-such-dir/file".as_ptr(), libc::O_WRONLY | libc::O_CREAT, 0o600) };
+        true
+    });
+    assert_eq!(open_file, Ended::Killed(libc::SIGSYS));
     // A process, and a process in a new user namespace.
     assert_eq!(confined(|| clone_process(libc::SIGCHLD)), Ended::Killed(libc::SIGSYS));
     assert_eq!(confined(|| clone_process(libc::CLONE_NEWUSER | libc::SIGCHLD)), Ended::Killed(libc::SIGSYS));

@@ -22,7 +22,8 @@ pub mod tap;
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Mutex;
 use std::time::Duration;
 
 pub use forward::Forwarder;
@@ -117,6 +118,23 @@ fn image_mac(ip: [u8; 4]) -> [u8; 6] {
 /// time in `iperf` (docs/benchmarks.md).
 const TAP_SPIN: Duration = Duration::from_micros(50);
 
+/// The tap device [`open_device_at_boot`] opened (or why it could not),
+/// until [`Port::open`] takes it.
+static OPENED_AT_BOOT: Mutex<Option<Result<OwnedFd, tap::OpenError>>> = Mutex::new(None);
+
+/// Opens now the tap device `FLEXOS_NET` names, if it names one, for
+/// [`Port::open`] to take later. An image calls it at boot, in the domain
+/// that drives the network device, before it confines its system calls:
+/// opening a tap takes `open` for writing and the tap's `ioctl` requests
+/// (`TUNSETIFF`, which as root would also make a device), and a booted
+/// image is allowed neither. A failure is kept and reported by
+/// [`Port::open`], where it was reported before.
+pub fn open_device_at_boot() {
+    if let Ok(Backend::Tap(name, _)) = backend_from_env() {
+        *OPENED_AT_BOOT.lock().unwrap_or_else(|e| e.into_inner()) = Some(tap::Tap::open_device(&name));
+    }
+}
+
 /// The image's side of its network device.
 pub enum Port {
     /// A tap device (non-blocking, with offloads).
@@ -131,8 +149,11 @@ impl Port {
     pub fn open() -> Result<(Port, Addressing), String> {
         match backend_from_env()? {
             Backend::Tap(name, addressing) => {
-                let tap = tap::Tap::open(&name).map_err(|e| format!("cannot open tap device {name:?}: {e}"))?;
-                Ok((Port::Tap(tap), addressing))
+                let opened_at_boot = OPENED_AT_BOOT.lock().unwrap_or_else(|e| e.into_inner()).take();
+                let fd = opened_at_boot
+                    .unwrap_or_else(|| tap::Tap::open_device(&name))
+                    .map_err(|e| format!("cannot open tap device {name:?}: {e}"))?;
+                Ok((Port::Tap(tap::Tap::from_device(fd)), addressing))
             }
             Backend::Forward => {
                 let relay = Forwarder::new().map_err(|e| format!("cannot start the 127.0.0.1 forwarder: {e}"))?;

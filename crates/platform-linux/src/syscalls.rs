@@ -23,14 +23,15 @@ pub const NAMESPACE_FLAGS: u64 = (libc::CLONE_NEWNS
 
 /// The `ioctl` requests a booted image makes (the kernel reads a request
 /// as 32 bits): switching a descriptor to non-blocking (std's sockets) or
-/// close-on-exec, asking how much is readable, asking whether a
-/// descriptor is a terminal and its size (a C library's standard output),
-/// and opening the tap device (`if_nametoindex`'s `SIOCGIFINDEX`,
-/// `TUNSETIFF`, `TUNSETOFFLOAD`, which the network device's compartment
-/// makes after boot). Left out, among the rest: changing the host's
-/// interfaces and routes (`SIOCSIF*`, `SIOCADDRT`), keeping a tap device
-/// after the image (`TUNSETPERSIST`) or giving it away (`TUNSETOWNER`),
-/// and typing into a terminal (`TIOCSTI`).
+/// close-on-exec, asking how much is readable, and asking whether a
+/// descriptor is a terminal and its size (a C library's standard output).
+/// The tap device is opened at boot (`net::open_device_at_boot`), so its
+/// requests (`if_nametoindex`'s `SIOCGIFINDEX`, `TUNSETIFF`, which as
+/// root makes a device, `TUNSETOFFLOAD`) are not here. Left out, among the
+/// rest: changing the host's interfaces and routes (`SIOCSIF*`,
+/// `SIOCADDRT`), keeping a tap device after the image (`TUNSETPERSIST`)
+/// or giving it away (`TUNSETOWNER`), and typing into a terminal
+/// (`TIOCSTI`).
 pub const IOCTL_REQUESTS: &[u32] = &[
     libc::FIONBIO as u32,
     libc::FIOCLEX as u32,
@@ -38,21 +39,21 @@ pub const IOCTL_REQUESTS: &[u32] = &[
     libc::FIONREAD as u32,
     libc::TCGETS as u32,
     libc::TIOCGWINSZ as u32,
-    libc::SIOCGIFINDEX as u32,
-    libc::TUNSETIFF as u32,
-    libc::TUNSETOFFLOAD as u32,
 ];
 
 /// The type byte (bits 8 to 15 of a request) of every KVM `ioctl`
 /// (`KVMIO`): an image with a `kvm` compartment runs its vCPUs after boot
 /// (`KVM_RUN`, and reading their registers for a fault's report). They act
 /// only on descriptors of `/dev/kvm` and of the VMs and vCPUs made from it.
+/// An image without `kvm` compartments makes none: a compartment that
+/// opened `/dev/kvm` (reading is enough) could otherwise make VMs.
 pub const KVM_IOCTL_TYPE: u32 = 0xae;
 
-/// Whether a booted image makes `ioctl` request `request` (the filters'
-/// rule, in Rust, for tests and reports).
-pub fn ioctl_request_allowed(request: u32) -> bool {
-    IOCTL_REQUESTS.contains(&request) || (request >> 8) & 0xff == KVM_IOCTL_TYPE
+/// Whether a booted image makes `ioctl` request `request`, in an image
+/// that runs VMs (`kvm`) or not (the filters' rule, in Rust, for tests and
+/// reports).
+pub fn ioctl_request_allowed(request: u32, kvm: bool) -> bool {
+    IOCTL_REQUESTS.contains(&request) || (kvm && (request >> 8) & 0xff == KVM_IOCTL_TYPE)
 }
 
 /// Whether a booted image makes a `clone` with `flags` (the filters' rule,
@@ -61,10 +62,23 @@ pub fn clone_allowed(flags: u64) -> bool {
     flags & THREAD_FLAGS == THREAD_FLAGS && flags & NAMESPACE_FLAGS == 0
 }
 
+/// The `open` flags no booted image passes: any access mode but reading,
+/// creating, truncating. After boot an image opens host files to read
+/// only (a script an application loads); its console, tap device and VMs
+/// were opened at boot. A compartment that could open for writing could,
+/// as root, truncate or rewrite any file of the host outside `/proc`.
+pub const WRITE_OPEN_FLAGS: u32 = (libc::O_ACCMODE | libc::O_CREAT | libc::O_TRUNC) as u32;
+
+/// Whether a booted image makes an `open` with `flags` (the filters' rule,
+/// in Rust; the kernel reads the flags as 32 bits).
+pub fn open_allowed(flags: u32) -> bool {
+    flags & WRITE_OPEN_FLAGS == 0
+}
+
 /// The seccomp rules of this module's lists, for the mechanisms' filters.
 #[cfg(feature = "seccomp")]
 pub mod rules {
-    use super::{IOCTL_REQUESTS, KVM_IOCTL_TYPE, NAMESPACE_FLAGS, THREAD_FLAGS};
+    use super::{IOCTL_REQUESTS, KVM_IOCTL_TYPE, NAMESPACE_FLAGS, THREAD_FLAGS, WRITE_OPEN_FLAGS};
     use seccompiler::SeccompCmpArgLen::{Dword, Qword};
     use seccompiler::SeccompCmpOp::{Eq, MaskedEq};
     use seccompiler::{SeccompCondition, SeccompRule};
@@ -79,15 +93,25 @@ pub mod rules {
         Ok(vec![SeccompRule::new(vec![flags(THREAD_FLAGS, THREAD_FLAGS)?, flags(NAMESPACE_FLAGS, 0)?]).map_err(text)?])
     }
 
-    /// `ioctl`'s rules: one of [`IOCTL_REQUESTS`], or a KVM request. The
-    /// kernel reads a request as 32 bits, and so do these rules.
-    pub fn ioctl_requests() -> Result<Vec<SeccompRule>, String> {
+    /// `ioctl`'s rules: one of [`IOCTL_REQUESTS`], or, where the image
+    /// runs VMs (`kvm`), a KVM request. The kernel reads a request as 32
+    /// bits, and so do these rules.
+    pub fn ioctl_requests(kvm: bool) -> Result<Vec<SeccompRule>, String> {
         let request = |op, value: u32| {
             SeccompRule::new(vec![SeccompCondition::new(1, Dword, op, value.into()).map_err(text)?]).map_err(text)
         };
         let mut rules: Vec<SeccompRule> = IOCTL_REQUESTS.iter().map(|&r| request(Eq, r)).collect::<Result<_, _>>()?;
-        rules.push(request(MaskedEq(0xff00), KVM_IOCTL_TYPE << 8)?);
+        if kvm {
+            rules.push(request(MaskedEq(0xff00), KVM_IOCTL_TYPE << 8)?);
+        }
         Ok(rules)
+    }
+
+    /// The rule of `open` (flags in argument 1) or `openat` (argument 2):
+    /// to read only ([`WRITE_OPEN_FLAGS`] clear), compared as 32 bits.
+    pub fn read_only_open(flags_arg: u8) -> Result<Vec<SeccompRule>, String> {
+        let flags = SeccompCondition::new(flags_arg, Dword, MaskedEq(WRITE_OPEN_FLAGS.into()), 0).map_err(text)?;
+        Ok(vec![SeccompRule::new(vec![flags]).map_err(text)?])
     }
 }
 
@@ -97,19 +121,30 @@ mod tests {
 
     #[test]
     fn the_lists_hold_what_an_image_makes_and_leave_out_what_changes_the_host() {
-        for ok in [
-            libc::FIONBIO as u32,
-            libc::TUNSETIFF as u32,
-            0xae80,      /* KVM_RUN */
-            0x8090_ae81, /* KVM_GET_REGS */
-        ] {
-            assert!(ioctl_request_allowed(ok), "{ok:#x}");
+        for ok in [libc::FIONBIO as u32, libc::TCGETS as u32] {
+            assert!(ioctl_request_allowed(ok, false), "{ok:#x}");
         }
-        for bad in [libc::TIOCSTI, libc::SIOCSIFFLAGS, libc::SIOCSIFADDR, libc::SIOCADDRT, libc::TUNSETPERSIST] {
-            assert!(!ioctl_request_allowed(bad as u32), "{bad:#x}");
+        for kvm in [0xae80 /* KVM_RUN */, 0x8090_ae81 /* KVM_GET_REGS */] {
+            assert!(ioctl_request_allowed(kvm, true), "{kvm:#x}");
+            assert!(!ioctl_request_allowed(kvm, false), "{kvm:#x} without VMs");
+        }
+        for bad in [
+            libc::TIOCSTI,
+            libc::SIOCSIFFLAGS,
+            libc::SIOCSIFADDR,
+            libc::SIOCADDRT,
+            libc::TUNSETPERSIST,
+            libc::TUNSETIFF,
+            libc::SIOCGIFINDEX,
+        ] {
+            assert!(!ioctl_request_allowed(bad as u32, true), "{bad:#x}");
         }
         assert!(clone_allowed(THREAD_FLAGS | libc::CLONE_SETTLS as u64));
         assert!(!clone_allowed(libc::SIGCHLD as u64));
         assert!(!clone_allowed(THREAD_FLAGS | libc::CLONE_NEWNET as u64));
+        assert!(open_allowed((libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_DIRECTORY) as u32));
+        for bad in [libc::O_WRONLY, libc::O_RDWR, libc::O_CREAT, libc::O_TRUNC, libc::O_TMPFILE | libc::O_RDWR] {
+            assert!(!open_allowed(bad as u32), "{bad:#o}");
+        }
     }
 }

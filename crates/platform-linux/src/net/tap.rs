@@ -43,25 +43,48 @@ pub struct Tap {
     pub bad_checksums: u64,
 }
 
+/// Why a tap device did not open: plain data (no heap), so that an error
+/// met at boot can be reported later by the compartment that drives the
+/// device, which may not read the booting compartment's heap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenError {
+    /// No interface of that name in the image's network namespace.
+    NoSuchDevice,
+    /// A system call failed with this `errno`.
+    Os(i32),
+}
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenError::NoSuchDevice => {
+                f.write_str("no such device in this network namespace (`flexos run --netns` creates one)")
+            }
+            OpenError::Os(errno) => write!(f, "{}", io::Error::from_raw_os_error(*errno)),
+        }
+    }
+}
+
 impl Tap {
     /// Opens the existing tap device `name` (non-blocking, no packet info,
-    /// virtio-net header, checksum and TCPv4 segmentation offload). A
-    /// missing device is an error: the image never creates one itself (with
-    /// root, `TUNSETIFF` would create it in whatever namespace the image
-    /// runs in).
-    pub fn open(name: &str) -> io::Result<Tap> {
-        let c_name = std::ffi::CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    /// virtio-net header, checksum and TCPv4 segmentation offload) and
+    /// returns its descriptor. A missing device is an error: the image
+    /// never creates one itself (with root, `TUNSETIFF` would create it in
+    /// whatever namespace the image runs in). An image opens its tap at
+    /// boot (`super::open_device_at_boot`), before it confines its system
+    /// calls: afterwards neither `open` for writing nor the tap's `ioctl`
+    /// requests are let through.
+    pub fn open_device(name: &str) -> Result<OwnedFd, OpenError> {
+        let c_name = std::ffi::CString::new(name).map_err(|_| OpenError::Os(libc::EINVAL))?;
         // SAFETY: `c_name` is a valid NUL-terminated string.
         if unsafe { libc::if_nametoindex(c_name.as_ptr()) } == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                "no such device in this network namespace (`flexos run --netns` creates one)",
-            ));
+            return Err(OpenError::NoSuchDevice);
         }
+        let os_error = || OpenError::Os(io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO));
         // SAFETY: a plain open of a NUL-terminated path; the result is checked.
         let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) };
         if fd < 0 {
-            return Err(io::Error::last_os_error());
+            return Err(os_error());
         }
         // SAFETY: `fd` is a fresh descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -73,14 +96,21 @@ impl Tap {
         req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
         // SAFETY: TUNSETIFF reads an `ifreq`, which `req` is.
         if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) } < 0 {
-            return Err(io::Error::last_os_error());
+            return Err(os_error());
         }
         let offloads = libc::TUN_F_CSUM | libc::TUN_F_TSO4;
         // SAFETY: TUNSETOFFLOAD takes its flags by value.
         if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETOFFLOAD, offloads as libc::c_ulong) } < 0 {
-            return Err(io::Error::last_os_error());
+            return Err(os_error());
         }
-        Ok(Tap { fd, scratch: Vec::with_capacity(MAX_TAP_FRAME), bad_checksums: 0 })
+        Ok(fd)
+    }
+
+    /// The device behind `fd`, a descriptor [`Tap::open_device`] returned.
+    /// Its read buffer is allocated now, in the heap of the compartment
+    /// that drives the device.
+    pub fn from_device(fd: OwnedFd) -> Tap {
+        Tap { fd, scratch: Vec::with_capacity(MAX_TAP_FRAME), bad_checksums: 0 }
     }
 
     /// The descriptor, to wait on.
