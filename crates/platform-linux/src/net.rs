@@ -22,8 +22,8 @@ pub mod tap;
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::Mutex;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
 pub use forward::Forwarder;
@@ -118,12 +118,18 @@ fn image_mac(ip: [u8; 4]) -> [u8; 6] {
 /// time in `iperf` (docs/benchmarks.md).
 const TAP_SPIN: Duration = Duration::from_micros(50);
 
-/// The tap device [`open_device_at_boot`] opened (or why it could not),
-/// until [`Port::open`] takes it.
-static OPENED_AT_BOOT: Mutex<Option<Result<OwnedFd, tap::OpenError>>> = Mutex::new(None);
+/// The descriptor of the tap device [`open_device_at_boot`] opened (-1:
+/// none). Written at boot only: in an `mpk` image the statics carry the
+/// core key, which the compartment that drives the device may read but
+/// not write, so [`Port::open`] takes a duplicate and this one stays open.
+static TAP_OPENED_AT_BOOT: AtomicI32 = AtomicI32::new(-1);
+
+/// Why [`open_device_at_boot`] could not open the tap: 0 it did not try
+/// or succeeded, -1 no such device, else the `errno`.
+static TAP_BOOT_ERROR: AtomicI32 = AtomicI32::new(0);
 
 /// Opens now the tap device `FLEXOS_NET` names, if it names one, for
-/// [`Port::open`] to take later. An image calls it at boot, in the domain
+/// [`Port::open`] to use later. An image calls it at boot, in the domain
 /// that drives the network device, before it confines its system calls:
 /// opening a tap takes `open` for writing and the tap's `ioctl` requests
 /// (`TUNSETIFF`, which as root would also make a device), and a booted
@@ -131,7 +137,33 @@ static OPENED_AT_BOOT: Mutex<Option<Result<OwnedFd, tap::OpenError>>> = Mutex::n
 /// [`Port::open`], where it was reported before.
 pub fn open_device_at_boot() {
     if let Ok(Backend::Tap(name, _)) = backend_from_env() {
-        *OPENED_AT_BOOT.lock().unwrap_or_else(|e| e.into_inner()) = Some(tap::Tap::open_device(&name));
+        match tap::Tap::open_device(&name) {
+            Ok(fd) => TAP_OPENED_AT_BOOT.store(fd.into_raw_fd(), Ordering::Release),
+            Err(tap::OpenError::NoSuchDevice) => TAP_BOOT_ERROR.store(-1, Ordering::Release),
+            Err(tap::OpenError::Os(errno)) => TAP_BOOT_ERROR.store(errno, Ordering::Release),
+        }
+    }
+}
+
+/// The tap device opened at boot, as a fresh duplicate descriptor, or why
+/// it could not be opened; `None` if boot did not try (a test that opens
+/// the device itself).
+fn tap_opened_at_boot() -> Option<Result<OwnedFd, tap::OpenError>> {
+    let fd = TAP_OPENED_AT_BOOT.load(Ordering::Acquire);
+    if fd >= 0 {
+        // SAFETY: `fd` stays open for the image's life (nothing closes
+        // the descriptor in this static); the duplicate is a new one.
+        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+        if dup < 0 {
+            return Some(Err(tap::OpenError::Os(io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO))));
+        }
+        // SAFETY: `dup` is a fresh descriptor that nothing else owns.
+        return Some(Ok(unsafe { OwnedFd::from_raw_fd(dup) }));
+    }
+    match TAP_BOOT_ERROR.load(Ordering::Acquire) {
+        0 => None,
+        -1 => Some(Err(tap::OpenError::NoSuchDevice)),
+        errno => Some(Err(tap::OpenError::Os(errno))),
     }
 }
 
@@ -149,8 +181,7 @@ impl Port {
     pub fn open() -> Result<(Port, Addressing), String> {
         match backend_from_env()? {
             Backend::Tap(name, addressing) => {
-                let opened_at_boot = OPENED_AT_BOOT.lock().unwrap_or_else(|e| e.into_inner()).take();
-                let fd = opened_at_boot
+                let fd = tap_opened_at_boot()
                     .unwrap_or_else(|| tap::Tap::open_device(&name))
                     .map_err(|e| format!("cannot open tap device {name:?}: {e}"))?;
                 Ok((Port::Tap(tap::Tap::from_device(fd)), addressing))
