@@ -96,6 +96,8 @@ struct Heap {
     quarantine_head: AtomicUsize,
     quarantine_tail: AtomicUsize,
     quarantine_bytes: AtomicUsize,
+    /// A word of the heap's owner ([`owner_word`]).
+    owner_word: AtomicUsize,
 }
 
 /// The bytes at the start of each managed range that hold its [`Heap`].
@@ -642,6 +644,17 @@ fn kasan_outer(layout: Layout) -> Option<Layout> {
 pub fn alloc_in(heap: usize, layout: Layout) -> *mut u8 {
     assert!(heap < HEAPS, "heap index {heap} out of range");
     alloc_arena(arena_of(heap), layout)
+}
+
+/// A word kept for compartment `c` in its private heap's state (under
+/// `mpk`, in `c`'s key: only `c` may read or write it), 0 until `c`
+/// stores something. For `c`'s own bookkeeping that must not be found
+/// through memory another compartment can write, such as the table of its
+/// thread-local destructor lists (`flexos-mpk`); in a process the word
+/// is this process's.
+pub fn owner_word(c: usize) -> &'static AtomicUsize {
+    assert!(c < MAX_COMPARTMENTS, "compartment {c} out of range");
+    &heap_state(Arena::Private(c)).owner_word
 }
 
 /// Allocates shared memory for compartment `compartment`, which the caller

@@ -917,3 +917,4 @@ macro_rules! link_pad {
 }
 
 pub use flexos_platform::pad_len;
+pub use thread_exit::key0_state as thread_exit_key0_state;

@@ -14,16 +14,23 @@
 //! library's is not linked there), so std registers every destructor here.
 //! Each is kept on a list of the compartment whose rights registered it
 //! (PKRU says which, not the compartment register), in that compartment's
-//! private heap, which only it can write. When a thread made by this
-//! crate's `pthread_create` ends, each compartment's list is run in that
-//! compartment, through its gate, after checking that the list lies in
-//! its own heap and was made for this thread: a thread-local pointer is in
-//! key 0, so another compartment could point it elsewhere. The main
-//! thread's destructors are not run (std does not promise that they are).
+//! private heap, which only it can write. A compartment finds its list of
+//! a thread in its own table of (thread, list) pairs, also in its private
+//! heap, whose address lies in its heap's state
+//! ([`flexos_alloc::owner_word`]): nothing on the way is memory another
+//! compartment can write. (The list pointers were once thread-locals, key
+//! 0: a compartment could point another's at a block of that
+//! compartment's heap it had shaped, such as a value kv stored for it,
+//! and have its entries run with that compartment's rights.) When a
+//! thread made by this crate's `pthread_create` ends, each compartment
+//! that has a list on it runs the list, in that compartment, through its
+//! gate. The main thread's destructors are not run (std does not promise
+//! that they are).
 
 use core::alloc::Layout;
 use core::cell::Cell;
 use core::ffi::{c_int, c_void};
+use core::sync::atomic::{AtomicI64, AtomicPtr, Ordering};
 use flexos_layout::COMPARTMENTS;
 
 /// A destructor as the C ABI registers it.
@@ -36,18 +43,35 @@ const MAX_DESTRUCTORS: usize = 256;
 
 /// One compartment's destructors on one thread, in that compartment's heap.
 struct List {
-    /// The thread it was made for (`gettid`).
-    thread: i64,
     len: usize,
     entries: [(Option<Destructor>, *mut c_void); MAX_DESTRUCTORS],
 }
 
+/// The most threads with destructors of one compartment at a time; a
+/// thread beyond them gets none registered in that compartment.
+const MAX_THREADS: usize = 1024;
+
+/// One compartment's lists, by thread, in its private heap. A thread
+/// claims a free row (thread 0) for itself and frees it when its list has
+/// run; only the thread named in a row writes that row's list.
+struct Table {
+    rows: [(AtomicI64, AtomicPtr<List>); MAX_THREADS],
+}
+
 thread_local! {
-    /// Each compartment's list on this thread (null: none yet). Key 0, so
-    /// any compartment can rewrite these pointers: each is checked before
-    /// it is followed.
-    static LISTS: [Cell<*mut List>; COMPARTMENTS.len()] =
-        const { [const { Cell::new(core::ptr::null_mut()) }; COMPARTMENTS.len()] };
+    /// Which compartments have a list on this thread: a hint (key 0, any
+    /// compartment may rewrite it) that saves a crossing into each of the
+    /// others when the thread ends. A set bit that lies costs a crossing
+    /// that finds nothing; a cleared one skips that compartment's
+    /// destructors (leaked values), nothing more.
+    static PENDING: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Where this thread's state of thread-local destructors in key 0 lies
+/// (address, bytes): what a compromised compartment that read the program
+/// finds and may rewrite. Attack `forge-exit-list` writes into it.
+pub fn key0_state() -> (usize, usize) {
+    PENDING.with(|p| (p.as_ptr() as usize, size_of::<u64>()))
 }
 
 fn this_thread() -> i64 {
@@ -55,18 +79,45 @@ fn this_thread() -> i64 {
     unsafe { libc::syscall(libc::SYS_gettid) }
 }
 
-/// `c`'s list on this thread, if the pointer names a list in `c`'s own
-/// private heap made for this thread (else it was rewritten: null).
-fn checked_list(c: usize) -> *mut List {
-    let p = LISTS.with(|l| l[c].get());
-    let at = p as usize;
-    let inside = flexos_alloc::owner_of(at) == Some(c)
-        && flexos_alloc::owner_of(at + size_of::<List>() - 1) == Some(c)
-        && !flexos_alloc::is_shared(at, size_of::<List>())
-        && at.is_multiple_of(align_of::<List>());
-    // SAFETY: `p` lies wholly in `c`'s private heap, aligned; called with
-    // `c`'s rights, so it is readable; only `c` can have written it.
-    if inside && unsafe { (*p).thread } == this_thread() { p } else { core::ptr::null_mut() }
+/// `c`'s table, made on first use (null when it cannot be allocated).
+/// Called with `c`'s rights: its address is kept in `c`'s heap state.
+fn table(c: usize, make: bool) -> *const Table {
+    let word = flexos_alloc::owner_word(c);
+    let existing = word.load(Ordering::Acquire) as *const Table;
+    if !existing.is_null() || !make {
+        return existing;
+    }
+    let fresh = flexos_alloc::alloc_in(c, Layout::new::<Table>()).cast::<Table>();
+    if fresh.is_null() {
+        return fresh;
+    }
+    // SAFETY: a fresh block of `c`'s heap, sized and aligned for a
+    // `Table`; all zeros is an empty table (every row free).
+    unsafe { fresh.write_bytes(0, 1) };
+    match word.compare_exchange(0, fresh as usize, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => fresh,
+        Err(other) => {
+            // SAFETY: the block just allocated, never published.
+            unsafe { flexos_alloc::free(fresh.cast(), Layout::new::<Table>()) };
+            other as *const Table
+        }
+    }
+}
+
+/// This thread's row of `c`'s table, claimed if `claim` (None: no table,
+/// no row, or every row taken). Called with `c`'s rights.
+fn row(c: usize, claim: bool) -> Option<&'static (AtomicI64, AtomicPtr<List>)> {
+    // SAFETY: `table` returns null or `c`'s table, which is never freed
+    // and is read with `c`'s rights.
+    let table = unsafe { table(c, claim).as_ref()? };
+    let me = this_thread();
+    if let Some(row) = table.rows.iter().find(|r| r.0.load(Ordering::Acquire) == me) {
+        return Some(row);
+    }
+    if !claim {
+        return None;
+    }
+    table.rows.iter().find(|r| r.0.compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire).is_ok())
 }
 
 /// Registers `dtor(obj)` to run when this thread ends, in the compartment
@@ -84,7 +135,8 @@ pub unsafe extern "C" fn __cxa_thread_atexit_impl(dtor: Destructor, obj: *mut c_
     if c >= COMPARTMENTS.len() {
         return -1;
     }
-    let mut list = checked_list(c);
+    let Some(row) = row(c, true) else { return -1 };
+    let mut list = row.1.load(Ordering::Acquire);
     if list.is_null() {
         let fresh = flexos_alloc::alloc_in(c, Layout::new::<List>()).cast::<List>();
         if fresh.is_null() {
@@ -92,17 +144,13 @@ pub unsafe extern "C" fn __cxa_thread_atexit_impl(dtor: Destructor, obj: *mut c_
         }
         // SAFETY: a fresh block of `c`'s heap, sized and aligned for a
         // `List`, written with `c`'s rights.
-        unsafe {
-            fresh.write(List {
-                thread: this_thread(),
-                len: 0,
-                entries: [(None, core::ptr::null_mut()); MAX_DESTRUCTORS],
-            })
-        };
-        LISTS.with(|l| l[c].set(fresh));
+        unsafe { fresh.write(List { len: 0, entries: [(None, core::ptr::null_mut()); MAX_DESTRUCTORS] }) };
+        row.1.store(fresh, Ordering::Release);
         list = fresh;
     }
-    // SAFETY: `list` is `c`'s, checked or just made, in `c`'s heap.
+    PENDING.with(|p| p.set(p.get() | 1 << c));
+    // SAFETY: `c`'s list of this thread, found in `c`'s own table (only
+    // this thread writes it), in `c`'s heap.
     let list = unsafe { &mut *list };
     if list.len == MAX_DESTRUCTORS {
         return -1;
@@ -113,31 +161,33 @@ pub unsafe extern "C" fn __cxa_thread_atexit_impl(dtor: Destructor, obj: *mut c_
 }
 
 /// Runs `c`'s destructors on this thread, newest first (a destructor may
-/// register more), then frees the list. Called in `c`, with its rights.
+/// register more), then frees the list and the thread's row. Called in
+/// `c`, with its rights.
 fn run_list(c: usize) {
-    let list = checked_list(c);
-    if list.is_null() {
-        LISTS.with(|l| l[c].set(core::ptr::null_mut()));
-        return;
-    }
-    loop {
-        // SAFETY: `c`'s own list (checked above), read and written with its rights.
-        let (dtor, obj) = unsafe {
-            let l = &mut *list;
-            if l.len == 0 {
-                break;
+    let Some(row) = row(c, false) else { return };
+    let list = row.1.load(Ordering::Acquire);
+    if !list.is_null() {
+        loop {
+            // SAFETY: `c`'s list of this thread, from `c`'s own table, read
+            // and written with its rights.
+            let (dtor, obj) = unsafe {
+                let l = &mut *list;
+                if l.len == 0 {
+                    break;
+                }
+                l.len -= 1;
+                l.entries[l.len]
+            };
+            if let Some(dtor) = dtor {
+                // SAFETY: registered by `c` for this thread, to be called once now.
+                unsafe { dtor(obj) };
             }
-            l.len -= 1;
-            l.entries[l.len]
-        };
-        if let Some(dtor) = dtor {
-            // SAFETY: registered by `c` for this thread, to be called once now.
-            unsafe { dtor(obj) };
         }
+        row.1.store(core::ptr::null_mut(), Ordering::Release);
+        // SAFETY: the block `__cxa_thread_atexit_impl` allocated for this list.
+        unsafe { flexos_alloc::free(list.cast(), Layout::new::<List>()) };
     }
-    LISTS.with(|l| l[c].set(core::ptr::null_mut()));
-    // SAFETY: the block `__cxa_thread_atexit_impl` allocated for this list.
-    unsafe { flexos_alloc::free(list.cast(), Layout::new::<List>()) };
+    row.0.store(0, Ordering::Release);
 }
 
 /// Runs every compartment's thread-local destructors of this thread, each
@@ -147,8 +197,7 @@ fn run_list(c: usize) {
 pub(crate) fn run_destructors() {
     const _: () = assert!(COMPARTMENTS.len() <= 64);
     for _ in 0..8 {
-        let pending =
-            LISTS.with(|l| (0..COMPARTMENTS.len()).filter(|&c| !l[c].get().is_null()).fold(0u64, |m, c| m | 1 << c));
+        let pending = PENDING.with(|p| p.replace(0));
         if pending == 0 {
             return;
         }
