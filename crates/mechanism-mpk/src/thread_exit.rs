@@ -22,13 +22,12 @@
 //! 0: a compartment could point another's at a block of that
 //! compartment's heap it had shaped, such as a value kv stored for it,
 //! and have its entries run with that compartment's rights.) When a
-//! thread made by this crate's `pthread_create` ends, each compartment
-//! that has a list on it runs the list, in that compartment, through its
-//! gate. The main thread's destructors are not run (std does not promise
+//! thread made by this crate's `pthread_create` ends, every compartment
+//! of the process is entered through its gate and runs its list of the
+//! thread, if it has one. The main thread's destructors are not run (std does not promise
 //! that they are).
 
 use core::alloc::Layout;
-use core::cell::Cell;
 use core::ffi::{c_int, c_void};
 use core::sync::atomic::{AtomicI64, AtomicPtr, Ordering};
 use flexos_layout::COMPARTMENTS;
@@ -58,20 +57,12 @@ struct Table {
     rows: [(AtomicI64, AtomicPtr<List>); MAX_THREADS],
 }
 
-thread_local! {
-    /// Which compartments have a list on this thread: a hint (key 0, any
-    /// compartment may rewrite it) that saves a crossing into each of the
-    /// others when the thread ends. A set bit that lies costs a crossing
-    /// that finds nothing; a cleared one skips that compartment's
-    /// destructors (leaked values), nothing more.
-    static PENDING: Cell<u64> = const { Cell::new(0) };
-}
-
 /// Where this thread's state of thread-local destructors in key 0 lies
 /// (address, bytes): what a compromised compartment that read the program
-/// finds and may rewrite. Attack `forge-exit-list` writes into it.
+/// finds and may rewrite. Attack `forge-exit-list` writes into it. There
+/// is none: each compartment finds its lists in its own table.
 pub fn key0_state() -> (usize, usize) {
-    PENDING.with(|p| (p.as_ptr() as usize, size_of::<u64>()))
+    (0, 0)
 }
 
 fn this_thread() -> i64 {
@@ -148,7 +139,6 @@ pub unsafe extern "C" fn __cxa_thread_atexit_impl(dtor: Destructor, obj: *mut c_
         row.1.store(fresh, Ordering::Release);
         list = fresh;
     }
-    PENDING.with(|p| p.set(p.get() | 1 << c));
     // SAFETY: `c`'s list of this thread, found in `c`'s own table (only
     // this thread writes it), in `c`'s heap.
     let list = unsafe { &mut *list };
@@ -161,10 +151,10 @@ pub unsafe extern "C" fn __cxa_thread_atexit_impl(dtor: Destructor, obj: *mut c_
 }
 
 /// Runs `c`'s destructors on this thread, newest first (a destructor may
-/// register more), then frees the list and the thread's row. Called in
-/// `c`, with its rights.
-fn run_list(c: usize) {
-    let Some(row) = row(c, false) else { return };
+/// register more), then frees the list and the thread's row; returns
+/// whether `c` had a row for this thread. Called in `c`, with its rights.
+fn run_list(c: usize) -> bool {
+    let Some(row) = row(c, false) else { return false };
     let list = row.1.load(Ordering::Acquire);
     if !list.is_null() {
         loop {
@@ -188,30 +178,31 @@ fn run_list(c: usize) {
         unsafe { flexos_alloc::free(list.cast(), Layout::new::<List>()) };
     }
     row.0.store(0, Ordering::Release);
+    true
 }
 
 /// Runs every compartment's thread-local destructors of this thread, each
 /// in its compartment; called by a thread made by this crate's
-/// `pthread_create` after its body returned. Destructors may register
-/// more, in any compartment: a few rounds, until no list is left.
+/// `pthread_create` after its body returned. Every other compartment of
+/// this process is entered (nothing an attacker can rewrite says which
+/// have lists, so none can be skipped), in rounds until one finds no list
+/// (destructors may register more, in any compartment); then the thread's
+/// own compartment runs its list, last: std's values of the thread itself
+/// (its handle, ...) were registered there, and the gates into the others
+/// use them, so no gate is crossed after it.
 pub(crate) fn run_destructors() {
-    const _: () = assert!(COMPARTMENTS.len() <= 64);
+    let here = flexos_layout::domain_of(flexos_platform::compartment::home());
+    let own = crate::running_compartment();
     for _ in 0..8 {
-        let pending = PENDING.with(|p| p.replace(0));
-        if pending == 0 {
-            return;
-        }
-        // The thread's own compartment last: std's values of the thread
-        // itself (its handle, ...) were registered there, and the gates
-        // into the others still use them.
-        let own = crate::running_compartment();
-        for c in (0..COMPARTMENTS.len()).filter(|&c| pending >> c & 1 == 1 && c != own) {
+        let mut found = false;
+        for c in (0..COMPARTMENTS.len()).filter(|&c| c != own && flexos_layout::domain_of(c) == here) {
             // SAFETY: `run_list(c)` is this crate's code and runs only
             // destructors that compartment `c` registered itself.
-            unsafe { crate::run_in(c, || run_list(c)) };
+            found |= unsafe { crate::run_in(c, || run_list(c)) };
         }
-        if pending >> own & 1 == 1 {
-            run_list(own);
+        if !found {
+            break;
         }
     }
+    run_list(own);
 }
