@@ -24,8 +24,8 @@
 //! and have its entries run with that compartment's rights.) When a
 //! thread made by this crate's `pthread_create` ends, every compartment
 //! of the process is entered through its gate and runs its list of the
-//! thread, if it has one. The main thread's destructors are not run (std does not promise
-//! that they are).
+//! thread, if it has one. The main thread's destructors are not run (std
+//! does not promise that they are).
 
 use core::alloc::Layout;
 use core::ffi::{c_int, c_void};
