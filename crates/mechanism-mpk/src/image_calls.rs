@@ -8,7 +8,8 @@
 //! namespaces, module loading when the image runs as root, `pidfd`s of
 //! the image's own compartment processes, ...), each a way into kernel
 //! code that the image never needs. After boot the image makes only the
-//! calls of [`IMAGE_CALLS`]: files and sockets it was handed or opens,
+//! calls of [`IMAGE_CALLS`]: descriptors it was handed or opened at boot
+//! and sockets it opens (no host file: it has its own file system),
 //! polling, memory (the memory-call filter decides where), threads and
 //! futexes, clocks, sleeping, randomness, its signal mask, signals to its
 //! own threads and processes, waiting for its compartment processes, and
@@ -32,10 +33,10 @@ use std::collections::BTreeMap;
 
 /// What a booted image calls (x86-64 numbers).
 pub const IMAGE_CALLS: &[i64] = &[
-    // Descriptors and files: the console and the tap device (opened at
-    // boot), the files an application reads from the host (a script;
-    // `open` and `openat` to read only, see [`program`]), no changes to
-    // the host's file system.
+    // Descriptors: the console, the tap device and VMs (opened at boot),
+    // sockets and pipes. No `open`, `openat`, `creat` or `openat2`: a
+    // booted image opens no host file (its files are in its own file
+    // system), so no compartment can read or change the host's.
     libc::SYS_read,
     libc::SYS_write,
     libc::SYS_readv,
@@ -46,8 +47,6 @@ pub const IMAGE_CALLS: &[i64] = &[
     libc::SYS_pwritev,
     libc::SYS_preadv2,
     libc::SYS_pwritev2,
-    libc::SYS_open,
-    libc::SYS_openat,
     libc::SYS_close,
     libc::SYS_close_range,
     libc::SYS_fstat,
@@ -171,7 +170,7 @@ pub const PASSED: &[i64] = &[libc::SYS_seccomp];
 
 /// The allowlist's program: [`IMAGE_CALLS`], [`PASSED`] and `also` (the
 /// boot filter's calls) are let through, `clone` only for a thread,
-/// `open` and `openat` only to read, and `ioctl` only with a request a
+/// and `ioctl` only with a request a
 /// booted image makes, KVM's only where the image runs VMs (`kvm`)
 /// ([`flexos_platform::syscalls`]); any other call fails with `ENOSYS`.
 pub fn program(also: &[i64], kvm: bool) -> Result<BpfProgram, String> {
@@ -180,8 +179,6 @@ pub fn program(also: &[i64], kvm: bool) -> Result<BpfProgram, String> {
         IMAGE_CALLS.iter().chain(PASSED).chain(also).map(|&nr| (nr, vec![])).collect();
     rules.insert(libc::SYS_clone, syscall_rules::thread_clone()?);
     rules.insert(libc::SYS_ioctl, syscall_rules::ioctl_requests(kvm)?);
-    rules.insert(libc::SYS_open, syscall_rules::read_only_open(1)?);
-    rules.insert(libc::SYS_openat, syscall_rules::read_only_open(2)?);
     let filter =
         SeccompFilter::new(rules, SeccompAction::Errno(libc::ENOSYS as u32), SeccompAction::Allow, TargetArch::x86_64)
             .map_err(|e| format!("{e}"))?;
@@ -200,6 +197,10 @@ mod tests {
         all.dedup();
         assert_eq!(all.len(), n, "a call is listed twice");
         for nr in [
+            libc::SYS_open,
+            libc::SYS_openat,
+            libc::SYS_openat2,
+            libc::SYS_creat,
             libc::SYS_execve,
             libc::SYS_execveat,
             libc::SYS_fork,
@@ -316,33 +317,26 @@ mod tests {
     }
 
     #[test]
-    fn files_are_opened_to_read_only() {
+    fn no_file_is_opened_after_boot() {
         use crate::memory_filter::tests::run;
-        use flexos_platform::syscalls::open_allowed;
         let prog = program(&[], false).expect("the allowlist compiles");
-        let (allow, enosys) = (libc::SECCOMP_RET_ALLOW, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32);
-        let open = |flags: u64| run(&prog, libc::SYS_open, [0x7000_0000, flags, 0o644, 0, 0, 0]);
-        let openat =
-            |flags: u64| run(&prog, libc::SYS_openat, [libc::AT_FDCWD as u64, 0x7000_0000, flags, 0o644, 0, 0]);
+        let enosys = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
+        // Every access mode and flag alone and added to a read's; high bits too.
         let read = (libc::O_RDONLY | libc::O_CLOEXEC) as u64;
-        assert_eq!(open(read), allow);
-        assert_eq!(openat(read), allow);
-        let write = (libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC) as u64;
-        assert_eq!(open(write), enosys);
-        assert_eq!(openat(write), enosys);
-        // The filter and the rule in Rust agree on each flag alone, and
-        // added to a read's; the kernel reads flags as 32 bits.
-        for bit in 0..32 {
-            for flags in [1u32 << bit, read as u32 | 1 << bit] {
-                let expected = if open_allowed(flags) { allow } else { enosys };
-                assert_eq!(open(flags.into()), expected, "open {flags:#o}");
-                assert_eq!(openat(flags.into()), expected, "openat {flags:#o}");
-                assert_eq!(openat(u64::from(flags) | 1 << 40), expected, "openat {flags:#o} with high bits");
+        for bit in 0..64 {
+            for flags in [0, read, 1u64 << bit, read | 1 << bit] {
+                assert_eq!(run(&prog, libc::SYS_open, [0x7000_0000, flags, 0o644, 0, 0, 0]), enosys, "open {flags:#o}");
+                let at = [libc::AT_FDCWD as u64, 0x7000_0000, flags, 0o644, 0, 0];
+                assert_eq!(run(&prog, libc::SYS_openat, at), enosys, "openat {flags:#o}");
             }
         }
-        // `creat` and `openat2` (its flags in memory) are not on the list.
+        // Nor by another name: `creat`, `openat2` (its flags in memory),
+        // a file handle.
         assert_eq!(run(&prog, libc::SYS_creat, [0x7000_0000, 0o644, 0, 0, 0, 0]), enosys);
         assert_eq!(run(&prog, libc::SYS_openat2, [0; 6]), enosys);
+        assert_eq!(run(&prog, libc::SYS_open_by_handle_at, [0; 6]), enosys);
+        // Reading what was opened at boot still passes.
+        assert_eq!(run(&prog, libc::SYS_read, [3, 0x7000_0000, 16, 0, 0, 0]), libc::SECCOMP_RET_ALLOW);
     }
 
     #[test]

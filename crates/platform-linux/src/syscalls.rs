@@ -62,23 +62,10 @@ pub fn clone_allowed(flags: u64) -> bool {
     flags & THREAD_FLAGS == THREAD_FLAGS && flags & NAMESPACE_FLAGS == 0
 }
 
-/// The `open` flags no booted image passes: any access mode but reading,
-/// creating, truncating. After boot an image opens host files to read
-/// only (a script an application loads); its console, tap device and VMs
-/// were opened at boot. A compartment that could open for writing could,
-/// as root, truncate or rewrite any file of the host outside `/proc`.
-pub const WRITE_OPEN_FLAGS: u32 = (libc::O_ACCMODE | libc::O_CREAT | libc::O_TRUNC) as u32;
-
-/// Whether a booted image makes an `open` with `flags` (the filters' rule,
-/// in Rust; the kernel reads the flags as 32 bits).
-pub fn open_allowed(flags: u32) -> bool {
-    flags & WRITE_OPEN_FLAGS == 0
-}
-
 /// The seccomp rules of this module's lists, for the mechanisms' filters.
 #[cfg(feature = "seccomp")]
 pub mod rules {
-    use super::{IOCTL_REQUESTS, KVM_IOCTL_TYPE, NAMESPACE_FLAGS, THREAD_FLAGS, WRITE_OPEN_FLAGS};
+    use super::{IOCTL_REQUESTS, KVM_IOCTL_TYPE, NAMESPACE_FLAGS, THREAD_FLAGS};
     use seccompiler::SeccompCmpArgLen::{Dword, Qword};
     use seccompiler::SeccompCmpOp::{Eq, MaskedEq};
     use seccompiler::{SeccompCondition, SeccompRule};
@@ -105,13 +92,6 @@ pub mod rules {
             rules.push(request(MaskedEq(0xff00), KVM_IOCTL_TYPE << 8)?);
         }
         Ok(rules)
-    }
-
-    /// The rule of `open` (flags in argument 1) or `openat` (argument 2):
-    /// to read only ([`WRITE_OPEN_FLAGS`] clear), compared as 32 bits.
-    pub fn read_only_open(flags_arg: u8) -> Result<Vec<SeccompRule>, String> {
-        let flags = SeccompCondition::new(flags_arg, Dword, MaskedEq(WRITE_OPEN_FLAGS.into()), 0).map_err(text)?;
-        Ok(vec![SeccompRule::new(vec![flags]).map_err(text)?])
     }
 }
 
@@ -142,9 +122,5 @@ mod tests {
         assert!(clone_allowed(THREAD_FLAGS | libc::CLONE_SETTLS as u64));
         assert!(!clone_allowed(libc::SIGCHLD as u64));
         assert!(!clone_allowed(THREAD_FLAGS | libc::CLONE_NEWNET as u64));
-        assert!(open_allowed((libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_DIRECTORY) as u32));
-        for bad in [libc::O_WRONLY, libc::O_RDWR, libc::O_CREAT, libc::O_TRUNC, libc::O_TMPFILE | libc::O_RDWR] {
-            assert!(!open_allowed(bad as u32), "{bad:#o}");
-        }
     }
 }
