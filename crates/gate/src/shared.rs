@@ -218,9 +218,10 @@ impl<'a> SharedRef<'a> {
     /// Copies the bytes into `out`, which must be exactly as long (panics
     /// otherwise). Another domain may be changing them meanwhile: each byte
     /// is read once, so whatever the callee decides, it decides on `out`,
-    /// which nobody else can change. There is deliberately no way to look
-    /// at shared bytes in place: a check and a later use of the same
-    /// shared byte could see two different values.
+    /// which nobody else can change. Shared bytes are looked at in place
+    /// only where no other domain exists ([`SharedRef::in_place`]): a
+    /// check and a later use of the same shared byte could see two
+    /// different values.
     pub fn copy_to_slice(&self, out: &mut [u8]) {
         assert_eq!(out.len(), self.len, "copy of a shared view into a slice of another length");
         // SAFETY: made from a SharedBuf (or a sub-range of a handle made from
@@ -259,6 +260,27 @@ impl<'a> SharedRef<'a> {
             out.set_len(start + self.len);
         }
         Ok(())
+    }
+
+    /// The bytes themselves, without a copy, in an image that is one
+    /// protection domain ([`flexos_layout::is_one_domain`]: every
+    /// compartment `fcall`); `None` in any image with `mpk`, `proc` or
+    /// `kvm` compartments, where another domain may change the bytes while
+    /// they are read, and a reader must copy them once
+    /// ([`SharedRef::copy_to_slice`], [`SharedRef::append_to`]). Where the
+    /// image is one domain, the copy protects against nobody: the only
+    /// writers are the image's own handles, and a writable one
+    /// ([`SharedMut`]) exists only while its buffer is mutably borrowed,
+    /// which this view's borrow (`'a`) excludes.
+    pub fn in_place(&self) -> Option<&'a [u8]> {
+        if !crate::layout::is_one_domain() {
+            return None;
+        }
+        // SAFETY: live shared memory for 'a (as in `copy_to_slice`), and in
+        // an image of one domain nothing writes it during 'a: no other
+        // domain exists, and every handle that writes borrows its buffer
+        // mutably, which the borrow behind this view excludes.
+        Some(unsafe { core::slice::from_raw_parts(self.ptr.as_ptr(), self.len) })
     }
 
     /// The bytes, copied into private memory (see [`SharedRef::copy_to_slice`]).

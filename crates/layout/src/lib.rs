@@ -94,6 +94,13 @@ pub const fn has_mechanism(m: Mechanism) -> bool {
     false
 }
 
+/// Whether the whole image is one protection domain: every compartment is
+/// `fcall`, so nothing but the image's own code, in one address space with
+/// one set of rights, can write any of its memory (the shared heap too).
+pub const fn is_one_domain() -> bool {
+    !has_mpk() && !has_remote_domains()
+}
+
 /// Whether any compartment uses protection keys (the image then needs a CPU with PKU).
 pub const fn has_mpk() -> bool {
     SHARED_PKEY != 0

@@ -484,20 +484,44 @@ pub const EVICT_MARGIN: usize = 64;
 
 /// Takes the input that a round brought for the connection (`a`: where
 /// it lies in `input`, and whether the stream ended after it) and hands it
-/// to the protocol.
+/// to the protocol: in place where the image is one domain and nothing of
+/// the connection's is pending (what the protocol leaves is kept), else
+/// appended to the connection's pending input, a copy read once.
 fn take_input<P: Protocol>(c: &mut Conn<P::Conn>, input: &SharedBuf, a: &Answer, p: &mut P, cx: &Context) {
     let was_empty = c.input.is_empty();
     let (at, len) = (a.recv_at as usize, a.recv_len as usize);
-    if len > 0 {
-        let fits = at.checked_add(len).is_some_and(|end| end <= input.len());
-        if !fits || !flexos_alloc::has_room(len) || input.shared().slice(at..at + len).append_to(&mut c.input).is_err()
-        {
-            // No room for this client's input (or an answer the stack got
-            // wrong): it loses its connection, nobody else anything.
-            c.closing = true;
-            c.output.clear();
+    let fits = at.checked_add(len).is_some_and(|end| end <= input.len());
+    if len > 0 && fits && was_empty && !c.stalled {
+        let received = input.shared().slice(at..at + len);
+        if let Some(bytes) = received.in_place() {
+            c.peer_closed |= a.ended;
+            c.stalled = false;
+            let flow = p.input(&mut c.state, bytes, &mut c.output, cx);
+            let rest = &bytes[flow.consumed.min(len)..];
+            if !rest.is_empty() {
+                if !flexos_alloc::has_room(rest.len()) || c.input.try_reserve(rest.len()).is_err() {
+                    c.closing = true;
+                    c.output.clear();
+                    return;
+                }
+                c.input.extend_from_slice(rest);
+                c.partial_since_ms = cx.now_ms;
+            }
+            after_protocol(c, flow, cx);
+            after_input(c);
             return;
         }
+    }
+    if len > 0
+        && (!fits
+            || !flexos_alloc::has_room(len)
+            || input.shared().slice(at..at + len).append_to(&mut c.input).is_err())
+    {
+        // No room for this client's input (or an answer the stack got
+        // wrong): it loses its connection, nobody else anything.
+        c.closing = true;
+        c.output.clear();
+        return;
     }
     c.peer_closed |= a.ended;
     if was_empty && !c.input.is_empty() {
@@ -506,6 +530,12 @@ fn take_input<P: Protocol>(c: &mut Conn<P::Conn>, input: &SharedBuf, a: &Answer,
     if !c.stalled {
         handle_input(c, p, cx);
     }
+    after_input(c);
+}
+
+/// What a connection comes to after its input was handled: closing, when
+/// its peer is gone or it holds too much unhandled input.
+fn after_input<S>(c: &mut Conn<S>) {
     if c.peer_closed {
         // The peer is gone (perhaps mid-request): drop what it left.
         c.closing = true;
@@ -525,6 +555,12 @@ fn handle_input<P: Protocol>(c: &mut Conn<P::Conn>, p: &mut P, cx: &Context) {
     }
     let flow = p.input(&mut c.state, &c.input, &mut c.output, cx);
     c.input.drain(..flow.consumed.min(c.input.len()));
+    after_protocol(c, flow, cx);
+}
+
+/// Takes in what the protocol did with a connection's input (`flow`), once
+/// the input it did not consume is the connection's pending input.
+fn after_protocol<S>(c: &mut Conn<S>, flow: Flow, cx: &Context) {
     if flow.consumed > 0 {
         // A request was taken: what is left is the start of the next one.
         c.last_request_ms = cx.now_ms;
