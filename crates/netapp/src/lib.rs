@@ -670,6 +670,59 @@ mod tests {
         }
     }
 
+    /// Takes whole lines, and answers each with a `+`.
+    #[derive(Default)]
+    struct Lines {
+        seen: Vec<Vec<u8>>,
+    }
+
+    impl Protocol for Lines {
+        type Conn = ();
+        fn input(&mut self, _: &mut (), input: &[u8], output: &mut Vec<u8>, _: &Context) -> Flow {
+            let mut consumed = 0;
+            while let Some(n) = input[consumed..].iter().position(|&b| b == b'\n') {
+                self.seen.push(input[consumed..consumed + n].to_vec());
+                output.push(b'+');
+                consumed += n + 1;
+            }
+            Flow { consumed, close: false }
+        }
+    }
+
+    #[test]
+    fn input_is_handed_over_in_place_and_what_the_protocol_leaves_is_kept() {
+        assert!(flexos_gate::layout::is_one_domain(), "the test image is one domain: its input is read in place");
+        let mut shared = SharedBuf::zeroed(16);
+        let mut p = Lines::default();
+        let cx = |now_ms| Context { now_ms, uptime_ms: 0, clients: 1, accepted: 1, output_limit: DEFAULT_OUTPUT_LIMIT };
+        let answer = |recv_at, recv_len, ended| Answer { revents: POLLIN, sent: 0, recv_at, recv_len, ended };
+        // A whole line and the start of the next, in place: the start is kept.
+        let mut c = conn_with(0, false);
+        shared.write_at(4, b"ab\ncd");
+        take_input(&mut c, &shared, &answer(4, 5, false), &mut p, &cx(10));
+        assert_eq!(p.seen, [b"ab".to_vec()]);
+        assert_eq!(c.input, b"cd", "the partial line is kept");
+        assert_eq!((c.partial_since_ms, c.last_request_ms), (10, 10));
+        // The rest, appended to what was kept (a copy: something is pending).
+        shared.write_at(0, b"e\nf\n");
+        take_input(&mut c, &shared, &answer(0, 4, false), &mut p, &cx(20));
+        assert_eq!(p.seen, [b"ab".to_vec(), b"cde".to_vec(), b"f".to_vec()]);
+        assert!(c.input.is_empty());
+        assert_eq!(c.output, b"+++");
+        assert!(!c.closing);
+        // Input the stack placed outside the input area loses this
+        // connection its output, and nothing else.
+        take_input(&mut c, &shared, &answer(12, 8, false), &mut p, &cx(30));
+        assert!(c.closing && c.output.is_empty());
+        assert_eq!(p.seen.len(), 3);
+        // The stream's end comes with its last input: handled, then closed.
+        let mut d = conn_with(0, false);
+        shared.write_at(0, b"x\n");
+        take_input(&mut d, &shared, &answer(0, 2, true), &mut p, &cx(40));
+        assert_eq!(p.seen.last().map(Vec::as_slice), Some(&b"x"[..]));
+        assert!(d.peer_closed && d.closing);
+    }
+
     #[test]
     fn a_round_hands_over_each_output_up_to_the_send_buffer_and_asks_for_input_unless_backpressured() {
         let conns = vec![
