@@ -495,7 +495,6 @@ fn take_input<P: Protocol>(c: &mut Conn<P::Conn>, input: &SharedBuf, a: &Answer,
         let received = input.shared().slice(at..at + len);
         if let Some(bytes) = received.in_place() {
             c.peer_closed |= a.ended;
-            c.stalled = false;
             let flow = p.input(&mut c.state, bytes, &mut c.output, cx);
             let rest = &bytes[flow.consumed.min(len)..];
             if !rest.is_empty() {
