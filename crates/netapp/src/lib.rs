@@ -496,14 +496,14 @@ fn take_input<P: Protocol>(c: &mut Conn<P::Conn>, input: &SharedBuf, a: &Answer,
         if let Some(bytes) = received.in_place() {
             c.peer_closed |= a.ended;
             let flow = p.input(&mut c.state, bytes, &mut c.output, cx);
-            let rest = &bytes[flow.consumed.min(len)..];
-            if !rest.is_empty() {
-                if !flexos_alloc::has_room(rest.len()) || c.input.try_reserve(rest.len()).is_err() {
+            let consumed = flow.consumed.min(len);
+            if consumed < len {
+                let rest = received.slice(consumed..len);
+                if !flexos_alloc::has_room(rest.len()) || rest.append_to(&mut c.input).is_err() {
                     c.closing = true;
                     c.output.clear();
                     return;
                 }
-                c.input.extend_from_slice(rest);
                 c.partial_since_ms = cx.now_ms;
             }
             after_protocol(c, flow, cx);
