@@ -26,7 +26,7 @@
 //! callee that blocks stalls only its own chain.
 //!
 //! Waiting spins for [`SPIN_NS`] (only [`BRIEF_SPINS`] times after a wait
-//! that outlasted that: `Pace`), then sleeps on this domain's futex word of
+//! longer than [`LONG_WAIT_NS`]: `Pace`), then sleeps on this domain's futex word of
 //! the chain (a notifier wakes only the domain that must act), so that
 //! several domains on a two-core machine do not starve each other. The
 //! futex words, a hint of which depths hold requests, and each domain's
@@ -66,6 +66,10 @@ pub const MAX_DEPTH: usize = 15;
 pub const FRAME_DATA: usize = 960;
 /// How long a waiter spins before it sleeps.
 pub const SPIN_NS: u64 = 100_000;
+/// A wait longer than this makes the next one brief (see `Pace`). A
+/// futex wake-up costs a few microseconds; spinning through a wait many
+/// times that long costs the other side a core it may need.
+pub const LONG_WAIT_NS: u64 = 20_000;
 
 // A frame's state. A frame is in use from REQUEST until DONE or REFUSED.
 const REQUEST: u32 = 1;
@@ -507,12 +511,14 @@ impl Inbox {
 /// How long a thread spins while it waits (an answer to its call, or a
 /// partner's next request) before it sleeps: up to [`SPIN_NS`] (past the
 /// first 1024 spins, after which the clock is first read), unless its last
-/// wait outlasted that. Then the other side is busy for long stretches
-/// (a call that does a whole round of the network stack, a caller that
-/// works between calls), so this wait spins only [`BRIEF_SPINS`] times
-/// before it sleeps: on a machine with few cores a longer spin only takes
-/// a core from the side it waits for, or from another process. A wait that
-/// ends sooner than [`SPIN_NS`] makes the next one spin in full again.
+/// wait was long, longer than [`LONG_WAIT_NS`]. Then the other side is
+/// busy for long stretches (a call that does a whole round of the network
+/// stack, a caller that works between calls), so this wait spins only
+/// [`BRIEF_SPINS`] times before it sleeps: on a machine with few cores a
+/// longer spin only takes a core from the side it waits for, or from
+/// another process, and a futex wake-up costs little against such a wait.
+/// A brief wait that ends without sleeping, or within [`LONG_WAIT_NS`],
+/// makes the next one spin in full again.
 struct Pace {
     spins: u32,
     /// When the spin's clock started (0: not read yet).
@@ -568,10 +574,20 @@ impl Pace {
         }
     }
 
-    /// The wait ended: remembers whether it was long.
+    /// The wait ended: remembers whether it was long. A full wait that
+    /// never read the clock (fewer than 1024 spins) was short.
     fn finish(&self) {
-        let long = self.slept && (!self.brief || clock::monotonic_ns() - self.started_ns > SPIN_NS);
-        LAST_WAIT_LONG.with(|l| l.set(long));
+        let now_ns = if self.started_ns != 0 { clock::monotonic_ns() } else { 0 };
+        LAST_WAIT_LONG.with(|l| l.set(self.was_long(now_ns)));
+    }
+
+    /// Whether a wait ending at `now_ns` was long: it slept after a full
+    /// spin, or lasted more than [`LONG_WAIT_NS`] since its clock started
+    /// (for a brief wait, only if it slept: one answered within its few
+    /// spins was short).
+    fn was_long(&self, now_ns: u64) -> bool {
+        let lasted_long = self.started_ns != 0 && now_ns.saturating_sub(self.started_ns) > LONG_WAIT_NS;
+        if self.brief { self.slept && lasted_long } else { self.slept || lasted_long }
     }
 }
 
@@ -691,4 +707,39 @@ pub fn serve_chain(chain: usize) -> ! {
 /// The entry point of a partner vCPU in a `kvm` compartment's VM.
 pub extern "C" fn guest_partner_entry(chain: usize) -> ! {
     serve_chain(chain)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pace(brief: bool, started_ns: u64, slept: bool) -> Pace {
+        Pace { spins: 0, started_ns, brief, slept }
+    }
+
+    #[test]
+    fn a_full_wait_is_long_when_it_slept_or_outlasted_the_threshold() {
+        // Under 1024 spins the clock was never read: short.
+        assert!(!pace(false, 0, false).was_long(0));
+        assert!(!pace(false, 1_000, false).was_long(1_000 + LONG_WAIT_NS));
+        assert!(pace(false, 1_000, false).was_long(1_001 + LONG_WAIT_NS));
+        // It slept only after spinning SPIN_NS (its clock restarts on waking).
+        assert!(pace(false, 0, true).was_long(0));
+    }
+
+    #[test]
+    fn a_brief_wait_is_long_only_when_it_slept_past_the_threshold() {
+        // Answered within its few spins, however late the clock says.
+        assert!(!pace(true, 1_000, false).was_long(1_000 + 10 * LONG_WAIT_NS));
+        assert!(!pace(true, 1_000, true).was_long(1_000 + LONG_WAIT_NS));
+        assert!(pace(true, 1_000, true).was_long(1_001 + LONG_WAIT_NS));
+    }
+
+    #[test]
+    fn finish_makes_the_next_wait_brief_after_a_long_one_and_full_after_a_short_one() {
+        pace(false, 0, true).finish();
+        assert!(Pace::start().brief);
+        pace(false, 0, false).finish();
+        assert!(!Pace::start().brief);
+    }
 }
