@@ -25,9 +25,8 @@
 //! first reaches it; each is that host thread's part of the domain, so a
 //! callee that blocks stalls only its own chain.
 //!
-//! Waiting spins for [`SPIN_NS`] (only [`BRIEF_SPINS`] times after a long
-//! wait: `Pace`; past those, a host thread yields its core every
-//! [`YIELD_EVERY`] spins), then sleeps on this domain's futex word of
+//! Waiting spins for [`SPIN_NS`] (only [`BRIEF_SPINS`] times after a wait
+//! longer than [`LONG_WAIT_NS`]: `Pace`), then sleeps on this domain's futex word of
 //! the chain (a notifier wakes only the domain that must act), so that
 //! several domains on a two-core machine do not starve each other. The
 //! futex words, a hint of which depths hold requests, and each domain's
@@ -67,9 +66,9 @@ pub const MAX_DEPTH: usize = 15;
 pub const FRAME_DATA: usize = 960;
 /// How long a waiter spins before it sleeps.
 pub const SPIN_NS: u64 = 100_000;
-/// A full spin longer than this makes the next wait brief (see `Pace`):
-/// a futex wake-up costs a few microseconds, and spinning through a wait
-/// many times that long costs the other side a core it may need.
+/// A wait longer than this makes the next one brief (see `Pace`). A
+/// futex wake-up costs a few microseconds; spinning through a wait many
+/// times that long costs the other side a core it may need.
 pub const LONG_WAIT_NS: u64 = 20_000;
 
 // A frame's state. A frame is in use from REQUEST until DONE or REFUSED.
@@ -512,15 +511,14 @@ impl Inbox {
 /// How long a thread spins while it waits (an answer to its call, or a
 /// partner's next request) before it sleeps: up to [`SPIN_NS`] (past the
 /// first 1024 spins, after which the clock is first read), unless its last
-/// wait was long: a full spin past [`LONG_WAIT_NS`], or a brief wait that
-/// slept past [`SPIN_NS`]. Then the other side is busy for long stretches
-/// (a call that does a whole round of the network stack, a caller that
-/// works between calls), so this wait spins only [`BRIEF_SPINS`] times
-/// before it sleeps: on a machine with few cores a longer spin only takes
-/// a core from the side it waits for, or from another process, and a
-/// futex wake-up costs little against such a wait. A brief wait that ends
-/// sooner makes the next one spin in full again. On the host, a spin past
-/// [`BRIEF_SPINS`] also yields its core every [`YIELD_EVERY`] spins.
+/// wait was long, longer than [`LONG_WAIT_NS`]. Then the other side is
+/// busy for long stretches (a call that does a whole round of the network
+/// stack, a caller that works between calls), so this wait spins only
+/// [`BRIEF_SPINS`] times before it sleeps: on a machine with few cores a
+/// longer spin only takes a core from the side it waits for, or from
+/// another process, and a futex wake-up costs little against such a wait.
+/// A brief wait that ends without sleeping, or within [`LONG_WAIT_NS`],
+/// makes the next one spin in full again.
 struct Pace {
     spins: u32,
     /// When the spin's clock started (0: not read yet).
@@ -533,9 +531,6 @@ struct Pace {
 
 /// Spins of a brief wait (a few microseconds) before it sleeps.
 pub const BRIEF_SPINS: u32 = 256;
-/// Past [`BRIEF_SPINS`], a waiter on the host yields its core once every
-/// this many spins.
-pub const YIELD_EVERY: u32 = 16;
 
 thread_local! {
     /// This thread's last wait outlasted its spin.
@@ -586,14 +581,13 @@ impl Pace {
         LAST_WAIT_LONG.with(|l| l.set(self.was_long(now_ns)));
     }
 
-    /// Whether a wait ending at `now_ns` was long. A full wait was long if
-    /// it slept (its spin ran out) or spun more than [`LONG_WAIT_NS`] since
-    /// its clock started. A brief wait was long only if it slept and lasted
-    /// more than [`SPIN_NS`]: a shorter one may have slept through a short
-    /// call and its wake-up, which a full spin would have caught.
+    /// Whether a wait ending at `now_ns` was long: it slept after a full
+    /// spin, or lasted more than [`LONG_WAIT_NS`] since its clock started
+    /// (for a brief wait, only if it slept: one answered within its few
+    /// spins was short).
     fn was_long(&self, now_ns: u64) -> bool {
-        let lasted = |ns| self.started_ns != 0 && now_ns.saturating_sub(self.started_ns) > ns;
-        if self.brief { self.slept && lasted(SPIN_NS) } else { self.slept || lasted(LONG_WAIT_NS) }
+        let lasted_long = self.started_ns != 0 && now_ns.saturating_sub(self.started_ns) > LONG_WAIT_NS;
+        if self.brief { self.slept && lasted_long } else { self.slept || lasted_long }
     }
 }
 
@@ -629,14 +623,7 @@ fn wait(chain: usize, depth: usize, mine: Option<&Frame>) {
             pace.woke();
             continue;
         }
-        if in_vm {
-            // A vCPU has no scheduler to yield to, and a spin costs less than a clock read.
-        } else if pace.spins > BRIEF_SPINS && pace.spins.is_multiple_of(YIELD_EVERY) {
-            // Past a brief spin, give the core to any thread that is ready to
-            // run on it (the side this wait is for, or a client): the wait goes
-            // on at once if none is.
-            std::thread::yield_now();
-        } else {
+        if !in_vm {
             core::hint::spin_loop();
         }
     }
@@ -741,12 +728,11 @@ mod tests {
     }
 
     #[test]
-    fn a_brief_wait_is_long_only_when_it_slept_past_a_full_spin() {
+    fn a_brief_wait_is_long_only_when_it_slept_past_the_threshold() {
         // Answered within its few spins, however late the clock says.
-        assert!(!pace(true, 1_000, false).was_long(1_000 + 10 * SPIN_NS));
-        // It may have slept through a short call and its wake-up.
-        assert!(!pace(true, 1_000, true).was_long(1_000 + SPIN_NS));
-        assert!(pace(true, 1_000, true).was_long(1_001 + SPIN_NS));
+        assert!(!pace(true, 1_000, false).was_long(1_000 + 10 * LONG_WAIT_NS));
+        assert!(!pace(true, 1_000, true).was_long(1_000 + LONG_WAIT_NS));
+        assert!(pace(true, 1_000, true).was_long(1_001 + LONG_WAIT_NS));
     }
 
     #[test]
