@@ -533,7 +533,7 @@ struct Pace {
 pub const BRIEF_SPINS: u32 = 256;
 
 thread_local! {
-    /// This thread's last wait outlasted its spin.
+    /// This thread's last wait was long (`Pace::was_long`).
     static LAST_WAIT_LONG: Cell<bool> = const { Cell::new(false) };
 }
 
