@@ -184,6 +184,35 @@ fn fetch_kernel(dir: &Path) -> Result<PathBuf, String> {
     Ok(kernel)
 }
 
+/// The kernel's tap module (`tun.ko`, a module in Debian's kernel), out of
+/// the kernel package [`fetch_kernel`] downloaded: the checks on a tap
+/// device need it (the init loads it). Only that file is unpacked.
+fn fetch_tun_module(dir: &Path) -> Result<PathBuf, String> {
+    let module = dir.join("tun.ko");
+    if module.exists() {
+        return Ok(module);
+    }
+    let deb = std::fs::read_dir(dir.join("debs"))
+        .map_err(|e| e.to_string())?
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("linux-image-"))
+        .ok_or("no kernel package was downloaded")?
+        .path();
+    let unpacked = dir.join("kernel");
+    let script =
+        "dpkg-deb --fsys-tarfile \"$1\" | tar -x -C \"$2\" --wildcards './lib/modules/*/kernel/drivers/net/tun.ko'";
+    run_command(Command::new("sh").args(["-c", script, "sh"]).arg(&deb).arg(&unpacked), "unpacking tun.ko")?;
+    let modules = unpacked.join("lib/modules");
+    let found = std::fs::read_dir(&modules)
+        .map_err(|e| format!("{}: {e}", modules.display()))?
+        .flatten()
+        .map(|v| v.path().join("kernel/drivers/net/tun.ko"))
+        .find(|p| p.exists())
+        .ok_or("no tun.ko in the kernel package")?;
+    std::fs::copy(&found, &module).map_err(|e| e.to_string())?;
+    Ok(module)
+}
+
 /// Builds the static `/init` of the guest.
 fn build_init(root: &Path, dir: &Path) -> Result<PathBuf, String> {
     let target = dir.join("init-cargo");
@@ -270,8 +299,9 @@ fn build_guest_files(root: &Path, dir: &Path, progress: bool) -> Result<Vec<(Str
     Ok(files)
 }
 
-/// Builds the static images and the init, and packs them into an initramfs.
-fn build_initramfs(root: &Path, dir: &Path, progress: bool) -> Result<PathBuf, String> {
+/// Builds the static images and the init, and packs them into an
+/// initramfs with the kernel's tap module `tun` (`/tun.ko`).
+fn build_initramfs(root: &Path, dir: &Path, tun: &Path, progress: bool) -> Result<PathBuf, String> {
     let mut cpio = Cpio::default();
     for d in ["dev", "proc", "tmp", "images"] {
         cpio.dir(d);
@@ -280,6 +310,7 @@ fn build_initramfs(root: &Path, dir: &Path, progress: bool) -> Result<PathBuf, S
     for (name, bytes) in build_guest_files(root, dir, progress)? {
         cpio.file(&name, &bytes);
     }
+    cpio.file("tun.ko", &std::fs::read(tun).map_err(|e| format!("{}: {e}", tun.display()))?);
     let out = dir.join("initramfs.cpio");
     std::fs::write(&out, cpio.finish()).map_err(|e| format!("{}: {e}", out.display()))?;
     Ok(out)
@@ -446,7 +477,8 @@ pub fn run(root: &Path, progress: bool, limit: Duration, only: Option<&str>) -> 
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let (qemu, qemu_root) = fetch_qemu(&dir)?;
     let kernel = fetch_kernel(&dir)?;
-    let initramfs = build_initramfs(root, &dir, progress)?;
+    let tun = fetch_tun_module(&dir)?;
+    let initramfs = build_initramfs(root, &dir, &tun, progress)?;
     let with_pku = boot(&qemu, &qemu_root, &kernel, &initramfs, CPU_WITH_PKU, limit, only)?;
     let without_pku = boot(&qemu, &qemu_root, &kernel, &initramfs, CPU_WITHOUT_PKU, limit, only)?;
     for b in [&with_pku, &without_pku] {
