@@ -53,7 +53,7 @@ use core::cell::{Cell, UnsafeCell};
 use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering::*};
 use flexos_layout::MAX_COMPONENTS;
-use flexos_layout::{COMPARTMENTS, Component, domain_of};
+use flexos_layout::{COMPARTMENTS, Component, Mechanism, domain_of};
 use flexos_platform::compartment::{self, MAX_COMPARTMENTS};
 use flexos_platform::{clock, console, futex};
 use std::sync::OnceLock;
@@ -413,7 +413,8 @@ pub fn call_frame<'r>(
         bell.seq.fetch_add(1, SeqCst);
         bell.notify();
     }
-    wait(chain, depth, Some(frame));
+    let vm = flexos_platform::guest::in_guest() || COMPARTMENTS[target].mechanism == Mechanism::Kvm;
+    wait(chain, depth, Some(frame), vm);
     let state = frame.state.load(Acquire);
     if state == DONE {
         Ok(frame.read_data(frame.len.load(Relaxed) as usize, result))
@@ -519,6 +520,13 @@ impl Inbox {
 /// another process, and a futex wake-up costs little against such a wait.
 /// A brief wait that ends without sleeping, or within [`LONG_WAIT_NS`],
 /// makes the next one spin in full again.
+///
+/// Where a wake-up is dear, no wait is brief: a `kvm` compartment's vCPU
+/// sleeps and is woken through hypercalls, VM exits and entries (about
+/// 45 µs per sleep on this project's machine, against a few for a futex
+/// between processes), so a vCPU's waits, and a host thread's waits for a
+/// VM's answer, spin in full ([`SPIN_NS`]) before they sleep
+/// (docs/benchmarks.md, "Waits beside a VM").
 struct Pace {
     spins: u32,
     /// When the spin's clock started (0: not read yet).
@@ -538,8 +546,9 @@ thread_local! {
 }
 
 impl Pace {
-    fn start() -> Pace {
-        let brief = LAST_WAIT_LONG.with(Cell::get);
+    /// A wait's pace; `dear_wake_ups`: this thread is a vCPU, or waits for one.
+    fn start(dear_wake_ups: bool) -> Pace {
+        let brief = !dear_wake_ups && LAST_WAIT_LONG.with(Cell::get);
         // A brief wait reads the clock once now, to learn when it ends
         // whether a full spin would have been enough.
         Pace { spins: 0, started_ns: if brief { clock::monotonic_ns() } else { 0 }, brief, slept: false }
@@ -593,14 +602,15 @@ impl Pace {
 
 /// Waits until `mine` (this thread's call at `depth` on `chain`) is
 /// answered, serving deeper frames addressed to this domain meanwhile.
-/// Without a call of its own (`depth` 0) it never returns (a partner thread's loop).
-fn wait(chain: usize, depth: usize, mine: Option<&Frame>) {
+/// Without a call of its own (`depth` 0) it never returns (a partner
+/// thread's loop). `vm`: this thread is a vCPU or waits for one ([`Pace`]).
+fn wait(chain: usize, depth: usize, mine: Option<&Frame>, vm: bool) {
     let me = this_domain();
     let answered = || mine.is_some_and(|f| matches!(f.state.load(Acquire), DONE | REFUSED));
     let in_vm = flexos_platform::guest::in_guest();
     let inbox = Inbox::new(me, chain, depth);
     let waker = inbox.waker;
-    let mut pace = Pace::start();
+    let mut pace = Pace::start(vm);
     loop {
         if answered() {
             pace.finish();
@@ -615,7 +625,7 @@ fn wait(chain: usize, depth: usize, mine: Option<&Frame>) {
             let outer = DEPTH.with(|d| d.replace(k));
             serve(chain, caller, k);
             DEPTH.with(|d| d.set(outer));
-            pace = Pace::start();
+            pace = Pace::start(vm);
             continue;
         }
         if !pace.spin() {
@@ -700,7 +710,7 @@ pub fn start_partner_thread(chain: usize) {
 /// A partner's life: serves the requests for this domain on `chain`, forever.
 pub fn serve_chain(chain: usize) -> ! {
     CHAIN.with(|c| c.set(Some(chain)));
-    wait(chain, 0, None);
+    wait(chain, 0, None, flexos_platform::guest::in_guest());
     unreachable!("a partner's wait never returns")
 }
 
@@ -738,8 +748,14 @@ mod tests {
     #[test]
     fn finish_makes_the_next_wait_brief_after_a_long_one_and_full_after_a_short_one() {
         pace(false, 0, true).finish();
-        assert!(Pace::start().brief);
+        assert!(Pace::start(false).brief);
         pace(false, 0, false).finish();
-        assert!(!Pace::start().brief);
+        assert!(!Pace::start(false).brief);
+    }
+
+    #[test]
+    fn no_wait_beside_a_vm_is_brief() {
+        pace(false, 0, true).finish();
+        assert!(!Pace::start(true).brief, "after a long wait, too");
     }
 }
