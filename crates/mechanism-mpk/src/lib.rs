@@ -460,12 +460,19 @@ pub fn prepare() {
     }));
 }
 
+/// The environment variable that lets an image run without its fault
+/// supervisor where none can start (the image is traced already: a
+/// debugger, `strace`, the checks' single-stepping runner).
+pub const UNSUPERVISED_VAR: &str = "FLEXOS_UNSUPERVISED";
+
 /// Starts the fault supervisor ([`flexos_platform::supervisor`]), which
 /// places every fault's signal frame where no compartment chose, and has
-/// the fault reporter run without a signal stack; where it cannot start
-/// (the image is traced already), says so and keeps the signal stack.
-/// Only where keys are in use: a `proc` compartment's own process of a
-/// mixed image uses none.
+/// the fault reporter run without a signal stack. Where it cannot start
+/// (the image is traced already), the image refuses to run, since a
+/// compartment could then have the kernel write a signal frame into
+/// another's memory, unless [`UNSUPERVISED_VAR`] is `1`: then it says so
+/// and keeps the signal stack. Only where keys are in use: a `proc`
+/// compartment's own process of a mixed image uses none.
 fn supervise_faults() {
     if !flexos_platform::pkey::in_use() {
         return;
@@ -473,11 +480,20 @@ fn supervise_faults() {
     match flexos_platform::supervisor::start() {
         Ok(()) => flexos_platform::fault::without_signal_stack(),
         Err(e) => {
+            let hole = "a compartment can have the kernel write a signal frame into another's memory \
+                        (docs/mpk.md, \"Signal frames\")";
+            if std::env::var_os(UNSUPERVISED_VAR).is_some_and(|v| v == "1") {
+                let report = format!("flexos: no fault supervisor ({e}), as {UNSUPERVISED_VAR}=1 allows: {hole}\n");
+                flexos_platform::console::write_err(report.as_bytes());
+                return;
+            }
             let report = format!(
-                "flexos: no fault supervisor ({e}): a compartment can have the kernel write a signal frame into \
-                 another's memory (docs/mpk.md, \"Signal frames\")\n"
+                "flexos: this image cannot start its fault supervisor ({e}; it is traced already?), and \
+                 without one {hole}. It refuses to run its compartments so; to run it anyway (under a \
+                 debugger, say), set {UNSUPERVISED_VAR}=1.\n"
             );
             flexos_platform::console::write_err(report.as_bytes());
+            std::process::exit(1)
         }
     }
 }

@@ -6,7 +6,7 @@
 mod common;
 
 use flexos::guest::{Boot, judge};
-use flexos_mpk_checks::{IMAGES, Outcome, QUERY, checks, run, run_check, run_single_stepped};
+use flexos_mpk_checks::{IMAGES, Outcome, QUERY, UNSUPERVISED, checks, run, run_check, run_traced};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -70,8 +70,13 @@ fn mpk_mixes_with_proc_kvm_and_fcall_in_one_image() {
     assert!(behave.code == Some(0) && behave.stdout.contains("behaved: ok"), "{behave:?}");
     for attack in ["read-heap", "write-stack", "gadget"] {
         let args = ["attack".to_string(), attack.to_string()];
-        // The gadget is single-stepped from outside the image.
-        let r = if attack == "gadget" { run_single_stepped(&probe, &args, limit) } else { run(&probe, &args, limit) };
+        // The gadget is single-stepped from outside the image, which then
+        // runs without its fault supervisor.
+        let r = if attack == "gadget" {
+            run_traced(&probe, &args, &[UNSUPERVISED], limit)
+        } else {
+            run(&probe, &args, limit)
+        };
         assert!(!r.stdout.contains("BREACHED"), "{attack}: {r:?}");
         assert!(
             r.stderr.contains("flexos: compartment \"attacker\" touched ") && r.stderr.contains("owned by \"main\""),
