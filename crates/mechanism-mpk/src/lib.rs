@@ -489,7 +489,7 @@ fn supervise_faults() {
             }
             let report = format!(
                 "flexos: this image cannot start its fault supervisor ({e}; it is traced already?), and \
-                 without one {hole}. It refuses to run its compartments so; to run it anyway (under a \
+                 without one {hole}. It does not run its compartments without one; to run them anyway (under a \
                  debugger, say), set {UNSUPERVISED_VAR}=1.\n"
             );
             flexos_platform::console::write_err(report.as_bytes());
