@@ -163,25 +163,25 @@ fn fetch_kernel(dir: &Path) -> Result<PathBuf, String> {
         .to_string();
     let debs = dir.join("debs");
     download(&debs, std::slice::from_ref(&package))?;
-    let deb = std::fs::read_dir(&debs)
-        .map_err(|e| e.to_string())?
-        .flatten()
-        .find(|e| e.file_name().to_string_lossy().starts_with(&format!("{package}_")))
-        .ok_or("the kernel package was not downloaded")?
-        .path();
+    let deb = entry_starting_with(&debs, &format!("{package}_"), "the kernel package was not downloaded")?;
     // Only ./boot (the modules are hundreds of megabytes).
     let boot = dir.join("kernel");
     std::fs::create_dir_all(&boot).map_err(|e| e.to_string())?;
     let script = "dpkg-deb --fsys-tarfile \"$1\" | tar -x -C \"$2\" ./boot";
     run_command(Command::new("sh").args(["-c", script, "sh"]).arg(&deb).arg(&boot), "unpacking the kernel")?;
-    let image = std::fs::read_dir(boot.join("boot"))
-        .map_err(|e| e.to_string())?
-        .flatten()
-        .find(|e| e.file_name().to_string_lossy().starts_with("vmlinuz-"))
-        .ok_or("no vmlinuz in the kernel package")?
-        .path();
+    let image = entry_starting_with(&boot.join("boot"), "vmlinuz-", "no vmlinuz in the kernel package")?;
     std::fs::copy(&image, &kernel).map_err(|e| e.to_string())?;
     Ok(kernel)
+}
+
+/// The first entry of `dir` whose name starts with `prefix` (`missing`: the error without one).
+fn entry_starting_with(dir: &Path, prefix: &str, missing: &str) -> Result<PathBuf, String> {
+    std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with(prefix))
+        .map(|e| e.path())
+        .ok_or_else(|| missing.to_string())
 }
 
 /// The kernel's tap module (`tun.ko`, a module in Debian's kernel), out of
@@ -192,12 +192,7 @@ fn fetch_tun_module(dir: &Path) -> Result<PathBuf, String> {
     if module.exists() {
         return Ok(module);
     }
-    let deb = std::fs::read_dir(dir.join("debs"))
-        .map_err(|e| e.to_string())?
-        .flatten()
-        .find(|e| e.file_name().to_string_lossy().starts_with("linux-image-"))
-        .ok_or("no kernel package was downloaded")?
-        .path();
+    let deb = entry_starting_with(&dir.join("debs"), "linux-image-", "no kernel package was downloaded")?;
     let unpacked = dir.join("kernel");
     let script =
         "dpkg-deb --fsys-tarfile \"$1\" | tar -x -C \"$2\" --wildcards './lib/modules/*/kernel/drivers/net/tun.ko'";
