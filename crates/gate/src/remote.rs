@@ -607,7 +607,6 @@ impl Pace {
 fn wait(chain: usize, depth: usize, mine: Option<&Frame>, vm: bool) {
     let me = this_domain();
     let answered = || mine.is_some_and(|f| matches!(f.state.load(Acquire), DONE | REFUSED));
-    let in_vm = flexos_platform::guest::in_guest();
     let inbox = Inbox::new(me, chain, depth);
     let waker = inbox.waker;
     let mut pace = Pace::start(vm);
@@ -633,9 +632,11 @@ fn wait(chain: usize, depth: usize, mine: Option<&Frame>, vm: bool) {
             pace.woke();
             continue;
         }
-        if !in_vm {
-            core::hint::spin_loop();
-        }
+        // `pause` in every spin, a vCPU's too: at CPL3 it runs natively in
+        // a VM (no exit), and a loop left without it costs a pipeline flush
+        // when the awaited store arrives, about 130 cycles a kvm round trip
+        // on an Intel host (docs/benchmarks.md, "A vCPU's spin").
+        core::hint::spin_loop();
     }
 }
 
