@@ -3,9 +3,10 @@
 //! C hands us pointers into its private memory; the data is copied through a
 //! buffer in the shared heap, the only kind of memory that crosses a gate.
 
+use crate::known::{Knowledge, path_key};
 use core::ffi::{c_char, c_int};
 use flexos_gate::abi::file_batch::{self, Record};
-use flexos_gate::abi::{Errno, FileKind, Whence};
+use flexos_gate::abi::{Errno, FileKind, Whence, open_flags};
 use flexos_gate::{SharedBuf, gate};
 
 fn ret(r: Result<(), Errno>) -> c_int {
@@ -37,6 +38,86 @@ struct FileState {
     behind: Option<SharedBuf>,
     /// Bytes of `behind` in use.
     behind_used: usize,
+    /// What this thread knows of the file system without asking ([`KNOWS`]).
+    known: Knowledge,
+    /// Remote calls the unit tests pretend this thread made (their image
+    /// has one compartment, so no call is remote).
+    #[cfg(test)]
+    pretended_calls: u64,
+}
+
+/// Whether this thread keeps [`Knowledge`] of the file system's answers:
+/// where all the file system's state (`vfs`'s and `ramfs`'s) is a remote
+/// call away and this library runs in the host, so that only remote calls
+/// change it (the `known` module says why that makes the knowledge
+/// sound); and in this crate's unit tests, which test it.
+const KNOWS: bool = (flexos_gate::is_host_to_remote!(flexos_vfs::submit)
+    && flexos_gate::is_host_to_remote!(flexos_ramfs::write))
+    || cfg!(test);
+
+/// This thread's count of remote calls, which dates the knowledge.
+fn calls_made() -> u64 {
+    #[cfg(test)]
+    let pretended = flexos_gate::with_state(flexos_gate::me!(), |s: &mut FileState| s.pretended_calls);
+    #[cfg(not(test))]
+    let pretended = 0;
+    flexos_gate::remote::calls_made() + pretended
+}
+
+/// Runs `f` on this thread's knowledge, made current first (forgotten if
+/// anything crossed since it was last confirmed); `None` where there is none.
+fn ask<R>(f: impl FnOnce(&Knowledge) -> R) -> Option<R> {
+    if !KNOWS {
+        return None;
+    }
+    let now = calls_made();
+    Some(flexos_gate::with_state(flexos_gate::me!(), |s: &mut FileState| {
+        s.known.check(now);
+        f(&s.known)
+    }))
+}
+
+/// Adds what `f` learns to this thread's knowledge, if it is current.
+fn learn(f: impl FnOnce(&mut Knowledge)) {
+    if !KNOWS {
+        return;
+    }
+    let now = calls_made();
+    flexos_gate::with_state(flexos_gate::me!(), |s: &mut FileState| {
+        if s.known.is_valid(now) {
+            f(&mut s.known)
+        }
+    })
+}
+
+/// Forgets what this thread knows (after a call that failed: a queued
+/// write may not have been applied, or a call half done).
+fn forget() {
+    learn(Knowledge::forget)
+}
+
+/// One crossing of this library's own into `vfs`: `f` makes it. The
+/// knowledge survives it if no other remote call came between.
+fn cross<R>(f: impl FnOnce() -> R) -> R {
+    if !KNOWS {
+        return f();
+    }
+    let before = calls_made();
+    flexos_gate::with_state(flexos_gate::me!(), |s: &mut FileState| s.known.check(before));
+    let r = f();
+    let after = calls_made();
+    flexos_gate::with_state(flexos_gate::me!(), |s: &mut FileState| s.known.crossed(before, after));
+    r
+}
+
+/// [`cross`] for a call whose failure leaves the file system in a state
+/// the knowledge cannot tell (a log half applied): forgets on `Err`.
+fn cross_or_forget<T>(f: impl FnOnce() -> Result<T, Errno>) -> Result<T, Errno> {
+    let r = cross(f);
+    if r.is_err() {
+        forget();
+    }
+    r
 }
 
 /// Runs `f` with a shared buffer of at least `n` bytes.
@@ -93,7 +174,7 @@ fn send_queued(last: Option<Record>) -> Option<Result<(), Errno>> {
         log.write_at(used, &file_batch::header(&r));
         used += file_batch::HEADER;
     }
-    let result = gate!(flexos_vfs::submit(log.shared().slice(0..used)));
+    let result = cross_or_forget(|| gate!(flexos_vfs::submit(log.shared().slice(0..used))));
     put_log(log, 0);
     Some(result)
 }
@@ -106,7 +187,9 @@ fn flush() -> Result<(), Errno> {
 /// Queues a write of `data` at `offset` of `fd` (sending the log first when
 /// it is full; that send's error is returned and `data` is not queued).
 fn queue_write(fd: c_int, data: &[u8], offset: u64) -> Result<(), Errno> {
-    queue_record(&Record { op: file_batch::PWRITE, fd, offset, len: data.len() as u64 }, data)
+    queue_record(&Record { op: file_batch::PWRITE, fd, offset, len: data.len() as u64 }, data)?;
+    learn(|k| k.wrote(fd, offset.checked_add(data.len() as u64)));
+    Ok(())
 }
 
 /// Queues record `r` with its `data` (as [`queue_write`]).
@@ -117,7 +200,7 @@ fn queue_record(r: &Record, data: &[u8]) -> Result<(), Errno> {
         (free.unwrap_or_else(|| SharedBuf::zeroed(BEHIND_LOG)), 0)
     });
     if used + size + file_batch::HEADER > log.len() {
-        let sent = gate!(flexos_vfs::submit(log.shared().slice(0..used)));
+        let sent = cross_or_forget(|| gate!(flexos_vfs::submit(log.shared().slice(0..used))));
         used = 0;
         if let Err(e) = sent {
             put_log(log, 0);
@@ -179,6 +262,18 @@ unsafe fn with_path<R>(path: *const c_char, f: impl FnOnce(flexos_gate::SharedRe
     })
 }
 
+/// A C path's key in the knowledge ([`path_key`]).
+///
+/// # Safety
+/// `path` is NUL-terminated.
+unsafe fn key_of(path: *const c_char) -> Option<alloc::vec::Vec<u8>> {
+    if !KNOWS {
+        return None;
+    }
+    // SAFETY: the caller's contract.
+    path_key(unsafe { core::ffi::CStr::from_ptr(path) }.to_bytes())
+}
+
 /// Copies a C path into the shared heap.
 ///
 /// # Safety
@@ -197,10 +292,22 @@ pub unsafe extern "C" fn flexos_libc_open(path: *const c_char, flags: c_int, mod
     if let Err(e) = flush() {
         return -e.0;
     }
+    let flags = flags as u32;
     // SAFETY: forwarded contract.
-    match unsafe { with_path(path, |p| gate!(flexos_vfs::open(p, flags as u32, mode as u32))) } {
-        Ok(fd) => fd,
-        Err(e) => -e.0,
+    let key = unsafe { key_of(path) };
+    // A path known to be absent that this open creates is a new file.
+    let created = flags & open_flags::O_CREAT != 0
+        && ask(|k| key.as_deref().is_some_and(|key| k.is_absent(key))).unwrap_or(false);
+    // SAFETY: forwarded contract.
+    match cross(|| unsafe { with_path(path, |p| gate!(flexos_vfs::open(p, flags, mode as u32))) }) {
+        Ok(fd) => {
+            learn(|k| k.opened(fd, key.as_deref(), flags, created));
+            fd
+        }
+        Err(e) => {
+            forget();
+            -e.0
+        }
     }
 }
 
@@ -209,14 +316,16 @@ pub unsafe extern "C" fn flexos_libc_open(path: *const c_char, flags: c_int, mod
 /// `close` releases it whatever it reports).
 #[unsafe(no_mangle)]
 pub extern "C" fn flexos_libc_close(fd: c_int) -> c_int {
-    match send_queued(Some(Record { op: file_batch::CLOSE, fd, offset: 0, len: 0 })) {
-        None => ret(gate!(flexos_vfs::close(fd))),
+    let r = match send_queued(Some(Record { op: file_batch::CLOSE, fd, offset: 0, len: 0 })) {
+        None => ret(cross(|| gate!(flexos_vfs::close(fd)))),
         Some(Ok(())) => 0,
         Some(Err(e)) => {
-            let _ = gate!(flexos_vfs::close(fd));
+            let _ = cross(|| gate!(flexos_vfs::close(fd)));
             -e.0
         }
-    }
+    };
+    learn(|k| k.closed(fd));
+    r
 }
 
 /// `close(fd)` with write-behind where `vfs` is a remote call away
@@ -238,7 +347,10 @@ fn close_behind(queue: bool, fd: c_int) -> c_int {
         return flexos_libc_close(fd);
     }
     match queue_record(&Record { op: file_batch::CLOSE, fd, offset: 0, len: 0 }, &[]) {
-        Ok(()) => 0,
+        Ok(()) => {
+            learn(|k| k.closed(fd));
+            0
+        }
         Err(e) => -e.0,
     }
 }
@@ -249,6 +361,11 @@ fn close_behind(queue: bool, fd: c_int) -> c_int {
 /// `buf` has `n` writable bytes.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn flexos_libc_pread(fd: c_int, buf: *mut u8, n: usize, offset: i64) -> isize {
+    // A read known to start at or past the end (SQLite's look past its
+    // journal's end before it syncs) finds nothing, queued writes or not.
+    if offset >= 0 && ask(|k| k.reads_nothing_at(fd, offset as u64)).unwrap_or(false) {
+        return 0;
+    }
     // A read at an offset takes the queued writes along (one crossing); any other sends them first.
     let queued = if offset >= 0 {
         take_queued()
@@ -261,7 +378,7 @@ pub unsafe extern "C" fn flexos_libc_pread(fd: c_int, buf: *mut u8, n: usize, of
     let n = n.min(MAX_SCRATCH);
     ret_len(with_scratch(n, |shared| {
         let target = shared.shared_mut().slice_mut(0..n);
-        let r = match (offset < 0, queued) {
+        let r = cross_or_forget(|| match (offset < 0, queued) {
             (true, _) => gate!(flexos_vfs::read(fd, target)),
             (false, None) => gate!(flexos_vfs::pread(fd, target, offset as u64)),
             (false, Some((log, used))) => {
@@ -269,7 +386,7 @@ pub unsafe extern "C" fn flexos_libc_pread(fd: c_int, buf: *mut u8, n: usize, of
                 put_log(log, 0);
                 r
             }
-        };
+        });
         if let Ok(got) = r {
             // SAFETY: `buf` has `n` >= `got` writable bytes (caller's contract).
             let out = unsafe { core::slice::from_raw_parts_mut(buf, got.min(n)) };
@@ -304,7 +421,17 @@ pub unsafe extern "C" fn flexos_libc_pwrite(fd: c_int, buf: *const u8, n: usize,
         // SAFETY: the caller's contract.
         shared.write_at(0, unsafe { core::slice::from_raw_parts(buf, n) });
         let data = shared.shared().slice(0..n);
-        if offset < 0 { gate!(flexos_vfs::write(fd, data)) } else { gate!(flexos_vfs::pwrite(fd, data, offset as u64)) }
+        let r = cross_or_forget(|| {
+            if offset < 0 {
+                gate!(flexos_vfs::write(fd, data))
+            } else {
+                gate!(flexos_vfs::pwrite(fd, data, offset as u64))
+            }
+        });
+        if let Ok(done) = r {
+            learn(|k| k.wrote(fd, (offset >= 0).then(|| offset as u64 + done as u64)));
+        }
+        r
     }))
 }
 
@@ -330,7 +457,7 @@ pub extern "C" fn flexos_libc_lseek(fd: c_int, offset: i64, whence: c_int) -> i6
         2 => Whence::End,
         _ => return -(Errno::EINVAL.0 as i64),
     };
-    match gate!(flexos_vfs::lseek(fd, offset, whence)) {
+    match cross(|| gate!(flexos_vfs::lseek(fd, offset, whence))) {
         Ok(o) => o as i64,
         Err(e) => -(e.0 as i64),
     }
@@ -345,24 +472,37 @@ pub extern "C" fn flexos_libc_ftruncate(fd: c_int, size: i64) -> c_int {
     if size < 0 {
         return -Errno::EINVAL.0;
     }
-    ret(gate!(flexos_vfs::ftruncate(fd, size as u64)))
+    let r = cross_or_forget(|| gate!(flexos_vfs::ftruncate(fd, size as u64)));
+    if r.is_ok() {
+        learn(|k| k.truncated(fd, size as u64));
+    }
+    ret(r)
 }
 
 /// `fsync(fd)`.
 #[unsafe(no_mangle)]
 pub extern "C" fn flexos_libc_fsync(fd: c_int) -> c_int {
     let queued = send_queued(Some(Record { op: file_batch::FSYNC, fd, offset: 0, len: 0 }));
-    ret(queued.unwrap_or_else(|| gate!(flexos_vfs::fsync(fd))))
+    ret(queued.unwrap_or_else(|| cross(|| gate!(flexos_vfs::fsync(fd)))))
 }
 
 /// The size of the open file `fd`, or `-errno`.
 #[unsafe(no_mangle)]
 pub extern "C" fn flexos_libc_fsize(fd: c_int) -> i64 {
+    // Known (queued writes counted): SQLite asks before every transaction.
+    if let Some(Some(size)) = ask(|k| k.size(fd)) {
+        return size as i64;
+    }
     if let Err(e) = flush() {
         return -(e.0 as i64);
     }
-    match gate!(flexos_vfs::fstat(fd)) {
-        Ok(st) => st.size as i64,
+    match cross(|| gate!(flexos_vfs::fstat(fd))) {
+        Ok(st) => {
+            if st.kind == FileKind::File {
+                learn(|k| k.learn_size(fd, st.ino, st.size));
+            }
+            st.size as i64
+        }
         Err(e) => -(e.0 as i64),
     }
 }
@@ -377,7 +517,7 @@ pub unsafe extern "C" fn flexos_libc_unlink(path: *const c_char) -> c_int {
     // is the result and the name stays.
     let queued = take_queued();
     // SAFETY: forwarded contract.
-    ret(unsafe {
+    let r = cross_or_forget(|| unsafe {
         with_path(path, |p| match queued {
             None => gate!(flexos_vfs::unlink(p)),
             Some((log, used)) => {
@@ -386,7 +526,13 @@ pub unsafe extern "C" fn flexos_libc_unlink(path: *const c_char) -> c_int {
                 r
             }
         })
-    })
+    });
+    if r.is_ok() {
+        // SAFETY: forwarded contract.
+        let key = unsafe { key_of(path) };
+        learn(|k| k.learn_absent(key));
+    }
+    ret(r)
 }
 
 /// Whether `path` exists: 1 for a file, 2 for a directory, or `-errno`.
@@ -395,14 +541,26 @@ pub unsafe extern "C" fn flexos_libc_unlink(path: *const c_char) -> c_int {
 /// `path` is NUL-terminated.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn flexos_libc_access(path: *const c_char) -> c_int {
+    // SAFETY: forwarded contract.
+    let key = unsafe { key_of(path) };
+    // Known to be absent (SQLite asks for its journal and its write-ahead
+    // log before every transaction).
+    if ask(|k| key.as_deref().is_some_and(|key| k.is_absent(key))).unwrap_or(false) {
+        return -Errno::ENOENT.0;
+    }
     if let Err(e) = flush() {
         return -e.0;
     }
     // SAFETY: forwarded contract.
-    match unsafe { with_path(path, |p| gate!(flexos_vfs::stat(p))) } {
+    match cross(|| unsafe { with_path(path, |p| gate!(flexos_vfs::stat(p))) }) {
         Ok(st) if st.kind == FileKind::Dir => 2,
         Ok(_) => 1,
-        Err(e) => -e.0,
+        Err(e) => {
+            if e == Errno::ENOENT {
+                learn(|k| k.learn_absent(key));
+            }
+            -e.0
+        }
     }
 }
 
@@ -416,7 +574,13 @@ pub unsafe extern "C" fn flexos_libc_mkdir(path: *const c_char, mode: c_int) -> 
         return -e.0;
     }
     // SAFETY: forwarded contract.
-    ret(unsafe { with_path(path, |p| gate!(flexos_vfs::mkdir(p, mode as u32))) })
+    let r = cross_or_forget(|| unsafe { with_path(path, |p| gate!(flexos_vfs::mkdir(p, mode as u32))) });
+    if r.is_ok() {
+        // SAFETY: forwarded contract.
+        let key = unsafe { key_of(path) };
+        learn(|k| k.learn_present(key.as_deref()));
+    }
+    ret(r)
 }
 
 /// `rmdir(path)`.
@@ -429,7 +593,13 @@ pub unsafe extern "C" fn flexos_libc_rmdir(path: *const c_char) -> c_int {
         return -e.0;
     }
     // SAFETY: forwarded contract.
-    ret(unsafe { with_path(path, |p| gate!(flexos_vfs::rmdir(p))) })
+    let r = cross_or_forget(|| unsafe { with_path(path, |p| gate!(flexos_vfs::rmdir(p))) });
+    if r.is_ok() {
+        // SAFETY: forwarded contract.
+        let key = unsafe { key_of(path) };
+        learn(|k| k.learn_absent(key));
+    }
+    ret(r)
 }
 
 /// `rename(from, to)`.
@@ -443,7 +613,9 @@ pub unsafe extern "C" fn flexos_libc_rename(from: *const c_char, to: *const c_ch
     }
     // SAFETY: forwarded contract.
     let (f, t) = unsafe { (shared_path(from), shared_path(to)) };
-    ret(gate!(flexos_vfs::rename(f.shared(), t.shared())))
+    let r = cross_or_forget(|| gate!(flexos_vfs::rename(f.shared(), t.shared())));
+    learn(Knowledge::forget_paths);
+    ret(r)
 }
 
 /// Creates the file `path` (and its parent directories) holding `data`;
@@ -475,6 +647,33 @@ pub fn install_file(path: &str, data: &[u8]) -> Result<(), Errno> {
     written.map(|_| ())
 }
 
+/// A check of the knowledge in a built image (`--flexos-selftest
+/// rust-foreign-change`): the library learns that a path is absent, a call
+/// it does not make itself creates the file, and the library is asked
+/// again. Returns that answer (1: the file exists; -2: `ENOENT`, a stale
+/// answer), plus 10 if the knowledge still held the path as absent when it
+/// was asked (where it is kept: without the count of remote calls, the
+/// answer would have been stale); -1 if the path existed to begin with.
+pub fn foreign_change_check() -> i64 {
+    use flexos_gate::abi::open_flags::{O_CREAT, O_RDWR};
+    let path = c"/selftest-foreign-change";
+    // SAFETY: a NUL-terminated literal.
+    if unsafe { flexos_libc_access(path.as_ptr()) } != -Errno::ENOENT.0 {
+        return -1;
+    }
+    let shared = SharedBuf::from_slice(path.to_bytes());
+    let created = gate!(flexos_vfs::open(shared.shared(), O_RDWR | O_CREAT, 0o644));
+    let held =
+        KNOWS && flexos_gate::with_state(flexos_gate::me!(), |s: &mut FileState| s.known.is_absent(path.to_bytes()));
+    // SAFETY: a NUL-terminated literal.
+    let answer = unsafe { flexos_libc_access(path.as_ptr()) };
+    if let Ok(fd) = created {
+        let _ = gate!(flexos_vfs::close(fd));
+        let _ = gate!(flexos_vfs::unlink(shared.shared()));
+    }
+    i64::from(answer) + if held { 10 } else { 0 }
+}
+
 /// `flexos_libc_fs_limits(max_file_size, capacity)`: the file system's
 /// largest file and total capacity in bytes (0 keeps a limit); 0 or -errno.
 #[unsafe(no_mangle)]
@@ -482,7 +681,7 @@ pub extern "C" fn flexos_libc_fs_limits(max_file_size: u64, capacity: u64) -> c_
     if let Err(e) = flush() {
         return -e.0;
     }
-    ret(gate!(flexos_vfs::set_fs_limits(max_file_size, capacity)))
+    ret(cross(|| gate!(flexos_vfs::set_fs_limits(max_file_size, capacity))))
 }
 
 #[cfg(test)]
@@ -580,6 +779,53 @@ mod tests {
             assert_eq!(flexos_libc_access(c"/data".as_ptr()), 1);
             assert_eq!(flexos_libc_unlink(c"/data".as_ptr()), 0);
             assert_eq!(flexos_libc_close(fd), 0);
+        }
+    }
+
+    /// One SQLite transaction's questions are answered from what the
+    /// library learned from its own calls, until another call crosses.
+    #[test]
+    fn known_answers_hold_until_another_call_crosses() {
+        use flexos_gate::abi::open_flags::*;
+        let used = || flexos_gate::with_state(flexos_gate::me!(), |w: &mut FileState| w.behind_used);
+        let journal = c"/k.db-journal".as_ptr();
+        let mut buf = [0u8; 8];
+        // SAFETY: NUL-terminated literals and buffers of the lengths passed, as the C calls require.
+        unsafe {
+            let db = flexos_libc_open(c"/k.db".as_ptr(), (O_RDWR | O_CREAT) as c_int, 0o644);
+            assert_eq!(flexos_libc_pwrite(db, [1u8; 100].as_ptr(), 100, 0), 100);
+            assert_eq!(flexos_libc_fsize(db), 100);
+            assert_eq!(flexos_libc_access(journal), -Errno::ENOENT.0);
+            let j = flexos_libc_open(journal, (O_RDWR | O_CREAT) as c_int, 0o644);
+            assert_eq!(pwrite_behind(true, j, [2u8; 512].as_ptr(), 512, 0), 512);
+            assert_eq!(pwrite_behind(true, db, [3u8; 50].as_ptr(), 50, 80), 50);
+            assert_ne!(used(), 0);
+            // Known: the end of the journal and both sizes, queued writes counted; nothing is sent.
+            assert_eq!(flexos_libc_pread(j, buf.as_mut_ptr(), 8, 1024), 0);
+            assert_eq!(flexos_libc_pread(j, buf.as_mut_ptr(), 8, 512), 0);
+            assert_eq!((flexos_libc_fsize(j), flexos_libc_fsize(db)), (512, 130));
+            assert_ne!(used(), 0, "answered without sending the queued writes");
+            assert_eq!(flexos_libc_pread(j, buf.as_mut_ptr(), 8, 504), 8, "not past the end: asked");
+            assert_eq!(buf, [2u8; 8]);
+            assert_eq!(flexos_libc_fsync(j), 0);
+            assert_eq!(flexos_libc_close_behind(j), 0);
+            assert_eq!(flexos_libc_unlink(journal), 0);
+            assert_eq!(flexos_libc_access(journal), -Errno::ENOENT.0);
+            // Behind the library's back (in this image no call is remote, so none is counted)...
+            let path = SharedBuf::from_slice(b"/k.db-journal");
+            let other = gate!(flexos_vfs::open(path.shared(), O_RDWR | O_CREAT, 0o644)).unwrap();
+            let grown = SharedBuf::from_slice(&[4u8; 200]);
+            assert_eq!(gate!(flexos_vfs::pwrite(db, grown.shared(), 0)), Ok(200));
+            // ...the library answers from what it knew: the negative control.
+            assert_eq!(flexos_libc_access(journal), -Errno::ENOENT.0);
+            assert_eq!(flexos_libc_fsize(db), 130);
+            // Where the calls are remote, the thread's count shows them, and the library asks again.
+            flexos_gate::with_state(flexos_gate::me!(), |s: &mut FileState| s.pretended_calls += 2);
+            assert_eq!(flexos_libc_access(journal), 1);
+            assert_eq!(flexos_libc_fsize(db), 200);
+            assert_eq!(gate!(flexos_vfs::close(other)), Ok(()));
+            assert_eq!(flexos_libc_unlink(journal), 0);
+            assert_eq!(flexos_libc_close(db), 0);
         }
     }
 

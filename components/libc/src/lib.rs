@@ -18,6 +18,7 @@
 extern crate alloc;
 
 mod file;
+mod known;
 mod memory;
 pub mod selftest;
 mod string;

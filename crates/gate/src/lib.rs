@@ -244,6 +244,30 @@ pub const fn is_remote_call<Me: Identity, E: Entry>() -> bool {
     from != to && (COMPARTMENTS[from].mechanism.is_remote() || COMPARTMENTS[to].mechanism.is_remote())
 }
 
+/// Whether entry `E` lives in a domain of its own (a process or VM) while
+/// component `Me` runs in the host, known when the image is built. Then
+/// every change to `E`'s component's state on a host thread's chain is made
+/// inside a remote call that the host thread itself made (or by a
+/// compromised domain that could make that change through its own calls), so
+/// a host caller that counts its thread's remote calls
+/// ([`remote::calls_made`]) can tell whether anyone else reached that state
+/// since its own last call (the C library's knowledge of `vfs`'s answers).
+pub const fn is_host_to_remote<Me: Identity, E: Entry>() -> bool {
+    !COMPARTMENTS[Me::COMPONENT.compartment].mechanism.is_remote() && COMPARTMENTS[E::COMPARTMENT].mechanism.is_remote()
+}
+
+/// [`is_host_to_remote`] for the calling crate's component:
+/// `flexos_gate::is_host_to_remote!(flexos_vfs::submit)`. It names the
+/// entry and calls nothing, as [`is_remote!`].
+// `crate::FlexosIdentity` deliberately names the *calling* crate's identity.
+#[allow(clippy::crate_in_macro_def)]
+#[macro_export]
+macro_rules! is_host_to_remote {
+    ($callee:ident :: $func:ident) => {
+        $crate::is_host_to_remote::<crate::FlexosIdentity, $callee::$func::Entry>()
+    };
+}
+
 /// A call between two compartments of an image with `mpk` compartments,
 /// both in this address space: the `mpk` gate (for `fcall` compartments
 /// too, whose rights are "all keys", so their stacks and rights stay right).

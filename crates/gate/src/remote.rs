@@ -339,6 +339,16 @@ thread_local! {
     static DEPTH: Cell<usize> = const { Cell::new(0) };
     /// Bit d: this thread has rung domain d's doorbell for its chain.
     static RUNG: Cell<u32> = const { Cell::new(0) };
+    /// The remote calls this thread has made ([`calls_made`]).
+    static CALLS_MADE: Cell<u64> = const { Cell::new(0) };
+}
+
+/// How many remote calls this thread has made so far, nested ones (made
+/// while it served a callback) included. Lies in the thread's own memory,
+/// which a compromised compartment of this domain may rewrite: it is a hint
+/// for the caller's own caches, never a right (`is_host_to_remote`).
+pub fn calls_made() -> u64 {
+    CALLS_MADE.with(Cell::get)
 }
 
 /// The chains handed to host threads so far (private to the host). Set at
@@ -390,6 +400,7 @@ pub fn call_frame<'r>(
         _ => return Err(Refusal::NotExported),
     };
     let chain = my_chain();
+    CALLS_MADE.with(|c| c.set(c.get() + 1));
     let depth = DEPTH.with(Cell::get) + 1;
     assert!(depth <= MAX_DEPTH, "remote calls nested deeper than {MAX_DEPTH}");
     let frame = frame(me, target, chain, depth);

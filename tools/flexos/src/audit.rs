@@ -5,7 +5,8 @@
 //!   to its crate, and none may belong to a component crate.
 //! * [`gate_bypasses`]: every call from one component into another goes
 //!   through `gate!` (DESIGN 5.1): outside `gate!(...)` (and
-//!   `is_remote!(...)`, a build-time query that calls nothing), a
+//!   `is_remote!(...)` and `is_host_to_remote!(...)`, build-time queries
+//!   that call nothing), a
 //!   component's source may not name another component's crate.
 
 use object::{Object, ObjectSection, ObjectSymbol, SectionKind};
@@ -182,7 +183,7 @@ fn scan(tokens: TokenStream, own: &str, components: &[String], file: &Path, out:
     while i < tokens.len() {
         match &tokens[i] {
             TokenTree::Ident(id)
-                if (id == "gate" || id == "is_remote")
+                if (id == "gate" || id == "is_remote" || id == "is_host_to_remote")
                     && matches!(tokens.get(i + 1), Some(TokenTree::Punct(p)) if p.as_char() == '!')
                     && matches!(tokens.get(i + 2), Some(TokenTree::Group(_))) =>
             {

@@ -122,7 +122,15 @@ fn gates_are_crossed_exactly_where_the_configuration_splits() {
         assert!(count(&stats, "libc", "vfs") > 0, "{config}: {stats:?}");
         assert!(count(&stats, "libc", "time") > 0, "{config}: {stats:?}");
         assert_eq!(count(&stats, "vfs", "ramfs"), 0, "{config}");
+        // The C library answers what it learned from its own calls (docs/architecture.md,
+        // "What the C library knows"), and asks again after a call it did not make:
+        // the knowledge held the stale answer (10) and the answer is right (1).
+        let r = run(&image(config), &["--flexos-selftest", "rust-foreign-change"]);
+        assert_eq!(r.stdout, "selftest rust-foreign-change: 11\n", "{config}: {}", r.stderr);
     }
+    // With the file system in the host there is no knowledge to keep.
+    let r = run(&image("configs/sqlite-fs.toml"), &["--flexos-selftest", "rust-foreign-change"]);
+    assert_eq!(r.stdout, "selftest rust-foreign-change: 1\n", "{}", r.stderr);
 }
 
 #[test]
