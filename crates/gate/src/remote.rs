@@ -51,7 +51,7 @@ use crate::wire::{Reader, Writer};
 use crate::{Crossing, layout};
 use core::cell::{Cell, UnsafeCell};
 use core::mem::MaybeUninit;
-use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering::*};
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
 use flexos_layout::MAX_COMPONENTS;
 use flexos_layout::{COMPARTMENTS, Component, Mechanism, domain_of};
 use flexos_platform::compartment::{self, MAX_COMPARTMENTS};
@@ -106,6 +106,9 @@ struct Waker {
     seq: AtomicU32,
     sleepers: AtomicU32,
     pending: AtomicU32,
+    /// When the last wake-up was sent (monotonic ns; another domain's
+    /// word, used only to pace this domain's waits: `Pace`).
+    notified_ns: AtomicU64,
 }
 
 /// The control area's common part, mapped in every domain.
@@ -229,6 +232,11 @@ impl Waker {
     fn notify(&self) {
         full_barrier();
         if self.sleepers.load(Relaxed) != 0 {
+            // (Not from a vCPU: its clock is a hypercall, and its waits
+            // and those for it are paced as dear in any case.)
+            if !flexos_platform::guest::in_guest() {
+                self.notified_ns.store(clock::monotonic_ns(), Relaxed);
+            }
             self.seq.fetch_add(1, SeqCst);
             futex::wake_all(&self.seq);
         }
@@ -537,7 +545,9 @@ impl Inbox {
 /// 45 µs per sleep on this project's machine, against a few for a futex
 /// between processes), so a vCPU's waits, and a host thread's waits for a
 /// VM's answer, spin in full ([`SPIN_NS`]) before they sleep
-/// (docs/benchmarks.md, "Waits beside a VM").
+/// (docs/benchmarks.md, "Waits beside a VM"); so do the waits of a thread
+/// whose last wake-up took longer than [`DEAR_WAKE_UP_NS`], which shows
+/// that its core idles while it sleeps.
 struct Pace {
     spins: u32,
     /// When the spin's clock started (0: not read yet).
@@ -554,11 +564,28 @@ pub const BRIEF_SPINS: u32 = 256;
 thread_local! {
     /// This thread's last wait was long (`Pace::was_long`).
     static LAST_WAIT_LONG: Cell<bool> = const { Cell::new(false) };
+    /// This thread's last wake-up took longer than [`DEAR_WAKE_UP_NS`].
+    static WAKE_UPS_DEAR: Cell<bool> = const { Cell::new(false) };
+}
+
+/// A wake-up slower than this (from the notifier's clock reading to the
+/// sleeper running again) is dear: the sleeper's core went idle, and on a
+/// virtual machine an idle vCPU halts and is woken through the hypervisor
+/// (about 30 µs on this project's PVM host, where a futex wake-up of a
+/// thread whose core stays busy takes about 5: docs/benchmarks.md, "Dear
+/// wake-ups"). A core that idles while its thread sleeps is needed by no
+/// one else, so that thread's waits then spin in full before they sleep.
+pub const DEAR_WAKE_UP_NS: u64 = 15_000;
+
+/// Records how long this thread's last wake-up took ([`DEAR_WAKE_UP_NS`]).
+fn learn_wake_up(took_ns: u64) {
+    WAKE_UPS_DEAR.with(|d| d.set(took_ns > DEAR_WAKE_UP_NS));
 }
 
 impl Pace {
     /// A wait's pace; `dear_wake_ups`: this thread is a vCPU, or waits for one.
     fn start(dear_wake_ups: bool) -> Pace {
+        let dear_wake_ups = dear_wake_ups || WAKE_UPS_DEAR.with(Cell::get);
         let brief = !dear_wake_ups && LAST_WAIT_LONG.with(Cell::get);
         // A brief wait reads the clock once now, to learn when it ends
         // whether a full spin would have been enough.
@@ -639,7 +666,13 @@ fn wait(chain: usize, depth: usize, mine: Option<&Frame>, vm: bool) {
             continue;
         }
         if !pace.spin() {
+            let parked_ns = if vm { 0 } else { clock::monotonic_ns() };
             waker.park(20_000_000, || answered() || inbox.find(true).is_some());
+            // Woken by a notifier after this thread parked: how long the wake-up took.
+            let notified_ns = waker.notified_ns.load(Relaxed);
+            if !vm && notified_ns >= parked_ns {
+                learn_wake_up(clock::monotonic_ns().saturating_sub(notified_ns));
+            }
             pace.woke();
             continue;
         }
@@ -769,5 +802,14 @@ mod tests {
     fn no_wait_beside_a_vm_is_brief() {
         pace(false, 0, true).finish();
         assert!(!Pace::start(true).brief, "after a long wait, too");
+    }
+
+    #[test]
+    fn after_a_dear_wake_up_no_wait_is_brief_until_a_cheap_one() {
+        pace(false, 0, true).finish();
+        learn_wake_up(DEAR_WAKE_UP_NS + 1);
+        assert!(!Pace::start(false).brief, "the core idled while this thread slept");
+        learn_wake_up(DEAR_WAKE_UP_NS / 3);
+        assert!(Pace::start(false).brief, "a cheap wake-up: brief again after a long wait");
     }
 }
