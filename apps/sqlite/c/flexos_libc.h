@@ -16,6 +16,11 @@ ssize_t flexos_libc_pwrite_behind(int fd, const void *buf, size_t n, int64_t off
  * its own); with nothing queued it is queued and sent by the next file call
  * (unlink in the same crossing), whose error an error of the close becomes. */
 int flexos_libc_close_behind(int fd);
+/* fsync with write-behind: queued after the writes before it, reported done at
+ * once; an error it or they meet is the next file call's, and the records
+ * queued after a failed one are dropped (for SQLite's rollback journal, whose
+ * sync is always followed by the database's, made at once). */
+int flexos_libc_fsync_behind(int fd);
 int flexos_libc_ftruncate(int fd, int64_t size);
 int flexos_libc_fsync(int fd);
 int64_t flexos_libc_fsize(int fd);

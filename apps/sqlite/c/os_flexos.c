@@ -26,6 +26,7 @@ typedef struct FlexosFile {
     sqlite3_file base;
     int fd;
     char *delete_on_close; /* path to unlink at close, or NULL */
+    int sync_behind;       /* the rollback journal: its syncs are queued */
 } FlexosFile;
 
 static int fx_close(sqlite3_file *f) {
@@ -66,9 +67,15 @@ static int fx_truncate(sqlite3_file *f, sqlite3_int64 size) {
     return rc < 0 ? io_error(rc, SQLITE_IOERR_TRUNCATE) : SQLITE_OK;
 }
 
+/* The rollback journal's syncs are queued behind its writes (write-behind):
+ * SQLite always syncs the database after them before a commit succeeds, and
+ * that sync, made at once, sends them and reports any error they meet; a
+ * journal write that fails drops everything queued after it, so the database
+ * is never written past a journal that did not land. */
 static int fx_sync(sqlite3_file *f, int flags) {
     (void)flags;
-    int rc = flexos_libc_fsync(((FlexosFile *)f)->fd);
+    FlexosFile *p = (FlexosFile *)f;
+    int rc = p->sync_behind ? flexos_libc_fsync_behind(p->fd) : flexos_libc_fsync(p->fd);
     return rc < 0 ? io_error(rc, SQLITE_IOERR_FSYNC) : SQLITE_OK;
 }
 
@@ -112,6 +119,7 @@ static int fx_open(sqlite3_vfs *vfs, const char *name, sqlite3_file *file, int f
     int fd = flexos_libc_open(name, oflags, 0644);
     if (fd < 0) return SQLITE_CANTOPEN;
     p->fd = fd;
+    p->sync_behind = (flags & SQLITE_OPEN_MAIN_JOURNAL) != 0;
     if (flags & SQLITE_OPEN_DELETEONCLOSE) p->delete_on_close = sqlite3_mprintf("%s", name);
     if (out_flags) *out_flags = flags;
     p->base.pMethods = &fx_io;

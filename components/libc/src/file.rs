@@ -486,6 +486,31 @@ pub extern "C" fn flexos_libc_fsync(fd: c_int) -> c_int {
     ret(queued.unwrap_or_else(|| cross(|| gate!(flexos_vfs::fsync(fd)))))
 }
 
+/// `fsync(fd)` with write-behind where `vfs` is a remote call away
+/// (elsewhere it is [`flexos_libc_fsync`]): the sync is queued behind the
+/// writes before it and reported done (0) at once; the thread's next file
+/// call sends it, and an error it or an earlier queued record meets is
+/// that call's, with every record queued after the failed one dropped.
+/// `vfs` applies a thread's records in order, so a sync never overtakes
+/// the writes before it, and writes after a failed one never land. For
+/// SQLite's rollback journal: its syncs are always followed by the
+/// database's own sync, a plain [`flexos_libc_fsync`] that sends them all
+/// and reports any error before the commit can succeed (a failed journal
+/// write then leaves the database unwritten and the journal in place, and
+/// the commit fails as it would have at the journal's sync).
+#[unsafe(no_mangle)]
+pub extern "C" fn flexos_libc_fsync_behind(fd: c_int) -> c_int {
+    fsync_behind(WRITE_BEHIND, fd)
+}
+
+/// [`flexos_libc_fsync_behind`], queuing only if `queue`.
+fn fsync_behind(queue: bool, fd: c_int) -> c_int {
+    if !queue {
+        return flexos_libc_fsync(fd);
+    }
+    ret(queue_record(&Record { op: file_batch::FSYNC, fd, offset: 0, len: 0 }, &[]))
+}
+
 /// The size of the open file `fd`, or `-errno`.
 #[unsafe(no_mangle)]
 pub extern "C" fn flexos_libc_fsize(fd: c_int) -> i64 {
@@ -694,6 +719,7 @@ mod tests {
     /// fails is reported by the next call, which then does nothing else.
     #[test]
     fn queued_writes_are_sent_by_the_next_call_and_their_errors_reported_there() {
+        let used = || flexos_gate::with_state(flexos_gate::me!(), |w: &mut FileState| w.behind_used);
         // SAFETY: NUL-terminated literals and buffers of the lengths passed, as the C calls require.
         unsafe {
             let fd = flexos_libc_open(c"/behind".as_ptr(), 2 | 0o100, 0o644);
@@ -718,6 +744,21 @@ mod tests {
             assert_eq!(flexos_libc_fsync(fd), 0, "reported once");
             assert_eq!(flexos_libc_pread(fd, buf.as_mut_ptr(), 8, 0), 5);
             assert_eq!(&buf[..5], b"Jello", "the write after the failed one was dropped");
+            // A queued sync stays behind the writes before it; a write that fails before it is
+            // reported by the next call, and the sync and the write after it are dropped.
+            assert_eq!(pwrite_behind(true, fd, b"B".as_ptr(), 1, 1), 1);
+            assert_eq!(fsync_behind(true, fd), 0);
+            let two = file_batch::record_size(1).unwrap() + file_batch::record_size(0).unwrap();
+            assert_eq!(used(), two, "a write and a sync queued, nothing sent");
+            assert_eq!(pwrite_behind(true, fd, b"x".as_ptr(), 1, 1 << 40), 1);
+            assert_eq!(fsync_behind(true, fd), 0, "queued: not yet failed");
+            assert_eq!(pwrite_behind(true, fd, b"Z".as_ptr(), 1, 0), 1);
+            assert_eq!(flexos_libc_fsync(fd), -Errno::EFBIG.0, "the next call reports it");
+            assert_eq!(flexos_libc_pread(fd, buf.as_mut_ptr(), 8, 0), 5);
+            assert_eq!(&buf[..5], b"JBllo", "applied up to the failed write, nothing after it");
+            assert_eq!(pwrite_behind(true, fd, b"e".as_ptr(), 1, 1), 1);
+            assert_eq!(fsync_behind(false, fd), 0, "elsewhere it syncs at once (sending the queue)");
+            assert_eq!(used(), 0);
             // A close whose queued write fails reports it and still closes.
             let other = flexos_libc_open(c"/behind-2".as_ptr(), 2 | 0o100, 0o644);
             assert_eq!(pwrite_behind(true, other, b"x".as_ptr(), 1, 1 << 40), 1);
