@@ -188,7 +188,7 @@ fn flush() -> Result<(), Errno> {
 /// it is full; that send's error is returned and `data` is not queued).
 fn queue_write(fd: c_int, data: &[u8], offset: u64) -> Result<(), Errno> {
     queue_record(&Record { op: file_batch::PWRITE, fd, offset, len: data.len() as u64 }, data)?;
-    learn(|k| k.wrote(fd, offset.checked_add(data.len() as u64)));
+    learn(|k| k.wrote(fd, Some(offset), data));
     Ok(())
 }
 
@@ -361,10 +361,21 @@ fn close_behind(queue: bool, fd: c_int) -> c_int {
 /// `buf` has `n` writable bytes.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn flexos_libc_pread(fd: c_int, buf: *mut u8, n: usize, offset: i64) -> isize {
-    // A read known to start at or past the end (SQLite's look past its
-    // journal's end before it syncs) finds nothing, queued writes or not.
-    if offset >= 0 && ask(|k| k.reads_nothing_at(fd, offset as u64)).unwrap_or(false) {
-        return 0;
+    // A read of the known head of a file (SQLite's change counter), or one
+    // known to start at or past the end (SQLite's look past its journal's
+    // end before it syncs), is answered here, queued writes included.
+    if offset >= 0 {
+        let known = ask(|k| match k.head(fd, offset as u64, n) {
+            Some(bytes) => {
+                // SAFETY: `buf` has `n` == `bytes.len()` writable bytes (caller's contract).
+                unsafe { core::slice::from_raw_parts_mut(buf, n) }.copy_from_slice(bytes);
+                Some(n as isize)
+            }
+            None => k.reads_nothing_at(fd, offset as u64).then_some(0),
+        });
+        if let Some(Some(got)) = known {
+            return got;
+        }
     }
     // A read at an offset takes the queued writes along (one crossing); any other sends them first.
     let queued = if offset >= 0 {
@@ -391,6 +402,14 @@ pub unsafe extern "C" fn flexos_libc_pread(fd: c_int, buf: *mut u8, n: usize, of
             // SAFETY: `buf` has `n` >= `got` writable bytes (caller's contract).
             let out = unsafe { core::slice::from_raw_parts_mut(buf, got.min(n)) };
             shared.read_at(0, out);
+            // All of the file's head, or all of a shorter file.
+            let whole_head = offset == 0 && (got >= crate::known::HEAD || got < n);
+            learn(|k| {
+                k.learn_readable(fd);
+                if whole_head {
+                    k.learn_head(fd, out)
+                }
+            });
         }
         r
     }))
@@ -429,7 +448,9 @@ pub unsafe extern "C" fn flexos_libc_pwrite(fd: c_int, buf: *const u8, n: usize,
             }
         });
         if let Ok(done) = r {
-            learn(|k| k.wrote(fd, (offset >= 0).then(|| offset as u64 + done as u64)));
+            // SAFETY: the caller's contract (`n` >= `done` readable bytes).
+            let data = unsafe { core::slice::from_raw_parts(buf, done.min(n)) };
+            learn(|k| k.wrote(fd, (offset >= 0).then_some(offset as u64), data));
         }
         r
     }))
@@ -836,6 +857,8 @@ mod tests {
             let db = flexos_libc_open(c"/k.db".as_ptr(), (O_RDWR | O_CREAT) as c_int, 0o644);
             assert_eq!(flexos_libc_pwrite(db, [1u8; 100].as_ptr(), 100, 0), 100);
             assert_eq!(flexos_libc_fsize(db), 100);
+            let mut head = [0u8; 200];
+            assert_eq!(flexos_libc_pread(db, head.as_mut_ptr(), 200, 0), 100, "all of a short file");
             assert_eq!(flexos_libc_access(journal), -Errno::ENOENT.0);
             let j = flexos_libc_open(journal, (O_RDWR | O_CREAT) as c_int, 0o644);
             assert_eq!(pwrite_behind(true, j, [2u8; 512].as_ptr(), 512, 0), 512);
@@ -845,6 +868,8 @@ mod tests {
             assert_eq!(flexos_libc_pread(j, buf.as_mut_ptr(), 8, 1024), 0);
             assert_eq!(flexos_libc_pread(j, buf.as_mut_ptr(), 8, 512), 0);
             assert_eq!((flexos_libc_fsize(j), flexos_libc_fsize(db)), (512, 130));
+            assert_eq!(flexos_libc_pread(db, buf.as_mut_ptr(), 8, 76), 8, "the head, with the queued write");
+            assert_eq!(buf, [1, 1, 1, 1, 3, 3, 3, 3]);
             assert_ne!(used(), 0, "answered without sending the queued writes");
             assert_eq!(flexos_libc_pread(j, buf.as_mut_ptr(), 8, 504), 8, "not past the end: asked");
             assert_eq!(buf, [2u8; 8]);
@@ -860,10 +885,14 @@ mod tests {
             // ...the library answers from what it knew: the negative control.
             assert_eq!(flexos_libc_access(journal), -Errno::ENOENT.0);
             assert_eq!(flexos_libc_fsize(db), 130);
+            assert_eq!(flexos_libc_pread(db, buf.as_mut_ptr(), 8, 0), 8);
+            assert_eq!(buf, [1; 8]);
             // Where the calls are remote, the thread's count shows them, and the library asks again.
             flexos_gate::with_state(flexos_gate::me!(), |s: &mut FileState| s.pretended_calls += 2);
             assert_eq!(flexos_libc_access(journal), 1);
             assert_eq!(flexos_libc_fsize(db), 200);
+            assert_eq!(flexos_libc_pread(db, buf.as_mut_ptr(), 8, 0), 8);
+            assert_eq!(buf, [4; 8]);
             assert_eq!(gate!(flexos_vfs::close(other)), Ok(()));
             assert_eq!(flexos_libc_unlink(journal), 0);
             assert_eq!(flexos_libc_close(db), 0);

@@ -9,10 +9,11 @@
 //! a remote call the library did not make; the gate counts a thread's
 //! remote calls (`flexos_gate::remote::calls_made`), and the knowledge is
 //! valid only at the count it was last confirmed at. SQLite asks before
-//! every transaction whether its journal and its write-ahead log exist and
-//! how large the database is, and reads past its journal's end once a
-//! commit: answered here, these four of ten crossings per transaction stay
-//! home (docs/benchmarks.md, "Answers the C library knows").
+//! every transaction whether its journal and its write-ahead log exist,
+//! how large the database is and what its header's change counter says,
+//! and reads past its journal's end once a commit: answered here, these
+//! five of ten crossings per transaction stay home (docs/benchmarks.md,
+//! "Answers the C library knows").
 //!
 //! Everything here is a cache of answers: when in doubt (a failed call, a
 //! descriptor whose file is unknown, a path with `..`), it forgets.
@@ -24,6 +25,9 @@ use flexos_gate::abi::open_flags::{O_ACCMODE, O_TRUNC, O_WRONLY};
 const MAX_ABSENT: usize = 32;
 /// The most open files whose size is remembered.
 const MAX_SIZES: usize = 64;
+/// Bytes of a file's head remembered (where formats keep their headers:
+/// SQLite reads 16 bytes at offset 24 before every transaction).
+pub(crate) const HEAD: usize = 128;
 
 /// Which file a remembered descriptor is open on.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -43,8 +47,11 @@ struct OpenFile {
     inode: Inode,
     /// Its size, queued writes included.
     size: u64,
-    /// Whether `fd` was opened for reading by this thread.
+    /// Whether `fd` was opened for reading by this thread, or read.
     readable: bool,
+    /// The file's first bytes, as far as known (at most [`HEAD`]; queued
+    /// writes included).
+    head: Vec<u8>,
 }
 
 /// A thread's knowledge (kept in the C library's file state).
@@ -57,6 +64,8 @@ pub(crate) struct Knowledge {
     absent: Vec<Vec<u8>>,
     /// Open files' sizes.
     files: Vec<OpenFile>,
+    /// Descriptors this thread opened for reading (whose size may not be known yet).
+    readable: Vec<i32>,
     /// The last [`Inode::Created`] handed out.
     created: u64,
 }
@@ -81,6 +90,7 @@ impl Knowledge {
     pub fn forget(&mut self) {
         self.absent.clear();
         self.files.clear();
+        self.readable.clear();
     }
 
     /// Makes the knowledge usable at the thread's count of remote calls
@@ -144,8 +154,11 @@ impl Knowledge {
     /// `fd` was opened on `key` with `O_*` flags; `created`: the path was
     /// known to be absent and the flags create it.
     pub fn opened(&mut self, fd: i32, key: Option<&[u8]>, flags: u32, created: bool) {
-        self.files.retain(|f| f.fd != fd);
+        self.closed(fd);
         self.learn_present(key);
+        if flags & O_ACCMODE != O_WRONLY {
+            self.learn_readable(fd);
+        }
         if created {
             self.created += 1;
             self.remember(OpenFile {
@@ -153,6 +166,7 @@ impl Knowledge {
                 inode: Inode::Created(self.created),
                 size: 0,
                 readable: flags & O_ACCMODE != O_WRONLY,
+                head: Vec::new(),
             });
         } else {
             // The new descriptor may be open on a created file: those
@@ -167,9 +181,43 @@ impl Knowledge {
 
     /// `fd` is open on a file of inode `ino` and `size` bytes (`fstat`).
     pub fn learn_size(&mut self, fd: i32, ino: u64, size: u64) {
-        let readable = self.files.iter().find(|f| f.fd == fd).is_some_and(|f| f.readable);
+        let readable = self.readable.contains(&fd);
         self.files.retain(|f| f.fd != fd);
-        self.remember(OpenFile { fd, inode: Inode::Number(ino), size, readable });
+        self.remember(OpenFile { fd, inode: Inode::Number(ino), size, readable, head: Vec::new() });
+    }
+
+    /// A read of `fd` succeeded: it reads.
+    pub fn learn_readable(&mut self, fd: i32) {
+        if !self.readable.contains(&fd) {
+            if self.readable.len() == MAX_SIZES {
+                self.readable.remove(0);
+            }
+            self.readable.push(fd);
+        }
+        for f in self.files.iter_mut().filter(|f| f.fd == fd) {
+            f.readable = true;
+        }
+    }
+
+    /// A read of `fd` at offset 0 returned `data` (all of the file if
+    /// shorter than asked): the head of every descriptor open on its file.
+    pub fn learn_head(&mut self, fd: i32, data: &[u8]) {
+        let Some(inode) = self.files.iter().find(|f| f.fd == fd).map(|f| f.inode) else { return };
+        for f in self.files.iter_mut().filter(|f| f.inode == inode) {
+            f.head.clear();
+            f.head.extend_from_slice(&data[..data.len().min(HEAD)]);
+            if f.fd == fd {
+                f.readable = true;
+            }
+        }
+    }
+
+    /// `n` bytes of `fd` at `offset`, if they lie in the known head and
+    /// `fd` reads.
+    pub fn head(&self, fd: i32, offset: u64, n: usize) -> Option<&[u8]> {
+        let f = self.files.iter().find(|f| f.fd == fd && f.readable)?;
+        let start = usize::try_from(offset).ok()?;
+        f.head.get(start..start.checked_add(n)?)
     }
 
     fn remember(&mut self, file: OpenFile) {
@@ -182,6 +230,7 @@ impl Knowledge {
     /// `fd` was closed.
     pub fn closed(&mut self, fd: i32) {
         self.files.retain(|f| f.fd != fd);
+        self.readable.retain(|&r| r != fd);
     }
 
     /// The size of the file open as `fd`, if known.
@@ -198,44 +247,53 @@ impl Knowledge {
         self.files.iter().any(|f| f.fd == fd && f.readable && offset >= f.size)
     }
 
-    /// A write to `fd` that ends at `end` (`None`: somewhere not known, a
-    /// write at the descriptor's offset) succeeded or was queued.
-    pub fn wrote(&mut self, fd: i32, end: Option<u64>) {
-        self.resized(fd, |size| end.map(|e| size.max(e)));
+    /// A write of `data` to `fd` at `offset` (`None`: at the descriptor's
+    /// offset, somewhere not known) succeeded or was queued.
+    pub fn wrote(&mut self, fd: i32, offset: Option<u64>, data: &[u8]) {
+        let end = offset.and_then(|o| o.checked_add(data.len() as u64));
+        self.resized(fd, |f| {
+            let (Some(offset), Some(end)) = (offset, end) else { return false };
+            f.size = f.size.max(end);
+            // Bytes written into or right after the known head join it.
+            if let Ok(at) = usize::try_from(offset)
+                && at <= f.head.len()
+                && at < HEAD
+            {
+                let new_len = f.head.len().max((at + data.len()).min(HEAD));
+                f.head.resize(new_len, 0);
+                let n = new_len.min(at + data.len()) - at;
+                f.head[at..at + n].copy_from_slice(&data[..n]);
+            }
+            true
+        });
     }
 
     /// `fd`'s file was truncated to `size` bytes.
     pub fn truncated(&mut self, fd: i32, size: u64) {
-        self.resized(fd, |_| Some(size));
+        self.resized(fd, |f| {
+            f.size = size;
+            f.head.truncate(usize::try_from(size).unwrap_or(usize::MAX));
+            true
+        });
     }
 
-    /// Applies a size change through `fd` to every descriptor open on the
-    /// same file (`None` from `change`: the new size is not known); through
-    /// a descriptor whose file is not known, every size is forgotten.
-    fn resized(&mut self, fd: i32, change: impl Fn(u64) -> Option<u64>) {
+    /// Applies a change through `fd` to every descriptor open on the same
+    /// file (`change` returns false when what is known of the file is
+    /// lost); through a descriptor whose file is not known, every file is
+    /// forgotten.
+    fn resized(&mut self, fd: i32, mut change: impl FnMut(&mut OpenFile) -> bool) {
         let Some(inode) = self.files.iter().find(|f| f.fd == fd).map(|f| f.inode) else {
             self.files.clear();
             return;
         };
-        self.files.retain_mut(|f| {
-            if f.inode != inode {
-                return true;
-            }
-            match change(f.size) {
-                Some(size) => {
-                    f.size = size;
-                    true
-                }
-                None => false,
-            }
-        });
+        self.files.retain_mut(|f| f.inode != inode || change(f));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flexos_gate::abi::open_flags::{O_CREAT, O_RDWR};
+    use flexos_gate::abi::open_flags::{O_CREAT, O_RDWR, O_WRONLY};
 
     #[test]
     fn paths_are_spelled_as_vfs_resolves_them() {
@@ -270,16 +328,16 @@ mod tests {
         k.learn_absent(path_key(b"/db-journal"));
         k.opened(4, Some(b"/db-journal"), O_RDWR | O_CREAT, true);
         assert!(!k.is_absent(b"/db-journal"));
-        k.wrote(4, Some(512));
-        k.wrote(4, Some(100));
+        k.wrote(4, Some(0), &[1; 512]);
+        k.wrote(4, Some(90), &[2; 10]);
         assert_eq!((k.size(3), k.size(4)), (Some(8192), Some(512)), "a write moves only its own file");
         assert!(k.reads_nothing_at(4, 512) && !k.reads_nothing_at(4, 511));
         assert!(!k.reads_nothing_at(3, 9000), "opened before: not known to be readable");
-        k.wrote(3, Some(12288));
+        k.wrote(3, Some(8192), &[3; 4096]);
         assert_eq!(k.size(3), Some(12288));
         k.truncated(3, 4096);
         assert_eq!(k.size(3), Some(4096));
-        k.wrote(3, None);
+        k.wrote(3, None, &[0; 8]);
         assert_eq!(k.size(3), None, "a write at an offset not known");
         assert_eq!(k.size(4), Some(512));
         // Another open may alias the created file: it is forgotten.
@@ -287,9 +345,9 @@ mod tests {
         assert_eq!(k.size(4), None);
         k.learn_size(3, 42, 4096);
         k.learn_size(6, 42, 4096);
-        k.wrote(6, Some(5000));
+        k.wrote(6, Some(4000), &[4; 1000]);
         assert_eq!(k.size(3), Some(5000), "one inode, two descriptors");
-        k.wrote(7, Some(1));
+        k.wrote(7, Some(0), &[5]);
         assert_eq!(k.size(3), None, "a write through a descriptor not known may be to any file");
         k.learn_size(3, 42, 1);
         k.closed(3);
@@ -297,5 +355,38 @@ mod tests {
         k.learn_size(3, 42, 1);
         k.opened(8, None, O_RDWR | O_TRUNC, false);
         assert_eq!(k.size(3), None, "a truncating open of a file not known");
+    }
+
+    #[test]
+    fn a_file_head_is_learned_from_reads_and_follows_writes() {
+        let mut k = Knowledge::default();
+        k.check(0);
+        k.opened(3, Some(b"/db"), O_RDWR, false);
+        k.learn_size(3, 42, 8192);
+        k.wrote(3, Some(8), b"x");
+        assert_eq!(k.head(3, 8, 1), None, "bytes 0 to 7 not known");
+        k.wrote(3, Some(0), b"SQLite");
+        assert_eq!(k.head(3, 0, 6), Some(&b"SQLite"[..]), "known from a write, on a descriptor opened to read");
+        let page: Vec<u8> = (0..=255).cycle().take(4096).collect();
+        k.learn_head(3, &page);
+        assert_eq!(k.head(3, 24, 16), Some(&page[24..40]));
+        assert_eq!(k.head(3, 120, 16), None, "past the head");
+        k.wrote(3, Some(24), &[9; 4]);
+        assert_eq!(k.head(3, 22, 4), Some(&[22, 23, 9, 9][..]));
+        k.wrote(3, Some(0), &[7; 4096]);
+        assert_eq!(k.head(3, 0, HEAD), Some(&[7; HEAD][..]), "a page written over it");
+        k.truncated(3, 10);
+        assert_eq!((k.head(3, 0, 10), k.head(3, 0, 11)), (Some(&[7; 10][..]), None));
+        k.wrote(3, Some(12), &[1]);
+        assert_eq!(k.head(3, 0, 12), None, "bytes 10 and 11 not known");
+        // A short file: its whole content.
+        k.learn_size(4, 43, 5);
+        k.learn_head(4, b"hello");
+        assert_eq!(k.head(4, 0, 5), Some(&b"hello"[..]));
+        assert_eq!(k.head(4, 3, 3), None);
+        // Created and write-only: no reads answered.
+        k.opened(5, Some(b"/w"), O_CREAT | O_WRONLY, true);
+        k.wrote(5, Some(0), b"abc");
+        assert_eq!(k.head(5, 0, 3), None);
     }
 }
