@@ -571,10 +571,11 @@ thread_local! {
 /// A wake-up slower than this (from the notifier's clock reading to the
 /// sleeper running again) is dear: the sleeper's core went idle, and on a
 /// virtual machine an idle vCPU halts and is woken through the hypervisor
-/// (about 30 µs on this project's PVM host, where a futex wake-up of a
-/// thread whose core stays busy takes about 5: docs/benchmarks.md, "Dear
-/// wake-ups"). A core that idles while its thread sleeps is needed by no
-/// one else, so that thread's waits then spin in full before they sleep.
+/// (about 25 µs on this project's PVM host, where a wake-up of a thread
+/// whose core stays busy takes one or two: docs/benchmarks.md, "Answers
+/// the C library knows, dear wake-ups"). A core that idles while its
+/// thread sleeps is needed by no one else, so that thread's waits then
+/// spin in full before they sleep.
 pub const DEAR_WAKE_UP_NS: u64 = 15_000;
 
 /// Records how long this thread's last wake-up took ([`DEAR_WAKE_UP_NS`]).
