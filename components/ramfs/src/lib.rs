@@ -58,20 +58,45 @@ struct RamFs {
     capacity: u64,
     /// File data held now (bytes).
     used: u64,
+    /// Buffers of removed files, kept for new ones ([`SPARE_BUFFERS`]).
+    spare: Vec<Vec<u8>>,
 }
 
 impl Default for RamFs {
     fn default() -> RamFs {
-        RamFs { inodes: BTreeMap::new(), next: 0, max_file_size: MAX_FILE_SIZE, capacity: u64::MAX, used: 0 }
+        let root = Inode {
+            kind: FileKind::Dir,
+            data: Vec::new(),
+            entries: BTreeMap::new(),
+            parent: ROOT,
+            nlink: 1,
+            opens: 0,
+            mtime_ns: clock::wall_coarse_ns(),
+        };
+        RamFs {
+            inodes: BTreeMap::from([(ROOT, root)]),
+            next: ROOT + 1,
+            max_file_size: MAX_FILE_SIZE,
+            capacity: u64::MAX,
+            used: 0,
+            spare: Vec::new(),
+        }
     }
 }
 
-/// Makes file `data` `end` bytes long (zeros added), if the limits and the
-/// heap allow it: `EFBIG` past the largest file, `ENOSPC` past the
-/// capacity or when the heap has no room (memory is reserved fallibly, so a
-/// full file system is an error for that write, never an abort). `fs_used`
-/// is the file data held now; the caller accounts for the change.
-fn resize(fs_used: u64, limits: (u64, u64), data: &mut Vec<u8>, end: u64) -> Result<(), Errno> {
+/// Makes room in file `data` for `end` bytes, if the limits and the heap
+/// allow it: `EFBIG` past the largest file, `ENOSPC` past the capacity or
+/// when the heap has no room (memory is reserved fallibly, so a full file
+/// system is an error for that write, never an abort). `fs_used` is the
+/// file data held now. A file with no room yet takes a buffer from `spare`
+/// (files removed before) when one is there.
+fn reserve(
+    fs_used: u64,
+    limits: (u64, u64),
+    spare: &mut Vec<Vec<u8>>,
+    data: &mut Vec<u8>,
+    end: u64,
+) -> Result<(), Errno> {
     let (max_file_size, capacity) = limits;
     if end > max_file_size {
         return Err(Errno::EFBIG);
@@ -81,6 +106,11 @@ fn resize(fs_used: u64, limits: (u64, u64), data: &mut Vec<u8>, end: u64) -> Res
         let extra = end - data.len();
         if fs_used.saturating_add(extra as u64) > capacity {
             return Err(Errno::ENOSPC);
+        }
+        if data.capacity() == 0
+            && let Some(buffer) = spare.pop()
+        {
+            *data = buffer;
         }
         if data.capacity() < end {
             // Doubling where the heap has room for it, else exactly what is needed.
@@ -92,25 +122,17 @@ fn resize(fs_used: u64, limits: (u64, u64), data: &mut Vec<u8>, end: u64) -> Res
             }
         }
     }
-    data.resize(end, 0);
     Ok(())
 }
 
+/// The most buffers of removed files kept for new ones, and the largest
+/// kept: a file that is written and removed again and again (a journal)
+/// then grows without reallocating, as a page cache reuses its pages.
+const SPARE_BUFFERS: usize = 2;
+const SPARE_BUFFER_MAX: usize = 64 * 1024;
+
 impl RamFs {
     fn node(&mut self, ino: u64) -> Result<&mut Inode, Errno> {
-        if self.inodes.is_empty() {
-            let root = Inode {
-                kind: FileKind::Dir,
-                data: Vec::new(),
-                entries: BTreeMap::new(),
-                parent: ROOT,
-                nlink: 1,
-                opens: 0,
-                mtime_ns: clock::wall_ns(),
-            };
-            self.inodes.insert(ROOT, root);
-            self.next = ROOT + 1;
-        }
         self.inodes.get_mut(&ino).ok_or(Errno::ENOENT)
     }
 
@@ -123,11 +145,7 @@ impl RamFs {
     }
 
     fn file(&mut self, ino: u64) -> Result<&mut Inode, Errno> {
-        let n = self.node(ino)?;
-        if n.kind == FileKind::Dir {
-            return Err(Errno::EISDIR);
-        }
-        Ok(n)
+        file_of(&mut self.inodes, ino)
     }
 
     /// Frees `ino` if nothing names or uses it any more.
@@ -137,30 +155,77 @@ impl RamFs {
             && n.opens == 0
         {
             self.used -= n.data.len() as u64;
-            self.inodes.remove(&ino);
+            if let Some(mut n) = self.inodes.remove(&ino)
+                && (1..=SPARE_BUFFER_MAX).contains(&n.data.capacity())
+                && self.spare.len() < SPARE_BUFFERS
+            {
+                n.data.clear();
+                self.spare.push(n.data);
+            }
         }
     }
 
-    /// Makes file `ino` `end` bytes long (see [`resize`]).
+    /// Makes file `ino` `end` bytes long, with zeros added (see [`reserve`]).
     fn resize_file(&mut self, ino: u64, end: u64) -> Result<&mut Inode, Errno> {
-        let (used, limits) = (self.used, (self.max_file_size, self.capacity));
-        let f = self.file(ino)?;
+        let f = self.reserve_file(ino, end)?;
         let before = f.data.len() as u64;
-        resize(used, limits, &mut f.data, end)?;
-        let after = f.data.len() as u64;
-        self.used = self.used + after - before;
+        f.data.resize(end as usize, 0);
+        self.used = self.used - before + end;
         self.file(ino)
+    }
+
+    /// Makes room in file `ino` for `end` bytes (see [`reserve`]).
+    fn reserve_file(&mut self, ino: u64, end: u64) -> Result<&mut Inode, Errno> {
+        let (used, limits) = (self.used, (self.max_file_size, self.capacity));
+        let f = file_of(&mut self.inodes, ino)?;
+        reserve(used, limits, &mut self.spare, &mut f.data, end)?;
+        Ok(f)
+    }
+
+    /// Writes `data` at `offset` of file `ino` (see [`write`]), with one
+    /// lookup of the file.
+    fn write_file(&mut self, ino: u64, offset: u64, data: SharedRef<'_>) -> Result<usize, Errno> {
+        let end = offset.checked_add(data.len() as u64).ok_or(Errno::EFBIG)?;
+        let (used, limits) = (self.used, (self.max_file_size, self.capacity));
+        let f = file_of(&mut self.inodes, ino)?;
+        let len = f.data.len();
+        reserve(used, limits, &mut self.spare, &mut f.data, end.max(len as u64))?;
+        // One copy straight from shared memory into the file; an append
+        // (most writes that grow a file) without zero-filling the room first.
+        if offset == len as u64 {
+            data.append_to(&mut f.data).map_err(|_| Errno::ENOSPC)?;
+        } else {
+            // `reserve` made room for `end`, so it fits in memory.
+            let end = end as usize;
+            if end > len {
+                f.data.resize(end, 0);
+            }
+            data.copy_to_slice(&mut f.data[offset as usize..end]);
+        }
+        let grown = f.data.len() - len;
+        f.mtime_ns = clock::wall_coarse_ns();
+        self.used += grown as u64;
+        Ok(data.len())
     }
 
     fn detach(&mut self, dir: u64, name: &[u8]) -> Result<u64, Errno> {
         let d = self.dir(dir)?;
         let ino = d.entries.remove(name).ok_or(Errno::ENOENT)?;
-        d.mtime_ns = clock::wall_ns();
+        d.mtime_ns = clock::wall_coarse_ns();
         let n = self.node(ino)?;
         n.nlink -= 1;
         self.collect(ino);
         Ok(ino)
     }
+}
+
+/// File `ino` of `inodes`: `ENOENT` if there is none, `EISDIR` for a directory.
+fn file_of(inodes: &mut BTreeMap<u64, Inode>, ino: u64) -> Result<&mut Inode, Errno> {
+    let n = inodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
+    if n.kind == FileKind::Dir {
+        return Err(Errno::EISDIR);
+    }
+    Ok(n)
 }
 
 fn with<R>(f: impl FnOnce(&mut RamFs) -> Result<R, Errno>) -> Result<R, Errno> {
@@ -226,7 +291,7 @@ pub(crate) fn create(dir: u64, name: SharedRef<'_>, kind: FileKind) -> Result<u6
 fn create_checked(dir: u64, name: &[u8], kind: FileKind) -> Result<u64, Errno> {
     check_name(name)?;
     with(|fs| {
-        let now = clock::wall_ns();
+        let now = clock::wall_coarse_ns();
         let ino = fs.next;
         let d = fs.dir(dir)?;
         if d.entries.contains_key(name) {
@@ -261,15 +326,7 @@ pub(crate) fn read(ino: u64, offset: u64, mut buf: SharedMut<'_>) -> Result<usiz
 /// needed: `EFBIG` past the largest file, `ENOSPC` when the file system
 /// (or the heap) is full.
 pub(crate) fn write(ino: u64, offset: u64, data: SharedRef<'_>) -> Result<usize, Errno> {
-    with(|fs| {
-        let end = offset.checked_add(data.len() as u64).ok_or(Errno::EFBIG)?;
-        let grow_to = end.max(fs.file(ino)?.data.len() as u64);
-        let f = fs.resize_file(ino, grow_to)?;
-        // One copy straight from shared memory into the file.
-        data.copy_to_slice(&mut f.data[offset as usize..end as usize]);
-        f.mtime_ns = clock::wall_ns();
-        Ok(data.len())
-    })
+    with(|fs| fs.write_file(ino, offset, data))
 }
 
 /// Sets the size of file `ino` (`EFBIG`, `ENOSPC` as for [`write`]).
@@ -277,7 +334,7 @@ pub(crate) fn truncate(ino: u64, size: u64) -> Result<(), Errno> {
     with(|fs| {
         let f = fs.resize_file(ino, size)?;
         f.data.shrink_to(size as usize * 2);
-        f.mtime_ns = clock::wall_ns();
+        f.mtime_ns = clock::wall_coarse_ns();
         Ok(())
     })
 }
@@ -360,7 +417,7 @@ fn rename_checked(src_dir: u64, src_name: &[u8], dst_dir: u64, dst_name: &[u8]) 
             check_replaceable(kind, fs.node(old)?)?;
             fs.detach(dst_dir, dst_name)?;
         }
-        let now = clock::wall_ns();
+        let now = clock::wall_coarse_ns();
         let s = fs.dir(src_dir)?;
         s.entries.remove(src_name);
         s.mtime_ns = now;

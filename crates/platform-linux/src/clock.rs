@@ -26,6 +26,17 @@ pub fn wall_ns() -> u64 {
     read(libc::CLOCK_REALTIME)
 }
 
+/// Wall-clock nanoseconds of the coarse clock, for file timestamps: the
+/// kernel's time at its last tick (`CLOCK_REALTIME_COARSE`, a few
+/// milliseconds behind at most, read without the time-stamp counter), as
+/// Linux stamps files (`current_time`). In a VM, [`wall_ns`].
+pub fn wall_coarse_ns() -> u64 {
+    if crate::guest::in_guest() {
+        return crate::guest::clock_ns(true);
+    }
+    read(libc::CLOCK_REALTIME_COARSE)
+}
+
 /// Blocks the host thread for `ns` nanoseconds (used when every LibOS thread sleeps).
 pub fn host_sleep_ns(ns: u64) {
     std::thread::sleep(std::time::Duration::from_nanos(ns));
