@@ -209,6 +209,9 @@ fn queue_record(r: &Record, data: &[u8]) -> Result<(), Errno> {
     }
     log.write_at(used, &file_batch::header(r));
     log.write_at(used + file_batch::HEADER, data);
+    // `vfs`'s core may pull the records into its cache while it waits for
+    // the call that will send them.
+    flexos_gate::announce!(flexos_vfs::submit)(log.shared().slice(0..used + size));
     put_log(log, used + size);
     Ok(())
 }

@@ -244,6 +244,33 @@ pub const fn is_remote_call<Me: Identity, E: Entry>() -> bool {
     from != to && (COMPARTMENTS[from].mechanism.is_remote() || COMPARTMENTS[to].mechanism.is_remote())
 }
 
+/// Tells the domain of entry `E` (where a call of it by `Me` is a remote
+/// gate) that this thread's next call into it will hand over `bytes`,
+/// shared memory this thread is filling: while that domain's thread waits
+/// for the call, it pulls those bytes into its core's cache, so the call
+/// finds them there instead of fetching them from this core then. A hint
+/// that moves no rights and changes no call (see
+/// [`remote::announce`]); elsewhere it does nothing. Call it through
+/// [`announce!`].
+pub fn announce<Me: Identity, E: Entry>(bytes: SharedRef<'_>) {
+    if const { is_remote_call::<Me, E>() } {
+        remote::announce(E::COMPARTMENT, bytes.addr(), bytes.len());
+    }
+}
+
+/// [`announce()`] for the calling crate's component:
+/// `flexos_gate::announce!(flexos_vfs::submit)(bytes)`. The macro names
+/// the entry and calls nothing (the bypass audit accepts it, as it accepts
+/// `is_remote!`); the hint is the call after it.
+// `crate::FlexosIdentity` deliberately names the *calling* crate's identity.
+#[allow(clippy::crate_in_macro_def)]
+#[macro_export]
+macro_rules! announce {
+    ($callee:ident :: $func:ident) => {
+        $crate::announce::<crate::FlexosIdentity, $callee::$func::Entry>
+    };
+}
+
 /// Whether entry `E` lives in a domain of its own (a process or VM) while
 /// component `Me` runs in the host, known when the image is built. Then
 /// every change to `E`'s component's state on a host thread's chain is made

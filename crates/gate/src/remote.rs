@@ -88,6 +88,11 @@ struct Frame {
     refusal: AtomicU32,
     /// Unused; keeps the data 8-byte aligned.
     _reserved: AtomicU32,
+    /// Where the caller's next call on this frame will hand over shared
+    /// memory, and how many bytes of it are written so far ([`announce`]):
+    /// a hint, in the line the callee polls anyway.
+    hint_at: AtomicU64,
+    hint_len: AtomicU64,
     data: UnsafeCell<[u8; FRAME_DATA]>,
 }
 
@@ -442,6 +447,55 @@ pub fn call_frame<'r>(
     }
 }
 
+/// Tells compartment `to`'s domain that this thread's next call into it
+/// will hand over `len` bytes of shared memory at `at` (written so far):
+/// the hint lies in that call's frame, in the line the domain's waiting
+/// thread polls, and that thread pulls the bytes into its core's cache
+/// while it waits (`Inbox::pull`). Nothing is trusted: the waiting thread
+/// only prefetches, and only lines inside the shared heap; a hint that
+/// lies costs the liar's own calls a few wasted prefetches. Nothing where
+/// `to` is this domain or the call would be too deep.
+pub fn announce(to: usize, at: usize, len: usize) {
+    let me = this_domain();
+    let Some(target) = domain_of_untrusted(to as u32).filter(|&t| t != me) else { return };
+    let depth = DEPTH.with(Cell::get) + 1;
+    if depth > MAX_DEPTH {
+        return;
+    }
+    let f = frame(me, target, my_chain(), depth);
+    f.hint_at.store(at as u64, Relaxed);
+    f.hint_len.store(len as u64, Relaxed);
+}
+
+/// Bytes of announced memory a waiting thread prefetches a spin (16 lines).
+const PULL_BYTES: usize = 1024;
+
+/// What a waiting thread has prefetched of each announced buffer in its
+/// inbox (`Inbox::pull`): the buffer's address and the bytes pulled.
+type Pulled = [(usize, usize); MAX_COMPARTMENTS];
+
+/// The addresses to prefetch next of a buffer announced at `at` with `len`
+/// bytes written, given what was pulled of it before (`pulled`: its
+/// address and the bytes pulled, updated): at most [`PULL_BYTES`] past
+/// what was pulled, whole cache lines only (the caller may still be
+/// writing the last). A buffer at a new address, or shorter than what was
+/// pulled (it was sent and is being filled again), is pulled from its
+/// start. `None` when nothing is left, or for a range that wraps around.
+fn next_pull(at: usize, len: usize, pulled: &mut (usize, usize)) -> Option<core::ops::Range<usize>> {
+    let (at_pulled, done) = pulled;
+    if at != *at_pulled || len < *done {
+        (*at_pulled, *done) = (at, 0);
+    }
+    let end = at.checked_add(len)? & !63;
+    let upto = end.checked_sub(at)?.min(*done + PULL_BYTES);
+    if *done >= upto {
+        return None;
+    }
+    let lines = at + *done..at + upto;
+    *done = upto;
+    Some(lines)
+}
+
 /// A remote call of entry `entry` of component `to` from component `from`.
 /// Panics (naming both) if the callee refuses or answers with a malformed result.
 pub fn call<A: Crossing, R: Crossing>(from: Component, to: Component, entry: u32, args: &A) -> R {
@@ -507,6 +561,31 @@ impl Inbox {
     /// Whether frame `f` holds a request for this domain.
     fn is_request(&self, f: &Frame) -> bool {
         f.state.load(Acquire) == REQUEST && domain_of_untrusted(f.to.load(Relaxed)) == Some(self.me)
+    }
+
+    /// Prefetches, for each caller in the inbox, the next part of what it
+    /// announced for its next call ([`announce`], [`next_pull`]), where it
+    /// lies in the shared heap.
+    fn pull(&self, pulled: &mut Pulled) {
+        for (&(_, f), state) in self.next.iter().zip(pulled.iter_mut()) {
+            let Some(f) = f else { break };
+            let len = f.hint_len.load(Relaxed) as usize;
+            if len == 0 {
+                continue;
+            }
+            let at = f.hint_at.load(Relaxed) as usize;
+            if let Some(lines) = next_pull(at, len, state)
+                && flexos_alloc::is_shared(lines.start, lines.len())
+            {
+                for line in lines.step_by(64) {
+                    // SAFETY: a prefetch reads nothing into a register and
+                    // never faults; the line lies in the shared heap (checked).
+                    unsafe {
+                        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(line as *const i8)
+                    };
+                }
+            }
+        }
     }
 
     /// A request for this domain: the calling domain and the depth.
@@ -648,6 +727,7 @@ fn wait(chain: usize, depth: usize, mine: Option<&Frame>, vm: bool) {
     let answered = || mine.is_some_and(|f| matches!(f.state.load(Acquire), DONE | REFUSED));
     let inbox = Inbox::new(me, chain, depth);
     let waker = inbox.waker;
+    let mut pulled: Pulled = [(0, 0); MAX_COMPARTMENTS];
     let mut pace = Pace::start(vm);
     loop {
         if answered() {
@@ -677,6 +757,7 @@ fn wait(chain: usize, depth: usize, mine: Option<&Frame>, vm: bool) {
             pace.woke();
             continue;
         }
+        inbox.pull(&mut pulled);
         // `pause` in every spin, a vCPU's too: at CPL3 it runs natively in
         // a VM (no exit), and a loop left without it costs a pipeline flush
         // when the awaited store arrives, about 130 cycles a kvm round trip
@@ -803,6 +884,25 @@ mod tests {
     fn no_wait_beside_a_vm_is_brief() {
         pace(false, 0, true).finish();
         assert!(!Pace::start(true).brief, "after a long wait, too");
+    }
+
+    #[test]
+    fn an_announced_buffer_is_pulled_in_whole_lines_a_part_at_a_time_and_again_when_refilled() {
+        let mut pulled = (0, 0);
+        let at = 0x10_0000;
+        assert_eq!(next_pull(at, 40, &mut pulled), None, "no whole line written yet");
+        assert_eq!(next_pull(at, 3000, &mut pulled), Some(at..at + PULL_BYTES), "a part a spin");
+        assert_eq!(next_pull(at, 3000, &mut pulled), Some(at + PULL_BYTES..at + 2 * PULL_BYTES));
+        assert_eq!(next_pull(at, 3000, &mut pulled), Some(at + 2 * PULL_BYTES..at + 2944), "up to the last whole line");
+        assert_eq!(next_pull(at, 3000, &mut pulled), None, "all pulled");
+        assert_eq!(next_pull(at, 3100, &mut pulled), Some(at + 2944..at + 3072), "what was written since");
+        assert_eq!(next_pull(at, 200, &mut pulled), Some(at..at + 192), "sent and filled again: from the start");
+        assert_eq!(next_pull(at + 4096, 200, &mut pulled), Some(at + 4096..at + 4096 + 192), "another buffer");
+        // A buffer not aligned to a line: its first part counts, its last
+        // (partly written) line does not.
+        let odd = at + 8;
+        assert_eq!(next_pull(odd, 200, &mut pulled), Some(odd..at + 192));
+        assert_eq!(next_pull(usize::MAX - 100, 200, &mut pulled), None, "a range that wraps around is ignored");
     }
 
     #[test]

@@ -300,6 +300,12 @@ impl<'a> SharedRef<'a> {
         self.len == 0
     }
 
+    /// The address of the first byte (for hints that name shared memory
+    /// without reading it: [`crate::remote::announce`]).
+    pub(crate) fn addr(&self) -> usize {
+        self.ptr.as_ptr() as usize
+    }
+
     /// The sub-range `range` of this view. Panics if it is out of bounds.
     pub fn slice(&self, range: Range<usize>) -> SharedRef<'a> {
         assert!(range.start <= range.end && range.end <= self.len, "shared slice out of bounds");

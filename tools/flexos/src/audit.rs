@@ -5,8 +5,8 @@
 //!   to its crate, and none may belong to a component crate.
 //! * [`gate_bypasses`]: every call from one component into another goes
 //!   through `gate!` (DESIGN 5.1): outside `gate!(...)` (and
-//!   `is_remote!(...)` and `is_host_to_remote!(...)`, build-time queries
-//!   that call nothing), a
+//!   `is_remote!(...)`, `is_host_to_remote!(...)` and `announce!(...)`,
+//!   which name an entry and call nothing), a
 //!   component's source may not name another component's crate.
 
 use object::{Object, ObjectSection, ObjectSymbol, SectionKind};
@@ -183,7 +183,7 @@ fn scan(tokens: TokenStream, own: &str, components: &[String], file: &Path, out:
     while i < tokens.len() {
         match &tokens[i] {
             TokenTree::Ident(id)
-                if (id == "gate" || id == "is_remote" || id == "is_host_to_remote")
+                if (id == "gate" || id == "is_remote" || id == "is_host_to_remote" || id == "announce")
                     && matches!(tokens.get(i + 1), Some(TokenTree::Punct(p)) if p.as_char() == '!')
                     && matches!(tokens.get(i + 2), Some(TokenTree::Group(_))) =>
             {
@@ -407,6 +407,11 @@ mod tests {
         // Asking whether an entry is a remote call away calls nothing; naming its type does not pass.
         let query = "const Q: bool = flexos_gate::is_remote!(flexos_vfs::submit);\nconst T: bool = f::<flexos_vfs::submit::Entry>();";
         let found = bypasses_in(Path::new("x.rs"), "flexos_libc", query).unwrap();
+        assert_eq!(found.iter().map(|b| b.line).collect::<Vec<_>>(), [2], "{found:?}");
+        // Announcing a buffer names the entry only; a call in the hint's argument is a bypass.
+        let hint = "fn f() { flexos_gate::announce!(flexos_vfs::submit)(log);
+flexos_gate::announce!(flexos_vfs::submit)(flexos_vfs::pwrite(1)); }";
+        let found = bypasses_in(Path::new("x.rs"), "flexos_libc", hint).unwrap();
         assert_eq!(found.iter().map(|b| b.line).collect::<Vec<_>>(), [2], "{found:?}");
         let with_tests =
             "#[cfg(test)]\nmod tests { fn t() { flexos_sched::spawn(); } }\nfn after() { flexos_sched::yield_now(); }";
