@@ -29,10 +29,11 @@ pub fn wall_ns() -> u64 {
 /// Wall-clock nanoseconds of the coarse clock, for file timestamps: the
 /// kernel's time at its last tick (`CLOCK_REALTIME_COARSE`, a few
 /// milliseconds behind at most, read without the time-stamp counter), as
-/// Linux stamps files (`current_time`). In a VM, [`wall_ns`].
+/// Linux stamps files (`current_time`). In a VM, the wall clock read
+/// without ordering (`guest::coarse_wall_ns`).
 pub fn wall_coarse_ns() -> u64 {
     if crate::guest::in_guest() {
-        return crate::guest::clock_ns(true);
+        return crate::guest::coarse_wall_ns();
     }
     read(libc::CLOCK_REALTIME_COARSE)
 }

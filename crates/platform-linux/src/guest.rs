@@ -51,7 +51,21 @@ pub fn hypercall(port: u16, a: u64, b: u64, c: u64) {
 
 /// Monotonic and wall-clock nanoseconds in a VM, from the time-stamp counter.
 pub fn clock_ns(wall: bool) -> u64 {
-    let ticks = crate::clock::cycles().wrapping_sub(CLOCK[0].load(Ordering::Relaxed));
+    ns_at(wall, crate::clock::cycles())
+}
+
+/// Wall-clock nanoseconds in a VM for a coarse time stamp (a file's): the
+/// time-stamp counter read without ordering it against the code around it
+/// (no `lfence`, which would wait for every load before it, a file
+/// write's copy included).
+pub fn coarse_wall_ns() -> u64 {
+    // SAFETY: `rdtsc` only reads the time-stamp counter.
+    ns_at(true, unsafe { core::arch::x86_64::_rdtsc() })
+}
+
+/// [`clock_ns`] at time-stamp counter reading `now`.
+fn ns_at(wall: bool, now: u64) -> u64 {
+    let ticks = now.wrapping_sub(CLOCK[0].load(Ordering::Relaxed));
     let base = CLOCK[if wall { 2 } else { 1 }].load(Ordering::Relaxed);
     base + ((ticks as u128 * CLOCK[3].load(Ordering::Relaxed) as u128) >> 32) as u64
 }
