@@ -467,8 +467,8 @@ pub fn announce(to: usize, at: usize, len: usize) {
     f.hint_len.store(len as u64, Relaxed);
 }
 
-/// Bytes of announced memory a waiting thread prefetches a spin (16 lines).
-const PULL_BYTES: usize = 1024;
+/// Bytes of announced memory a waiting thread prefetches a spin (64 lines).
+const PULL_BYTES: usize = 4096;
 
 /// What a waiting thread has prefetched of each announced buffer in its
 /// inbox (`Inbox::pull`): the buffer's address and the bytes pulled.
@@ -890,12 +890,22 @@ mod tests {
     fn an_announced_buffer_is_pulled_in_whole_lines_a_part_at_a_time_and_again_when_refilled() {
         let mut pulled = (0, 0);
         let at = 0x10_0000;
+        let written = 2 * PULL_BYTES + 1000;
+        let last_line = at + (written & !63);
         assert_eq!(next_pull(at, 40, &mut pulled), None, "no whole line written yet");
-        assert_eq!(next_pull(at, 3000, &mut pulled), Some(at..at + PULL_BYTES), "a part a spin");
-        assert_eq!(next_pull(at, 3000, &mut pulled), Some(at + PULL_BYTES..at + 2 * PULL_BYTES));
-        assert_eq!(next_pull(at, 3000, &mut pulled), Some(at + 2 * PULL_BYTES..at + 2944), "up to the last whole line");
-        assert_eq!(next_pull(at, 3000, &mut pulled), None, "all pulled");
-        assert_eq!(next_pull(at, 3100, &mut pulled), Some(at + 2944..at + 3072), "what was written since");
+        assert_eq!(next_pull(at, written, &mut pulled), Some(at..at + PULL_BYTES), "a part a spin");
+        assert_eq!(next_pull(at, written, &mut pulled), Some(at + PULL_BYTES..at + 2 * PULL_BYTES));
+        assert_eq!(
+            next_pull(at, written, &mut pulled),
+            Some(at + 2 * PULL_BYTES..last_line),
+            "up to the last whole line"
+        );
+        assert_eq!(next_pull(at, written, &mut pulled), None, "all pulled");
+        assert_eq!(
+            next_pull(at, written + 64, &mut pulled),
+            Some(last_line..last_line + 64),
+            "what was written since"
+        );
         assert_eq!(next_pull(at, 200, &mut pulled), Some(at..at + 192), "sent and filled again: from the start");
         assert_eq!(next_pull(at + 4096, 200, &mut pulled), Some(at + 4096..at + 4096 + 192), "another buffer");
         // A buffer not aligned to a line: its first part counts, its last
