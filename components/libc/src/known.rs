@@ -47,8 +47,6 @@ struct OpenFile {
     inode: Inode,
     /// Its size, queued writes included.
     size: u64,
-    /// Whether `fd` was opened for reading by this thread, or read.
-    readable: bool,
     /// The file's first bytes, as far as known (at most [`HEAD`]; queued
     /// writes included).
     head: Vec<u8>,
@@ -64,7 +62,8 @@ pub(crate) struct Knowledge {
     absent: Vec<Vec<u8>>,
     /// Open files' sizes.
     files: Vec<OpenFile>,
-    /// Descriptors this thread opened for reading (whose size may not be known yet).
+    /// Descriptors this thread opened for reading, or read (whose files
+    /// may not be known yet): only their known sizes and heads answer reads.
     readable: Vec<i32>,
     /// The last [`Inode::Created`] handed out.
     created: u64,
@@ -165,7 +164,6 @@ impl Knowledge {
                 fd,
                 inode: Inode::Created(self.created),
                 size: 0,
-                readable: flags & O_ACCMODE != O_WRONLY,
                 head: Vec::new(),
             });
         } else {
@@ -181,9 +179,8 @@ impl Knowledge {
 
     /// `fd` is open on a file of inode `ino` and `size` bytes (`fstat`).
     pub fn learn_size(&mut self, fd: i32, ino: u64, size: u64) {
-        let readable = self.readable.contains(&fd);
         self.files.retain(|f| f.fd != fd);
-        self.remember(OpenFile { fd, inode: Inode::Number(ino), size, readable, head: Vec::new() });
+        self.remember(OpenFile { fd, inode: Inode::Number(ino), size, head: Vec::new() });
     }
 
     /// A read of `fd` succeeded: it reads.
@@ -194,9 +191,6 @@ impl Knowledge {
             }
             self.readable.push(fd);
         }
-        for f in self.files.iter_mut().filter(|f| f.fd == fd) {
-            f.readable = true;
-        }
     }
 
     /// A read of `fd` at offset 0 returned `data` (all of the file if
@@ -206,16 +200,17 @@ impl Knowledge {
         for f in self.files.iter_mut().filter(|f| f.inode == inode) {
             f.head.clear();
             f.head.extend_from_slice(&data[..data.len().min(HEAD)]);
-            if f.fd == fd {
-                f.readable = true;
-            }
         }
+        self.learn_readable(fd);
     }
 
     /// `n` bytes of `fd` at `offset`, if they lie in the known head and
     /// `fd` reads.
     pub fn head(&self, fd: i32, offset: u64, n: usize) -> Option<&[u8]> {
-        let f = self.files.iter().find(|f| f.fd == fd && f.readable)?;
+        if !self.readable.contains(&fd) {
+            return None;
+        }
+        let f = self.files.iter().find(|f| f.fd == fd)?;
         let start = usize::try_from(offset).ok()?;
         f.head.get(start..start.checked_add(n)?)
     }
@@ -244,7 +239,7 @@ impl Knowledge {
     /// size, so a read that comes before they are sent is answered as one
     /// after them; if they then fail, the file is only shorter.
     pub fn reads_nothing_at(&self, fd: i32, offset: u64) -> bool {
-        self.files.iter().any(|f| f.fd == fd && f.readable && offset >= f.size)
+        self.readable.contains(&fd) && self.files.iter().any(|f| f.fd == fd && offset >= f.size)
     }
 
     /// A write of `data` to `fd` at `offset` (`None`: at the descriptor's
