@@ -175,6 +175,7 @@ fn send_queued(last: Option<Record>) -> Option<Result<(), Errno>> {
         used += file_batch::HEADER;
     }
     let result = cross_or_forget(|| gate!(flexos_vfs::submit(log.shared().slice(0..used))));
+    log.shared_mut().slice_mut(0..used).prepare_for_writes();
     put_log(log, 0);
     Some(result)
 }

@@ -160,12 +160,7 @@ impl Knowledge {
         }
         if created {
             self.created += 1;
-            self.remember(OpenFile {
-                fd,
-                inode: Inode::Created(self.created),
-                size: 0,
-                head: Vec::new(),
-            });
+            self.remember(OpenFile { fd, inode: Inode::Created(self.created), size: 0, head: Vec::new() });
         } else {
             // The new descriptor may be open on a created file: those
             // entries' inodes are no longer known to be apart. A truncation

@@ -901,11 +901,7 @@ mod tests {
             "up to the last whole line"
         );
         assert_eq!(next_pull(at, written, &mut pulled), None, "all pulled");
-        assert_eq!(
-            next_pull(at, written + 64, &mut pulled),
-            Some(last_line..last_line + 64),
-            "what was written since"
-        );
+        assert_eq!(next_pull(at, written + 64, &mut pulled), Some(last_line..last_line + 64), "what was written since");
         assert_eq!(next_pull(at, 200, &mut pulled), Some(at..at + 192), "sent and filled again: from the start");
         assert_eq!(next_pull(at + 4096, 200, &mut pulled), Some(at + 4096..at + 4096 + 192), "another buffer");
         // A buffer not aligned to a line: its first part counts, its last
