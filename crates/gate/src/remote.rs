@@ -12,8 +12,10 @@
 //! the host), so no other domain can read or change the call. The caller
 //! fills the frame with the callee compartment, the callee component's id,
 //! the entry's index in that component's export table (never a code
-//! address) and the encoded arguments, marks it `REQUEST` and waits. In
-//! each domain one *partner* thread serves each chain; it checks that the
+//! address) and the encoded arguments, marks it `REQUEST` and waits
+//! (before that, it may have announced in the frame what shared memory the
+//! call will hand over, which the callee's waiting thread prefetches:
+//! [`announce`]). In each domain one *partner* thread serves each chain; it checks that the
 //! entry is exported by a component of a compartment it runs, copies the
 //! arguments out of shared memory, decodes and validates them, runs the
 //! entry, and writes the result (`DONE`) or a refusal (`REFUSED`).
