@@ -347,6 +347,15 @@ fn lookup(to: u32, component: u32, entry: u32) -> Option<&'static Export> {
 
 // ---- calling ----
 
+/// A thread-local whose value is the host thread's, not a stack domain's:
+/// in the thread's own block, whichever domain's copy runs
+/// ([`flexos_platform::tls`]).
+fn host<T: 'static>(local: &'static std::thread::LocalKey<T>) -> &'static T {
+    // SAFETY: the host thread's own block lives as long as the thread, and
+    // only this thread uses these cells.
+    unsafe { &*flexos_platform::tls::host_thread(local) }
+}
+
 thread_local! {
     /// The chain this thread calls and serves on.
     static CHAIN: Cell<Option<usize>> = const { Cell::new(None) };
@@ -363,7 +372,7 @@ thread_local! {
 /// which a compromised compartment of this domain may rewrite: it is a hint
 /// for the caller's own caches, never a right (`is_host_to_remote`).
 pub fn calls_made() -> u64 {
-    CALLS_MADE.with(Cell::get)
+    host(&CALLS_MADE).get()
 }
 
 /// The chains handed to host threads so far (private to the host). Set at
@@ -374,16 +383,15 @@ pub fn calls_made() -> u64 {
 static CHAINS_CLAIMED: OnceLock<&'static AtomicUsize> = OnceLock::new();
 
 fn my_chain() -> usize {
-    CHAIN.with(|c| {
-        c.get().unwrap_or_else(|| {
-            // Partner threads are given their chain; a new chain belongs to a host thread.
-            assert!(this_domain() == 0, "only the host's threads start chains of remote calls");
-            let claimed = CHAINS_CLAIMED.get().expect("flexos_boot::boot registers the exports first");
-            let i = claimed.fetch_add(1, Relaxed);
-            assert!(i < MAX_CHAINS, "more than {MAX_CHAINS} threads made remote calls");
-            c.set(Some(i));
-            i
-        })
+    let c = host(&CHAIN);
+    c.get().unwrap_or_else(|| {
+        // Partner threads are given their chain; a new chain belongs to a host thread.
+        assert!(this_domain() == 0, "only the host's threads start chains of remote calls");
+        let claimed = CHAINS_CLAIMED.get().expect("flexos_boot::boot registers the exports first");
+        let i = claimed.fetch_add(1, Relaxed);
+        assert!(i < MAX_CHAINS, "more than {MAX_CHAINS} threads made remote calls");
+        c.set(Some(i));
+        i
     })
 }
 
@@ -415,8 +423,8 @@ pub fn call_frame<'r>(
         _ => return Err(Refusal::NotExported),
     };
     let chain = my_chain();
-    CALLS_MADE.with(|c| c.set(c.get() + 1));
-    let depth = DEPTH.with(Cell::get) + 1;
+    host(&CALLS_MADE).set(host(&CALLS_MADE).get() + 1);
+    let depth = host(&DEPTH).get() + 1;
     assert!(depth <= MAX_DEPTH, "remote calls nested deeper than {MAX_DEPTH}");
     let frame = frame(me, target, chain, depth);
     frame.write_data(args);
@@ -432,9 +440,9 @@ pub fn call_frame<'r>(
         waker.pending.fetch_or(1 << depth, Release);
     }
     waker.notify();
-    if target != 0 && RUNG.with(|r| r.get() & (1 << target) == 0) {
+    if target != 0 && host(&RUNG).get() & (1 << target) == 0 {
         // The first call of this chain into the domain: its dispatcher starts a partner.
-        RUNG.with(|r| r.set(r.get() | 1 << target));
+        host(&RUNG).set(host(&RUNG).get() | 1 << target);
         let bell = &common().doorbells[target];
         bell.seq.fetch_add(1, SeqCst);
         bell.notify();
@@ -460,7 +468,7 @@ pub fn call_frame<'r>(
 pub fn announce(to: usize, at: usize, len: usize) {
     let me = this_domain();
     let Some(target) = domain_of_untrusted(to as u32).filter(|&t| t != me) else { return };
-    let depth = DEPTH.with(Cell::get) + 1;
+    let depth = host(&DEPTH).get() + 1;
     if depth > MAX_DEPTH {
         return;
     }
@@ -742,9 +750,9 @@ fn wait(chain: usize, depth: usize, mine: Option<&Frame>, vm: bool) {
             if waker.pending.load(Relaxed) & (1 << k) != 0 {
                 waker.pending.fetch_and(!(1 << k), AcqRel);
             }
-            let outer = DEPTH.with(|d| d.replace(k));
+            let outer = host(&DEPTH).replace(k);
             serve(chain, caller, k);
-            DEPTH.with(|d| d.set(outer));
+            host(&DEPTH).set(outer);
             pace = Pace::start(vm);
             continue;
         }
@@ -838,7 +846,7 @@ pub fn start_partner_thread(chain: usize) {
 
 /// A partner's life: serves the requests for this domain on `chain`, forever.
 pub fn serve_chain(chain: usize) -> ! {
-    CHAIN.with(|c| c.set(Some(chain)));
+    host(&CHAIN).set(Some(chain));
     wait(chain, 0, None, flexos_platform::guest::in_guest());
     unreachable!("a partner's wait never returns")
 }

@@ -63,6 +63,14 @@ extern "C" fn trampoline<F: FnOnce() -> R, R>(slot: *mut Slot<F, R>) {
     }
 }
 
+/// [`trampoline`] for a stack-switching gate: the callee runs on its
+/// domain's thread-local block, whose compartment register it sets.
+extern "C" fn switching_trampoline<const TO: usize, F: FnOnce() -> R, R>(slot: *mut Slot<F, R>) {
+    let previous = compartment::enter(TO);
+    trampoline(slot);
+    compartment::enter(previous);
+}
+
 /// The PKRU value of compartment `c` (also for indices past the image's
 /// compartments, which no gate reaches: all rights, like `fcall`).
 const fn pkru_of(c: usize) -> u32 {
@@ -150,12 +158,19 @@ fn light<const FROM: usize, const TO: usize, F: FnOnce() -> R, R>(f: F) -> R {
 /// `$back` (to `[rdi]`) name. Inputs: RDI the caller's slot, R8 the number
 /// of trips, R14 where the caller's stack position is written down for
 /// nested calls back into its domain, R13 the callee's slot (its new stack
-/// pointer). The caller's stack pointer itself waits in R12, a register the
-/// callee must preserve, never in memory another compartment can write.
+/// pointer), R15 the thread pointer of the callee domain's thread-local
+/// block (0: `fs` stays; [`flexos_platform::tls`]) and RSI, if nonzero,
+/// where the block is filled from first (a copy just taken). The caller's
+/// stack pointer itself waits in R12, a register the callee must preserve,
+/// never in memory another compartment can write; the caller's thread
+/// pointer waits on the caller's stack, beside the callee's (the flag).
 macro_rules! switching_gate {
-    ($chunk:expr, $from:expr, $to:expr, $trampoline:path, $left_at:expr, $callee_slot:expr, $trips:expr, $caller_slot:expr;
+    ($chunk:expr, $from:expr, $to:expr, $trampoline:path, $left_at:expr, $callee_slot:expr, $trips:expr, $caller_slot:expr, $tls:expr;
      [$($load:literal),*], [$($there:literal),*], [$($back:literal),*]) => {
         core::arch::asm!(
+            "push r15",
+            "mov rax, qword ptr fs:0",
+            "push rax",
             "push rbx",
             "push rbp",
             "push rdi",
@@ -202,6 +217,17 @@ macro_rules! switching_gate {
             "jmp 6b",
             "7:",
             "mov rsp, r13",
+            // The callee's thread-locals: its domain's block, filled from
+            // the thread's own on the first entry, with the callee's rights.
+            "test rsi, rsi",
+            "jz 31f",
+            "mov rdi, r15",
+            "call {fill}",
+            "31:",
+            "test r15, r15",
+            "jz 32f",
+            "wrfsbase r15",
+            "32:",
             "mov rdi, rsp",
             "xor ebx, ebx",
             "xor ebp, ebp",
@@ -211,7 +237,6 @@ macro_rules! switching_gate {
             "xor r10d, r10d",
             "xor r11d, r11d",
             "xor r14d, r14d",
-            "xor r15d, r15d",
             "pxor xmm0, xmm0", "pxor xmm1, xmm1", "pxor xmm2, xmm2", "pxor xmm3, xmm3",
             "pxor xmm4, xmm4", "pxor xmm5, xmm5", "pxor xmm6, xmm6", "pxor xmm7, xmm7",
             "pxor xmm8, xmm8", "pxor xmm9, xmm9", "pxor xmm10, xmm10", "pxor xmm11, xmm11",
@@ -240,6 +265,11 @@ macro_rules! switching_gate {
             ".long {from}",
             ".popsection",
             "mov rsp, r12",
+            "cmp qword ptr [rsp + 40], 0",
+            "je 33f",
+            "mov rax, [rsp + 32]",
+            "wrfsbase rax",
+            "33:",
             "mov rdi, [rsp + 8]",
             "test r10, r10",
             "jnz 21f",
@@ -270,16 +300,19 @@ macro_rules! switching_gate {
             "pop rdi",
             "pop rbp",
             "pop rbx",
+            "add rsp, 16",
             chunk = const $chunk,
             to = const $to,
             from = const $from,
             trampoline = sym $trampoline,
+            fill = sym flexos_platform::tls::fill,
             inout("r14") $left_at => _,
             in("r13") $callee_slot,
             inout("r8") $trips => _,
             inout("rdi") $caller_slot => _,
             out("r12") _,
-            out("r15") _,
+            inout("r15") $tls.tp => _,
+            inout("rsi") $tls.fill_from => _,
             clobber_abi("C"),
         )
     };
@@ -332,6 +365,8 @@ fn switching<const FROM: usize, const TO: usize, F: FnOnce() -> R, R>(f: F) -> R
     // callee's copy of the slot lies just below. Checked: it lies on this
     // context's stack of the callee's domain, or the image stops.
     let callee_slot = t.checked_entry(d_to, key_to, left_to, trips * chunk);
+    // The callee domain's thread-local block on this host thread.
+    let tls = flexos_platform::tls::entry(d_to);
     let mut carry = MaybeUninit::<Carry<F, R>>::uninit();
     let caller_slot = carry.as_mut_ptr();
     // SAFETY: the slot is the first field of the fresh carry.
@@ -365,17 +400,17 @@ fn switching<const FROM: usize, const TO: usize, F: FnOnce() -> R, R>(f: F) -> R
     // the number of trips are read back from the caller's stack.
     unsafe {
         if size <= 16 {
-            switching_gate!(16, pkru_of(FROM), pkru_of(TO), trampoline::<F, R>, left_at, callee_slot, trips, caller_slot;
+            switching_gate!(16, pkru_of(FROM), pkru_of(TO), switching_trampoline::<TO, F, R>, left_at, callee_slot, trips, caller_slot, tls;
                 ["movdqa xmm0, [r9 + 0]"],
                 ["movdqa [r10 + 0], xmm0"],
                 ["movdqa [rdi + 0], xmm0"]);
         } else if size <= 64 {
-            switching_gate!(64, pkru_of(FROM), pkru_of(TO), trampoline::<F, R>, left_at, callee_slot, trips, caller_slot;
+            switching_gate!(64, pkru_of(FROM), pkru_of(TO), switching_trampoline::<TO, F, R>, left_at, callee_slot, trips, caller_slot, tls;
                 ["movdqa xmm0, [r9 + 0]", "movdqa xmm1, [r9 + 16]", "movdqa xmm2, [r9 + 32]", "movdqa xmm3, [r9 + 48]"],
                 ["movdqa [r10 + 0], xmm0", "movdqa [r10 + 16], xmm1", "movdqa [r10 + 32], xmm2", "movdqa [r10 + 48], xmm3"],
                 ["movdqa [rdi + 0], xmm0", "movdqa [rdi + 16], xmm1", "movdqa [rdi + 32], xmm2", "movdqa [rdi + 48], xmm3"]);
         } else {
-            switching_gate!(CHUNK, pkru_of(FROM), pkru_of(TO), trampoline::<F, R>, left_at, callee_slot, trips, caller_slot;
+            switching_gate!(CHUNK, pkru_of(FROM), pkru_of(TO), switching_trampoline::<TO, F, R>, left_at, callee_slot, trips, caller_slot, tls;
                 ["movdqa xmm0, [r9 + 0]", "movdqa xmm1, [r9 + 16]", "movdqa xmm2, [r9 + 32]", "movdqa xmm3, [r9 + 48]", "movdqa xmm4, [r9 + 64]", "movdqa xmm5, [r9 + 80]", "movdqa xmm6, [r9 + 96]", "movdqa xmm7, [r9 + 112]", "movdqa xmm8, [r9 + 128]", "movdqa xmm9, [r9 + 144]", "movdqa xmm10, [r9 + 160]", "movdqa xmm11, [r9 + 176]", "movdqa xmm12, [r9 + 192]", "movdqa xmm13, [r9 + 208]", "movdqa xmm14, [r9 + 224]", "movdqa xmm15, [r9 + 240]"],
                 ["movdqa [r10 + 0], xmm0", "movdqa [r10 + 16], xmm1", "movdqa [r10 + 32], xmm2", "movdqa [r10 + 48], xmm3", "movdqa [r10 + 64], xmm4", "movdqa [r10 + 80], xmm5", "movdqa [r10 + 96], xmm6", "movdqa [r10 + 112], xmm7", "movdqa [r10 + 128], xmm8", "movdqa [r10 + 144], xmm9", "movdqa [r10 + 160], xmm10", "movdqa [r10 + 176], xmm11", "movdqa [r10 + 192], xmm12", "movdqa [r10 + 208], xmm13", "movdqa [r10 + 224], xmm14", "movdqa [r10 + 240], xmm15"],
                 ["movdqa [rdi + 0], xmm0", "movdqa [rdi + 16], xmm1", "movdqa [rdi + 32], xmm2", "movdqa [rdi + 48], xmm3", "movdqa [rdi + 64], xmm4", "movdqa [rdi + 80], xmm5", "movdqa [rdi + 96], xmm6", "movdqa [rdi + 112], xmm7", "movdqa [rdi + 128], xmm8", "movdqa [rdi + 144], xmm9", "movdqa [rdi + 160], xmm10", "movdqa [rdi + 176], xmm11", "movdqa [rdi + 192], xmm12", "movdqa [rdi + 208], xmm13", "movdqa [rdi + 224], xmm14", "movdqa [rdi + 240], xmm15"]);
@@ -434,6 +469,7 @@ pub fn prepare() {
         if exists && flexos_platform::pkey::in_use() { domain_key(d) } else { 0 }
     });
     gatestack::reserve(&keys);
+    separate_thread_locals();
     // The memory-call filter's ranges are read now: the main stack and the
     // vDSO come from /proc/self/maps, which the image closes to itself next.
     let _ = MEMORY_FILTER.set(memory_filter::program(&protected_ranges()));
@@ -458,6 +494,67 @@ pub fn prepare() {
         flexos_platform::console::write_err(report.as_bytes());
         flexos_platform::process_abort()
     }));
+}
+
+/// Gives every stack domain but the home compartment's thread-locals of
+/// its own ([`flexos_platform::tls`]), where the image is static and the
+/// CPU and kernel let a thread move its `fs` base itself (`FSGSBASE`);
+/// elsewhere it says that all compartments share them.
+fn separate_thread_locals() {
+    let home = stack_domain(compartment::home());
+    let private = (0..COMPARTMENTS.len()).any(|c| stack_domain(c) != SHARED_STACKS && stack_domain(c) != home);
+    if !private || !flexos_platform::pkey::in_use() {
+        return;
+    }
+    match thread_block_layout() {
+        Ok((below, above)) => flexos_platform::tls::enable(below, above, home),
+        Err(why) => {
+            let report = format!(
+                "flexos: every compartment shares this thread's thread-locals ({why}); docs/mpk.md, \"Known limits\"\n"
+            );
+            flexos_platform::console::write_err(report.as_bytes());
+        }
+    }
+}
+
+/// The bytes of a thread's block below and above the thread pointer: the
+/// program's static TLS (its `PT_TLS` segment, rounded up to its
+/// alignment) and the C library's control block.
+fn thread_block_layout() -> Result<(usize, usize), String> {
+    const HWCAP2_FSGSBASE: u64 = 1 << 1;
+    // SAFETY: getauxval reads the auxiliary vector; no preconditions.
+    if unsafe { libc::getauxval(libc::AT_HWCAP2) } & HWCAP2_FSGSBASE == 0 {
+        return Err("the CPU or kernel does not let a thread set its fs base (no FSGSBASE)".into());
+    }
+    let above = control_block_size().ok_or("the image is not linked statically")?;
+    // SAFETY: as above.
+    let (phdr, phnum) = unsafe { (libc::getauxval(libc::AT_PHDR), libc::getauxval(libc::AT_PHNUM)) };
+    if phdr == 0 {
+        return Err("no program headers in the auxiliary vector".into());
+    }
+    // SAFETY: the kernel's AT_PHDR and AT_PHNUM describe the program's
+    // headers, mapped for the process's life.
+    let headers = unsafe { core::slice::from_raw_parts(phdr as *const libc::Elf64_Phdr, phnum as usize) };
+    let tls = headers.iter().find(|h| h.p_type == libc::PT_TLS);
+    let below = tls.map_or(0, |h| (h.p_memsz as usize).next_multiple_of((h.p_align as usize).max(1)));
+    Ok((below, above))
+}
+
+/// The size of the C library's thread control block (`struct pthread`),
+/// which it publishes for its thread debugger; in a static image only.
+#[cfg(target_feature = "crt-static")]
+fn control_block_size() -> Option<usize> {
+    unsafe extern "C" {
+        static _thread_db_sizeof_pthread: u32;
+    }
+    // SAFETY: a constant of the C library (glibc's nptl), read once.
+    Some(unsafe { _thread_db_sizeof_pthread } as usize)
+}
+
+/// Not known outside a static image (the C library's symbol is private to it).
+#[cfg(not(target_feature = "crt-static"))]
+fn control_block_size() -> Option<usize> {
+    None
 }
 
 /// The environment variable that lets an image run without its fault

@@ -81,6 +81,7 @@ pub unsafe extern "C" fn pthread_create(
 extern "C" fn thread_main(handed: *mut c_void) -> *mut c_void {
     // SAFETY: `pthread_create` handed this box to this thread only.
     let Start { start, arg } = *unsafe { Box::from_raw(handed.cast::<Start>()) };
+    flexos_platform::tls::register_thread();
     let result = match private_domain() {
         Some(domain) => run_on_keyed_stack(domain, start, arg),
         None => start(arg),
@@ -98,6 +99,15 @@ fn run_on_keyed_stack(domain: usize, start: StartRoutine, arg: *mut c_void) -> *
     // The top of the thread's stack in its domain: no gate has entered it
     // in this new context (checked like a gate's entry).
     let top = table.checked_entry(domain, crate::domain_key(domain), 0, 0);
+    // The domain's thread-locals on this new thread (a copy of the thread's
+    // own block, made here with the domain's rights: the thread holds them).
+    let tls = flexos_platform::tls::entry(domain);
+    if tls.fill_from != 0 {
+        // SAFETY: an entry of this thread just taken, filled once, with
+        // rights that may write its slot (the domain's).
+        unsafe { flexos_platform::tls::fill(tls.tp, tls.fill_from) };
+    }
+    let own = flexos_platform::tls::thread_pointer();
     let result: *mut c_void;
     // SAFETY: `top` is the 16-byte aligned top of this context's stack of
     // the domain, readable and writable with this thread's rights and used
@@ -105,17 +115,29 @@ fn run_on_keyed_stack(domain: usize, start: StartRoutine, arg: *mut c_void) -> *
     // start below the frames the routine holds there: gates write down
     // where they leave a domain's gate stack). The caller's stack pointer
     // is kept in R12, which the routine preserves (C ABI), and restored
-    // after it returns; every other register the C ABI lets it change is
+    // after it returns, as is the thread's own thread pointer (R13, beside
+    // the domain's in R15) where the routine ran on the domain's
+    // thread-locals; every other register the C ABI lets it change is
     // declared clobbered.
     unsafe {
         core::arch::asm!(
             "mov r12, rsp",
             "mov rsp, {top}",
+            "test r15, r15",
+            "jz 2f",
+            "wrfsbase r15",
+            "2:",
             "call {routine}",
             "mov rsp, r12",
+            "test r15, r15",
+            "jz 3f",
+            "wrfsbase r13",
+            "3:",
             top = in(reg) top,
             routine = in(reg) start,
             in("rdi") arg,
+            inout("r15") tls.tp => _,
+            inout("r13") own => _,
             out("r12") _,
             lateout("rax") result,
             clobber_abi("C"),

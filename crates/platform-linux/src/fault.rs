@@ -192,6 +192,8 @@ fn reason(sig: libc::c_int, error_code: usize) -> &'static [u8] {
 
 extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
     allow_reading_the_core();
+    // A compartment's own thread-locals are out of this handler's reach.
+    crate::tls::back_to_own_block();
     // SAFETY: the kernel passes a valid siginfo_t and ucontext_t to an
     // SA_SIGINFO handler; for these four signals the fault address is the
     // first field of the union (offset 16 on x86-64 Linux).

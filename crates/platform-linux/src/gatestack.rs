@@ -228,6 +228,24 @@ fn give_back_stack(domain: usize, slot: usize) {
     free(domain, slot);
 }
 
+/// The top (exclusive) of slot `slot` of `domain`, as a slot of thread-local storage.
+#[inline]
+pub(crate) fn tls_slot_top(domain: usize, slot: usize) -> usize {
+    slot_top(domain, slot)
+}
+
+/// Takes a free slot of `domain` for a copy of a thread's thread-local
+/// storage ([`crate::tls`]), opened as a stack is (the one `mprotect` the
+/// memory filter allows in the arena), with the row's key.
+pub(crate) fn take_tls_slot(domain: usize) -> usize {
+    take_stack(domain, ROW_KEYS[domain].load(Ordering::Acquire))
+}
+
+/// Gives back a slot of [`take_tls_slot`] (it stays open, like a stack's).
+pub(crate) fn give_back_tls_slot(domain: usize, slot: usize) {
+    free(domain, slot);
+}
+
 /// A thread's first stack with protection key `key`, as a slot of the
 /// arena's row that carries that key (so no `pkey_mprotect` is needed
 /// after start-up): `(row, slot, top)`, or `None` when no row has that key
@@ -300,9 +318,19 @@ thread_local! {
 /// Frees the running context's table when its host thread ends.
 struct ThreadEnd;
 
+/// The host thread's [`ACTIVE`] (in its own thread-local block, whichever
+/// domain's block runs: [`crate::tls::host_thread`]).
+#[inline]
+fn active_cell() -> &'static Cell<*mut GateStacks> {
+    // SAFETY: the thread's own block lives as long as the thread, and only
+    // this thread uses its cell.
+    unsafe { &*crate::tls::host_thread(&ACTIVE) }
+}
+
 impl Drop for ThreadEnd {
     fn drop(&mut self) {
-        let table = ACTIVE.with(|a| a.get());
+        crate::tls::give_back_copies();
+        let table = active_cell().get();
         if table_slot(table).is_none() {
             return;
         }
@@ -319,7 +347,7 @@ impl Drop for ThreadEnd {
         // runs on this table's stacks.
         // SAFETY: this thread's table (checked), used by no other thread.
         unsafe { (*table).release_blocks() };
-        ACTIVE.with(|a| a.set(null_mut()));
+        active_cell().set(null_mut());
         // SAFETY: the thread is ending and runs on none of the table's
         // stacks (checked above), so no code runs there any more; the
         // table is no context's now (ACTIVE was cleared).
@@ -469,7 +497,7 @@ fn table_slot(table: *mut GateStacks) -> Option<usize> {
 /// that is no table of the arena was rewritten: the image stops.
 #[inline]
 pub fn active() -> *mut GateStacks {
-    let p = ACTIVE.with(|a| a.get());
+    let p = active_cell().get();
     if p.is_null() {
         return first_table();
     }
@@ -484,7 +512,7 @@ pub fn active() -> *mut GateStacks {
 #[inline(never)]
 fn first_table() -> *mut GateStacks {
     let p = GateStacks::create();
-    ACTIVE.with(|a| a.set(p));
+    active_cell().set(p);
     // Registering a thread-local's destructor allocates with the C
     // library's allocator, whose state is a static: only a compartment
     // that may write statics does it (a host thread's first gate is the
@@ -499,7 +527,7 @@ fn first_table() -> *mut GateStacks {
 /// Makes `table` the running context's table and returns the previous one
 /// (null if it was never used). Called by the context switch.
 pub(crate) fn swap(table: *mut GateStacks) -> *mut GateStacks {
-    ACTIVE.with(|a| a.replace(table))
+    active_cell().replace(table)
 }
 
 /// Stops the image because a gate found a value of the trusted core's

@@ -26,6 +26,7 @@ pub mod process;
 pub mod random;
 pub mod supervisor;
 pub mod syscalls;
+pub mod tls;
 
 /// Ends the image at once with SIGABRT (after a message on the console
 /// has said why). Not the C library's `abort`, which takes a lock and
