@@ -469,7 +469,6 @@ pub fn prepare() {
         if exists && flexos_platform::pkey::in_use() { domain_key(d) } else { 0 }
     });
     gatestack::reserve(&keys);
-    separate_thread_locals();
     // The memory-call filter's ranges are read now: the main stack and the
     // vDSO come from /proc/self/maps, which the image closes to itself next.
     let _ = MEMORY_FILTER.set(memory_filter::program(&protected_ranges()));
@@ -483,6 +482,9 @@ pub fn prepare() {
         }
     }
     deny_forbidden_calls();
+    // After the main thread's restartable sequences are taken back (its
+    // block then says so, and the threads it starts inherit that).
+    separate_thread_locals();
     keep_out_of_proc();
     gatestack::set_release(release);
     flexos_alloc::in_shared_heap(|| drop(std::io::stdout()));
@@ -496,18 +498,22 @@ pub fn prepare() {
     }));
 }
 
-/// Gives every stack domain but the home compartment's thread-locals of
-/// its own ([`flexos_platform::tls`]), where the image is static and the
-/// CPU and kernel let a thread move its `fs` base itself (`FSGSBASE`);
-/// elsewhere it says that all compartments share them.
+/// Gives every stack domain with stacks of its own thread-locals of its
+/// own ([`flexos_platform::tls`]), where the image is static and the CPU
+/// and kernel let a thread move its `fs` base itself (`FSGSBASE`), and
+/// moves the main thread onto its home compartment's; elsewhere it says
+/// that all compartments share them.
 fn separate_thread_locals() {
-    let home = stack_domain(compartment::home());
-    let private = (0..COMPARTMENTS.len()).any(|c| stack_domain(c) != SHARED_STACKS && stack_domain(c) != home);
+    let private = (0..COMPARTMENTS.len()).any(|c| stack_domain(c) != SHARED_STACKS);
     if !private || !flexos_platform::pkey::in_use() {
         return;
     }
     match thread_block_layout() {
-        Ok((below, above)) => flexos_platform::tls::enable(below, above, home),
+        Ok((below, above)) => {
+            flexos_platform::tls::enable(below, above, SHARED_STACKS);
+            // Start-up runs with the home compartment's rights.
+            flexos_platform::tls::move_to(stack_domain(compartment::home()));
+        }
         Err(why) => {
             let report = format!(
                 "flexos: every compartment shares this thread's thread-locals ({why}); docs/mpk.md, \"Known limits\"\n"
@@ -681,10 +687,8 @@ fn unregister_restartable_sequences() -> Result<(), String> {
     if size == 0 {
         return Ok(()); // glibc registered none (tunable glibc.pthread.rseq=0)
     }
-    let tp: usize;
-    // SAFETY: reads the thread pointer: on x86-64 the first word of the
-    // thread's control block holds its own address.
-    unsafe { core::arch::asm!("mov {}, qword ptr fs:0", out(reg) tp, options(nostack, readonly)) };
+    // The C library's block (the main thread runs on its compartment's copy).
+    let tp = flexos_platform::tls::own_thread_pointer();
     let area = (tp as isize + offset) as usize;
     // glibc 2.35-2.39 registers 32 bytes and says so; later ones say 20 (the
     // features' size) but still register 32.

@@ -89,6 +89,8 @@ extern "C" fn thread_main(handed: *mut c_void) -> *mut c_void {
     // Before the C library ends the thread: each compartment's thread-local
     // destructors, with that compartment's rights (crate::thread_exit).
     crate::thread_exit::run_destructors();
+    // Back on the thread's own block for good: its copies go back.
+    flexos_platform::tls::give_back_copies();
     result
 }
 

@@ -329,7 +329,6 @@ fn active_cell() -> &'static Cell<*mut GateStacks> {
 
 impl Drop for ThreadEnd {
     fn drop(&mut self) {
-        crate::tls::give_back_copies();
         let table = active_cell().get();
         if table_slot(table).is_none() {
             return;

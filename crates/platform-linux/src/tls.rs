@@ -4,14 +4,16 @@
 //! `fs` base and the static TLS block below it: errno, std's thread-locals,
 //! the compartment register, the gates' state-table pointers) lie in key 0,
 //! which every `mpk` compartment may write. Here every stack domain other
-//! than the home compartment's gets, per host thread, a *copy* of that
+//! with stacks of its own gets, per host thread, a *copy* of that
 //! block in a slot of the gate-stack arena of its own row, so under its own
 //! key; the stack-switching gates move the `fs` base (`wrfsbase`) to the
 //! callee's copy after they switch rights, and back to the caller's block
 //! after they switch back. A compartment's thread-locals are then its own:
 //! no other `mpk` compartment can read or rewrite them (attack
-//! `write-thread-locals`). The home domain keeps the C library's own block,
-//! in which the thread starts and ends.
+//! `write-thread-locals`). The thread's own block (the C library's, in
+//! which the thread starts and ends) is used by the shared stacks' domain
+//! only; the main thread moves onto its home compartment's copy at
+//! start-up ([`move_to`]).
 //!
 //! A copy is made from the thread's own block on the first entry into its
 //! domain, by the gate, with the callee's rights (only they can write it),
@@ -37,8 +39,10 @@ use std::thread::LocalKey;
 static BELOW: AtomicUsize = AtomicUsize::new(0);
 /// Bytes of the C library's control block at and above the thread pointer.
 static ABOVE: AtomicUsize = AtomicUsize::new(0);
-/// The stack domain that uses the thread's own block (the home compartment's).
-static HOME_DOMAIN: AtomicUsize = AtomicUsize::new(usize::MAX);
+/// The stack domain that uses the thread's own block: the shared stacks'
+/// (`fcall` compartments and `mpk` ones with sharing `shared-stack`,
+/// whose memory is open to each other anyway). `usize::MAX`: copies are off.
+static ORIGINAL_DOMAIN: AtomicUsize = AtomicUsize::new(usize::MAX);
 
 thread_local! {
     /// The thread pointer of this host thread's own block (0 until its
@@ -60,11 +64,21 @@ pub fn thread_pointer() -> usize {
     tp
 }
 
+/// The thread pointer of this host thread's own block (the C library's,
+/// where the kernel knows its restartable-sequence area), whichever
+/// domain's block runs.
+pub fn own_thread_pointer() -> usize {
+    match OWN_BLOCK.with(|o| o.get()) {
+        0 => thread_pointer(),
+        own => own,
+    }
+}
+
 /// Turns copies on (at start-up, by the default compartment, before any
 /// gate runs): `below` bytes of static TLS under the thread pointer,
-/// `above` bytes of control block from it, `home_domain` keeps the
-/// thread's own block.
-pub fn enable(below: usize, above: usize, home_domain: usize) {
+/// `above` bytes of control block from it, `shared_domain` (the shared
+/// stacks' domain) keeps the thread's own block.
+pub fn enable(below: usize, above: usize, shared_domain: usize) {
     assert!(below + above + 64 < gatestack::STACK_SIZE, "thread-local storage larger than a slot");
     // Every block says "more than one thread" (see `fill`), the thread's own too.
     // SAFETY: the running thread's control block (the C library's), whose
@@ -86,7 +100,7 @@ pub fn enable(below: usize, above: usize, home_domain: usize) {
     register_thread();
     BELOW.store(below, Ordering::Relaxed);
     ABOVE.store(above, Ordering::Relaxed);
-    HOME_DOMAIN.store(home_domain, Ordering::Release);
+    ORIGINAL_DOMAIN.store(shared_domain, Ordering::Release);
 }
 
 /// Where each host thread's own block is, by thread id, for the fault
@@ -140,7 +154,7 @@ pub fn back_to_own_block() {
 /// Whether stack domains get copies of their own.
 #[inline]
 pub fn enabled() -> bool {
-    HOME_DOMAIN.load(Ordering::Acquire) != usize::MAX
+    ORIGINAL_DOMAIN.load(Ordering::Acquire) != usize::MAX
 }
 
 /// The address of `local` in this host thread's own block, from whichever
@@ -181,11 +195,8 @@ pub fn entry(domain: usize) -> Entry {
     if !enabled() {
         return Entry::default();
     }
-    let own = match OWN_BLOCK.with(|o| o.get()) {
-        0 => thread_pointer(),
-        own => own,
-    };
-    if domain == HOME_DOMAIN.load(Ordering::Relaxed) {
+    let own = own_thread_pointer();
+    if domain == ORIGINAL_DOMAIN.load(Ordering::Relaxed) {
         return Entry { tp: own, fill_from: 0 };
     }
     // SAFETY: the thread's own block is this thread's, alive while it runs.
@@ -242,19 +253,38 @@ pub unsafe extern "C" fn fill(tp: usize, from: usize) {
     }
 }
 
-/// Gives this host thread's copies back (when it ends, in its own block).
-pub(crate) fn give_back_copies() {
-    if !enabled() || OWN_BLOCK.with(|o| o.get()) != thread_pointer() {
+/// Gives this host thread's copies back: at its end, after the last code
+/// that ran on them (another thread may take and fill a slot at once).
+pub fn give_back_copies() {
+    if !enabled() {
         return;
     }
-    COPIES.with(|copies| {
-        for (domain, c) in copies.iter().enumerate() {
-            let s = c.replace(0);
-            if (1..=gatestack::SLOTS).contains(&s) {
-                gatestack::give_back_tls_slot(domain, s - 1);
-            }
+    // SAFETY: the thread's own block is this thread's, alive while it runs.
+    let copies = unsafe { &*host_thread(&COPIES) };
+    for (domain, c) in copies.iter().enumerate() {
+        let s = c.replace(0);
+        if (1..=gatestack::SLOTS).contains(&s) {
+            gatestack::give_back_tls_slot(domain, s - 1);
         }
-    });
+    }
+}
+
+/// Moves the running thread for good onto domain `domain`'s block (the
+/// main thread, at start-up, onto its home compartment's), made now with
+/// the running rights, which must be the domain's.
+pub fn move_to(domain: usize) {
+    let e = entry(domain);
+    if e.tp == 0 {
+        return;
+    }
+    if e.fill_from != 0 {
+        // SAFETY: an entry of this thread just taken, filled once, with
+        // rights that may write its slot (the caller's contract).
+        unsafe { fill(e.tp, e.fill_from) };
+    }
+    // SAFETY: moves this thread's fs base to its block of `domain`, a copy
+    // of the block it ran on, so every thread-local keeps its value.
+    unsafe { core::arch::asm!("wrfsbase {}", in(reg) e.tp, options(nostack, preserves_flags)) };
 }
 
 /// The address in domain `domain`'s block of this host thread of the
@@ -265,11 +295,8 @@ pub fn in_domain(addr: usize, domain: usize) -> usize {
     if !enabled() {
         return addr;
     }
-    let own = match OWN_BLOCK.with(|o| o.get()) {
-        0 => thread_pointer(),
-        own => own,
-    };
-    let tp = if domain == HOME_DOMAIN.load(Ordering::Relaxed) {
+    let own = own_thread_pointer();
+    let tp = if domain == ORIGINAL_DOMAIN.load(Ordering::Relaxed) {
         own
     } else {
         // SAFETY: the thread's own block is this thread's, alive while it runs.
