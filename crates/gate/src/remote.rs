@@ -350,10 +350,15 @@ fn lookup(to: u32, component: u32, entry: u32) -> Option<&'static Export> {
 /// A thread-local whose value is the host thread's, not a stack domain's:
 /// in the thread's own block, whichever domain's copy runs
 /// ([`flexos_platform::tls`]).
+/// In an image without `mpk` compartments there are no copies: the
+/// thread-local itself (known when the image is built).
+#[inline(always)]
 fn host<T: 'static>(local: &'static std::thread::LocalKey<T>) -> &'static T {
+    let at =
+        if flexos_layout::has_mpk() { flexos_platform::tls::host_thread(local) } else { local.with(|v| v as *const T) };
     // SAFETY: the host thread's own block lives as long as the thread, and
     // only this thread uses these cells.
-    unsafe { &*flexos_platform::tls::host_thread(local) }
+    unsafe { &*at }
 }
 
 thread_local! {
