@@ -347,18 +347,21 @@ fn lookup(to: u32, component: u32, entry: u32) -> Option<&'static Export> {
 
 // ---- calling ----
 
-/// A thread-local whose value is the host thread's, not a stack domain's:
-/// in the thread's own block, whichever domain's copy runs
-/// ([`flexos_platform::tls`]).
-/// In an image without `mpk` compartments there are no copies: the
-/// thread-local itself (known when the image is built).
-#[inline(always)]
-fn host<T: 'static>(local: &'static std::thread::LocalKey<T>) -> &'static T {
-    let at =
-        if flexos_layout::has_mpk() { flexos_platform::tls::host_thread(local) } else { local.with(|v| v as *const T) };
-    // SAFETY: the host thread's own block lives as long as the thread, and
-    // only this thread uses these cells.
-    unsafe { &*at }
+/// Runs `f` on a thread-local whose value is the host thread's, not a
+/// stack domain's: in an image with `mpk` compartments, the one in the
+/// thread's own block, whichever domain's copy runs
+/// ([`flexos_platform::tls`]); elsewhere (no copies) the thread-local
+/// itself, with the same code as any thread-local.
+macro_rules! on_host_thread {
+    ($local:ident, $f:expr) => {
+        if flexos_layout::has_mpk() {
+            // SAFETY: the host thread's own block lives as long as the
+            // thread, and only this thread uses these cells.
+            ($f)(unsafe { &*flexos_platform::tls::host_thread(&$local) })
+        } else {
+            $local.with($f)
+        }
+    };
 }
 
 thread_local! {
@@ -377,7 +380,7 @@ thread_local! {
 /// which a compromised compartment of this domain may rewrite: it is a hint
 /// for the caller's own caches, never a right (`is_host_to_remote`).
 pub fn calls_made() -> u64 {
-    host(&CALLS_MADE).get()
+    on_host_thread!(CALLS_MADE, Cell::get)
 }
 
 /// The chains handed to host threads so far (private to the host). Set at
@@ -388,15 +391,16 @@ pub fn calls_made() -> u64 {
 static CHAINS_CLAIMED: OnceLock<&'static AtomicUsize> = OnceLock::new();
 
 fn my_chain() -> usize {
-    let c = host(&CHAIN);
-    c.get().unwrap_or_else(|| {
-        // Partner threads are given their chain; a new chain belongs to a host thread.
-        assert!(this_domain() == 0, "only the host's threads start chains of remote calls");
-        let claimed = CHAINS_CLAIMED.get().expect("flexos_boot::boot registers the exports first");
-        let i = claimed.fetch_add(1, Relaxed);
-        assert!(i < MAX_CHAINS, "more than {MAX_CHAINS} threads made remote calls");
-        c.set(Some(i));
-        i
+    on_host_thread!(CHAIN, |c: &Cell<Option<usize>>| {
+        c.get().unwrap_or_else(|| {
+            // Partner threads are given their chain; a new chain belongs to a host thread.
+            assert!(this_domain() == 0, "only the host's threads start chains of remote calls");
+            let claimed = CHAINS_CLAIMED.get().expect("flexos_boot::boot registers the exports first");
+            let i = claimed.fetch_add(1, Relaxed);
+            assert!(i < MAX_CHAINS, "more than {MAX_CHAINS} threads made remote calls");
+            c.set(Some(i));
+            i
+        })
     })
 }
 
@@ -428,8 +432,8 @@ pub fn call_frame<'r>(
         _ => return Err(Refusal::NotExported),
     };
     let chain = my_chain();
-    host(&CALLS_MADE).set(host(&CALLS_MADE).get() + 1);
-    let depth = host(&DEPTH).get() + 1;
+    on_host_thread!(CALLS_MADE, |c: &Cell<u64>| c.set(c.get() + 1));
+    let depth = on_host_thread!(DEPTH, Cell::get) + 1;
     assert!(depth <= MAX_DEPTH, "remote calls nested deeper than {MAX_DEPTH}");
     let frame = frame(me, target, chain, depth);
     frame.write_data(args);
@@ -445,9 +449,9 @@ pub fn call_frame<'r>(
         waker.pending.fetch_or(1 << depth, Release);
     }
     waker.notify();
-    if target != 0 && host(&RUNG).get() & (1 << target) == 0 {
+    if target != 0 && on_host_thread!(RUNG, |r: &Cell<u32>| r.get() & (1 << target) == 0) {
         // The first call of this chain into the domain: its dispatcher starts a partner.
-        host(&RUNG).set(host(&RUNG).get() | 1 << target);
+        on_host_thread!(RUNG, |r: &Cell<u32>| r.set(r.get() | 1 << target));
         let bell = &common().doorbells[target];
         bell.seq.fetch_add(1, SeqCst);
         bell.notify();
@@ -473,7 +477,7 @@ pub fn call_frame<'r>(
 pub fn announce(to: usize, at: usize, len: usize) {
     let me = this_domain();
     let Some(target) = domain_of_untrusted(to as u32).filter(|&t| t != me) else { return };
-    let depth = host(&DEPTH).get() + 1;
+    let depth = on_host_thread!(DEPTH, Cell::get) + 1;
     if depth > MAX_DEPTH {
         return;
     }
@@ -755,9 +759,9 @@ fn wait(chain: usize, depth: usize, mine: Option<&Frame>, vm: bool) {
             if waker.pending.load(Relaxed) & (1 << k) != 0 {
                 waker.pending.fetch_and(!(1 << k), AcqRel);
             }
-            let outer = host(&DEPTH).replace(k);
+            let outer = on_host_thread!(DEPTH, |d: &Cell<usize>| d.replace(k));
             serve(chain, caller, k);
-            host(&DEPTH).set(outer);
+            on_host_thread!(DEPTH, |d: &Cell<usize>| d.set(outer));
             pace = Pace::start(vm);
             continue;
         }
@@ -851,7 +855,7 @@ pub fn start_partner_thread(chain: usize) {
 
 /// A partner's life: serves the requests for this domain on `chain`, forever.
 pub fn serve_chain(chain: usize) -> ! {
-    host(&CHAIN).set(Some(chain));
+    on_host_thread!(CHAIN, |c: &Cell<Option<usize>>| c.set(Some(chain)));
     wait(chain, 0, None, flexos_platform::guest::in_guest());
     unreachable!("a partner's wait never returns")
 }
