@@ -366,7 +366,9 @@ fn switching<const FROM: usize, const TO: usize, F: FnOnce() -> R, R>(f: F) -> R
     // context's stack of the callee's domain, or the image stops.
     let callee_slot = t.checked_entry(d_to, key_to, left_to, trips * chunk);
     // The callee domain's thread-local block on this host thread.
-    let tls = flexos_platform::tls::entry(d_to);
+    // SAFETY: the gate fills a copy just taken (`fill_from`, in RSI) on the
+    // callee's side before the callee runs.
+    let tls = unsafe { flexos_platform::tls::entry(d_to) };
     let mut carry = MaybeUninit::<Carry<F, R>>::uninit();
     let caller_slot = carry.as_mut_ptr();
     // SAFETY: the slot is the first field of the fresh carry.
@@ -511,8 +513,9 @@ fn separate_thread_locals() {
     match thread_block_layout() {
         Ok((below, above)) => {
             flexos_platform::tls::enable(below, above, SHARED_STACKS);
-            // Start-up runs with the home compartment's rights.
-            flexos_platform::tls::move_to(stack_domain(compartment::home()));
+            // SAFETY: start-up runs with the home compartment's rights, and
+            // holds no reference into the thread-locals here.
+            unsafe { flexos_platform::tls::move_to(stack_domain(compartment::home())) };
         }
         Err(why) => {
             let report = format!(
@@ -542,7 +545,12 @@ fn thread_block_layout() -> Result<(usize, usize), String> {
     // headers, mapped for the process's life.
     let headers = unsafe { core::slice::from_raw_parts(phdr as *const libc::Elf64_Phdr, phnum as usize) };
     let tls = headers.iter().find(|h| h.p_type == libc::PT_TLS);
-    let below = tls.map_or(0, |h| (h.p_memsz as usize).next_multiple_of((h.p_align as usize).max(1)));
+    let align = tls.map_or(1, |h| (h.p_align as usize).max(1));
+    if align > 64 {
+        // A copy's thread pointer is 64-byte aligned (`tls::copy_tp`).
+        return Err(format!("the program's thread-locals ask for {align}-byte alignment"));
+    }
+    let below = tls.map_or(0, |h| (h.p_memsz as usize).next_multiple_of(align));
     Ok((below, above))
 }
 

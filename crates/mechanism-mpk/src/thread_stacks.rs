@@ -89,8 +89,9 @@ extern "C" fn thread_main(handed: *mut c_void) -> *mut c_void {
     // Before the C library ends the thread: each compartment's thread-local
     // destructors, with that compartment's rights (crate::thread_exit).
     crate::thread_exit::run_destructors();
-    // Back on the thread's own block for good: its copies go back.
-    flexos_platform::tls::give_back_copies();
+    // SAFETY: back on the thread's own block for good (the routine and
+    // the destructors have returned): its copies go back.
+    unsafe { flexos_platform::tls::give_back_copies() };
     result
 }
 
@@ -103,7 +104,8 @@ fn run_on_keyed_stack(domain: usize, start: StartRoutine, arg: *mut c_void) -> *
     let top = table.checked_entry(domain, crate::domain_key(domain), 0, 0);
     // The domain's thread-locals on this new thread (a copy of the thread's
     // own block, made here with the domain's rights: the thread holds them).
-    let tls = flexos_platform::tls::entry(domain);
+    // SAFETY: filled right below, before the routine runs on it.
+    let tls = unsafe { flexos_platform::tls::entry(domain) };
     if tls.fill_from != 0 {
         // SAFETY: an entry of this thread just taken, filled once, with
         // rights that may write its slot (the domain's).

@@ -133,7 +133,7 @@ pub fn register_thread() {
 /// Points `fs` back at the running thread's own block, if the table
 /// knows it (the fault handler's first step; it reads no thread-local).
 #[inline(always)]
-pub fn back_to_own_block() {
+pub(crate) fn back_to_own_block() {
     let base = OWN_TABLE.load(Ordering::Acquire);
     if base == 0 {
         return;
@@ -190,8 +190,13 @@ fn copy_tp(domain: usize, slot: usize) -> usize {
 /// Where the gate into `domain` points `fs` on this host thread, taking
 /// (not filling) the copy on the first entry. Called on the caller's side
 /// of a gate, with the caller's rights.
+///
+/// # Safety
+/// Where the entry says `fill_from`, the caller has it [`fill`]ed (with
+/// the domain's rights) before anything runs on it: a copy taken and not
+/// filled would hand the domain's next entry a block of stale bytes.
 #[inline]
-pub fn entry(domain: usize) -> Entry {
+pub unsafe fn entry(domain: usize) -> Entry {
     if !enabled() {
         return Entry::default();
     }
@@ -253,9 +258,12 @@ pub unsafe extern "C" fn fill(tp: usize, from: usize) {
     }
 }
 
-/// Gives this host thread's copies back: at its end, after the last code
-/// that ran on them (another thread may take and fill a slot at once).
-pub fn give_back_copies() {
+/// Gives this host thread's copies back.
+///
+/// # Safety
+/// At the thread's end, on its own block: no code runs on a copy of it
+/// any more (another thread may take and fill a slot at once).
+pub unsafe fn give_back_copies() {
     if !enabled() {
         return;
     }
@@ -270,16 +278,21 @@ pub fn give_back_copies() {
 }
 
 /// Moves the running thread for good onto domain `domain`'s block (the
-/// main thread, at start-up, onto its home compartment's), made now with
-/// the running rights, which must be the domain's.
-pub fn move_to(domain: usize) {
-    let e = entry(domain);
+/// main thread, at start-up, onto its home compartment's), made now.
+///
+/// # Safety
+/// The running rights may write the domain's copy, and no reference into
+/// the running block's thread-locals is held (they would go on pointing
+/// at the block left behind).
+pub unsafe fn move_to(domain: usize) {
+    // SAFETY: filled below before anything runs on it.
+    let e = unsafe { entry(domain) };
     if e.tp == 0 {
         return;
     }
     if e.fill_from != 0 {
         // SAFETY: an entry of this thread just taken, filled once, with
-        // rights that may write its slot (the caller's contract).
+        // rights that may write its slot (this function's contract).
         unsafe { fill(e.tp, e.fill_from) };
     }
     // SAFETY: moves this thread's fs base to its block of `domain`, a copy
