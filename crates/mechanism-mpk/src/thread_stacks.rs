@@ -9,9 +9,10 @@
 //! creating compartment has stacks of its own (an `mpk` compartment with
 //! `dss` or `heap`), the new thread runs its body on its context's gate stack of that
 //! compartment (a slot of the gate-stack arena, with the compartment's
-//! key), as if a gate had entered it. The C library's stack then holds
-//! only the thread's start and end, the thread's control block and
-//! thread-locals (key 0, as before). Every thread it starts, on a keyed
+//! key), as if a gate had entered it, on its compartment's copy of the
+//! thread's thread-locals (`flexos_platform::tls`). The C library's stack
+//! then holds only the thread's start and end, and the thread's own
+//! control block and thread-locals (key 0, as before). Every thread it starts, on a keyed
 //! stack or not, runs its thread-local destructors before it ends, each
 //! in the compartment that registered it ([`crate::thread_exit`]).
 
